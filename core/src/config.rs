@@ -1,0 +1,406 @@
+//! Broker configuration, read the way Kafka's start script reads it: an optional properties file
+//! and `--override key=value` pairs, using Kafka's property names.
+//!
+//! Unknown keys are an error naming the key, so a typo never silently falls back to a default.
+//! Kafka settings that have no meaning in a thread-per-core broker (thread pool sizes, KRaft
+//! controller wiring of a single node) are accepted and reported as ignored.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::topic::{parse_timestamp_type, TimestampType};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    Unknown(String),
+    Invalid { key: String, value: String, why: String },
+    File { path: String, why: String },
+    Argument(String),
+}
+
+impl ConfigError {
+    pub fn invalid(key: &str, value: &str, why: &str) -> ConfigError {
+        ConfigError::Invalid { key: key.into(), value: value.into(), why: why.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Unknown(key) => write!(f, "unknown setting '{key}'"),
+            ConfigError::Invalid { key, value, why } => {
+                write!(f, "invalid value '{value}' for setting '{key}': {why}")
+            }
+            ConfigError::File { path, why } => write!(f, "cannot read '{path}': {why}"),
+            ConfigError::Argument(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The broker's settings. Defaults are Kafka's, except where noted in README's config table.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub node_id: i32,
+    /// Where clients connect; `listeners` in Kafka's `NAME://host:port` form.
+    pub listener: SocketAddr,
+    /// Host and port put in Metadata responses (`advertised.listeners`).
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    pub log_dirs: PathBuf,
+    pub num_partitions: i32,
+    pub default_replication_factor: i16,
+    pub log_segment_bytes: u64,
+    pub log_roll_ms: i64,
+    pub log_retention_ms: i64,
+    pub log_retention_bytes: i64,
+    pub log_retention_check_interval_ms: u64,
+    pub log_index_interval_bytes: u32,
+    pub message_max_bytes: usize,
+    pub socket_request_max_bytes: usize,
+    pub auto_create_topics_enable: bool,
+    pub log_message_timestamp_type: TimestampType,
+    /// sluice default 1: every acks=all write is fdatasync'ed before it is acknowledged.
+    pub log_flush_interval_messages: i64,
+    /// -1 (default): no time-based flush policy; see `log_flush_interval_messages`.
+    pub log_flush_interval_ms: i64,
+    /// Number of cores (reactors) to run; 0 means every CPU the process may run on.
+    pub cores: usize,
+    /// Bytes of DMA memory glommio registers per core.
+    pub io_memory_bytes: usize,
+    /// Settings that were given but have no effect in sluice, reported once at start.
+    pub ignored: Vec<String>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            node_id: 0,
+            listener: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+            log_dirs: PathBuf::from("./sluice-data"),
+            num_partitions: 1,
+            default_replication_factor: 1,
+            log_segment_bytes: 1 << 30,
+            log_roll_ms: 168 * 3_600_000,
+            log_retention_ms: 168 * 3_600_000,
+            log_retention_bytes: -1,
+            log_retention_check_interval_ms: 300_000,
+            log_index_interval_bytes: 4096,
+            message_max_bytes: 1_048_588,
+            socket_request_max_bytes: 104_857_600,
+            auto_create_topics_enable: true,
+            log_message_timestamp_type: TimestampType::CreateTime,
+            log_flush_interval_messages: 1,
+            log_flush_interval_ms: -1,
+            cores: 0,
+            io_memory_bytes: 2 << 20,
+            ignored: Vec::new(),
+        }
+    }
+}
+
+/// Kafka settings accepted for compatibility with existing `server.properties` files but without
+/// effect: sluice has no thread pools to size and a single node has no quorum to wire.
+const IGNORED_KEYS: &[&str] = &[
+    "num.network.threads",
+    "num.io.threads",
+    "num.recovery.threads.per.data.dir",
+    "socket.send.buffer.bytes",
+    "socket.receive.buffer.bytes",
+    "process.roles",
+    "controller.quorum.voters",
+    "controller.quorum.bootstrap.servers",
+    "controller.listener.names",
+    "listener.security.protocol.map",
+    "inter.broker.listener.name",
+    "offsets.topic.replication.factor",
+    "transaction.state.log.replication.factor",
+    "transaction.state.log.min.isr",
+    "share.coordinator.state.topic.replication.factor",
+    "share.coordinator.state.topic.min.isr",
+    "group.initial.rebalance.delay.ms",
+    "min.insync.replicas",
+];
+
+impl BrokerConfig {
+    /// Builds the configuration from command-line arguments (without the program name):
+    /// `[server.properties] [--override key=value]... [--cores N]`.
+    pub fn from_args(args: &[String]) -> Result<BrokerConfig, ConfigError> {
+        let mut settings: Vec<(String, String)> = Vec::new();
+        let mut file: Option<String> = None;
+        let mut iter = args.iter();
+        while let Some(arg) = iter.next() {
+            match arg.as_str() {
+                "--override" => {
+                    let pair = iter.next().ok_or_else(|| {
+                        ConfigError::Argument("--override needs key=value".into())
+                    })?;
+                    settings.push(split_pair(pair)?);
+                }
+                "--cores" => {
+                    let n = iter
+                        .next()
+                        .ok_or_else(|| ConfigError::Argument("--cores needs a number".into()))?;
+                    settings.push(("cores".into(), n.clone()));
+                }
+                other if other.starts_with("--") => {
+                    return Err(ConfigError::Argument(format!("unknown argument '{other}'")));
+                }
+                path => {
+                    if file.is_some() {
+                        return Err(ConfigError::Argument(format!(
+                            "more than one properties file given ('{path}')"
+                        )));
+                    }
+                    file = Some(path.to_string());
+                }
+            }
+        }
+        let mut all = match &file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::File { path: path.clone(), why: e.to_string() })?;
+                parse_properties(&text)?
+            }
+            None => Vec::new(),
+        };
+        all.extend(settings);
+        BrokerConfig::from_settings(&all)
+    }
+
+    /// Applies `key=value` settings in order over the defaults; later ones win.
+    pub fn from_settings(settings: &[(String, String)]) -> Result<BrokerConfig, ConfigError> {
+        let mut config = BrokerConfig::default();
+        let mut advertised: Option<String> = None;
+        let mut retention: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut roll: BTreeMap<&str, i64> = BTreeMap::new();
+        for (key, value) in settings {
+            let (k, v) = (key.as_str(), value.trim());
+            match k {
+                "node.id" | "broker.id" => config.node_id = parse_i64(k, v)? as i32,
+                "listeners" => config.listener = parse_listener(k, v)?,
+                "advertised.listeners" => advertised = Some(v.to_string()),
+                "log.dirs" | "log.dir" => {
+                    let first = v.split(',').next().unwrap_or("").trim();
+                    if first.is_empty() {
+                        return Err(ConfigError::invalid(k, v, "must name a directory"));
+                    }
+                    if v.contains(',') {
+                        return Err(ConfigError::invalid(
+                            k,
+                            v,
+                            "sluice uses one log directory per broker",
+                        ));
+                    }
+                    config.log_dirs = PathBuf::from(first);
+                }
+                "num.partitions" => config.num_partitions = positive(k, v)? as i32,
+                "default.replication.factor" => {
+                    let rf = positive(k, v)?;
+                    if rf != 1 {
+                        return Err(ConfigError::invalid(k, v, "a single node supports only 1"));
+                    }
+                    config.default_replication_factor = 1;
+                }
+                "log.segment.bytes" => config.log_segment_bytes = positive(k, v)? as u64,
+                "log.roll.ms" => _ = roll.insert("ms", positive(k, v)?),
+                "log.roll.hours" => _ = roll.insert("hours", positive(k, v)?),
+                "log.retention.ms" => _ = retention.insert("ms", parse_i64(k, v)?),
+                "log.retention.minutes" => _ = retention.insert("minutes", parse_i64(k, v)?),
+                "log.retention.hours" => _ = retention.insert("hours", parse_i64(k, v)?),
+                "log.retention.bytes" => config.log_retention_bytes = parse_i64(k, v)?,
+                "log.retention.check.interval.ms" => {
+                    config.log_retention_check_interval_ms = positive(k, v)? as u64
+                }
+                "log.index.interval.bytes" => {
+                    config.log_index_interval_bytes = positive(k, v)?.min(u32::MAX as i64) as u32
+                }
+                "message.max.bytes" => config.message_max_bytes = positive(k, v)? as usize,
+                "socket.request.max.bytes" => {
+                    config.socket_request_max_bytes = positive(k, v)? as usize
+                }
+                "auto.create.topics.enable" => config.auto_create_topics_enable = parse_bool(k, v)?,
+                "log.message.timestamp.type" => {
+                    config.log_message_timestamp_type = parse_timestamp_type(k, v)?
+                }
+                "log.flush.interval.messages" => {
+                    config.log_flush_interval_messages = positive(k, v)?
+                }
+                "log.flush.interval.ms" => config.log_flush_interval_ms = parse_i64(k, v)?,
+                "cores" => config.cores = parse_i64(k, v)?.max(0) as usize,
+                "sluice.io.memory.bytes" => config.io_memory_bytes = positive(k, v)? as usize,
+                _ if IGNORED_KEYS.contains(&k) => config.ignored.push(k.to_string()),
+                _ => return Err(ConfigError::Unknown(k.to_string())),
+            }
+        }
+        // Kafka's precedence: ms over minutes over hours.
+        if let Some(ms) = retention
+            .get("ms")
+            .copied()
+            .or_else(|| retention.get("minutes").map(|m| m.saturating_mul(60_000)))
+            .or_else(|| retention.get("hours").map(|h| h.saturating_mul(3_600_000)))
+        {
+            config.log_retention_ms = if ms < 0 { -1 } else { ms };
+        }
+        if let Some(ms) = roll
+            .get("ms")
+            .copied()
+            .or_else(|| roll.get("hours").map(|h| h.saturating_mul(3_600_000)))
+        {
+            config.log_roll_ms = ms;
+        }
+        config.advertised_host = config.listener.ip().to_string();
+        config.advertised_port = config.listener.port();
+        if config.listener.ip().is_unspecified() {
+            config.advertised_host = "127.0.0.1".into();
+        }
+        if let Some(adv) = advertised {
+            let (host, port) = parse_host_port("advertised.listeners", &adv)?;
+            config.advertised_host = host;
+            config.advertised_port = port;
+        }
+        Ok(config)
+    }
+
+    /// True when acks=all waits for fdatasync (the default); false when a Kafka-style flush
+    /// policy was configured and syncing happens by count or time instead.
+    pub fn sync_before_ack(&self) -> bool {
+        self.log_flush_interval_messages == 1 && self.log_flush_interval_ms < 0
+    }
+}
+
+fn split_pair(pair: &str) -> Result<(String, String), ConfigError> {
+    match pair.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(ConfigError::Argument(format!("expected key=value, got '{pair}'"))),
+    }
+}
+
+/// Parses Java-properties-style text: `key=value` or `key: value`, `#`/`!` comments.
+pub fn parse_properties(text: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+            continue;
+        }
+        let split = line.find(['=', ':']).ok_or_else(|| {
+            ConfigError::Argument(format!("properties line without '=': '{line}'"))
+        })?;
+        let (k, v) = line.split_at(split);
+        out.push((k.trim().to_string(), v[1..].trim().to_string()));
+    }
+    Ok(out)
+}
+
+pub fn parse_i64(key: &str, value: &str) -> Result<i64, ConfigError> {
+    value.parse::<i64>().map_err(|_| ConfigError::invalid(key, value, "not an integer"))
+}
+
+pub fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(ConfigError::invalid(key, value, "must be true or false")),
+    }
+}
+
+fn positive(key: &str, value: &str) -> Result<i64, ConfigError> {
+    let v = parse_i64(key, value)?;
+    if v <= 0 {
+        return Err(ConfigError::invalid(key, value, "must be positive"));
+    }
+    Ok(v)
+}
+
+/// `PLAINTEXT://host:port` (first listener only; sluice serves one plaintext listener).
+fn parse_host_port(key: &str, value: &str) -> Result<(String, u16), ConfigError> {
+    let first = value.split(',').next().unwrap_or("").trim();
+    let rest = match first.split_once("://") {
+        Some((scheme, rest)) => {
+            if !scheme.eq_ignore_ascii_case("PLAINTEXT") {
+                return Err(ConfigError::invalid(key, value, "only PLAINTEXT listeners exist"));
+            }
+            rest
+        }
+        None => first,
+    };
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| ConfigError::invalid(key, value, "expected PLAINTEXT://host:port"))?;
+    let port: u16 =
+        port.parse().map_err(|_| ConfigError::invalid(key, value, "port is not a number"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = if host.is_empty() { "0.0.0.0" } else { host };
+    Ok((host.to_string(), port))
+}
+
+fn parse_listener(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    let (host, port) = parse_host_port(key, value)?;
+    let host = if host == "localhost" { "127.0.0.1".to_string() } else { host };
+    let ip: std::net::IpAddr = host
+        .parse()
+        .map_err(|_| ConfigError::invalid(key, value, "host must be an IP address or localhost"))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_readme() {
+        let c = BrokerConfig::from_args(&[]).expect("defaults");
+        assert_eq!(c.listener.to_string(), "127.0.0.1:9092");
+        assert_eq!(c.log_dirs, PathBuf::from("./sluice-data"));
+        assert!(c.sync_before_ack());
+    }
+
+    #[test]
+    fn overrides_use_kafka_names_and_precedence() {
+        let c = BrokerConfig::from_args(&args(&[
+            "--override",
+            "listeners=PLAINTEXT://0.0.0.0:19092",
+            "--override",
+            "log.retention.hours=1",
+            "--override",
+            "log.retention.ms=5000",
+            "--cores",
+            "2",
+        ]))
+        .expect("valid");
+        assert_eq!(c.listener.port(), 19092);
+        assert_eq!(c.advertised_host, "127.0.0.1");
+        assert_eq!(c.log_retention_ms, 5000);
+        assert_eq!(c.cores, 2);
+    }
+
+    #[test]
+    fn unknown_and_invalid_settings_name_the_key() {
+        let e = BrokerConfig::from_args(&args(&["--override", "log.segmnt.bytes=1"]))
+            .expect_err("typo");
+        assert!(e.to_string().contains("log.segmnt.bytes"), "{e}");
+        let e = BrokerConfig::from_args(&args(&["--override", "num.partitions=zero"]))
+            .expect_err("not a number");
+        assert!(e.to_string().contains("num.partitions"), "{e}");
+    }
+
+    #[test]
+    fn properties_files_parse_like_java() {
+        let p = parse_properties("# comment\nnum.partitions = 3\nlog.dirs: /tmp/x\n\n")
+            .expect("parses");
+        assert_eq!(p[0], ("num.partitions".to_string(), "3".to_string()));
+        assert_eq!(p[1], ("log.dirs".to_string(), "/tmp/x".to_string()));
+        let c = BrokerConfig::from_settings(&p).expect("valid");
+        assert_eq!(c.num_partitions, 3);
+    }
+}

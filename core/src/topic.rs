@@ -1,0 +1,217 @@
+//! Topic names and per-topic configuration, validated the way Kafka validates them.
+
+use std::collections::BTreeMap;
+
+use crate::config::{parse_i64, BrokerConfig, ConfigError};
+use crate::limits;
+
+/// Why a topic name is not acceptable; maps to INVALID_TOPIC_EXCEPTION.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidTopicName(pub String);
+
+/// Checks a topic name against Kafka's rules: 1..=249 characters of `[a-zA-Z0-9._-]`, not `.`
+/// or `..`.
+pub fn validate_topic_name(name: &str) -> Result<(), InvalidTopicName> {
+    if name.is_empty() {
+        return Err(InvalidTopicName("topic name is empty".into()));
+    }
+    if name == "." || name == ".." {
+        return Err(InvalidTopicName(format!("topic name cannot be '{name}'")));
+    }
+    if name.len() > limits::topic_name_length_max {
+        return Err(InvalidTopicName(format!(
+            "topic name is {} characters, the limit is {}",
+            name.len(),
+            limits::topic_name_length_max
+        )));
+    }
+    let legal = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-';
+    if let Some(bad) = name.chars().find(|c| !legal(*c)) {
+        return Err(InvalidTopicName(format!(
+            "topic name '{name}' contains '{bad}'; only [a-zA-Z0-9._-] are legal"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a record's timestamp is the producer's or the broker's append time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestampType {
+    CreateTime,
+    LogAppendTime,
+}
+
+/// The per-topic settings sluice honours. Values default to the broker's `log.*` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicConfig {
+    pub segment_bytes: u64,
+    pub segment_ms: i64,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub max_message_bytes: usize,
+    pub timestamp_type: TimestampType,
+    pub flush_messages: i64,
+    pub flush_ms: i64,
+    pub cleanup_policy: String,
+    /// The overrides given at creation, exactly as given: persisted and reported by
+    /// DescribeConfigs as dynamic topic configs.
+    pub overrides: BTreeMap<String, String>,
+}
+
+/// Topic-level config names sluice accepts at CreateTopics. Others get INVALID_CONFIG.
+pub const TOPIC_CONFIG_NAMES: &[&str] = &[
+    "segment.bytes",
+    "segment.ms",
+    "retention.ms",
+    "retention.bytes",
+    "max.message.bytes",
+    "message.timestamp.type",
+    "flush.messages",
+    "flush.ms",
+    "cleanup.policy",
+];
+
+impl TopicConfig {
+    /// The topic defaults taken from the broker's configuration.
+    pub fn from_broker(broker: &BrokerConfig) -> TopicConfig {
+        TopicConfig {
+            segment_bytes: broker.log_segment_bytes,
+            segment_ms: broker.log_roll_ms,
+            retention_ms: broker.log_retention_ms,
+            retention_bytes: broker.log_retention_bytes,
+            max_message_bytes: broker.message_max_bytes,
+            timestamp_type: broker.log_message_timestamp_type,
+            flush_messages: broker.log_flush_interval_messages,
+            flush_ms: broker.log_flush_interval_ms,
+            cleanup_policy: "delete".into(),
+            overrides: BTreeMap::new(),
+        }
+    }
+
+    /// Applies topic-level overrides on top of the broker defaults, validating each.
+    pub fn with_overrides(
+        broker: &BrokerConfig,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<TopicConfig, ConfigError> {
+        let mut config = TopicConfig::from_broker(broker);
+        for (key, value) in overrides {
+            config.apply(key, value)?;
+        }
+        config.overrides = overrides.clone();
+        Ok(config)
+    }
+
+    fn apply(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let positive = |v: i64| -> Result<i64, ConfigError> {
+            if v <= 0 {
+                Err(ConfigError::invalid(key, value, "must be positive"))
+            } else {
+                Ok(v)
+            }
+        };
+        match key {
+            "segment.bytes" => {
+                let v = positive(parse_i64(key, value)?)?;
+                if v < 14 {
+                    return Err(ConfigError::invalid(key, value, "must be at least 14"));
+                }
+                self.segment_bytes = v as u64;
+            }
+            "segment.ms" => self.segment_ms = positive(parse_i64(key, value)?)?,
+            "retention.ms" => self.retention_ms = at_least_minus_one(key, value)?,
+            "retention.bytes" => self.retention_bytes = at_least_minus_one(key, value)?,
+            "max.message.bytes" => {
+                self.max_message_bytes = positive(parse_i64(key, value)?)? as usize
+            }
+            "message.timestamp.type" => self.timestamp_type = parse_timestamp_type(key, value)?,
+            "flush.messages" => self.flush_messages = positive(parse_i64(key, value)?)?,
+            "flush.ms" => self.flush_ms = at_least_minus_one(key, value)?,
+            "cleanup.policy" => {
+                if value != "delete" {
+                    return Err(ConfigError::invalid(
+                        key,
+                        value,
+                        "only 'delete' is supported (log compaction is not implemented yet)",
+                    ));
+                }
+                self.cleanup_policy = value.into();
+            }
+            _ => return Err(ConfigError::Unknown(key.into())),
+        }
+        Ok(())
+    }
+
+    /// Every config of the topic with its effective value, for DescribeConfigs.
+    pub fn entries(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("segment.bytes", self.segment_bytes.to_string()),
+            ("segment.ms", self.segment_ms.to_string()),
+            ("retention.ms", self.retention_ms.to_string()),
+            ("retention.bytes", self.retention_bytes.to_string()),
+            ("max.message.bytes", self.max_message_bytes.to_string()),
+            (
+                "message.timestamp.type",
+                match self.timestamp_type {
+                    TimestampType::CreateTime => "CreateTime".into(),
+                    TimestampType::LogAppendTime => "LogAppendTime".into(),
+                },
+            ),
+            ("flush.messages", self.flush_messages.to_string()),
+            ("flush.ms", self.flush_ms.to_string()),
+            ("cleanup.policy", self.cleanup_policy.clone()),
+        ]
+    }
+}
+
+fn at_least_minus_one(key: &str, value: &str) -> Result<i64, ConfigError> {
+    let v = parse_i64(key, value)?;
+    if v < -1 {
+        return Err(ConfigError::invalid(key, value, "must be -1 or more"));
+    }
+    Ok(v)
+}
+
+pub(crate) fn parse_timestamp_type(key: &str, value: &str) -> Result<TimestampType, ConfigError> {
+    match value {
+        "CreateTime" => Ok(TimestampType::CreateTime),
+        "LogAppendTime" => Ok(TimestampType::LogAppendTime),
+        _ => Err(ConfigError::invalid(key, value, "must be CreateTime or LogAppendTime")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("orders.v1_x-y").is_ok());
+        assert!(validate_topic_name("").is_err());
+        assert!(validate_topic_name(".").is_err());
+        assert!(validate_topic_name("..").is_err());
+        assert!(validate_topic_name("has space").is_err());
+        assert!(validate_topic_name("slash/").is_err());
+        assert!(validate_topic_name(&"a".repeat(249)).is_ok());
+        assert!(validate_topic_name(&"a".repeat(250)).is_err());
+    }
+
+    #[test]
+    fn overrides_are_validated_and_kept() {
+        let broker = BrokerConfig::default();
+        let mut o = BTreeMap::new();
+        o.insert("retention.ms".to_string(), "1000".to_string());
+        o.insert("message.timestamp.type".to_string(), "LogAppendTime".to_string());
+        let c = TopicConfig::with_overrides(&broker, &o).expect("valid");
+        assert_eq!(c.retention_ms, 1000);
+        assert_eq!(c.timestamp_type, TimestampType::LogAppendTime);
+        assert_eq!(c.overrides.len(), 2);
+        o.insert("segment.bytes".into(), "-5".into());
+        assert!(TopicConfig::with_overrides(&broker, &o).is_err());
+        let mut bad = BTreeMap::new();
+        bad.insert("no.such.config".to_string(), "1".to_string());
+        assert!(matches!(
+            TopicConfig::with_overrides(&broker, &bad),
+            Err(ConfigError::Unknown(_))
+        ));
+    }
+}

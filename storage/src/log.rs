@@ -1,0 +1,960 @@
+//! A partition's log: an ordered list of segments, offsets, and the durability watermarks.
+//!
+//! Concurrency: a `PartitionLog` lives on the core that owns the partition and is used through
+//! `Rc`; appends are synchronous (memory only), so produce requests on one core append in the
+//! order they run. The core's [`crate::flusher::Flusher`] makes appended bytes durable.
+//!
+//! Watermarks, all exclusive offsets, `log_start ≤ synced ≤ written ≤ log_end`:
+//! * `log_end` (LEO): next offset to assign.
+//! * `written`: DMA write completed — survives `kill -9`. acks=1 is answered here.
+//! * `synced`: fdatasync completed — survives power loss. acks=all is answered here by default.
+//! * `high_watermark`: what consumers may read. On one node it is the durable end: `synced`
+//!   under the default policy, `written` when a flush.messages/flush.ms policy is configured.
+
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use glommio::io::BufferedFile;
+use sluice_core::topic::{TimestampType, TopicConfig};
+
+use crate::batch::{self, BatchHeader};
+use crate::error::{Result, StorageError};
+use crate::index::SegmentIndex;
+use crate::notify::Notify;
+use crate::segment::{self, align_down, align_up, Segment};
+use sluice_core::limits;
+
+/// When bytes are fdatasync'ed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// fdatasync after every write (sluice's default): acks=all means on stable storage.
+    EveryWrite,
+    /// Kafka's flush.messages / flush.ms: sync once this many messages are unsynced or this much
+    /// time passed; acks=all is answered once written (survives a process crash).
+    Interval { messages: i64, ms: i64 },
+}
+
+/// Settings of one log, derived from the topic config.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub segment_bytes: u64,
+    pub segment_ms: i64,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub max_message_bytes: usize,
+    pub timestamp_type: TimestampType,
+    pub index_interval_bytes: u32,
+    pub sync: SyncPolicy,
+}
+
+impl LogConfig {
+    pub fn from_topic(topic: &TopicConfig, index_interval_bytes: u32, sync_default: bool) -> Self {
+        let sync = if sync_default && topic.flush_messages == 1 && topic.flush_ms < 0 {
+            SyncPolicy::EveryWrite
+        } else {
+            SyncPolicy::Interval { messages: topic.flush_messages, ms: topic.flush_ms }
+        };
+        LogConfig {
+            segment_bytes: topic.segment_bytes,
+            segment_ms: topic.segment_ms,
+            retention_ms: topic.retention_ms,
+            retention_bytes: topic.retention_bytes,
+            max_message_bytes: topic.max_message_bytes,
+            timestamp_type: topic.timestamp_type,
+            index_interval_bytes,
+            sync,
+        }
+    }
+}
+
+/// How far a producer waits before it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    Written,
+    Synced,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// The broker time stamped into the batches, or -1 under CreateTime.
+    pub log_append_time_ms: i64,
+    pub log_start_offset: i64,
+    /// Generation of discarded tails at append time: a waiter whose bytes are discarded by a
+    /// failed write sees it change.
+    discard_generation: u64,
+}
+
+/// Batches read for a fetch.
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    /// Whole batches, possibly empty.
+    pub records: Bytes,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
+}
+
+struct LogState {
+    segments: Vec<Segment>,
+    log_start: i64,
+    log_end: i64,
+    written: i64,
+    synced: i64,
+    high_watermark: i64,
+    unsynced_messages: i64,
+    last_sync_ms: i64,
+    discard_generation: u64,
+    /// Set by a failed write until a later write succeeds; produce fails fast meanwhile.
+    last_io_error: Option<String>,
+}
+
+pub struct PartitionLog {
+    pub topic: String,
+    pub partition: i32,
+    dir: PathBuf,
+    config: RefCell<LogConfig>,
+    state: RefCell<LogState>,
+    leader_epoch: Cell<i32>,
+    flushing: Cell<bool>,
+    /// Signalled whenever the high watermark moves (fetch long-polling waits on it).
+    pub high_watermark_changed: Notify,
+    /// Signalled after every flush attempt (producers waiting for acks wait on it).
+    flushed: Notify,
+    /// Bytes of tail kept in memory for fetches.
+    cache_bytes_max: Cell<u64>,
+}
+
+impl PartitionLog {
+    /// Opens (recovering) or creates the log in `dir`.
+    ///
+    /// Recovery: every segment but the last is trusted if its index files check out, else it is
+    /// scanned and its indexes rebuilt; the last segment is always scanned batch by batch with
+    /// CRC checks and truncated at the first torn or corrupt batch.
+    pub async fn open(
+        dir: &Path,
+        topic: &str,
+        partition: i32,
+        config: LogConfig,
+        now_ms: i64,
+    ) -> Result<Rc<PartitionLog>> {
+        std::fs::create_dir_all(dir)?;
+        let mut bases = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(stem) = name.strip_suffix(".log") {
+                if let Ok(base) = stem.parse::<i64>() {
+                    bases.push(base);
+                }
+            }
+        }
+        bases.sort_unstable();
+        let mut segments = Vec::new();
+        let count = bases.len();
+        for (i, base) in bases.into_iter().enumerate() {
+            let last = i + 1 == count;
+            segments.push(recover_segment(dir, base, last, config.index_interval_bytes).await?);
+        }
+        if segments.is_empty() {
+            segments.push(Segment::new(dir, 0));
+        }
+        let log_start = segments[0].base_offset;
+        let log_end = segments.last().map(|s| s.next_offset).unwrap_or(0);
+        let state = LogState {
+            segments,
+            log_start,
+            log_end,
+            written: log_end,
+            synced: log_end,
+            high_watermark: log_end,
+            unsynced_messages: 0,
+            last_sync_ms: now_ms,
+            discard_generation: 0,
+            last_io_error: None,
+        };
+        Ok(Rc::new(PartitionLog {
+            topic: topic.to_string(),
+            partition,
+            dir: dir.to_path_buf(),
+            config: RefCell::new(config),
+            state: RefCell::new(state),
+            leader_epoch: Cell::new(0),
+            flushing: Cell::new(false),
+            high_watermark_changed: Notify::new(),
+            flushed: Notify::new(),
+            cache_bytes_max: Cell::new(limits::batch_cache_bytes_per_partition_max as u64),
+        }))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn set_leader_epoch(&self, epoch: i32) {
+        self.leader_epoch.set(epoch);
+    }
+
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epoch.get()
+    }
+
+    pub fn set_cache_bytes_max(&self, bytes: u64) {
+        self.cache_bytes_max.set(bytes);
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.config.borrow().clone()
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.state.borrow().log_start
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.state.borrow().log_end
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        self.state.borrow().high_watermark
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.state.borrow().segments.iter().map(|s| s.size).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.state.borrow().segments.len()
+    }
+
+    /// True when appended bytes wait for the flusher.
+    pub fn needs_flush(&self) -> bool {
+        let s = self.state.borrow();
+        s.written < s.log_end || s.segments.iter().any(|seg| seg.rolled && !seg.sealed)
+    }
+
+    /// True when written bytes wait for an fdatasync under an interval policy.
+    pub fn needs_sync(&self) -> bool {
+        let s = self.state.borrow();
+        s.synced < s.written
+    }
+
+    /// Validates `records` (one or more batches of one partition), assigns offsets and appends
+    /// them to memory. Nothing is durable until the flusher runs; see [`Self::wait_durable`].
+    pub fn append(&self, records: &[u8], now_ms: i64) -> Result<AppendInfo> {
+        let config = self.config.borrow();
+        let batches = batch::split_and_validate(records)?;
+        for (_, header) in &batches {
+            if header.total_bytes() > config.max_message_bytes {
+                return Err(StorageError::TooLarge {
+                    bytes: header.total_bytes(),
+                    max: config.max_message_bytes,
+                });
+            }
+        }
+        let mut state = self.state.borrow_mut();
+        if let Some(why) = &state.last_io_error {
+            return Err(StorageError::Io(std::io::Error::other(why.clone())));
+        }
+        let base_offset = state.log_end;
+        let log_append_time = config.timestamp_type == TimestampType::LogAppendTime;
+        let mut messages = 0i64;
+        for (pos, header) in batches {
+            let total = header.total_bytes();
+            self.maybe_roll(&mut state, &config, total as u64, now_ms);
+            let mut owned = BytesMut::from(&records[pos..pos + total]);
+            let offset = state.log_end;
+            batch::assign_offset(&mut owned, offset, self.leader_epoch.get());
+            let mut header = header;
+            header.base_offset = offset;
+            if log_append_time {
+                batch::set_log_append_time(&mut owned, now_ms);
+                header.max_timestamp = now_ms;
+            }
+            let interval = config.index_interval_bytes;
+            let active = state.segments.last_mut().expect("a log has an active segment");
+            active.append(owned.freeze(), &header, now_ms, interval);
+            state.log_end = header.last_offset() + 1;
+            messages += i64::from(header.records_count);
+        }
+        state.unsynced_messages += messages;
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: state.log_end - 1,
+            log_append_time_ms: if log_append_time { now_ms } else { -1 },
+            log_start_offset: state.log_start,
+            discard_generation: state.discard_generation,
+        })
+    }
+
+    fn maybe_roll(&self, state: &mut LogState, config: &LogConfig, incoming: u64, now_ms: i64) {
+        let next = state.log_end;
+        let active = state.segments.last_mut().expect("active segment");
+        let full = active.size > 0 && active.size + incoming > config.segment_bytes;
+        let aged = active
+            .first_append_ms
+            .is_some_and(|first| now_ms.saturating_sub(first) >= config.segment_ms);
+        // Positions in the offset index are u32: never let a segment pass 4 GiB.
+        let too_big = active.size + incoming > u64::from(u32::MAX);
+        if full || aged || (active.size > 0 && too_big) {
+            active.rolled = true;
+            let dir = self.dir.clone();
+            state.segments.push(Segment::new(&dir, next));
+        }
+    }
+
+    /// Waits until the appended batches are durable at `level`, or fails if their write failed.
+    pub async fn wait_durable(&self, info: &AppendInfo, level: Durability) -> Result<()> {
+        let target = info.last_offset + 1;
+        loop {
+            let notified = self.flushed.notified();
+            {
+                let s = self.state.borrow();
+                let reached = match level {
+                    Durability::Written => s.written,
+                    Durability::Synced => s.synced,
+                };
+                if reached >= target {
+                    return Ok(());
+                }
+                if s.discard_generation != info.discard_generation {
+                    let why = s.last_io_error.clone().unwrap_or_else(|| "write failed".into());
+                    return Err(StorageError::Io(std::io::Error::other(why)));
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Writes every appended byte with O_DIRECT and, per the sync policy, fdatasyncs; then
+    /// advances the watermarks. Called only by the core's flusher; never runs twice at once.
+    pub async fn flush(&self, now_ms: i64) -> Result<()> {
+        if self.flushing.replace(true) {
+            return Ok(());
+        }
+        let result = self.flush_inner(now_ms).await;
+        self.flushing.set(false);
+        if let Err(e) = &result {
+            self.discard_unwritten(e);
+        }
+        self.flushed.notify_all();
+        result
+    }
+
+    async fn flush_inner(&self, now_ms: i64) -> Result<()> {
+        let target = self.state.borrow().log_end;
+        let mut touched = Vec::new();
+        let bases: Vec<i64> = {
+            let s = self.state.borrow();
+            s.segments.iter().filter(|seg| !seg.sealed).map(|seg| seg.base_offset).collect()
+        };
+        for base in bases {
+            if let Some(file) = self.write_segment(base).await? {
+                touched.push(file);
+            }
+        }
+        let sync = {
+            let s = self.state.borrow();
+            match self.config.borrow().sync {
+                SyncPolicy::EveryWrite => true,
+                SyncPolicy::Interval { messages, ms } => {
+                    s.unsynced_messages >= messages
+                        || (ms >= 0 && now_ms.saturating_sub(s.last_sync_ms) >= ms)
+                }
+            }
+        };
+        {
+            let mut s = self.state.borrow_mut();
+            s.written = s.written.max(target);
+            s.last_io_error = None;
+        }
+        if sync {
+            if touched.is_empty() {
+                touched = self.all_unsynced_files();
+            }
+            for file in &touched {
+                file.fdatasync().await?;
+            }
+            let mut s = self.state.borrow_mut();
+            s.synced = s.synced.max(target);
+            s.unsynced_messages = 0;
+            s.last_sync_ms = now_ms;
+        }
+        self.seal_rolled().await?;
+        self.advance_high_watermark();
+        self.trim_caches();
+        Ok(())
+    }
+
+    fn all_unsynced_files(&self) -> Vec<Rc<glommio::io::DmaFile>> {
+        let s = self.state.borrow();
+        s.segments.iter().filter(|seg| !seg.sealed).filter_map(|seg| seg.file.clone()).collect()
+    }
+
+    /// Writes the unwritten bytes of one segment, creating its file first if needed.
+    async fn write_segment(&self, base: i64) -> Result<Option<Rc<glommio::io::DmaFile>>> {
+        let file = self.ensure_file(base).await?;
+        let (buffer, aligned_start, end) = {
+            let s = self.state.borrow();
+            let Some(seg) = s.segments.iter().find(|seg| seg.base_offset == base) else {
+                return Ok(None);
+            };
+            if seg.written >= seg.size {
+                return Ok(None);
+            }
+            let aligned_start = align_down(seg.written);
+            let end = seg.size;
+            let len = align_up(end - aligned_start) as usize;
+            let mut buffer = file.alloc_dma_buffer(len);
+            let bytes = buffer.as_bytes_mut();
+            let data_len = (end - aligned_start) as usize;
+            seg.copy_from_cache(aligned_start, end, &mut bytes[..data_len]);
+            bytes[data_len..].fill(0);
+            (buffer, aligned_start, end)
+        };
+        let preallocated = self.segment_field(base, |seg| seg.preallocated);
+        let needed = align_up(end);
+        if needed > preallocated {
+            let step = limits::segment_preallocate_step_bytes;
+            let target = needed.div_ceil(step) * step;
+            let segment_bytes = self.config.borrow().segment_bytes;
+            let target = target.min(align_up(segment_bytes.max(needed)));
+            file.pre_allocate(target, false).await?;
+            self.with_segment(base, |seg| seg.preallocated = target);
+        }
+        let mut pos = aligned_start;
+        let total = buffer.len();
+        if total <= limits::dma_write_bytes_max {
+            write_all_at(&file, buffer, pos).await?;
+        } else {
+            let data = buffer.as_bytes();
+            let mut done = 0;
+            while done < total {
+                let len = (total - done).min(limits::dma_write_bytes_max);
+                let mut piece = file.alloc_dma_buffer(len);
+                piece.as_bytes_mut().copy_from_slice(&data[done..done + len]);
+                write_all_at(&file, piece, pos).await?;
+                done += len;
+                pos += len as u64;
+            }
+        }
+        self.with_segment(base, |seg| seg.written = seg.written.max(end));
+        Ok(Some(file))
+    }
+
+    async fn ensure_file(&self, base: i64) -> Result<Rc<glommio::io::DmaFile>> {
+        if let Some(file) = self.segment_field(base, |seg| seg.file.clone()) {
+            return Ok(file);
+        }
+        let path = segment::segment_path(&self.dir, base, "log");
+        let file = Rc::new(segment::open_file(&path, true).await?);
+        sync_dir(&self.dir)?;
+        self.with_segment(base, |seg| seg.file = Some(file.clone()));
+        Ok(file)
+    }
+
+    fn segment_field<T: Default>(&self, base: i64, f: impl FnOnce(&Segment) -> T) -> T {
+        let s = self.state.borrow();
+        s.segments.iter().find(|seg| seg.base_offset == base).map(f).unwrap_or_default()
+    }
+
+    fn with_segment(&self, base: i64, f: impl FnOnce(&mut Segment)) {
+        let mut s = self.state.borrow_mut();
+        if let Some(seg) = s.segments.iter_mut().find(|seg| seg.base_offset == base) {
+            f(seg);
+        }
+    }
+
+    /// Seals rolled segments whose bytes are all written: truncate the padding away, fsync, then
+    /// write the index files (a crash in between leaves indexes that are rebuilt).
+    async fn seal_rolled(&self) -> Result<()> {
+        loop {
+            let job = {
+                let s = self.state.borrow();
+                s.segments
+                    .iter()
+                    .find(|seg| seg.rolled && !seg.sealed && seg.written >= seg.size)
+                    .map(|seg| {
+                        (
+                            seg.base_offset,
+                            seg.file.clone(),
+                            seg.size,
+                            seg.index.encode_offsets(seg.base_offset),
+                            seg.index.encode_times(seg.base_offset),
+                        )
+                    })
+            };
+            let Some((base, file, size, offsets, times)) = job else { return Ok(()) };
+            if let Some(file) = &file {
+                file.truncate(size).await?;
+                file.fdatasync().await?;
+            }
+            write_small_file(&segment::segment_path(&self.dir, base, "index"), &offsets).await?;
+            write_small_file(&segment::segment_path(&self.dir, base, "timeindex"), &times)
+                .await?;
+            self.with_segment(base, |seg| seg.sealed = true);
+        }
+    }
+
+    fn advance_high_watermark(&self) {
+        let changed = {
+            let mut s = self.state.borrow_mut();
+            let durable = match self.config.borrow().sync {
+                SyncPolicy::EveryWrite => s.synced,
+                SyncPolicy::Interval { .. } => s.written,
+            };
+            let changed = durable > s.high_watermark;
+            s.high_watermark = s.high_watermark.max(durable);
+            changed
+        };
+        if changed {
+            self.high_watermark_changed.notify_all();
+        }
+    }
+
+    fn trim_caches(&self) {
+        let keep = self.cache_bytes_max.get();
+        let mut s = self.state.borrow_mut();
+        let n = s.segments.len();
+        for (i, seg) in s.segments.iter_mut().enumerate() {
+            seg.trim_cache(if i + 1 == n { keep } else { 0 });
+        }
+    }
+
+    /// A write failed: forget every byte not yet written, so that a producer told "failed" never
+    /// sees its records appear later, and fail the waiters.
+    fn discard_unwritten(&self, error: &StorageError) {
+        let mut s = self.state.borrow_mut();
+        s.last_io_error = Some(error.to_string());
+        s.discard_generation += 1;
+        let written = s.written;
+        // Drop segments that start at or past the written end (never created on disk or empty).
+        while s.segments.len() > 1 && s.segments.last().is_some_and(|seg| seg.base_offset >= written)
+        {
+            s.segments.pop();
+        }
+        if let Some(seg) = s.segments.last_mut() {
+            let size = seg.written;
+            seg.truncate_memory(size, written.max(seg.base_offset));
+            seg.rolled = false;
+        }
+        s.log_end = written;
+        s.unsynced_messages = 0;
+    }
+
+    /// Clears a remembered I/O error so appends are tried again (called after a successful
+    /// probe write, or by an operator restart).
+    pub fn clear_io_error(&self) {
+        self.state.borrow_mut().last_io_error = None;
+    }
+
+    /// Reads whole batches starting at the batch that holds `offset`, up to `max_bytes` (at least
+    /// one batch when `min_one`), never past the high watermark.
+    pub async fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadResult> {
+        let (hw, log_start, log_end) = {
+            let s = self.state.borrow();
+            (s.high_watermark, s.log_start, s.log_end)
+        };
+        let outcome = |records| ReadResult {
+            records,
+            high_watermark: hw,
+            log_start_offset: log_start,
+            log_end_offset: log_end,
+        };
+        if offset < log_start || offset > log_end {
+            return Err(StorageError::OffsetOutOfRange { offset, log_start, log_end });
+        }
+        if offset >= hw {
+            return Ok(outcome(Bytes::new()));
+        }
+        let mut offset = offset;
+        loop {
+            let Some(plan) = self.plan_read(offset) else { return Ok(outcome(Bytes::new())) };
+            let records = self.read_batches(&plan, offset, hw, max_bytes, min_one).await?;
+            if !records.is_empty() || plan.next_offset >= hw {
+                return Ok(outcome(records));
+            }
+            // `offset` lies past this segment's batches (e.g. exactly its end): try the next.
+            offset = offset.max(plan.next_offset);
+        }
+    }
+
+    fn plan_read(&self, offset: i64) -> Option<ReadPlan> {
+        let s = self.state.borrow();
+        let i = s.segments.partition_point(|seg| seg.base_offset <= offset).checked_sub(1)?;
+        let seg = &s.segments[i];
+        let relative = (offset - seg.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
+        Some(ReadPlan {
+            base_offset: seg.base_offset,
+            start: u64::from(seg.index.position_for(relative)),
+            size: seg.size,
+            next_offset: seg.next_offset,
+        })
+    }
+
+    /// Reads `[from, to)` of the segment at `base`, from the cache or the file.
+    async fn read_segment(&self, base: i64, from: u64, to: u64) -> Result<Bytes> {
+        let (file, cached, cache_start, to) = {
+            let s = self.state.borrow();
+            let Some(seg) = s.segments.iter().find(|seg| seg.base_offset == base) else {
+                return Ok(Bytes::new());
+            };
+            let to = to.min(seg.size);
+            (seg.file.clone(), seg.slice_from_cache(from, to), seg.cache_start(), to)
+        };
+        if from < cache_start && to > cache_start {
+            // Straddles the cache boundary: file part, then cached part.
+            let head = segment::read_range(file, None, cache_start, from, cache_start).await?;
+            let tail = self.read_segment_cached(base, cache_start, to);
+            let mut joined = BytesMut::with_capacity(head.len() + tail.len());
+            joined.extend_from_slice(&head);
+            joined.extend_from_slice(&tail);
+            return Ok(joined.freeze());
+        }
+        segment::read_range(file, cached, cache_start, from, to).await
+    }
+
+    fn read_segment_cached(&self, base: i64, from: u64, to: u64) -> Bytes {
+        let s = self.state.borrow();
+        s.segments
+            .iter()
+            .find(|seg| seg.base_offset == base)
+            .and_then(|seg| seg.slice_from_cache(from, to.min(seg.size)))
+            .unwrap_or_default()
+    }
+
+    async fn read_batches(
+        &self,
+        plan: &ReadPlan,
+        offset: i64,
+        hw: i64,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> Result<Bytes> {
+        // The index entry is at most index.interval.bytes before the wanted batch.
+        let interval = u64::from(self.config.borrow().index_interval_bytes);
+        let mut from = plan.start;
+        let mut window_len = (max_bytes as u64)
+            .saturating_add(interval)
+            .saturating_add(batch::HEADER_BYTES as u64)
+            .max(64 * 1024);
+        loop {
+            let to = from.saturating_add(window_len).min(plan.size);
+            let window = self.read_segment(plan.base_offset, from, to).await?;
+            let mut at = 0usize;
+            let mut first: Option<usize> = None;
+            let mut end = 0usize;
+            let mut scanned_to_end = true;
+            while let Some(header) = window.get(at..).and_then(BatchHeader::parse) {
+                let total = header.total_bytes();
+                if header.base_offset >= hw {
+                    break;
+                }
+                if at + total > window.len() {
+                    scanned_to_end = false;
+                    break;
+                }
+                if header.last_offset() >= offset {
+                    let start = first.unwrap_or(at);
+                    let taken = at + total - start;
+                    if taken > max_bytes && !(min_one && first.is_none()) {
+                        break;
+                    }
+                    first = Some(start);
+                    end = at + total;
+                }
+                at += total;
+            }
+            if let Some(start) = first {
+                return Ok(window.slice(start..end));
+            }
+            if scanned_to_end || window.is_empty() {
+                return Ok(Bytes::new());
+            }
+            // The wanted batch is cut off by the window: continue from the batch that was cut
+            // off, with a window large enough for it.
+            let cut = window.get(at..).and_then(BatchHeader::parse).map(|h| h.total_bytes());
+            from += at as u64;
+            window_len = window_len.max(cut.unwrap_or(0) as u64);
+            if !min_one && cut.is_some_and(|c| c > max_bytes) {
+                return Ok(Bytes::new());
+            }
+        }
+    }
+
+    /// The first batch whose max timestamp is ≥ `timestamp`, for ListOffsets by time. Returns
+    /// the batch so the caller can find the exact record inside it.
+    pub async fn batch_for_timestamp(&self, timestamp: i64) -> Result<Option<Bytes>> {
+        let hw = self.high_watermark();
+        let candidates: Vec<(i64, u64, u64)> = {
+            let s = self.state.borrow();
+            s.segments
+                .iter()
+                .filter(|seg| seg.max_timestamp >= timestamp && seg.base_offset < hw)
+                .map(|seg| {
+                    let rel = seg.index.scan_start_for_timestamp(timestamp);
+                    (seg.base_offset, u64::from(seg.index.position_for(rel)), seg.size)
+                })
+                .collect()
+        };
+        for (base, mut pos, size) in candidates {
+            while pos < size {
+                let to = (pos + limits::dma_read_chunk_bytes as u64).min(size);
+                let window = self.read_segment(base, pos, to).await?;
+                let mut at = 0usize;
+                while let Some(header) = window.get(at..).and_then(BatchHeader::parse) {
+                    let total = header.total_bytes();
+                    if header.base_offset >= hw {
+                        return Ok(None);
+                    }
+                    if at + total > window.len() {
+                        break;
+                    }
+                    if header.max_timestamp >= timestamp {
+                        return Ok(Some(window.slice(at..at + total)));
+                    }
+                    at += total;
+                }
+                if at == 0 {
+                    // A batch larger than the window: read it whole.
+                    let Some(h) = window.get(..).and_then(BatchHeader::parse) else {
+                        return Ok(None);
+                    };
+                    let whole = self.read_segment(base, pos, pos + h.total_bytes() as u64).await?;
+                    if h.max_timestamp >= timestamp {
+                        return Ok(Some(whole));
+                    }
+                    at = h.total_bytes();
+                }
+                pos += at as u64;
+            }
+        }
+        Ok(None)
+    }
+
+    /// The batch holding the largest timestamp below the high watermark (ListOffsets -3).
+    pub async fn batch_with_max_timestamp(&self) -> Result<Option<Bytes>> {
+        let hw = self.high_watermark();
+        let best = {
+            let s = self.state.borrow();
+            s.segments
+                .iter()
+                .filter(|seg| seg.size > 0 && seg.base_offset < hw)
+                .max_by_key(|seg| seg.max_timestamp)
+                .map(|seg| (seg.base_offset, seg.max_timestamp_position))
+        };
+        let Some((base, pos)) = best else { return Ok(None) };
+        let head = self.read_segment(base, pos, pos + batch::HEADER_BYTES as u64).await?;
+        let Some(header) = BatchHeader::parse(&head) else { return Ok(None) };
+        if header.base_offset >= hw {
+            return Ok(None);
+        }
+        Ok(Some(self.read_segment(base, pos, pos + header.total_bytes() as u64).await?))
+    }
+
+    /// Deletes whole sealed segments past `retention.ms` (by their largest timestamp) or beyond
+    /// `retention.bytes`, oldest first, and advances the log start offset. The active segment
+    /// is never deleted. Returns the number of segments deleted.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
+        let config = self.config();
+        let doomed: Vec<Segment> = {
+            let mut s = self.state.borrow_mut();
+            let mut total: i64 = s.segments.iter().map(|seg| seg.size as i64).sum();
+            let mut count = 0;
+            for seg in s.segments.iter().take(s.segments.len().saturating_sub(1)) {
+                if !seg.sealed || seg.base_offset >= s.high_watermark {
+                    break;
+                }
+                let expired = config.retention_ms >= 0
+                    && seg.max_timestamp >= 0
+                    && now_ms.saturating_sub(seg.max_timestamp) > config.retention_ms;
+                let oversize = config.retention_bytes >= 0
+                    && total - seg.size as i64 >= config.retention_bytes;
+                if !(expired || oversize) {
+                    break;
+                }
+                total -= seg.size as i64;
+                count += 1;
+            }
+            let doomed: Vec<Segment> = s.segments.drain(..count).collect();
+            if let Some(first) = s.segments.first() {
+                s.log_start = s.log_start.max(first.base_offset);
+            }
+            doomed
+        };
+        for seg in &doomed {
+            for ext in ["log", "index", "timeindex"] {
+                match std::fs::remove_file(seg.path(ext)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(doomed.len())
+    }
+
+    /// Writes the unsealed segments' index files and releases the files (clean shutdown).
+    pub async fn close(&self) -> Result<()> {
+        self.flush(i64::MAX).await?;
+        let (files, indexes) = {
+            let s = self.state.borrow();
+            let files: Vec<_> = s.segments.iter().filter_map(|seg| seg.file.clone()).collect();
+            let indexes: Vec<_> = s
+                .segments
+                .iter()
+                .filter(|seg| !seg.sealed && seg.file.is_some())
+                .map(|seg| {
+                    (seg.base_offset, seg.size, seg.index.encode_offsets(seg.base_offset), seg.index.encode_times(seg.base_offset))
+                })
+                .collect();
+            (files, indexes)
+        };
+        for (base, size, offsets, times) in indexes {
+            if let Some(file) = files.iter().find(|f| {
+                f.path().is_some_and(|p| *p == segment::segment_path(&self.dir, base, "log"))
+            }) {
+                file.truncate(size).await?;
+                file.fdatasync().await?;
+            }
+            write_small_file(&segment::segment_path(&self.dir, base, "index"), &offsets).await?;
+            write_small_file(&segment::segment_path(&self.dir, base, "timeindex"), &times)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+struct ReadPlan {
+    base_offset: i64,
+    start: u64,
+    size: u64,
+    next_offset: i64,
+}
+
+async fn write_all_at(
+    file: &glommio::io::DmaFile,
+    buffer: glommio::io::DmaBuffer,
+    pos: u64,
+) -> Result<()> {
+    let len = buffer.len();
+    let n = file.write_at(buffer, pos).await?;
+    if n != len {
+        return Err(StorageError::Io(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            format!("short DMA write: {n} of {len} bytes at {pos}"),
+        )));
+    }
+    Ok(())
+}
+
+/// Writes a small file (an index, a checkpoint) through the reactor and fdatasyncs it.
+pub async fn write_small_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let file = BufferedFile::create(path).await?;
+    let n = file.write_at(bytes.to_vec(), 0).await?;
+    if n != bytes.len() {
+        return Err(StorageError::Io(std::io::Error::other("short write of a small file")));
+    }
+    file.fdatasync().await?;
+    file.close().await?;
+    Ok(())
+}
+
+/// Makes a newly created file's directory entry durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+async fn recover_segment(dir: &Path, base: i64, last: bool, interval: u32) -> Result<Segment> {
+    let path = segment::segment_path(dir, base, "log");
+    let file = segment::open_file(&path, false).await?;
+    let mut seg = Segment::new(dir, base);
+    let file_size = file.file_size().await?;
+    if !last {
+        let offsets = std::fs::read(seg.path("index")).unwrap_or_default();
+        let times = std::fs::read(seg.path("timeindex")).unwrap_or_default();
+        if let Some(index) = SegmentIndex::decode(base, &offsets, &times) {
+            // Sealed segments were truncated to their logical size before indexes were written.
+            seg.max_timestamp = index.times.last().map(|t| t.timestamp).unwrap_or(-1);
+            seg.max_timestamp_position = index
+                .times
+                .last()
+                .map(|t| u64::from(index.position_for(t.relative_offset)))
+                .unwrap_or(0);
+            seg.index = index;
+            seg.size = file_size;
+            seg.written = file_size;
+            seg.preallocated = file_size;
+            seg.next_offset = next_base_or_scan(dir, base).unwrap_or(base);
+            seg.sealed = true;
+            seg.rolled = true;
+            seg.file = Some(Rc::new(file));
+            if seg.next_offset > base {
+                return Ok(seg);
+            }
+            // The next segment could not be named: fall through to a full scan.
+            let file = seg.file.take().expect("just set");
+            return scan_into(seg, Rc::try_unwrap(file).ok(), &path, base, last, interval).await;
+        }
+    }
+    scan_into(seg, Some(file), &path, base, last, interval).await
+}
+
+fn next_base_or_scan(dir: &Path, base: i64) -> Option<i64> {
+    let mut next: Option<i64> = None;
+    for entry in std::fs::read_dir(dir).ok()? {
+        let name = entry.ok()?.file_name();
+        let name = name.to_string_lossy().to_string();
+        if let Some(b) = name.strip_suffix(".log").and_then(|s| s.parse::<i64>().ok()) {
+            if b > base && next.is_none_or(|n| b < n) {
+                next = Some(b);
+            }
+        }
+    }
+    next
+}
+
+async fn scan_into(
+    mut seg: Segment,
+    file: Option<glommio::io::DmaFile>,
+    path: &Path,
+    base: i64,
+    last: bool,
+    interval: u32,
+) -> Result<Segment> {
+    let file = match file {
+        Some(f) => f,
+        None => segment::open_file(path, false).await?,
+    };
+    let scanned = segment::scan(&file, base, interval).await?;
+    let file_size = file.file_size().await?;
+    if scanned.valid_bytes < file_size {
+        // Torn or corrupt tail (or preallocated zeros): cut the file back to the valid bytes.
+        file.truncate(scanned.valid_bytes).await?;
+        file.fdatasync().await?;
+    }
+    seg.size = scanned.valid_bytes;
+    seg.written = scanned.valid_bytes;
+    seg.preallocated = scanned.valid_bytes;
+    seg.next_offset = scanned.next_offset;
+    seg.max_timestamp = scanned.max_timestamp;
+    seg.max_timestamp_position = scanned.max_timestamp_position;
+    seg.index = scanned.index;
+    let aligned = align_down(seg.size);
+    let tail = if seg.size > aligned {
+        Bytes::copy_from_slice(&file.read_at(aligned, (seg.size - aligned) as usize).await?)
+    } else {
+        Bytes::new()
+    };
+    seg.seed_tail(aligned, tail);
+    seg.file = Some(Rc::new(file));
+    if !last {
+        seg.rolled = true;
+        seg.sealed = false; // the flusher re-seals it, writing fresh index files
+    }
+    Ok(seg)
+}
