@@ -892,6 +892,7 @@ async fn recover_segment(dir: &Path, base: i64, last: bool, interval: u32) -> Re
             seg.next_offset = next_base_or_scan(dir, base).unwrap_or(base);
             seg.sealed = true;
             seg.rolled = true;
+            seg.seed_tail(file_size, Bytes::new());
             seg.file = Some(Rc::new(file));
             if seg.next_offset > base {
                 return Ok(seg);

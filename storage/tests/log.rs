@@ -113,7 +113,7 @@ fn segments_roll_seal_and_retention_deletes_old_ones() {
         cfg.segment_bytes = 2000;
         cfg.retention_bytes = 3000;
         let log = PartitionLog::open(&path.join("r-0"), "r", 0, cfg.clone(), 0).await.expect("open");
-        append_values(&log, 60, 1_000).await;
+        append_values(&log, 200, 1_000).await;
         log.flush(0).await.expect("flush");
         let segments = log.segment_count();
         assert!(segments > 3, "segments rolled: {segments}");
@@ -126,7 +126,7 @@ fn segments_roll_seal_and_retention_deletes_old_ones() {
         // a reopen loads sealed segments from their indexes and still reads everything
         drop(log);
         let log = PartitionLog::open(&path.join("r-0"), "r", 0, cfg, 0).await.expect("reopen");
-        assert_eq!(log.log_end_offset(), 60);
+        assert_eq!(log.log_end_offset(), 200);
         let read = log.read(0, 1 << 20, true).await.expect("read");
         assert_eq!(offsets_in(&read.records).first(), Some(&0));
         let deleted = log.enforce_retention(10_000).await.expect("retention");
