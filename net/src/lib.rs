@@ -1,1 +1,19 @@
-//! placeholder
+//! sluice-net: the Kafka protocol front end and the thread-per-core runtime.
+//!
+//! Owns connections, request decoding (wire types from the `kafka-protocol` crate, generated
+//! from Kafka's JSON schemas), one handler per Kafka API, the per-core [`shard::Shard`] state and
+//! the cross-core [`router`]. Produce and fetch run on the core that owns the partition; requests
+//! arriving on another core are split by owner and forwarded as typed messages.
+//!
+//! It must never: share mutable state between cores, block a reactor on the data path, answer a
+//! produce before the storage layer says the bytes are durable at the level `acks` asks, or
+//! advertise an API version it does not implement (see [`handlers::APIS`]).
+
+pub mod connection;
+pub mod error;
+pub mod handlers;
+pub mod metadata;
+pub mod router;
+pub mod runtime;
+pub mod shard;
+pub mod topics;

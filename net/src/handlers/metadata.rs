@@ -1,0 +1,141 @@
+//! Metadata (key 3): brokers, topics and partition leaders, from this core's copy of the topic
+//! table. Unknown topics are created on the spot when the client allows it and
+//! `auto.create.topics.enable` is true; unlike Kafka, which first answers LEADER_NOT_AVAILABLE,
+//! the topic is created before answering, so the client can produce at once.
+
+use std::rc::Rc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{ApiKey, BrokerId, MetadataRequest, MetadataResponse};
+use sluice_core::topic::validate_topic_name;
+use uuid::Uuid;
+
+use super::{str_bytes, topic_name, Api, Outcome};
+use crate::connection::{encode_response, RequestContext};
+use crate::metadata::TopicMeta;
+use crate::router::{CoreRequest, CoreResponse, NewTopic};
+use crate::shard::Shard;
+
+pub const API: Api = Api { key: ApiKey::Metadata, min_version: 0, max_version: 12 };
+
+enum Wanted {
+    Name(String),
+    Id(Uuid),
+}
+
+pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: MetadataRequest) -> Outcome {
+    let broker = &shard.broker;
+    // v0: an empty list means all topics; v1+: null means all, empty means none.
+    let wanted: Option<Vec<Wanted>> = match request.topics {
+        None => None,
+        Some(list) if list.is_empty() && ctx.api_version == 0 => None,
+        Some(list) => Some(
+            list.into_iter()
+                .map(|t| match t.name {
+                    Some(name) => Wanted::Name(name.0.to_string()),
+                    None => Wanted::Id(t.topic_id),
+                })
+                .collect(),
+        ),
+    };
+    let auto_create = broker.auto_create_topics_enable
+        && (ctx.api_version < 4 || request.allow_auto_topic_creation);
+    let mut topics = Vec::new();
+    match wanted {
+        None => {
+            let all: Vec<TopicMeta> = shard.topics.borrow().values().cloned().collect();
+            topics.extend(all.iter().map(|m| describe(shard, m)));
+        }
+        Some(list) => {
+            for wanted in list {
+                topics.push(describe_wanted(shard, wanted, auto_create).await);
+            }
+        }
+    }
+    let response = MetadataResponse::default()
+        .with_brokers(vec![MetadataResponseBroker::default()
+            .with_node_id(BrokerId(broker.node_id))
+            .with_host(str_bytes(&broker.advertised_host))
+            .with_port(i32::from(broker.advertised_port))])
+        .with_cluster_id(Some(str_bytes(&shard.cluster_id)))
+        .with_controller_id(BrokerId(broker.node_id))
+        .with_cluster_authorized_operations(i32::MIN)
+        .with_topics(topics);
+    encode_response(ctx, &response)
+}
+
+async fn describe_wanted(shard: &Rc<Shard>, wanted: Wanted, auto_create: bool) -> MetadataResponseTopic {
+    let name = match wanted {
+        Wanted::Id(id) => {
+            let found = shard.topics.borrow().values().find(|m| m.id == *id.as_bytes()).cloned();
+            return match found {
+                Some(meta) => describe(shard, &meta),
+                None => MetadataResponseTopic::default()
+                    .with_topic_id(id)
+                    .with_error_code(ResponseError::UnknownTopicId.code()),
+            };
+        }
+        Wanted::Name(name) => name,
+    };
+    let error_topic = |code: i16| {
+        MetadataResponseTopic::default().with_name(Some(topic_name(&name))).with_error_code(code)
+    };
+    if validate_topic_name(&name).is_err() {
+        return error_topic(ResponseError::InvalidTopicException.code());
+    }
+    let existing = shard.topics.borrow().get(&name).cloned();
+    if let Some(meta) = existing {
+        return describe(shard, &meta);
+    }
+    if !auto_create {
+        return error_topic(ResponseError::UnknownTopicOrPartition.code());
+    }
+    let create = CoreRequest::CreateTopics {
+        topics: vec![NewTopic {
+            name: name.clone(),
+            partitions: -1,
+            replication_factor: -1,
+            configs: Vec::new(),
+            has_assignments: false,
+        }],
+        validate_only: false,
+    };
+    let meta = match shard.call(0, create).await {
+        Some(CoreResponse::Topics(results)) => {
+            let result = results.into_iter().next();
+            match result {
+                Some(r) if r.error == 0 || r.error == ResponseError::TopicAlreadyExists.code() => {
+                    shard.topics.borrow().get(&name).cloned()
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    match meta {
+        Some(meta) => describe(shard, &meta),
+        None => error_topic(ResponseError::LeaderNotAvailable.code()),
+    }
+}
+
+fn describe(shard: &Shard, meta: &TopicMeta) -> MetadataResponseTopic {
+    let node = BrokerId(shard.broker.node_id);
+    let partitions = (0..meta.partitions)
+        .map(|p| {
+            MetadataResponsePartition::default()
+                .with_partition_index(p)
+                .with_leader_id(node)
+                .with_leader_epoch(0)
+                .with_replica_nodes(vec![node])
+                .with_isr_nodes(vec![node])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(topic_name(&meta.name)))
+        .with_topic_id(Uuid::from_bytes(meta.id))
+        .with_topic_authorized_operations(i32::MIN)
+        .with_partitions(partitions)
+}

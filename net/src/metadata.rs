@@ -1,0 +1,199 @@
+//! Durable topic metadata: which topics exist, their ids, partition counts and configs.
+//!
+//! Owned by core 0 (the metadata owner); every other core holds a read-only copy that core 0
+//! keeps current by broadcast. One file per topic under `<log.dirs>/.sluice/topics/`, written to
+//! a temporary name, fsync'ed and renamed, so a crash leaves the old file or the new one, never
+//! a torn one. The text format (docs/FORMATS.md) ends with a CRC-32C line; a file whose CRC does
+//! not match stops the broker at start rather than guessing.
+//!
+//! This is control-plane I/O through std::fs (blocking, a few hundred bytes, only when topics
+//! are created or deleted), never on the produce/fetch path.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use sluice_core::config::BrokerConfig;
+use sluice_core::topic::TopicConfig;
+
+const FORMAT_VERSION: u32 = 1;
+
+/// What every core knows about a topic.
+#[derive(Debug, Clone)]
+pub struct TopicMeta {
+    pub name: String,
+    pub id: [u8; 16],
+    pub partitions: i32,
+    pub config: TopicConfig,
+}
+
+pub fn metadata_dir(log_dirs: &Path) -> PathBuf {
+    log_dirs.join(".sluice")
+}
+
+fn topics_dir(log_dirs: &Path) -> PathBuf {
+    metadata_dir(log_dirs).join("topics")
+}
+
+fn topic_file(log_dirs: &Path, name: &str) -> PathBuf {
+    topics_dir(log_dirs).join(format!("{name}.topic"))
+}
+
+/// Encodes a topic's metadata file.
+pub fn encode(meta: &TopicMeta) -> String {
+    let mut body = format!(
+        "version={FORMAT_VERSION}\nname={}\nid={}\npartitions={}\n",
+        meta.name,
+        hex(&meta.id),
+        meta.partitions
+    );
+    for (k, v) in &meta.config.overrides {
+        body.push_str(&format!("config.{k}={v}\n"));
+    }
+    let crc = crc32c::crc32c(body.as_bytes());
+    body.push_str(&format!("crc32c={crc:08x}\n"));
+    body
+}
+
+/// Decodes a topic's metadata file, validating its CRC and the topic config against the
+/// broker's current defaults.
+pub fn decode(text: &str, broker: &BrokerConfig) -> Result<TopicMeta, String> {
+    let crc_at = text.rfind("crc32c=").ok_or("no crc32c line")?;
+    let (body, crc_line) = text.split_at(crc_at);
+    let want = u32::from_str_radix(crc_line.trim().trim_start_matches("crc32c="), 16)
+        .map_err(|_| "bad crc32c line")?;
+    if crc32c::crc32c(body.as_bytes()) != want {
+        return Err("crc32c mismatch".into());
+    }
+    let mut fields = BTreeMap::new();
+    let mut overrides = BTreeMap::new();
+    for line in body.lines() {
+        let (k, v) = line.split_once('=').ok_or_else(|| format!("bad line '{line}'"))?;
+        match k.strip_prefix("config.") {
+            Some(key) => _ = overrides.insert(key.to_string(), v.to_string()),
+            None => _ = fields.insert(k.to_string(), v.to_string()),
+        }
+    }
+    if fields.get("version").map(String::as_str) != Some("1") {
+        return Err("unsupported version".into());
+    }
+    let name = fields.get("name").ok_or("no name")?.clone();
+    let id = unhex(fields.get("id").ok_or("no id")?).ok_or("bad id")?;
+    let partitions: i32 =
+        fields.get("partitions").ok_or("no partitions")?.parse().map_err(|_| "bad partitions")?;
+    let config = TopicConfig::with_overrides(broker, &overrides).map_err(|e| e.to_string())?;
+    Ok(TopicMeta { name, id, partitions, config })
+}
+
+/// Loads every topic at start (before the reactors run).
+pub fn load_all(broker: &BrokerConfig) -> Result<Vec<TopicMeta>, String> {
+    let dir = topics_dir(&broker.log_dirs);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut topics = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(|e| e.to_string())? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.extension().is_none_or(|x| x != "topic") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        topics.push(decode(&text, broker).map_err(|e| format!("{}: {e}", path.display()))?);
+    }
+    topics.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(topics)
+}
+
+/// Persists a topic (create).
+pub fn store(log_dirs: &Path, meta: &TopicMeta) -> std::io::Result<()> {
+    let dir = topics_dir(log_dirs);
+    std::fs::create_dir_all(&dir)?;
+    let tmp = dir.join(format!(".{}.tmp", meta.name));
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(encode(meta).as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, topic_file(log_dirs, &meta.name))?;
+    std::fs::File::open(&dir)?.sync_all()
+}
+
+/// Removes a topic's metadata (delete). The partition directories are removed by their owners.
+pub fn remove(log_dirs: &Path, name: &str) -> std::io::Result<()> {
+    std::fs::remove_file(topic_file(log_dirs, name))?;
+    std::fs::File::open(topics_dir(log_dirs))?.sync_all()
+}
+
+/// The cluster id, created once and kept in `meta.properties` like Kafka's.
+pub fn cluster_id(broker: &BrokerConfig) -> std::io::Result<String> {
+    let dir = metadata_dir(&broker.log_dirs);
+    std::fs::create_dir_all(&dir)?;
+    let path = broker.log_dirs.join("meta.properties");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Some(id) = text.lines().find_map(|l| l.strip_prefix("cluster.id=")) {
+            return Ok(id.trim().to_string());
+        }
+    }
+    let id = base64_url(uuid::Uuid::new_v4().as_bytes());
+    let text = format!("version=1\ncluster.id={id}\nnode.id={}\n", broker.node_id);
+    let tmp = broker.log_dirs.join(".meta.properties.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(id)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 16]> {
+    if s.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Kafka prints cluster ids as URL-safe base64 of 16 bytes without padding.
+fn base64_url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] =
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_files_round_trip_and_detect_damage() {
+        let broker = BrokerConfig::default();
+        let mut overrides = BTreeMap::new();
+        overrides.insert("retention.ms".to_string(), "60000".to_string());
+        let meta = TopicMeta {
+            name: "orders".into(),
+            id: [7; 16],
+            partitions: 12,
+            config: TopicConfig::with_overrides(&broker, &overrides).expect("valid"),
+        };
+        let text = encode(&meta);
+        let back = decode(&text, &broker).expect("decodes");
+        assert_eq!(back.name, "orders");
+        assert_eq!(back.id, [7; 16]);
+        assert_eq!(back.partitions, 12);
+        assert_eq!(back.config.retention_ms, 60000);
+        let damaged = text.replace("partitions=12", "partitions=13");
+        assert!(decode(&damaged, &broker).is_err());
+        assert_eq!(base64_url(&[0u8; 16]).len(), 22);
+    }
+}

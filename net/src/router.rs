@@ -1,0 +1,215 @@
+//! Typed request/response messages between cores, over glommio's bounded channel mesh.
+//!
+//! A request for a partition owned by another core travels to that core as a [`CoreRequest`]
+//! (record bytes are `Bytes`, moved, never re-encoded) and its [`CoreResponse`] comes back
+//! tagged with the caller's id. Each core sends through one local outbox per peer, drained by a
+//! forwarder task into the mesh: pushing to the outbox is synchronous, so requests leave a core
+//! in exactly the order they were issued (produce order per partition is preserved even when
+//! the mesh channel is full and the forwarder waits), and the mesh's bounded depth back-pressures
+//! the whole core rather than growing a queue without limit.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::channels::local_channel::{self, LocalSender};
+use sluice_core::TopicPartition;
+
+use crate::metadata::TopicMeta;
+
+/// Work one core asks of another.
+#[derive(Debug)]
+pub enum CoreRequest {
+    Produce { acks: i16, timeout_ms: i32, partitions: Vec<(TopicPartition, Bytes)> },
+    Read { budget_bytes: usize, partitions: Vec<ReadPartition> },
+    WaitForData { partitions: Vec<(TopicPartition, i64)>, timeout_ms: u64 },
+    ListOffsets { partitions: Vec<(TopicPartition, i64)> },
+    /// To core 0, the metadata owner.
+    CreateTopics { topics: Vec<NewTopic>, validate_only: bool },
+    /// To core 0, the metadata owner.
+    DeleteTopics { names: Vec<String> },
+    /// From core 0 to every core: apply a topic change to the local tables and logs.
+    ApplyTopic(TopicChange),
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadPartition {
+    pub tp: TopicPartition,
+    pub offset: i64,
+    pub max_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewTopic {
+    pub name: String,
+    pub partitions: i32,
+    pub replication_factor: i16,
+    pub configs: Vec<(String, Option<String>)>,
+    pub has_assignments: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum TopicChange {
+    Created { revision: u64, meta: TopicMeta, cores: Vec<usize> },
+    Deleted { revision: u64, name: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct ProduceResult {
+    pub tp: TopicPartition,
+    pub error: i16,
+    pub message: Option<String>,
+    pub base_offset: i64,
+    pub log_append_time_ms: i64,
+    pub log_start_offset: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadOutcome {
+    pub tp: TopicPartition,
+    pub error: i16,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub records: Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub struct OffsetResult {
+    pub tp: TopicPartition,
+    pub error: i16,
+    pub timestamp: i64,
+    pub offset: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TopicResult {
+    pub name: String,
+    pub error: i16,
+    pub message: Option<String>,
+    pub meta: Option<TopicMeta>,
+}
+
+#[derive(Debug)]
+pub enum CoreResponse {
+    Produce(Vec<ProduceResult>),
+    Read(Vec<ReadOutcome>),
+    Waited,
+    ListOffsets(Vec<OffsetResult>),
+    Topics(Vec<TopicResult>),
+    Applied,
+}
+
+#[derive(Debug)]
+pub enum Envelope {
+    Request { id: u64, from: usize, body: CoreRequest },
+    Response { id: u64, body: CoreResponse },
+}
+
+/// This core's end of the mesh.
+pub struct Router {
+    pub core_id: usize,
+    outboxes: Vec<Option<LocalSender<Envelope>>>,
+    pending: RefCell<HashMap<u64, oneshot::Sender<CoreResponse>>>,
+    next_id: Cell<u64>,
+}
+
+/// Why a cross-core call did not complete (the broker is shutting down).
+#[derive(Debug)]
+pub struct Disconnected;
+
+impl Router {
+    /// A router for a single-core broker: there are no peers.
+    pub fn single() -> Rc<Router> {
+        Rc::new(Router {
+            core_id: 0,
+            outboxes: vec![None],
+            pending: RefCell::new(HashMap::new()),
+            next_id: Cell::new(0),
+        })
+    }
+
+    /// Connects to every peer: one forwarder task per peer drains the outbox into the mesh.
+    /// Returns the router and the receivers the caller must serve with [`serve_peer`].
+    pub fn connect(
+        senders: Senders<Envelope>,
+        receivers: Receivers<Envelope>,
+    ) -> (Rc<Router>, Receivers<Envelope>) {
+        let core_id = senders.peer_id();
+        let senders = Rc::new(senders);
+        let mut outboxes = Vec::new();
+        for peer in 0..senders.nr_consumers() {
+            if peer == core_id {
+                outboxes.push(None);
+                continue;
+            }
+            let (tx, rx) = local_channel::new_unbounded::<Envelope>();
+            let senders = senders.clone();
+            glommio::spawn_local(async move {
+                while let Some(envelope) = rx.recv().await {
+                    if senders.send_to(peer, envelope).await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .detach();
+            outboxes.push(Some(tx));
+        }
+        let router = Router {
+            core_id,
+            outboxes,
+            pending: RefCell::new(HashMap::new()),
+            next_id: Cell::new(0),
+        };
+        (Rc::new(router), receivers)
+    }
+
+    pub fn cores(&self) -> usize {
+        self.outboxes.len()
+    }
+
+    /// Sends `body` to `core` and waits for its answer. The send itself is synchronous, which
+    /// is what keeps per-partition order (see the module docs).
+    pub fn call(
+        &self,
+        core: usize,
+        body: CoreRequest,
+    ) -> impl std::future::Future<Output = Result<CoreResponse, Disconnected>> + 'static {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let (tx, rx) = oneshot::channel();
+        self.pending.borrow_mut().insert(id, tx);
+        let sent = match self.outboxes.get(core) {
+            Some(Some(outbox)) => {
+                outbox.try_send(Envelope::Request { id, from: self.core_id, body }).is_ok()
+            }
+            _ => false,
+        };
+        if !sent {
+            self.pending.borrow_mut().remove(&id);
+        }
+        async move {
+            if !sent {
+                return Err(Disconnected);
+            }
+            rx.await.map_err(|_| Disconnected)
+        }
+    }
+
+    /// Sends an answer back to the core that asked.
+    pub fn reply(&self, to: usize, id: u64, body: CoreResponse) {
+        if let Some(Some(outbox)) = self.outboxes.get(to) {
+            // A full stop of the peer is the only way this fails; the caller then never waits.
+            let _ = outbox.try_send(Envelope::Response { id, body });
+        }
+    }
+
+    /// Completes a local waiter with an answer from a peer.
+    pub fn complete(&self, id: u64, body: CoreResponse) {
+        if let Some(tx) = self.pending.borrow_mut().remove(&id) {
+            let _ = tx.send(body);
+        }
+    }
+}

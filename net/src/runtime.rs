@@ -1,0 +1,287 @@
+//! Starting and stopping the broker: one glommio executor per core, each pinned to one CPU of
+//! the process's affinity mask, joined by a bounded channel mesh.
+//!
+//! Start: the main thread loads the topic metadata, then spawns the executors. Each executor
+//! guards against glommio's polled-I/O mis-detection, recovers the partitions it owns, joins the
+//! mesh (a barrier: no core accepts before every core has recovered), and accepts connections
+//! on the shared port (SO_REUSEPORT lets the kernel spread connections over cores).
+//!
+//! Stop (SIGTERM/SIGINT): the main thread, which only waits for signals, raises a flag; each
+//! core stops accepting, lets in-flight requests finish (bounded wait), flushes and closes its
+//! logs, and exits; the process exits 0.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use sluice_core::config::BrokerConfig;
+use sluice_core::ShardTable;
+use sluice_storage::Flusher;
+
+use crate::metadata::{self, TopicMeta};
+use crate::router::{Envelope, Router, TopicChange};
+use crate::shard::{now_ms, Shard};
+
+/// How long a stopping core waits for in-flight requests before closing its logs anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+pub fn run(config: BrokerConfig) -> Result<(), String> {
+    let cpus = allowed_cpus();
+    let cores = if config.cores == 0 { cpus.len() } else { config.cores };
+    if cores == 0 {
+        return Err("no CPU available to run on".into());
+    }
+    std::fs::create_dir_all(&config.log_dirs)
+        .map_err(|e| format!("log.dirs {}: {e}", config.log_dirs.display()))?;
+    let topics = metadata::load_all(&config)?;
+    let cluster_id = metadata::cluster_id(&config).map_err(|e| format!("meta.properties: {e}"))?;
+    for key in &config.ignored {
+        eprintln!("sluice: setting '{key}' has no effect in sluice and is ignored");
+    }
+    block_stop_signals();
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = Arc::new(AtomicUsize::new(cores));
+    let mesh = (cores > 1).then(|| {
+        MeshBuilder::<Envelope, _>::full(cores, sluice_core::limits::cross_core_channel_depth)
+    });
+    let barrier = Arc::new(std::sync::Barrier::new(cores));
+    let mut handles = Vec::new();
+    for core in 0..cores {
+        let cpu = cpus[core % cpus.len()];
+        let config = config.clone();
+        let topics = topics.clone();
+        let cluster_id = cluster_id.clone();
+        let mesh = mesh.clone();
+        let stop = stop.clone();
+        let running = running.clone();
+        let barrier = barrier.clone();
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("sluice-core-{core}"))
+            .io_memory(config.io_memory_bytes)
+            .spawn(move || async move {
+                let result = core_main(core, config, topics, cluster_id, mesh, stop, barrier).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                result
+            })
+            .map_err(|e| format!("cannot start the executor of core {core} on CPU {cpu}: {e}"))?;
+        handles.push(handle);
+    }
+    eprintln!(
+        "sluice: listening on {} with {cores} core(s), data in {}",
+        config.listener,
+        config.log_dirs.display()
+    );
+    wait_for_stop(&stop, &running);
+    let mut failure = None;
+    for handle in handles {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(e),
+            Err(e) => failure = Some(format!("a core failed: {e}")),
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn core_main(
+    core: usize,
+    config: BrokerConfig,
+    topics: Vec<TopicMeta>,
+    cluster_id: String,
+    mesh: Option<MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>>,
+    stop: Arc<AtomicBool>,
+    barrier: Arc<std::sync::Barrier>,
+) -> Result<(), String> {
+    sluice_storage::io_probe::guard(&config.log_dirs)
+        .await
+        .map_err(|e| format!("core {core}: O_DIRECT probe in {}: {e}", config.log_dirs.display()))?;
+    let flusher = Flusher::new();
+    let shard_count = mesh.as_ref().map(|m| m.nr_peers()).unwrap_or(1);
+    let mut revision = 1u64;
+    let mut placements = Vec::new();
+    for meta in &topics {
+        let cores_of: Vec<usize> = (0..meta.partitions)
+            .map(|p| sluice_core::placement::core_for_partition(&meta.name, p, shard_count))
+            .collect();
+        placements.push(TopicChange::Created { revision, meta: meta.clone(), cores: cores_of });
+        revision += 1;
+    }
+    let (router, receivers) = match mesh {
+        None => (Router::single(), None),
+        Some(mesh) => {
+            let (senders, receivers) =
+                mesh.join().await.map_err(|_| format!("core {core}: cannot join the mesh"))?;
+            let (router, receivers) = Router::connect(senders, receivers);
+            if router.core_id != core {
+                return Err(format!("core {core} got mesh id {}", router.core_id));
+            }
+            (router, Some(receivers))
+        }
+    };
+    let shard = Rc::new(Shard {
+        core_id: core,
+        broker: Rc::new(config.clone()),
+        cluster_id,
+        table: RefCell::new(ShardTable::new()),
+        topics: RefCell::new(BTreeMap::new()),
+        logs: RefCell::new(HashMap::new()),
+        flusher: flusher.clone(),
+        router,
+        next_revision: Cell::new(revision),
+        stopping: Cell::new(false),
+        inflight: Cell::new(0),
+    });
+    // Recover the partitions this core owns, then wait for every core to have done the same:
+    // no core accepts a client (who could route work here) before all logs are open.
+    for change in placements {
+        let _ = shard.start(crate::router::CoreRequest::ApplyTopic(change)).await;
+    }
+    barrier.wait();
+    if let Some(mut receivers) = receivers {
+        for (peer, receiver) in receivers.streams() {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                while let Some(envelope) = receiver.recv().await {
+                    match envelope {
+                        Envelope::Request { id, from, body } => {
+                            let started = shard.start(body);
+                            let shard = shard.clone();
+                            glommio::spawn_local(async move {
+                                let answer = started.await;
+                                shard.router.reply(from, id, answer);
+                            })
+                            .detach();
+                        }
+                        Envelope::Response { id, body } => shard.router.complete(id, body),
+                    }
+                }
+                let _ = peer;
+            })
+            .detach();
+        }
+    }
+    let flusher_task = glommio::spawn_local(flusher.clone().run(now_ms, Duration::from_millis(100)));
+    glommio::spawn_local(retention_loop(shard.clone())).detach();
+    let listener = TcpListener::bind(config.listener)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listener))?;
+    let active = Rc::new(Cell::new(0usize));
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            while !stop.load(Ordering::Relaxed) {
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => {
+                let shard = shard.clone();
+                let active = active.clone();
+                active.set(active.get() + 1);
+                glommio::spawn_local(async move {
+                    crate::connection::serve(shard, stream).await;
+                    active.set(active.get() - 1);
+                })
+                .detach();
+            }
+            Some(Err(e)) => {
+                eprintln!("sluice: core {core}: accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    drop(listener);
+    shard.stopping.set(true);
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while shard.inflight_requests() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    let logs: Vec<_> = shard.logs.borrow().values().cloned().collect();
+    let mut result = Ok(());
+    for log in logs {
+        if let Err(e) = log.close().await {
+            result = Err(format!("core {core}: closing {}-{}: {e}", log.topic, log.partition));
+        }
+    }
+    flusher.stop();
+    flusher_task.await;
+    result
+}
+
+/// Deletes expired segments every `log.retention.check.interval.ms`.
+async fn retention_loop(shard: Rc<Shard>) {
+    let interval = Duration::from_millis(shard.broker.log_retention_check_interval_ms);
+    loop {
+        glommio::timer::sleep(interval).await;
+        if shard.stopping.get() {
+            return;
+        }
+        let logs: Vec<_> = shard.logs.borrow().values().cloned().collect();
+        for log in logs {
+            if let Err(e) = log.enforce_retention(now_ms()).await {
+                eprintln!("sluice: retention of {}-{}: {e}", log.topic, log.partition);
+            }
+        }
+    }
+}
+
+/// CPUs this process may run on (respects `taskset`).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this process.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return vec![0];
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|cpu| libc::CPU_ISSET(*cpu, &set)).collect()
+    }
+}
+
+fn stop_signal_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        set
+    }
+}
+
+/// Blocks SIGINT/SIGTERM in this thread and every thread spawned after, so that only the main
+/// thread's `sigtimedwait` receives them.
+fn block_stop_signals() {
+    let set = stop_signal_set();
+    // SAFETY: valid signal set; changes only this thread's mask.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Waits for SIGINT/SIGTERM (or for every core to have exited on its own), then raises `stop`.
+fn wait_for_stop(stop: &AtomicBool, running: &AtomicUsize) {
+    let set = stop_signal_set();
+    let timeout = libc::timespec { tv_sec: 0, tv_nsec: 200_000_000 };
+    loop {
+        if running.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        // SAFETY: valid set and timeout; a null info pointer is allowed.
+        let signal = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) };
+        if signal == libc::SIGINT || signal == libc::SIGTERM {
+            eprintln!("sluice: stopping (signal {signal})");
+            break;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+}

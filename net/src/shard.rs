@@ -1,0 +1,406 @@
+//! Everything one core owns: its copy of the shard table and topic metadata, the partition logs
+//! it owns, its flusher, and its end of the cross-core router.
+//!
+//! All of it lives on this core only (`Rc`/`RefCell`, no locks). Other cores reach it solely by
+//! sending a [`CoreRequest`]; [`Shard::start`] is the one entry point for such work, whether the
+//! caller is this core or a peer, and it re-checks ownership with this core's own shard table
+//! before touching a log.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::{select_all, FutureExt, LocalBoxFuture};
+use kafka_protocol::error::ResponseError;
+use sluice_core::config::BrokerConfig;
+use sluice_core::shard_table::ShardUpdate;
+use sluice_core::{ShardTable, TopicPartition};
+use sluice_storage::{Durability, Flusher, LogConfig, PartitionLog, SyncPolicy};
+
+use crate::error::storage_error_code;
+use crate::metadata::TopicMeta;
+use crate::router::{
+    CoreRequest, CoreResponse, OffsetResult, ProduceResult, ReadOutcome, ReadPartition, Router,
+    TopicChange,
+};
+use crate::topics;
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+pub struct Shard {
+    pub core_id: usize,
+    pub broker: Rc<BrokerConfig>,
+    pub cluster_id: String,
+    pub table: RefCell<ShardTable>,
+    pub topics: RefCell<BTreeMap<String, TopicMeta>>,
+    pub logs: RefCell<HashMap<TopicPartition, Rc<PartitionLog>>>,
+    pub flusher: Rc<Flusher>,
+    pub router: Rc<Router>,
+    /// Core 0 only: the revision the next metadata change gets.
+    pub next_revision: Cell<u64>,
+    pub stopping: Cell<bool>,
+    /// Requests read from clients of this core and not yet answered.
+    pub inflight: Cell<usize>,
+}
+
+pub type CoreFuture = LocalBoxFuture<'static, CoreResponse>;
+
+impl Shard {
+    pub fn inflight_requests(&self) -> usize {
+        self.inflight.get()
+    }
+
+    pub fn cores(&self) -> usize {
+        self.router.cores()
+    }
+
+    pub fn log(&self, tp: &TopicPartition) -> Option<Rc<PartitionLog>> {
+        self.logs.borrow().get(tp).cloned()
+    }
+
+    /// Runs `request` on this core (the caller is this core or a peer). Synchronous parts —
+    /// notably appends — happen before this returns, so requests started in order append in
+    /// order; the returned future finishes the asynchronous rest (durability, long polls).
+    pub fn start(self: &Rc<Self>, request: CoreRequest) -> CoreFuture {
+        match request {
+            CoreRequest::Produce { acks, timeout_ms, partitions } => {
+                self.produce(acks, timeout_ms, partitions)
+            }
+            CoreRequest::Read { budget_bytes, partitions } => {
+                let shard = self.clone();
+                async move { CoreResponse::Read(shard.read(budget_bytes, partitions).await) }
+                    .boxed_local()
+            }
+            CoreRequest::WaitForData { partitions, timeout_ms } => {
+                let shard = self.clone();
+                async move {
+                    shard.wait_for_data(partitions, timeout_ms).await;
+                    CoreResponse::Waited
+                }
+                .boxed_local()
+            }
+            CoreRequest::ListOffsets { partitions } => {
+                let shard = self.clone();
+                async move { CoreResponse::ListOffsets(shard.list_offsets(partitions).await) }
+                    .boxed_local()
+            }
+            CoreRequest::CreateTopics { topics, validate_only } => {
+                let shard = self.clone();
+                async move {
+                    CoreResponse::Topics(topics::create(&shard, topics, validate_only).await)
+                }
+                .boxed_local()
+            }
+            CoreRequest::DeleteTopics { names } => {
+                let shard = self.clone();
+                async move { CoreResponse::Topics(topics::delete(&shard, names).await) }
+                    .boxed_local()
+            }
+            CoreRequest::ApplyTopic(change) => {
+                let shard = self.clone();
+                async move {
+                    shard.apply_topic(change).await;
+                    CoreResponse::Applied
+                }
+                .boxed_local()
+            }
+        }
+    }
+
+    /// Sends `request` to `core` (running it here when that is this core). The request is
+    /// started or queued before this returns, so dispatches made in order are applied in order;
+    /// None comes back only when the peer is gone (shutdown).
+    pub fn dispatch(
+        self: &Rc<Self>,
+        core: usize,
+        request: CoreRequest,
+    ) -> LocalBoxFuture<'static, Option<CoreResponse>> {
+        if core == self.core_id {
+            let started = self.start(request);
+            return async move { Some(started.await) }.boxed_local();
+        }
+        let sent = self.router.call(core, request);
+        async move { sent.await.ok() }.boxed_local()
+    }
+
+    pub async fn call(self: &Rc<Self>, core: usize, request: CoreRequest) -> Option<CoreResponse> {
+        self.dispatch(core, request).await
+    }
+
+    fn produce(
+        self: &Rc<Self>,
+        acks: i16,
+        timeout_ms: i32,
+        partitions: Vec<(TopicPartition, bytes::Bytes)>,
+    ) -> CoreFuture {
+        let now = now_ms();
+        let mut appended = Vec::with_capacity(partitions.len());
+        for (tp, records) in partitions {
+            let result = match self.owned_log(&tp) {
+                Err(code) => Err((code, None)),
+                Ok(log) => match log.append(&records, now) {
+                    Ok(info) => {
+                        self.flusher.mark_dirty(&log);
+                        Ok((log, info))
+                    }
+                    Err(e) => Err((storage_error_code(&e), Some(e.to_string()))),
+                },
+            };
+            appended.push((tp, result));
+        }
+        async move {
+            let deadline = Duration::from_millis(timeout_ms.max(0) as u64);
+            let mut results = Vec::with_capacity(appended.len());
+            for (tp, result) in appended {
+                let produced = match result {
+                    Err((error, message)) => ProduceResult {
+                        tp,
+                        error,
+                        message,
+                        base_offset: -1,
+                        log_append_time_ms: -1,
+                        log_start_offset: -1,
+                    },
+                    Ok((log, info)) => {
+                        let level = match (acks, log.config().sync) {
+                            (-1, SyncPolicy::EveryWrite) => Some(Durability::Synced),
+                            (0, _) => None,
+                            _ => Some(Durability::Written),
+                        };
+                        let outcome = match level {
+                            None => Ok(()),
+                            Some(level) => {
+                                let wait = log.wait_durable(&info, level);
+                                match with_timeout(wait, deadline).await {
+                                    Some(Ok(())) => Ok(()),
+                                    Some(Err(e)) => Err((storage_error_code(&e), e.to_string())),
+                                    None => Err((
+                                        ResponseError::RequestTimedOut.code(),
+                                        "timed out waiting for the write to be durable".into(),
+                                    )),
+                                }
+                            }
+                        };
+                        match outcome {
+                            Ok(()) => ProduceResult {
+                                tp,
+                                error: 0,
+                                message: None,
+                                base_offset: info.base_offset,
+                                log_append_time_ms: info.log_append_time_ms,
+                                log_start_offset: info.log_start_offset,
+                            },
+                            Err((error, message)) => ProduceResult {
+                                tp,
+                                error,
+                                message: Some(message),
+                                base_offset: -1,
+                                log_append_time_ms: -1,
+                                log_start_offset: -1,
+                            },
+                        }
+                    }
+                };
+                results.push(produced);
+            }
+            CoreResponse::Produce(results)
+        }
+        .boxed_local()
+    }
+
+    /// The log of a partition this core owns, or the Kafka error to answer with.
+    fn owned_log(&self, tp: &TopicPartition) -> Result<Rc<PartitionLog>, i16> {
+        match self.table.borrow().core_of(&tp.topic, tp.partition) {
+            None => return Err(ResponseError::UnknownTopicOrPartition.code()),
+            Some(core) if core != self.core_id => {
+                return Err(ResponseError::NotLeaderOrFollower.code())
+            }
+            Some(_) => {}
+        }
+        self.log(tp).ok_or(ResponseError::NotLeaderOrFollower.code())
+    }
+
+    async fn read(&self, budget_bytes: usize, partitions: Vec<ReadPartition>) -> Vec<ReadOutcome> {
+        let mut out = Vec::with_capacity(partitions.len());
+        let mut budget = budget_bytes;
+        let mut first_with_data = true;
+        for p in partitions {
+            let outcome = match self.owned_log(&p.tp) {
+                Err(error) => ReadOutcome {
+                    tp: p.tp,
+                    error,
+                    high_watermark: -1,
+                    log_start_offset: -1,
+                    records: bytes::Bytes::new(),
+                },
+                Ok(log) => {
+                    let max = p.max_bytes.min(budget);
+                    match log.read(p.offset, max, first_with_data).await {
+                        Ok(read) => {
+                            if !read.records.is_empty() {
+                                first_with_data = false;
+                                budget = budget.saturating_sub(read.records.len());
+                            }
+                            ReadOutcome {
+                                tp: p.tp,
+                                error: 0,
+                                high_watermark: read.high_watermark,
+                                log_start_offset: read.log_start_offset,
+                                records: read.records,
+                            }
+                        }
+                        Err(e) => ReadOutcome {
+                            tp: p.tp,
+                            error: storage_error_code(&e),
+                            high_watermark: log.high_watermark(),
+                            log_start_offset: log.log_start_offset(),
+                            records: bytes::Bytes::new(),
+                        },
+                    }
+                }
+            };
+            out.push(outcome);
+        }
+        out
+    }
+
+    /// Returns when any of the partitions has data at or past its offset, or after the timeout.
+    async fn wait_for_data(&self, partitions: Vec<(TopicPartition, i64)>, timeout_ms: u64) {
+        let mut waits: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::new();
+        for (tp, offset) in partitions {
+            let Ok(log) = self.owned_log(&tp) else { return };
+            waits.push(Box::pin(async move {
+                loop {
+                    let changed = log.high_watermark_changed.notified();
+                    if log.high_watermark() > offset || log.log_start_offset() > offset {
+                        return;
+                    }
+                    changed.await;
+                }
+            }));
+        }
+        if waits.is_empty() {
+            return;
+        }
+        let any = select_all(waits).map(|_| ());
+        let _ = with_timeout(any, Duration::from_millis(timeout_ms)).await;
+    }
+
+    async fn list_offsets(&self, partitions: Vec<(TopicPartition, i64)>) -> Vec<OffsetResult> {
+        let mut out = Vec::with_capacity(partitions.len());
+        for (tp, timestamp) in partitions {
+            let result = match self.owned_log(&tp) {
+                Err(error) => Err(error),
+                Ok(log) => crate::handlers::list_offsets::lookup(&log, timestamp).await,
+            };
+            out.push(match result {
+                Ok((timestamp, offset)) => OffsetResult { tp, error: 0, timestamp, offset },
+                Err(error) => OffsetResult { tp, error, timestamp: -1, offset: -1 },
+            });
+        }
+        out
+    }
+
+    /// Applies a topic change broadcast by core 0: update this core's tables, open the logs of
+    /// new partitions this core owns, close and delete those of removed topics.
+    async fn apply_topic(&self, change: TopicChange) {
+        match change {
+            TopicChange::Created { revision, meta, cores } => {
+                let update = ShardUpdate::TopicPlaced {
+                    revision,
+                    topic: meta.name.clone(),
+                    cores: cores.clone(),
+                };
+                if !self.table.borrow_mut().apply(&update) {
+                    return;
+                }
+                self.topics.borrow_mut().insert(meta.name.clone(), meta.clone());
+                for (partition, core) in cores.iter().enumerate() {
+                    if *core == self.core_id {
+                        let tp = TopicPartition::new(meta.name.clone(), partition as i32);
+                        match self.open_log(&meta, partition as i32).await {
+                            Ok(log) => {
+                                self.logs.borrow_mut().insert(tp, log);
+                            }
+                            Err(e) => eprintln!("sluice: core {}: cannot open {tp}: {e}", self.core_id),
+                        }
+                    }
+                }
+                self.resize_caches();
+            }
+            TopicChange::Deleted { revision, name } => {
+                let update = ShardUpdate::TopicRemoved { revision, topic: name.clone() };
+                if !self.table.borrow_mut().apply(&update) {
+                    return;
+                }
+                self.topics.borrow_mut().remove(&name);
+                let doomed: Vec<(TopicPartition, Rc<PartitionLog>)> = {
+                    let mut logs = self.logs.borrow_mut();
+                    let keys: Vec<_> = logs.keys().filter(|tp| tp.topic == name).cloned().collect();
+                    keys.into_iter().filter_map(|k| logs.remove(&k).map(|l| (k, l))).collect()
+                };
+                for (tp, log) in doomed {
+                    let dir = log.dir().to_path_buf();
+                    drop(log);
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        eprintln!("sluice: cannot remove {}: {e} ({tp})", dir.display());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens (recovering) a partition's log on this core.
+    pub async fn open_log(
+        &self,
+        meta: &TopicMeta,
+        partition: i32,
+    ) -> sluice_storage::error::Result<Rc<PartitionLog>> {
+        let dir = self.broker.log_dirs.join(format!("{}-{partition}", meta.name));
+        let config = LogConfig::from_topic(
+            &meta.config,
+            self.broker.log_index_interval_bytes,
+            self.broker.sync_before_ack(),
+        );
+        let log = PartitionLog::open(&dir, &meta.name, partition, config, now_ms()).await?;
+        let epoch = sluice_replication::LeaderEpochFile::open_or_init(&dir, log.log_end_offset())?;
+        log.set_leader_epoch(epoch.current_epoch());
+        if log.needs_flush() {
+            self.flusher.mark_dirty(&log);
+        }
+        Ok(log)
+    }
+
+    /// Splits the per-core batch cache budget over the partitions this core owns.
+    pub fn resize_caches(&self) {
+        let logs = self.logs.borrow();
+        let n = logs.len().max(1) as u64;
+        let per = (sluice_core::limits::batch_cache_bytes_per_core as u64 / n)
+            .min(sluice_core::limits::batch_cache_bytes_per_partition_max as u64)
+            .max(64 * 1024);
+        for log in logs.values() {
+            log.set_cache_bytes_max(per);
+        }
+    }
+
+    /// The partition → core placement of a new topic.
+    pub fn place(&self, name: &str, partitions: i32) -> Vec<usize> {
+        (0..partitions)
+            .map(|p| sluice_core::placement::core_for_partition(name, p, self.cores()))
+            .collect()
+    }
+}
+
+/// Runs `f` for at most `limit`; None when the time ran out first.
+pub async fn with_timeout<T>(f: impl Future<Output = T>, limit: Duration) -> Option<T> {
+    futures_lite::future::or(async { Some(f.await) }, async {
+        glommio::timer::sleep(limit).await;
+        None
+    })
+    .await
+}
