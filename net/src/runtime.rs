@@ -44,13 +44,16 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
     for key in &config.ignored {
         eprintln!("sluice: setting '{key}' has no effect in sluice and is ignored");
     }
+    // SO_REUSEPORT (how every core shares the port) would also let a second broker bind the
+    // same port silently; a plain bind first fails with "address in use" as Kafka would.
+    check_port_free(config.listener)?;
     block_stop_signals();
     let stop = Arc::new(AtomicBool::new(false));
     let running = Arc::new(AtomicUsize::new(cores));
     let mesh = (cores > 1).then(|| {
         MeshBuilder::<Envelope, _>::full(cores, sluice_core::limits::cross_core_channel_depth)
     });
-    let barrier = Arc::new(std::sync::Barrier::new(cores));
+    let barrier = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
     for core in 0..cores {
         let cpu = cpus[core % cpus.len()];
@@ -72,11 +75,6 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
             .map_err(|e| format!("cannot start the executor of core {core} on CPU {cpu}: {e}"))?;
         handles.push(handle);
     }
-    eprintln!(
-        "sluice: listening on {} with {cores} core(s), data in {}",
-        config.listener,
-        config.log_dirs.display()
-    );
     wait_for_stop(&stop, &running);
     let mut failure = None;
     for handle in handles {
@@ -99,7 +97,7 @@ async fn core_main(
     cluster_id: String,
     mesh: Option<MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>>,
     stop: Arc<AtomicBool>,
-    barrier: Arc<std::sync::Barrier>,
+    barrier: Arc<AtomicUsize>,
 ) -> Result<(), String> {
     sluice_storage::io_probe::guard(&config.log_dirs)
         .await
@@ -145,7 +143,12 @@ async fn core_main(
     for change in placements {
         let _ = shard.start(crate::router::CoreRequest::ApplyTopic(change)).await;
     }
-    barrier.wait();
+    // An async barrier: a blocking one would stall this reactor while peers may still need it
+    // to finish connecting their mesh channels.
+    barrier.fetch_add(1, Ordering::SeqCst);
+    while barrier.load(Ordering::SeqCst) < shard.cores() {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
     if let Some(mut receivers) = receivers {
         for (peer, receiver) in receivers.streams() {
             let shard = shard.clone();
@@ -173,6 +176,14 @@ async fn core_main(
     glommio::spawn_local(retention_loop(shard.clone())).detach();
     let listener = TcpListener::bind(config.listener)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listener))?;
+    if core == 0 {
+        eprintln!(
+            "sluice: listening on {} with {} core(s), data in {}",
+            config.listener,
+            shard.cores(),
+            config.log_dirs.display()
+        );
+    }
     let active = Rc::new(Cell::new(0usize));
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
@@ -233,6 +244,19 @@ async fn retention_loop(shard: Rc<Shard>) {
             }
         }
     }
+}
+
+/// Binds the listener address once with SO_REUSEADDR (as Kafka does) but without SO_REUSEPORT:
+/// fails if another process listens there.
+fn check_port_free(addr: std::net::SocketAddr) -> Result<(), String> {
+    let domain = if addr.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)
+        .map_err(|e| format!("cannot create a socket: {e}"))?;
+    socket.set_reuse_address(true).map_err(|e| format!("SO_REUSEADDR: {e}"))?;
+    socket
+        .bind(&addr.into())
+        .and_then(|_| socket.listen(1))
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
 /// CPUs this process may run on (respects `taskset`).

@@ -1,0 +1,417 @@
+//! The integration tests: real `sluice` processes driven by librdkafka (the `rdkafka` crate,
+//! built from its bundled source) and by hand-made protocol bytes for the bad-input cases.
+
+
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use crate::common::Broker;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn producer(broker: &Broker, extra: &[(&str, &str)]) -> FutureProducer {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("message.timeout.ms", "30000")
+        .set("linger.ms", "5");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
+    config.create().expect("producer")
+}
+
+fn consumer(broker: &Broker) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        // librdkafka's assign() needs a group id even when no group is joined; nothing is
+        // committed, so no group coordinator is involved.
+        .set("group.id", "sluice-tests")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .expect("consumer")
+}
+
+fn admin(broker: &Broker) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new().set("bootstrap.servers", broker.bootstrap()).create().expect("admin")
+}
+
+async fn create_topic(broker: &Broker, name: &str, partitions: i32, configs: &[(&str, &str)]) {
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        topic = topic.set(k, v);
+    }
+    let results = admin(broker)
+        .create_topics(&[topic], &AdminOptions::new().operation_timeout(Some(TIMEOUT)))
+        .await
+        .expect("create_topics");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+/// Reads `count` records from the given partitions from the beginning; (partition, offset,
+/// key, value, timestamp) in the order received.
+type Got = (i32, i64, Option<Vec<u8>>, Vec<u8>, i64);
+
+fn consume(broker: &Broker, topic: &str, partitions: &[i32], count: usize) -> Vec<Got> {
+    consume_from(broker, topic, partitions, Offset::Beginning, count)
+}
+
+fn consume_from(broker: &Broker, topic: &str, partitions: &[i32], from: Offset, count: usize) -> Vec<Got> {
+    let c = consumer(broker);
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition_offset(topic, *p, from).expect("offset");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while got.len() < count && std::time::Instant::now() < deadline {
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => got.push((
+                m.partition(),
+                m.offset(),
+                m.key().map(<[u8]>::to_vec),
+                m.payload().unwrap_or_default().to_vec(),
+                m.timestamp().to_millis().unwrap_or(-1),
+            )),
+            Some(Err(e)) => panic!("consume error: {e}"),
+            None => {}
+        }
+    }
+    got
+}
+
+async fn produce_values(p: &FutureProducer, topic: &str, partition: Option<i32>, values: &[String]) -> Vec<(i32, i64)> {
+    let sends: Vec<_> = values
+        .iter()
+        .map(|v| {
+            let mut record = FutureRecord::<(), _>::to(topic).payload(v.as_str());
+            if let Some(p) = partition {
+                record = record.partition(p);
+            }
+            p.send(record, TIMEOUT)
+        })
+        .collect();
+    let mut out = Vec::new();
+    for s in sends {
+        let d = s.await.map_err(|(e, _)| e).expect("delivered");
+        out.push((d.partition, d.offset));
+    }
+    out
+}
+
+async fn round_trip_with(acks: &str) {
+    let broker = Broker::start(&[]);
+    let topic = format!("acks-{}", acks.replace('-', "m"));
+    create_topic(&broker, &topic, 1, &[]).await;
+    let p = producer(&broker, &[("acks", acks)]);
+    let values: Vec<String> = (0..500).map(|i| format!("{acks}-value-{i}")).collect();
+    let delivered = produce_values(&p, &topic, Some(0), &values).await;
+    if acks != "0" {
+        let offsets: Vec<i64> = delivered.iter().map(|d| d.1).collect();
+        assert_eq!(offsets, (0..500).collect::<Vec<_>>(), "offsets assigned in order");
+    }
+    let got = consume(&broker, &topic, &[0], 500);
+    assert_eq!(got.len(), 500);
+    for (i, g) in got.iter().enumerate() {
+        assert_eq!(g.1, i as i64);
+        assert_eq!(g.3, values[i].as_bytes());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_acks_0() {
+    round_trip_with("0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_acks_1() {
+    round_trip_with("1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_acks_all() {
+    round_trip_with("all").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_compression_codec_reads_back_intact() {
+    let broker = Broker::start(&[]);
+    for codec in ["gzip", "snappy", "lz4", "zstd"] {
+        let topic = format!("codec-{codec}");
+        create_topic(&broker, &topic, 1, &[]).await;
+        let p = producer(&broker, &[("compression.codec", codec), ("linger.ms", "20")]);
+        let values: Vec<String> =
+            (0..300).map(|i| format!("{codec} record {i} {}", "compressible ".repeat(20))).collect();
+        produce_values(&p, &topic, Some(0), &values).await;
+        let got = consume(&broker, &topic, &[0], values.len());
+        let read: Vec<Vec<u8>> = got.into_iter().map(|g| g.3).collect();
+        let want: Vec<Vec<u8>> = values.iter().map(|v| v.as_bytes().to_vec()).collect();
+        assert_eq!(read, want, "{codec}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_records_land_on_the_partition_the_client_chose() {
+    let broker = Broker::start(&[]);
+    create_topic(&broker, "keyed", 6, &[]).await;
+    let p = producer(&broker, &[("partitioner", "murmur2_random")]);
+    let mut chosen: HashMap<String, i32> = HashMap::new();
+    for i in 0..120 {
+        let key = format!("key-{}", i % 30);
+        let value = format!("value-{i}");
+        let headers = OwnedHeaders::new().insert(Header { key: "i", value: Some(&i.to_string()) });
+        let d = p
+            .send(FutureRecord::to("keyed").key(&key).payload(&value).headers(headers), TIMEOUT)
+            .await
+            .map_err(|(e, _)| e)
+            .expect("delivered");
+        let previous = chosen.insert(key.clone(), d.partition);
+        assert!(previous.is_none_or(|p| p == d.partition), "a key always maps to one partition");
+    }
+    let got = consume(&broker, "keyed", &[0, 1, 2, 3, 4, 5], 120);
+    assert_eq!(got.len(), 120);
+    for (partition, _, key, _, _) in &got {
+        let key = String::from_utf8(key.clone().expect("key")).expect("utf8");
+        assert_eq!(chosen[&key], *partition, "{key} stored where the partitioner sent it");
+    }
+    let used: std::collections::BTreeSet<i32> = chosen.values().copied().collect();
+    assert!(used.len() > 1, "keys spread over partitions");
+    // headers survive the round trip
+    let c = consumer(&broker);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("keyed", got[0].0, Offset::Beginning).expect("offset");
+    c.assign(&tpl).expect("assign");
+    let m = loop {
+        if let Some(m) = c.poll(TIMEOUT) {
+            break m.expect("message");
+        }
+    };
+    let header = m.headers().expect("headers").get(0);
+    assert_eq!(header.key, "i");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_partitions_spread_over_cores() {
+    let broker = Broker::start(&[]);
+    create_topic(&broker, "wide", 16, &[]).await;
+    let p = producer(&broker, &[]);
+    let mut expected: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    let mut sends = Vec::new();
+    for partition in 0..16 {
+        for i in 0..20 {
+            let v = format!("p{partition}-r{i}");
+            expected.entry(partition).or_default().push(v.clone());
+            sends.push((partition, v));
+        }
+    }
+    for (partition, v) in &sends {
+        p.send(FutureRecord::<(), _>::to("wide").payload(v).partition(*partition), TIMEOUT)
+            .await
+            .map_err(|(e, _)| e)
+            .expect("delivered");
+    }
+    let all: Vec<i32> = (0..16).collect();
+    let got = consume(&broker, "wide", &all, 320);
+    let mut by_partition: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    for (partition, offset, _, value, _) in got {
+        let list = by_partition.entry(partition).or_default();
+        assert_eq!(offset, list.len() as i64, "in order within partition {partition}");
+        list.push(String::from_utf8(value).expect("utf8"));
+    }
+    assert_eq!(by_partition, expected);
+    // both cores own partitions: each partition directory exists once under the data dir
+    let dirs = std::fs::read_dir(&broker.data)
+        .expect("data dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("wide-"))
+        .count();
+    assert_eq!(dirs, 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_offsets_by_time_earliest_and_latest() {
+    let broker = Broker::start(&[]);
+    create_topic(&broker, "times", 1, &[]).await;
+    let p = producer(&broker, &[("linger.ms", "0")]);
+    let base = 1_700_000_000_000i64;
+    for i in 0..50i64 {
+        p.send(
+            FutureRecord::<(), _>::to("times").payload("x").partition(0).timestamp(base + i * 1000),
+            TIMEOUT,
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("delivered");
+    }
+    let c = consumer(&broker);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("times", 0, Offset::Offset(base + 20_500)).expect("ts");
+    let found = c.offsets_for_times(tpl, TIMEOUT).expect("offsets_for_times");
+    let offset = found.find_partition("times", 0).expect("partition").offset();
+    assert_eq!(offset, Offset::Offset(21), "first record at or after the time");
+    let (low, high) = c.fetch_watermarks("times", 0, TIMEOUT).expect("watermarks");
+    assert_eq!((low, high), (0, 50));
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("times", 0, Offset::Offset(base + 1_000_000)).expect("ts");
+    let found = c.offsets_for_times(tpl, TIMEOUT).expect("offsets_for_times");
+    assert_eq!(found.find_partition("times", 0).expect("partition").offset(), Offset::End);
+    // consuming from a timestamp-derived offset starts there
+    let got = consume_from(&broker, "times", &[0], Offset::Offset(21), 1);
+    assert_eq!(got[0].4, base + 21_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kill_9() {
+    let mut broker = Broker::start(&[]);
+    create_topic(&broker, "crash", 4, &[]).await;
+    let p = producer(&broker, &[("acks", "all"), ("message.timeout.ms", "5000"), ("retries", "0")]);
+    let mut pending = Vec::new();
+    for i in 0..3000 {
+        let v = format!("crash-{i}");
+        let partition = i % 4;
+        pending.push((v.clone(), partition, p.send_result(FutureRecord::<(), _>::to("crash").payload(&v).partition(partition)).ok()));
+        if i == 1500 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            broker.kill9();
+        }
+    }
+    let mut acked: Vec<(i32, i64, String)> = Vec::new();
+    for (v, _, fut) in pending {
+        if let Some(fut) = fut {
+            if let Ok(Ok(d)) = fut.await {
+                acked.push((d.partition, d.offset, v));
+            }
+        }
+    }
+    assert!(!acked.is_empty(), "some writes were acknowledged before the crash");
+    broker.restart();
+    let mut stored: HashMap<(i32, i64), Vec<u8>> = HashMap::new();
+    let (mut total, mut ends) = (0usize, BTreeMap::new());
+    let c = consumer(&broker);
+    for partition in 0..4 {
+        let (_, high) = c.fetch_watermarks("crash", partition, TIMEOUT).expect("watermarks");
+        total += high as usize;
+        ends.insert(partition, high);
+    }
+    for g in consume(&broker, "crash", &[0, 1, 2, 3], total) {
+        stored.insert((g.0, g.1), g.3);
+    }
+    for (partition, offset, value) in &acked {
+        assert_eq!(
+            stored.get(&(*partition, *offset)).map(Vec::as_slice),
+            Some(value.as_bytes()),
+            "acknowledged record {value} at {partition}/{offset} is present after kill -9"
+        );
+    }
+    // offsets continue where the recovered log ends
+    let p = producer(&broker, &[("acks", "all")]);
+    let d = produce_values(&p, "crash", Some(0), &["after-restart".to_string()]).await;
+    assert_eq!(d[0].1, ends[&0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_are_created_with_configs_listed_and_deleted() {
+    let broker = Broker::start(&[("auto.create.topics.enable=false")]);
+    create_topic(&broker, "configured", 3, &[("retention.ms", "60000"), ("message.timestamp.type", "LogAppendTime")]).await;
+    let c = consumer(&broker);
+    let md = c.fetch_metadata(Some("configured"), TIMEOUT).expect("metadata");
+    assert_eq!(md.topics()[0].partitions().len(), 3);
+    // LogAppendTime: the broker's clock replaces the producer's timestamp
+    let p = producer(&broker, &[]);
+    p.send(FutureRecord::<(), _>::to("configured").payload("x").partition(1).timestamp(1000), TIMEOUT)
+        .await
+        .map_err(|(e, _)| e)
+        .expect("delivered");
+    let got = consume(&broker, "configured", &[1], 1);
+    assert!(got[0].4 > 1_600_000_000_000, "log append time, got {}", got[0].4);
+    // duplicate, invalid name, bad config, bad partition count
+    let a = admin(&broker);
+    let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+    let bad = [
+        NewTopic::new("configured", 1, TopicReplication::Fixed(1)),
+        NewTopic::new("bad name!", 1, TopicReplication::Fixed(1)),
+        NewTopic::new("badconfig", 1, TopicReplication::Fixed(1)).set("no.such.config", "1"),
+        NewTopic::new("rf3", 1, TopicReplication::Fixed(3)),
+    ];
+    let results = a.create_topics(&bad, &opts).await.expect("create_topics");
+    let codes: Vec<RDKafkaErrorCode> = results.into_iter().map(|r| r.expect_err("refused").1).collect();
+    assert_eq!(
+        codes,
+        vec![
+            RDKafkaErrorCode::TopicAlreadyExists,
+            RDKafkaErrorCode::InvalidTopic,
+            RDKafkaErrorCode::InvalidConfig,
+            RDKafkaErrorCode::InvalidReplicationFactor
+        ]
+    );
+    // auto-creation is off: unknown topics stay unknown
+    let md = c.fetch_metadata(Some("never-created"), TIMEOUT).expect("metadata");
+    assert_eq!(md.topics()[0].error().map(RDKafkaErrorCode::from), Some(RDKafkaErrorCode::UnknownTopicOrPartition));
+    let deleted = a.delete_topics(&["configured"], &opts).await.expect("delete");
+    deleted.into_iter().for_each(|r| {
+        r.expect("deleted");
+    });
+    let md = c.fetch_metadata(None, TIMEOUT).expect("metadata");
+    assert!(md.topics().iter().all(|t| t.name() != "configured"));
+    assert!(!broker.data.join("configured-0").exists(), "partition directories removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_and_data_survive_a_clean_restart() {
+    let mut broker = Broker::start(&["num.partitions=3"]);
+    let p = producer(&broker, &[]);
+    // auto-created on first use with num.partitions
+    let values: Vec<String> = (0..100).map(|i| format!("r{i}")).collect();
+    produce_values(&p, "auto", Some(2), &values).await;
+    drop(p);
+    let status = broker.terminate();
+    assert!(status.success(), "SIGTERM exits 0, got {status}");
+    broker.restart();
+    let c = consumer(&broker);
+    let md = c.fetch_metadata(Some("auto"), TIMEOUT).expect("metadata");
+    assert_eq!(md.topics()[0].partitions().len(), 3);
+    let got = consume(&broker, "auto", &[2], 100);
+    assert_eq!(got.len(), 100);
+    assert_eq!(got[99].3, b"r99");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_records_get_message_too_large() {
+    let broker = Broker::start(&["message.max.bytes=10000"]);
+    create_topic(&broker, "small", 1, &[]).await;
+    let p = producer(&broker, &[("message.max.bytes", "1000000"), ("compression.codec", "none")]);
+    let big = "x".repeat(50_000);
+    let err = p
+        .send(FutureRecord::<(), _>::to("small").payload(&big).partition(0), TIMEOUT)
+        .await
+        .expect_err("refused");
+    assert_eq!(err.0, KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge));
+    // the partition keeps working
+    let d = produce_values(&p, "small", Some(0), &["ok".to_string()]).await;
+    assert_eq!(d[0].1, 0);
+}
+
+#[test]
+fn unknown_settings_stop_the_broker_with_a_clear_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["--override", "log.segmnt.bytes=100"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("log.segmnt.bytes"), "{stderr}");
+}

@@ -1,0 +1,179 @@
+//! Test support: real `sluice` processes on free ports with their own data directories.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Broker {
+    pub port: u16,
+    pub data: PathBuf,
+    child: Option<Child>,
+    args: Vec<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir")
+}
+
+impl Broker {
+    /// Starts a broker with 2 cores (cross-core routing is always exercised) and `extra`
+    /// `--override key=value` settings.
+    pub fn start(extra: &[&str]) -> Broker {
+        let dir = scratch();
+        let data = dir.path().join("data");
+        let mut broker = Broker::with_dir(data, extra);
+        broker._dir = Some(dir);
+        broker
+    }
+
+    pub fn with_dir(data: PathBuf, extra: &[&str]) -> Broker {
+        let port = free_port();
+        let mut args = vec![
+            "--cores".to_string(),
+            "2".to_string(),
+            "--override".to_string(),
+            format!("listeners=PLAINTEXT://127.0.0.1:{port}"),
+            "--override".to_string(),
+            format!("log.dirs={}", data.display()),
+        ];
+        for e in extra {
+            args.push("--override".into());
+            args.push(e.to_string());
+        }
+        let mut broker = Broker { port, data, child: None, args, _dir: None };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start sluice");
+        self.child = Some(child);
+        wait_for_port(self.port);
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("sluice did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the same broker again (same data, same port).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the broker first");
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "sluice did not listen on {port} within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A raw connection for feeding the broker hand-made bytes.
+pub struct Raw(pub TcpStream);
+
+impl Raw {
+    pub fn connect(port: u16) -> Raw {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        Raw(s)
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        let _ = self.0.write_all(bytes);
+    }
+
+    /// Reads one size-prefixed answer; None when the broker closed the connection.
+    pub fn recv(&mut self) -> Option<Vec<u8>> {
+        let mut size = [0u8; 4];
+        self.0.read_exact(&mut size).ok()?;
+        let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+        self.0.read_exact(&mut body).ok()?;
+        Some(body)
+    }
+
+    /// True when the broker closed the connection (EOF) within the read timeout.
+    pub fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.0.read(&mut buf), Ok(0) | Err(_))
+    }
+}
+
+pub fn dir_size(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|rd| rd.flatten().map(|e| e.metadata().map(|m| m.len()).unwrap_or(0)).sum())
+        .unwrap_or(0)
+}
+
+/// Creates a topic with the admin API of a real client (for tests without an async runtime).
+pub fn create_topic_blocking(broker: &Broker, name: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", broker.bootstrap()).create().expect("admin");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let results = runtime
+        .block_on(admin.create_topics(&[topic], &AdminOptions::new()))
+        .expect("create_topics");
+    for r in results {
+        r.expect("topic created");
+    }
+}

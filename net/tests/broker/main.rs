@@ -1,0 +1,6 @@
+//! The one integration test binary: it starts real `sluice` processes and drives them with real
+//! Kafka clients (librdkafka through the `rdkafka` crate) and with hand-made protocol bytes.
+
+mod bad_input;
+mod clients;
+mod common;
