@@ -52,11 +52,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             Some(frame) => frame,
             None => break,
         };
-        let Some((ctx, body)) = parse_request(frame) else { break };
-        let task = match handlers::start(&shard, ctx, body) {
-            Some(task) => task,
-            None => break,
-        };
+        let Some((ctx, request)) = decode_request(frame) else { break };
+        let task = handlers::start(&shard, ctx, request);
         shard.inflight.set(shard.inflight.get() + 1);
         let counted = shard.clone();
         let handle = glommio::spawn_local(async move {
@@ -112,10 +109,18 @@ async fn read_frame(reader: &mut TcpStream, max_bytes: usize) -> Option<Bytes> {
     Some(frame.freeze())
 }
 
+/// Decodes a whole frame (without its size prefix): header and body. None when the connection
+/// must close. Pure and total over any input: the fuzz target drives it.
+pub fn decode_request(frame: Bytes) -> Option<(RequestContext, handlers::Request)> {
+    let (ctx, body) = parse_request(frame)?;
+    let request = handlers::decode_body(&ctx, body)?;
+    Some((ctx, request))
+}
+
 /// Decodes the request header; None when the connection must close. An unsupported version of
 /// ApiVersions is let through so its handler can answer per KIP-511.
 fn parse_request(frame: Bytes) -> Option<(RequestContext, Bytes)> {
-    let mut peek = &frame[..];
+    let mut peek = frame.get(..4)?;
     let key = peek.get_i16();
     let version = peek.get_i16();
     let api_key = ApiKey::try_from(key).ok()?;

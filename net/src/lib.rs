@@ -9,6 +9,7 @@
 //! produce before the storage layer says the bytes are durable at the level `acks` asks, or
 //! advertise an API version it does not implement (see [`handlers::APIS`]).
 
+pub mod alloc_guard;
 pub mod connection;
 pub mod error;
 pub mod handlers;

@@ -59,46 +59,63 @@ fn decode<T: Decodable>(body: &mut Bytes, version: i16) -> Option<T> {
     T::decode(body, version).ok()
 }
 
-/// Decodes the body and starts its handler; None when the body does not decode (close).
+/// A decoded request body, one variant per implemented API.
+pub enum Request {
+    /// None when a newer-than-known ApiVersions body could not be decoded (KIP-511).
+    ApiVersions(Option<kafka_protocol::messages::ApiVersionsRequest>),
+    Produce(kafka_protocol::messages::ProduceRequest),
+    Fetch(kafka_protocol::messages::FetchRequest),
+    ListOffsets(kafka_protocol::messages::ListOffsetsRequest),
+    Metadata(kafka_protocol::messages::MetadataRequest),
+    CreateTopics(kafka_protocol::messages::CreateTopicsRequest),
+    DeleteTopics(kafka_protocol::messages::DeleteTopicsRequest),
+    DescribeCluster(kafka_protocol::messages::DescribeClusterRequest),
+}
+
+/// Decodes a request body (after the header); None when it does not decode — the connection is
+/// then closed. Pure: this is what the request-decoder fuzz target drives.
+pub fn decode_body(ctx: &RequestContext, mut body: Bytes) -> Option<Request> {
+    let v = ctx.api_version;
+    Some(match ctx.api_key {
+        ApiKey::ApiVersions => {
+            Request::ApiVersions(decode(&mut body, v.min(api_versions::API.max_version)))
+        }
+        ApiKey::Produce => Request::Produce(decode(&mut body, v)?),
+        ApiKey::Fetch => Request::Fetch(decode(&mut body, v)?),
+        ApiKey::ListOffsets => Request::ListOffsets(decode(&mut body, v)?),
+        ApiKey::Metadata => Request::Metadata(decode(&mut body, v)?),
+        ApiKey::CreateTopics => Request::CreateTopics(decode(&mut body, v)?),
+        ApiKey::DeleteTopics => Request::DeleteTopics(decode(&mut body, v)?),
+        ApiKey::DescribeCluster => Request::DescribeCluster(decode(&mut body, v)?),
+        _ => return None,
+    })
+}
+
+/// Starts the handler of a decoded request.
 pub fn start(
     shard: &Rc<Shard>,
     ctx: RequestContext,
-    mut body: Bytes,
-) -> Option<LocalBoxFuture<'static, Outcome>> {
-    let v = ctx.api_version;
+    request: Request,
+) -> LocalBoxFuture<'static, Outcome> {
     let shard = shard.clone();
-    Some(match ctx.api_key {
-        ApiKey::ApiVersions => {
-            let request = decode(&mut body, v.min(api_versions::API.max_version));
-            async move { api_versions::handle(&ctx, request) }.boxed_local()
+    match request {
+        Request::ApiVersions(r) => async move { api_versions::handle(&ctx, r) }.boxed_local(),
+        Request::Produce(r) => produce::handle(&shard, ctx, r),
+        Request::Fetch(r) => async move { fetch::handle(&shard, &ctx, r).await }.boxed_local(),
+        Request::ListOffsets(r) => {
+            async move { list_offsets::handle(&shard, &ctx, r).await }.boxed_local()
         }
-        ApiKey::Produce => produce::handle(&shard, ctx, decode(&mut body, v)?),
-        ApiKey::Fetch => {
-            let request = decode(&mut body, v)?;
-            async move { fetch::handle(&shard, &ctx, request).await }.boxed_local()
+        Request::Metadata(r) => async move { metadata::handle(&shard, &ctx, r).await }.boxed_local(),
+        Request::CreateTopics(r) => {
+            async move { create_topics::handle(&shard, &ctx, r).await }.boxed_local()
         }
-        ApiKey::ListOffsets => {
-            let request = decode(&mut body, v)?;
-            async move { list_offsets::handle(&shard, &ctx, request).await }.boxed_local()
+        Request::DeleteTopics(r) => {
+            async move { delete_topics::handle(&shard, &ctx, r).await }.boxed_local()
         }
-        ApiKey::Metadata => {
-            let request = decode(&mut body, v)?;
-            async move { metadata::handle(&shard, &ctx, request).await }.boxed_local()
+        Request::DescribeCluster(r) => {
+            async move { describe_cluster::handle(&shard, &ctx, r) }.boxed_local()
         }
-        ApiKey::CreateTopics => {
-            let request = decode(&mut body, v)?;
-            async move { create_topics::handle(&shard, &ctx, request).await }.boxed_local()
-        }
-        ApiKey::DeleteTopics => {
-            let request = decode(&mut body, v)?;
-            async move { delete_topics::handle(&shard, &ctx, request).await }.boxed_local()
-        }
-        ApiKey::DescribeCluster => {
-            let request = decode(&mut body, v)?;
-            async move { describe_cluster::handle(&shard, &ctx, request) }.boxed_local()
-        }
-        _ => return None,
-    })
+    }
 }
 
 /// Kafka's topic name type from a &str.

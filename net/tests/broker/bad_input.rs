@@ -154,3 +154,37 @@ fn invalid_topic_names_in_metadata_get_invalid_topic_exception() {
     create_topic_blocking(&broker, "good.name", 1);
     still_serving(&broker, "good.name");
 }
+
+#[test]
+fn absurd_array_lengths_close_the_connection_without_killing_the_broker() {
+    let broker = Broker::start(&[]);
+    create_topic_blocking(&broker, "survivor", 1);
+    // Metadata v1 whose topics array claims 2^31-1 entries, and a flexible v9 one whose compact
+    // array claims 2^32-2 entries: the decoder would size a vector of hundreds of gigabytes.
+    let mut raw = Raw::connect(broker.port);
+    let mut frame = BytesMut::new();
+    frame.put_i32(0);
+    frame.put_i16(3);
+    frame.put_i16(1);
+    frame.put_i32(5);
+    frame.put_i16(-1);
+    frame.put_i32(i32::MAX);
+    let size = frame.len() as i32 - 4;
+    frame[..4].copy_from_slice(&size.to_be_bytes());
+    raw.send(&frame);
+    assert!(raw.closed(), "huge array closes the connection");
+    let mut raw = Raw::connect(broker.port);
+    let mut frame = BytesMut::new();
+    frame.put_i32(0);
+    frame.put_i16(3);
+    frame.put_i16(9);
+    frame.put_i32(6);
+    frame.put_i16(-1);
+    frame.put_u8(0); // header tagged fields
+    frame.put_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]); // unsigned varint 2^32-1
+    let size = frame.len() as i32 - 4;
+    frame[..4].copy_from_slice(&size.to_be_bytes());
+    raw.send(&frame);
+    assert!(raw.closed(), "huge compact array closes the connection");
+    still_serving(&broker, "survivor");
+}
