@@ -18,3 +18,11 @@ pub mod router;
 pub mod runtime;
 pub mod shard;
 pub mod topics;
+
+/// Unit tests run under the same allocator as the broker (see `alloc_guard`).
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOCATOR: alloc_guard::GuardedAllocator = alloc_guard::GuardedAllocator;
+
+#[cfg(test)]
+mod decoder_fuzz;

@@ -1,0 +1,314 @@
+#!/usr/bin/env bash
+# Client-compatibility check: starts a fresh sluice broker for each client
+# (Java kafka-clients, kafka-python, kcat/librdkafka) and asserts that records
+# round-trip. Ends with "compat: N passed, M failed" and exits 1 on any failure.
+#
+# usage: scripts/compat.sh [java] [python] [kcat]     (default: all three)
+#
+# env:
+#   SLUICE_BIN      broker binary (default target/release/sluice, then
+#                   target/debug/sluice, else built with cargo)
+#   COMPAT_TIMEOUT  seconds each client may run (default 180)
+#   COMPAT_KEEP     set to 1 to keep the brokers' data/log dirs
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+export DEBIAN_FRONTEND=noninteractive
+COMPAT_TIMEOUT=${COMPAT_TIMEOUT:-180}
+JAVA_DIR="$ROOT/scripts/compat/java"
+JAVA_JAR="$ROOT/target/compat-java/sluice-compat.jar" # see <directory> in the pom
+KAFKA_PYTHON_SPEC='kafka-python>=3,<4'
+PY_CODEC_MODULES='lz4 zstandard python-snappy'
+
+say() { printf 'compat: %s\n' "$*"; }
+
+# ---------------------------------------------------------------- dependencies
+
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; fi
+APT_UPDATED=0
+apt_install() {
+    if [ "$APT_UPDATED" = 0 ]; then
+        say "apt-get update"
+        $SUDO apt-get update -qq </dev/null
+        APT_UPDATED=1
+    fi
+    say "apt-get install $*"
+    $SUDO apt-get install -y -qq --no-install-recommends "$@" </dev/null >/dev/null
+}
+
+ensure_kcat() {
+    command -v kcat >/dev/null 2>&1 || apt_install kcat
+}
+
+ensure_python() {
+    command -v python3 >/dev/null 2>&1 || apt_install python3 python3-pip
+    if ! python3 -c 'import kafka' >/dev/null 2>&1; then
+        say "pip install $KAFKA_PYTHON_SPEC"
+        python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+        python3 -m pip install -q --disable-pip-version-check "$KAFKA_PYTHON_SPEC" </dev/null \
+            || python3 -m pip install -q --disable-pip-version-check --break-system-packages \
+                "$KAFKA_PYTHON_SPEC" </dev/null
+    fi
+    # Optional codec modules (kafka-python skips lz4/zstd/snappy without them): best effort.
+    if ! python3 -c 'import lz4.frame, zstandard, snappy' >/dev/null 2>&1; then
+        say "pip install $PY_CODEC_MODULES (optional)"
+        python3 -m pip install -q --disable-pip-version-check $PY_CODEC_MODULES </dev/null >/dev/null 2>&1 \
+            || python3 -m pip install -q --disable-pip-version-check --break-system-packages \
+                $PY_CODEC_MODULES </dev/null >/dev/null 2>&1 \
+            || say "python codec modules not installed; kafka-python will skip lz4/zstd/snappy"
+    fi
+}
+
+ensure_maven() {
+    command -v javac >/dev/null 2>&1 || apt_install default-jdk-headless
+    command -v mvn >/dev/null 2>&1 || apt_install maven
+}
+
+# ---------------------------------------------------------------- broker binary
+
+resolve_broker() {
+    if [ -n "${SLUICE_BIN:-}" ]; then
+        [ -x "$SLUICE_BIN" ] || { say "SLUICE_BIN=$SLUICE_BIN is not an executable file"; exit 1; }
+    elif [ -x target/release/sluice ]; then
+        SLUICE_BIN="$ROOT/target/release/sluice"
+    elif [ -x target/debug/sluice ]; then
+        SLUICE_BIN="$ROOT/target/debug/sluice"
+    else
+        say "no broker binary: cargo build --release -p sluice-net"
+        cargo build --release -p sluice-net </dev/null
+        SLUICE_BIN="$ROOT/target/release/sluice"
+    fi
+    case "$SLUICE_BIN" in /*) ;; *) SLUICE_BIN="$ROOT/$SLUICE_BIN" ;; esac
+}
+
+# ---------------------------------------------------------------- broker lifecycle
+
+BROKER_PID=""
+BROKER_DIR=""
+BOOTSTRAP=""
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# start_broker NAME: a fresh broker on a free port with a fresh data dir.
+start_broker() {
+    local name=$1 attempt port i
+    BROKER_DIR=$(mktemp -d "${TMPDIR:-/tmp}/sluice-compat-$name.XXXXXX")
+    for attempt in 1 2 3; do
+        port=$(free_port)
+        "$SLUICE_BIN" --cores 2 \
+            --override "listeners=PLAINTEXT://127.0.0.1:$port" \
+            --override "log.dirs=$BROKER_DIR/data" \
+            </dev/null >"$BROKER_DIR/broker.out" 2>"$BROKER_DIR/broker.log" &
+        BROKER_PID=$!
+        for i in $(seq 1 300); do
+            if grep -q 'listening on' "$BROKER_DIR/broker.log" 2>/dev/null; then
+                BOOTSTRAP="127.0.0.1:$port"
+                say "$name: broker pid $BROKER_PID on $BOOTSTRAP, data in $BROKER_DIR/data"
+                return 0
+            fi
+            kill -0 "$BROKER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$BROKER_PID" 2>/dev/null; then
+            say "$name: broker did not report 'listening on' within 30 s"
+            stop_broker >/dev/null || true
+            return 1
+        fi
+        wait "$BROKER_PID" 2>/dev/null || true
+        BROKER_PID=""
+        say "$name: broker exited at start (attempt $attempt):"
+        sed 's/^/    broker: /' "$BROKER_DIR/broker.log" | tail -n 20
+    done
+    return 1
+}
+
+# stop_broker: SIGTERM, wait (then SIGKILL); fails unless the broker exited 0.
+stop_broker() {
+    local pid=$BROKER_PID rc=0 i
+    [ -n "$pid" ] || return 0
+    BROKER_PID=""
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for i in $(seq 1 150); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            say "broker pid $pid ignored SIGTERM for 15 s: SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$pid" 2>/dev/null || rc=$?
+    if [ "$rc" != 0 ]; then
+        say "broker pid $pid exited with status $rc (expected 0 after SIGTERM)"
+        return 1
+    fi
+    return 0
+}
+
+remove_broker_dir() {
+    if [ -n "$BROKER_DIR" ] && [ "${COMPAT_KEEP:-0}" != 1 ]; then rm -rf "$BROKER_DIR"; fi
+    BROKER_DIR=""
+}
+
+cleanup() {
+    stop_broker >/dev/null 2>&1 || true
+    remove_broker_dir
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- the clients
+
+# Each check_* runs against $BOOTSTRAP and returns non-zero on any mismatch.
+
+build_java() {
+    ensure_maven
+    say "java: mvn -q -B package"
+    (cd "$JAVA_DIR" && mvn -q -B package </dev/null)
+}
+
+check_java() {
+    timeout --kill-after=10 "$COMPAT_TIMEOUT" java -jar "$JAVA_JAR" "$BOOTSTRAP" </dev/null
+}
+
+check_python() {
+    timeout --kill-after=10 "$COMPAT_TIMEOUT" python3 "$ROOT/scripts/compat/python_compat.py" "$BOOTSTRAP" </dev/null
+}
+
+# kcat_roundtrip TOPIC [PRODUCE-FLAGS...]: 100 lines in with kcat -P, same lines out with kcat -C.
+kcat_roundtrip() {
+    local topic=$1 dir=$BROKER_DIR/kcat
+    shift
+    mkdir -p "$dir"
+    local i
+    for i in $(seq 1 100); do
+        printf 'line %03d of %s: the quick brown fox %s\n' "$i" "$topic" "$(printf '%*s' $((i % 40)) '' | tr ' ' '~')"
+    done >"$dir/$topic.in"
+    timeout 60 kcat -b "$BOOTSTRAP" -t "$topic" -P "$@" <"$dir/$topic.in" \
+        || { say "kcat: kcat -P $* -t $topic failed"; return 1; }
+    timeout 60 kcat -b "$BOOTSTRAP" -t "$topic" -C -o beginning -e -q </dev/null >"$dir/$topic.out" \
+        || { say "kcat: kcat -C -t $topic failed"; return 1; }
+    if ! cmp -s "$dir/$topic.in" "$dir/$topic.out"; then
+        say "kcat: $topic: consumed lines differ from produced ones ($(wc -l <"$dir/$topic.out") of 100 lines back):"
+        diff "$dir/$topic.in" "$dir/$topic.out" | head -n 20 || true
+        return 1
+    fi
+    say "kcat: $topic: 100 lines round-tripped${*:+ (kcat -P $*)}"
+}
+
+check_kcat() {
+    local dir=$BROKER_DIR/kcat ok=0 topic
+    say "kcat: $(kcat -V 2>&1 | grep -m1 '^Version' | sed 's/ builtin\.features.*/)/' || true)"
+    kcat_roundtrip kcat-compat || ok=1
+    kcat_roundtrip kcat-compat-snappy -z snappy || ok=1
+
+    # Keys and headers, lz4: key:value in, "%k:%s|%h" out.
+    topic=kcat-compat-keyed
+    for i in $(seq 1 50); do printf 'key-%02d:value-%02d\n' "$i" "$i"; done >"$dir/$topic.in"
+    sed 's/$/|origin=kcat,n=1/' "$dir/$topic.in" >"$dir/$topic.want"
+    if timeout 60 kcat -b "$BOOTSTRAP" -t "$topic" -P -z lz4 -K: -H origin=kcat -H n=1 <"$dir/$topic.in" \
+        && timeout 60 kcat -b "$BOOTSTRAP" -t "$topic" -C -o beginning -e -q -f '%k:%s|%h\n' \
+            </dev/null >"$dir/$topic.out"; then
+        if cmp -s "$dir/$topic.want" "$dir/$topic.out"; then
+            say "kcat: $topic: 50 keyed records with headers round-tripped (lz4)"
+        else
+            say "kcat: $topic: keyed records differ:"
+            diff "$dir/$topic.want" "$dir/$topic.out" | head -n 20 || true
+            ok=1
+        fi
+    else
+        say "kcat: $topic: kcat -P/-C failed"
+        ok=1
+    fi
+
+    # Metadata: kcat -L must list the topics (auto-created with 1 partition each).
+    if timeout 30 kcat -b "$BOOTSTRAP" -L </dev/null >"$dir/metadata.txt"; then
+        for topic in kcat-compat kcat-compat-snappy kcat-compat-keyed; do
+            if ! grep -q "topic \"$topic\" with 1 partitions" "$dir/metadata.txt"; then
+                say "kcat: kcat -L does not list $topic with 1 partition:"
+                cat "$dir/metadata.txt"
+                ok=1
+            fi
+        done
+        [ "$ok" != 0 ] || say "kcat: kcat -L lists the topics: $(grep -c '^  topic ' "$dir/metadata.txt") topic(s), $(grep -c 'broker .* at ' "$dir/metadata.txt") broker(s)"
+    else
+        say "kcat: kcat -L failed"
+        ok=1
+    fi
+    return "$ok"
+}
+
+# ---------------------------------------------------------------- driver
+
+PASSED=0
+FAILED=0
+FAILED_NAMES=()
+
+# run_check NAME: fresh broker, check_NAME, stop broker; counts the result.
+run_check() {
+    local name=$1 start=$SECONDS ok=0
+    say "--- $name"
+    if start_broker "$name"; then
+        "check_$name" || ok=1
+        stop_broker || ok=1
+    else
+        ok=1
+    fi
+    if [ "$ok" = 0 ]; then
+        PASSED=$((PASSED + 1))
+        say "$name: PASS ($((SECONDS - start)) s)"
+    else
+        FAILED=$((FAILED + 1))
+        FAILED_NAMES+=("$name")
+        say "$name: FAIL ($((SECONDS - start)) s); broker stderr (last 40 lines):"
+        if [ -n "$BROKER_DIR" ] && [ -f "$BROKER_DIR/broker.log" ]; then
+            tail -n 40 "$BROKER_DIR/broker.log" | sed 's/^/    broker: /'
+        fi
+    fi
+    stop_broker >/dev/null 2>&1 || true
+    remove_broker_dir
+}
+
+# record_failure NAME WHY: a check that could not even start.
+record_failure() {
+    FAILED=$((FAILED + 1))
+    FAILED_NAMES+=("$1")
+    say "$1: FAIL ($2)"
+}
+
+main() {
+    local checks=("$@") c t0=$SECONDS
+    [ "${#checks[@]}" -gt 0 ] || checks=(java python kcat)
+    for c in "${checks[@]}"; do
+        case "$c" in java | python | kcat) ;; *) say "unknown check '$c' (java, python, kcat)"; exit 2 ;; esac
+    done
+    command -v python3 >/dev/null 2>&1 || apt_install python3 # free_port needs it
+    resolve_broker
+    say "broker binary: $SLUICE_BIN"
+
+    for c in "${checks[@]}"; do
+        case "$c" in
+            java)
+                if build_java; then run_check java; else record_failure java "mvn package failed"; fi
+                ;;
+            python)
+                if ensure_python; then run_check python; else record_failure python "kafka-python install failed"; fi
+                ;;
+            kcat)
+                if ensure_kcat; then run_check kcat; else record_failure kcat "kcat install failed"; fi
+                ;;
+        esac
+    done
+
+    say "total $((SECONDS - t0)) s${FAILED_NAMES[*]:+; failed: ${FAILED_NAMES[*]}}"
+    echo "compat: $PASSED passed, $FAILED failed"
+    [ "$FAILED" = 0 ]
+}
+
+main "$@"

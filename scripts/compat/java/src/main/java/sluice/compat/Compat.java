@@ -1,0 +1,480 @@
+package sluice.compat;
+
+import java.nio.charset.StandardCharsets;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Collection;
+import java.util.HashMap;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Map;
+import java.util.Properties;
+import java.util.Random;
+import java.util.Set;
+import java.util.TreeMap;
+import java.util.concurrent.Future;
+import java.util.concurrent.TimeUnit;
+
+import org.apache.kafka.clients.admin.Admin;
+import org.apache.kafka.clients.admin.AdminClientConfig;
+import org.apache.kafka.clients.admin.DescribeClusterResult;
+import org.apache.kafka.clients.admin.ListOffsetsResult;
+import org.apache.kafka.clients.admin.NewTopic;
+import org.apache.kafka.clients.admin.OffsetSpec;
+import org.apache.kafka.clients.admin.TopicDescription;
+import org.apache.kafka.clients.consumer.ConsumerConfig;
+import org.apache.kafka.clients.consumer.ConsumerRecord;
+import org.apache.kafka.clients.consumer.ConsumerRecords;
+import org.apache.kafka.clients.consumer.KafkaConsumer;
+import org.apache.kafka.clients.consumer.OffsetAndTimestamp;
+import org.apache.kafka.clients.producer.KafkaProducer;
+import org.apache.kafka.clients.producer.ProducerConfig;
+import org.apache.kafka.clients.producer.ProducerRecord;
+import org.apache.kafka.clients.producer.RecordMetadata;
+import org.apache.kafka.common.Node;
+import org.apache.kafka.common.TopicPartition;
+import org.apache.kafka.common.TopicPartitionInfo;
+import org.apache.kafka.common.header.Header;
+import org.apache.kafka.common.header.internals.RecordHeader;
+import org.apache.kafka.common.header.internals.RecordHeaders;
+import org.apache.kafka.common.record.TimestampType;
+import org.apache.kafka.common.serialization.ByteArrayDeserializer;
+import org.apache.kafka.common.serialization.ByteArraySerializer;
+
+/**
+ * Client-compatibility check of sluice with the official Java client (kafka-clients).
+ *
+ * <p>Usage: {@code java -jar sluice-compat.jar HOST:PORT}. Exits 0 when every check passed, 1
+ * otherwise, printing each mismatch. Uses only what sluice implements: no consumer group
+ * (manual assign, no commits) and no idempotent producer.
+ */
+public final class Compat {
+    private static final int PARTITIONS = 3;
+    private static final int RECORDS = 300;
+    private static final long TIMEOUT_S = 30;
+    /** Codecs, one topic each; the first one uses the plain topic name "java-compat". */
+    private static final String[] CODECS = {"zstd", "lz4", "gzip", "snappy", "none"};
+    private static final int MAX_REPORTED = 20;
+
+    private static final List<String> failures = new ArrayList<>();
+    private static int reportedInRun = 0;
+
+    private Compat() {}
+
+    public static void main(String[] args) {
+        String bootstrap = args.length > 0 ? args[0] : "127.0.0.1:9092";
+        long start = System.nanoTime();
+        List<String> topics = new ArrayList<>();
+        for (String codec : CODECS) {
+            topics.add(topicFor(codec));
+        }
+        boolean adminOk = false;
+        try {
+            adminOk = adminChecks(bootstrap, topics);
+        } catch (Throwable e) {
+            fail("admin: unexpected exception: " + describe(e));
+            e.printStackTrace(System.out);
+        }
+        if (adminOk) {
+            for (String codec : CODECS) {
+                reportedInRun = 0;
+                int before = failures.size();
+                try {
+                    roundTrip(bootstrap, topicFor(codec), codec);
+                } catch (Throwable e) {
+                    fail(codec + ": unexpected exception: " + describe(e));
+                    e.printStackTrace(System.out);
+                }
+                System.out.printf("java: %-6s round trip of %d records: %s%n", codec, RECORDS,
+                        failures.size() == before ? "ok" : "FAILED");
+            }
+        }
+        long ms = (System.nanoTime() - start) / 1_000_000;
+        if (failures.isEmpty()) {
+            System.out.printf("java: all checks passed in %d ms%n", ms);
+            System.exit(0);
+        }
+        System.out.printf("java: %d check(s) failed in %d ms:%n", failures.size(), ms);
+        for (String f : failures) {
+            System.out.println("  - " + f);
+        }
+        System.exit(1);
+    }
+
+    private static String topicFor(String codec) {
+        return codec.equals(CODECS[0]) ? "java-compat" : "java-compat-" + codec;
+    }
+
+    // ---------------------------------------------------------------- admin
+
+    private static Properties adminProps(String bootstrap) {
+        Properties p = new Properties();
+        p.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        p.put(AdminClientConfig.CLIENT_ID_CONFIG, "sluice-compat-admin");
+        p.put(AdminClientConfig.REQUEST_TIMEOUT_MS_CONFIG, "15000");
+        p.put(AdminClientConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, "30000");
+        return p;
+    }
+
+    /** Creates the topics and checks cluster/topic metadata. Returns false if producing is pointless. */
+    private static boolean adminChecks(String bootstrap, List<String> topics) throws Exception {
+        try (Admin admin = Admin.create(adminProps(bootstrap))) {
+            DescribeClusterResult cluster = admin.describeCluster();
+            Collection<Node> nodes = cluster.nodes().get(TIMEOUT_S, TimeUnit.SECONDS);
+            String clusterId = cluster.clusterId().get(TIMEOUT_S, TimeUnit.SECONDS);
+            Node controller = cluster.controller().get(TIMEOUT_S, TimeUnit.SECONDS);
+            check(nodes.size() == 1, "describeCluster: expected 1 node, got " + nodes);
+            check(clusterId != null && !clusterId.isEmpty(), "describeCluster: clusterId is null/empty");
+            check(controller != null && !controller.isEmpty(), "describeCluster: no controller");
+            System.out.printf("java: describeCluster: clusterId=%s nodes=%s controller=%s%n",
+                    clusterId, nodes, controller);
+            if (nodes.isEmpty()) {
+                return false;
+            }
+            int nodeId = nodes.iterator().next().id();
+
+            List<NewTopic> newTopics = new ArrayList<>();
+            for (String t : topics) {
+                newTopics.add(new NewTopic(t, PARTITIONS, (short) 1));
+            }
+            admin.createTopics(newTopics).all().get(TIMEOUT_S, TimeUnit.SECONDS);
+            System.out.printf("java: createTopics %s (%d partitions, rf 1): ok%n", topics, PARTITIONS);
+
+            Set<String> listed = admin.listTopics().names().get(TIMEOUT_S, TimeUnit.SECONDS);
+            check(listed.containsAll(topics), "listTopics: expected " + topics + " in " + listed);
+
+            Map<String, TopicDescription> described =
+                    admin.describeTopics(topics).allTopicNames().get(TIMEOUT_S, TimeUnit.SECONDS);
+            for (String t : topics) {
+                TopicDescription d = described.get(t);
+                if (!check(d != null, "describeTopics: " + t + " missing")) {
+                    continue;
+                }
+                check(d.partitions().size() == PARTITIONS,
+                        "describeTopics: " + t + " has " + d.partitions().size() + " partitions, expected " + PARTITIONS);
+                for (TopicPartitionInfo pi : d.partitions()) {
+                    check(pi.leader() != null && pi.leader().id() == nodeId,
+                            "describeTopics: " + t + "-" + pi.partition() + " leader " + pi.leader() + ", expected node " + nodeId);
+                    check(pi.replicas().size() == 1, "describeTopics: " + t + "-" + pi.partition() + " replicas " + pi.replicas());
+                }
+            }
+
+            // Creating an existing topic must fail with TopicExistsException.
+            try {
+                admin.createTopics(List.of(new NewTopic(topics.get(0), PARTITIONS, (short) 1)))
+                        .all().get(TIMEOUT_S, TimeUnit.SECONDS);
+                fail("createTopics: re-creating " + topics.get(0) + " succeeded, expected TopicExistsException");
+            } catch (java.util.concurrent.ExecutionException e) {
+                check(e.getCause() instanceof org.apache.kafka.common.errors.TopicExistsException,
+                        "createTopics: re-creating " + topics.get(0) + " failed with " + describe(e.getCause())
+                                + ", expected TopicExistsException");
+            }
+
+            // Create and delete a scratch topic.
+            String scratch = "java-compat-scratch";
+            admin.createTopics(List.of(new NewTopic(scratch, 1, (short) 1))).all().get(TIMEOUT_S, TimeUnit.SECONDS);
+            admin.deleteTopics(List.of(scratch)).all().get(TIMEOUT_S, TimeUnit.SECONDS);
+            Set<String> after = admin.listTopics().names().get(TIMEOUT_S, TimeUnit.SECONDS);
+            check(!after.contains(scratch), "deleteTopics: " + scratch + " still listed: " + after);
+            check(after.containsAll(topics), "deleteTopics: deleting " + scratch + " lost other topics: " + after);
+            System.out.println("java: createTopics/deleteTopics of scratch topic: done");
+            return true;
+        }
+    }
+
+    // ---------------------------------------------------------------- produce / consume
+
+    /** One record as sent, and where the broker said it put it. */
+    private static final class Sent {
+        final int idx;
+        final byte[] key;
+        final byte[] value;
+        final List<Header> headers;
+        final long timestamp;
+        RecordMetadata meta;
+
+        Sent(int idx, byte[] key, byte[] value, List<Header> headers, long timestamp) {
+            this.idx = idx;
+            this.key = key;
+            this.value = value;
+            this.headers = headers;
+            this.timestamp = timestamp;
+        }
+    }
+
+    private static Sent makeRecord(String codec, int i, long baseTs, Random rnd) {
+        byte[] key = String.format("key-%03d", i).getBytes(StandardCharsets.UTF_8);
+        byte[] value;
+        if (i == 150) {
+            // One large, incompressible record (200 KiB).
+            value = new byte[200 * 1024];
+            rnd.nextBytes(value);
+        } else if (i % 50 == 7) {
+            value = new byte[0]; // empty (not null) value
+        } else {
+            StringBuilder sb = new StringBuilder("value-" + codec + "-" + i + "-");
+            int extra = (i * 37) % 1500;
+            for (int j = 0; j < extra; j++) {
+                sb.append((char) ('a' + (i + j) % 26));
+            }
+            value = sb.toString().getBytes(StandardCharsets.UTF_8);
+        }
+        List<Header> headers = new ArrayList<>();
+        headers.add(new RecordHeader("idx", Integer.toString(i).getBytes(StandardCharsets.UTF_8)));
+        headers.add(new RecordHeader("codec", codec.getBytes(StandardCharsets.UTF_8)));
+        if (i % 7 == 0) {
+            headers.add(new RecordHeader("null-header", null));
+        }
+        if (i % 11 == 0) {
+            // Repeated header keys must keep their order.
+            headers.add(new RecordHeader("dup", "first".getBytes(StandardCharsets.UTF_8)));
+            headers.add(new RecordHeader("dup", "second".getBytes(StandardCharsets.UTF_8)));
+        }
+        if (i % 13 == 0) {
+            headers.add(new RecordHeader("utf8-\u00e9\u6f22", "\u2603 snow".getBytes(StandardCharsets.UTF_8)));
+        }
+        return new Sent(i, key, value, headers, baseTs + 10L * i);
+    }
+
+    private static void roundTrip(String bootstrap, String topic, String codec) throws Exception {
+        long baseTs = (System.currentTimeMillis() / 1000) * 1000 - 120_000;
+        Random rnd = new Random(42);
+        List<Sent> sent = new ArrayList<>();
+        for (int i = 0; i < RECORDS; i++) {
+            sent.add(makeRecord(codec, i, baseTs, rnd));
+        }
+
+        // ---- produce
+        Properties pp = new Properties();
+        pp.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        pp.put(ProducerConfig.CLIENT_ID_CONFIG, "sluice-compat-producer-" + codec);
+        pp.put(ProducerConfig.ACKS_CONFIG, "all");
+        pp.put(ProducerConfig.ENABLE_IDEMPOTENCE_CONFIG, "false");
+        pp.put(ProducerConfig.COMPRESSION_TYPE_CONFIG, codec);
+        pp.put(ProducerConfig.LINGER_MS_CONFIG, "5");
+        pp.put(ProducerConfig.MAX_IN_FLIGHT_REQUESTS_PER_CONNECTION, "1"); // keep order even on retries
+        pp.put(ProducerConfig.REQUEST_TIMEOUT_MS_CONFIG, "15000");
+        pp.put(ProducerConfig.DELIVERY_TIMEOUT_MS_CONFIG, "30000");
+        pp.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, ByteArraySerializer.class.getName());
+        pp.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, ByteArraySerializer.class.getName());
+        try (KafkaProducer<byte[], byte[]> producer = new KafkaProducer<>(pp)) {
+            List<Future<RecordMetadata>> futures = new ArrayList<>();
+            for (Sent s : sent) {
+                // Keyed records; the default partitioner spreads them over the partitions.
+                futures.add(producer.send(new ProducerRecord<>(topic, null, s.timestamp, s.key, s.value,
+                        new RecordHeaders(s.headers))));
+            }
+            producer.flush();
+            for (int i = 0; i < RECORDS; i++) {
+                sent.get(i).meta = futures.get(i).get(TIMEOUT_S, TimeUnit.SECONDS);
+            }
+        }
+
+        // Check the acks: offsets per partition 0,1,2,... in send order, timestamps echoed.
+        Map<Integer, List<Sent>> byPartition = new TreeMap<>();
+        Map<TopicPartition, Map<Long, Sent>> byOffset = new HashMap<>();
+        for (Sent s : sent) {
+            RecordMetadata m = s.meta;
+            byPartition.computeIfAbsent(m.partition(), k -> new ArrayList<>()).add(s);
+            byOffset.computeIfAbsent(new TopicPartition(topic, m.partition()), k -> new HashMap<>()).put(m.offset(), s);
+            check(m.hasOffset(), codec + ": ack of record " + s.idx + " has no offset");
+            check(m.timestamp() == s.timestamp, codec + ": ack of record " + s.idx + " timestamp "
+                    + m.timestamp() + ", expected " + s.timestamp + " (CreateTime)");
+        }
+        check(byPartition.size() == PARTITIONS, codec + ": records landed in partitions " + byPartition.keySet()
+                + ", expected all " + PARTITIONS);
+        for (Map.Entry<Integer, List<Sent>> e : byPartition.entrySet()) {
+            List<Sent> list = e.getValue();
+            for (int j = 0; j < list.size(); j++) {
+                check(list.get(j).meta.offset() == j, codec + ": partition " + e.getKey() + ": record "
+                        + list.get(j).idx + " acked at offset " + list.get(j).meta.offset() + ", expected " + j);
+            }
+        }
+
+        List<TopicPartition> tps = new ArrayList<>();
+        for (int p = 0; p < PARTITIONS; p++) {
+            tps.add(new TopicPartition(topic, p));
+        }
+
+        // ---- consume: manual assignment, no group, no commits
+        Properties cp = new Properties();
+        cp.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        cp.put(ConsumerConfig.CLIENT_ID_CONFIG, "sluice-compat-consumer-" + codec);
+        cp.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, "false");
+        cp.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
+        cp.put(ConsumerConfig.REQUEST_TIMEOUT_MS_CONFIG, "15000");
+        cp.put(ConsumerConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, "30000");
+        cp.put(ConsumerConfig.MAX_POLL_RECORDS_CONFIG, "50"); // several fetches per partition
+        cp.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class.getName());
+        cp.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class.getName());
+        try (KafkaConsumer<byte[], byte[]> consumer = new KafkaConsumer<>(cp)) {
+            consumer.assign(tps);
+            consumer.seekToBeginning(tps);
+
+            Map<TopicPartition, Long> lastOffset = new HashMap<>();
+            Map<TopicPartition, Integer> lastIdx = new HashMap<>();
+            Set<String> seen = new HashSet<>();
+            int received = 0;
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(TIMEOUT_S);
+            while (received < RECORDS && System.nanoTime() < deadline) {
+                ConsumerRecords<byte[], byte[]> records = consumer.poll(Duration.ofMillis(500));
+                for (ConsumerRecord<byte[], byte[]> r : records) {
+                    received++;
+                    TopicPartition tp = new TopicPartition(r.topic(), r.partition());
+                    String where = codec + ": " + tp + "@" + r.offset();
+                    if (!seen.add(tp + "@" + r.offset())) {
+                        fail(where + ": delivered twice");
+                        continue;
+                    }
+                    Long prev = lastOffset.put(tp, r.offset());
+                    check(r.offset() == (prev == null ? 0 : prev + 1), where + ": offset follows "
+                            + (prev == null ? "the beginning" : prev) + " (gap or reordering)");
+                    Sent s = byOffset.getOrDefault(tp, Map.of()).get(r.offset());
+                    if (!check(s != null, where + ": unexpected record (key="
+                            + str(r.key()) + "), nothing was acked there")) {
+                        continue;
+                    }
+                    Integer pi = lastIdx.put(tp, s.idx);
+                    check(pi == null || pi < s.idx, where + ": record " + s.idx + " came after record " + pi);
+                    check(Arrays.equals(r.key(), s.key), where + ": key " + str(r.key()) + ", expected " + str(s.key));
+                    check(Arrays.equals(r.value(), s.value), where + ": value differs (got "
+                            + (r.value() == null ? "null" : r.value().length + " bytes: " + abbrev(r.value()))
+                            + ", expected " + s.value.length + " bytes: " + abbrev(s.value) + ")");
+                    check(r.timestamp() == s.timestamp, where + ": timestamp " + r.timestamp() + ", expected " + s.timestamp);
+                    check(r.timestampType() == TimestampType.CREATE_TIME, where + ": timestamp type " + r.timestampType());
+                    List<String> got = headerStrings(r.headers());
+                    List<String> want = headerStrings(s.headers);
+                    check(got.equals(want), where + ": headers " + got + ", expected " + want);
+                }
+            }
+            check(received == RECORDS, codec + ": consumed " + received + " records, expected " + RECORDS
+                    + " (per-partition last offsets " + lastOffset + ")");
+            // Nothing more must arrive.
+            int extra = consumer.poll(Duration.ofMillis(300)).count();
+            check(extra == 0, codec + ": " + extra + " more records after all " + RECORDS);
+
+            // ---- offsets
+            Map<TopicPartition, Long> begin = consumer.beginningOffsets(tps);
+            Map<TopicPartition, Long> end = consumer.endOffsets(tps);
+            for (TopicPartition tp : tps) {
+                long count = byPartition.getOrDefault(tp.partition(), List.of()).size();
+                check(begin.get(tp) != null && begin.get(tp) == 0L, codec + ": beginningOffsets " + tp + " = " + begin.get(tp) + ", expected 0");
+                check(end.get(tp) != null && end.get(tp) == count, codec + ": endOffsets " + tp + " = " + end.get(tp) + ", expected " + count);
+                check(consumer.position(tp) == count, codec + ": position " + tp + " = " + consumer.position(tp) + ", expected " + count);
+            }
+
+            long[] targets = {
+                baseTs - 1_000, // before everything -> first record of each partition
+                sent.get(0).timestamp,
+                sent.get(101).timestamp,
+                sent.get(101).timestamp - 5, // between two records -> the next one
+                sent.get(RECORDS - 1).timestamp,
+                sent.get(RECORDS - 1).timestamp + 1, // after everything -> none
+            };
+            for (long target : targets) {
+                Map<TopicPartition, Long> query = new HashMap<>();
+                for (TopicPartition tp : tps) {
+                    query.put(tp, target);
+                }
+                Map<TopicPartition, OffsetAndTimestamp> found = consumer.offsetsForTimes(query);
+                for (TopicPartition tp : tps) {
+                    Sent want = null;
+                    for (Sent s : byPartition.getOrDefault(tp.partition(), List.of())) {
+                        if (s.timestamp >= target) {
+                            want = s;
+                            break;
+                        }
+                    }
+                    OffsetAndTimestamp got = found.get(tp);
+                    String what = codec + ": offsetsForTimes(" + tp + ", base+" + (target - baseTs) + ")";
+                    if (want == null) {
+                        check(got == null, what + " = " + got + ", expected none");
+                    } else if (check(got != null, what + " = none, expected offset " + want.meta.offset())) {
+                        check(got.offset() == want.meta.offset() && got.timestamp() == want.timestamp,
+                                what + " = " + got + ", expected offset " + want.meta.offset()
+                                        + " timestamp " + want.timestamp);
+                    }
+                }
+            }
+        }
+
+        // ---- ListOffsets through the admin client, including max timestamp (ListOffsets v7+)
+        try (Admin admin = Admin.create(adminProps(bootstrap))) {
+            Map<TopicPartition, OffsetSpec> earliest = new HashMap<>();
+            Map<TopicPartition, OffsetSpec> latest = new HashMap<>();
+            Map<TopicPartition, OffsetSpec> maxTs = new HashMap<>();
+            for (TopicPartition tp : tps) {
+                earliest.put(tp, OffsetSpec.earliest());
+                latest.put(tp, OffsetSpec.latest());
+                maxTs.put(tp, OffsetSpec.maxTimestamp());
+            }
+            Map<TopicPartition, ListOffsetsResult.ListOffsetsResultInfo> e =
+                    admin.listOffsets(earliest).all().get(TIMEOUT_S, TimeUnit.SECONDS);
+            Map<TopicPartition, ListOffsetsResult.ListOffsetsResultInfo> l =
+                    admin.listOffsets(latest).all().get(TIMEOUT_S, TimeUnit.SECONDS);
+            Map<TopicPartition, ListOffsetsResult.ListOffsetsResultInfo> m =
+                    admin.listOffsets(maxTs).all().get(TIMEOUT_S, TimeUnit.SECONDS);
+            for (TopicPartition tp : tps) {
+                List<Sent> list = byPartition.getOrDefault(tp.partition(), List.of());
+                check(e.get(tp).offset() == 0, codec + ": admin listOffsets(earliest) " + tp + " = " + e.get(tp).offset());
+                check(l.get(tp).offset() == list.size(), codec + ": admin listOffsets(latest) " + tp + " = "
+                        + l.get(tp).offset() + ", expected " + list.size());
+                if (!list.isEmpty()) {
+                    Sent last = list.get(list.size() - 1); // timestamps grow with idx
+                    check(m.get(tp).offset() == last.meta.offset() && m.get(tp).timestamp() == last.timestamp,
+                            codec + ": admin listOffsets(maxTimestamp) " + tp + " = " + m.get(tp)
+                                    + ", expected offset " + last.meta.offset() + " timestamp " + last.timestamp);
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- helpers
+
+    private static List<String> headerStrings(Iterable<Header> headers) {
+        List<String> out = new ArrayList<>();
+        for (Header h : headers) {
+            out.add(h.key() + "=" + (h.value() == null ? "<null>" : str(h.value())));
+        }
+        return out;
+    }
+
+    private static String str(byte[] b) {
+        return b == null ? "<null>" : new String(b, StandardCharsets.UTF_8);
+    }
+
+    private static String abbrev(byte[] b) {
+        String s = str(b);
+        return s.length() > 60 ? s.substring(0, 60) + "..." : s;
+    }
+
+    private static String describe(Throwable e) {
+        StringBuilder sb = new StringBuilder();
+        for (Throwable t = e; t != null; t = t.getCause()) {
+            if (sb.length() > 0) {
+                sb.append(" <- caused by ");
+            }
+            sb.append(t.getClass().getName()).append(": ").append(t.getMessage());
+            if (t.getCause() == t) {
+                break;
+            }
+        }
+        return sb.toString();
+    }
+
+    private static boolean check(boolean ok, String message) {
+        if (!ok) {
+            fail(message);
+        }
+        return ok;
+    }
+
+    private static void fail(String message) {
+        if (reportedInRun++ < MAX_REPORTED) {
+            failures.add(message);
+        } else if (reportedInRun == MAX_REPORTED + 1) {
+            failures.add("(further mismatches of this run not shown)");
+        }
+    }
+}
