@@ -26,6 +26,9 @@ use crate::notify::Notify;
 use crate::segment::{self, align_down, align_up, Segment};
 use sluice_core::limits;
 
+/// How long appends fail fast after a failed write before they are tried again.
+const IO_ERROR_BACKOFF_MS: i64 = 1000;
+
 /// When bytes are fdatasync'ed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncPolicy {
@@ -108,8 +111,8 @@ struct LogState {
     unsynced_messages: i64,
     last_sync_ms: i64,
     discard_generation: u64,
-    /// Set by a failed write until a later write succeeds; produce fails fast meanwhile.
-    last_io_error: Option<String>,
+    /// The last failed write and when (wall clock ms); produce fails fast for a while after.
+    last_io_error: Option<(String, i64)>,
 }
 
 pub struct PartitionLog {
@@ -256,8 +259,12 @@ impl PartitionLog {
             }
         }
         let mut state = self.state.borrow_mut();
-        if let Some(why) = &state.last_io_error {
-            return Err(StorageError::Io(std::io::Error::other(why.clone())));
+        if let Some((why, at_ms)) = &state.last_io_error {
+            // Fail fast for a while after a failed write (the disk is likely still full), then
+            // let appends try again.
+            if now_ms.saturating_sub(*at_ms) < IO_ERROR_BACKOFF_MS {
+                return Err(StorageError::Io(std::io::Error::other(why.clone())));
+            }
         }
         let base_offset = state.log_end;
         let log_append_time = config.timestamp_type == TimestampType::LogAppendTime;
@@ -321,7 +328,11 @@ impl PartitionLog {
                     return Ok(());
                 }
                 if s.discard_generation != info.discard_generation {
-                    let why = s.last_io_error.clone().unwrap_or_else(|| "write failed".into());
+                    let why = s
+                        .last_io_error
+                        .as_ref()
+                        .map(|(why, _)| why.clone())
+                        .unwrap_or_else(|| "write failed".into());
                     return Err(StorageError::Io(std::io::Error::other(why)));
                 }
             }
@@ -338,7 +349,7 @@ impl PartitionLog {
         let result = self.flush_inner(now_ms).await;
         self.flushing.set(false);
         if let Err(e) = &result {
-            self.discard_unwritten(e);
+            self.discard_unwritten(e, now_ms);
         }
         self.flushed.notify_all();
         result
@@ -422,8 +433,10 @@ impl PartitionLog {
             let target = needed.div_ceil(step) * step;
             let segment_bytes = self.config.borrow().segment_bytes;
             let target = target.min(align_up(segment_bytes.max(needed)));
-            file.pre_allocate(target, false).await?;
-            self.with_segment(base, |seg| seg.preallocated = target);
+            // Preallocation only saves extent allocation later; on a nearly full disk it may
+            // fail where the write itself still fits, so a failure is not an error.
+            let reserved = if file.pre_allocate(target, false).await.is_ok() { target } else { needed };
+            self.with_segment(base, |seg| seg.preallocated = reserved);
         }
         let mut pos = aligned_start;
         let total = buffer.len();
@@ -526,9 +539,9 @@ impl PartitionLog {
 
     /// A write failed: forget every byte not yet written, so that a producer told "failed" never
     /// sees its records appear later, and fail the waiters.
-    fn discard_unwritten(&self, error: &StorageError) {
+    fn discard_unwritten(&self, error: &StorageError, now_ms: i64) {
         let mut s = self.state.borrow_mut();
-        s.last_io_error = Some(error.to_string());
+        s.last_io_error = Some((error.to_string(), now_ms));
         s.discard_generation += 1;
         let written = s.written;
         // Drop segments that start at or past the written end (never created on disk or empty).

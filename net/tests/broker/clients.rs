@@ -415,3 +415,68 @@ fn unknown_settings_stop_the_broker_with_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("log.segmnt.bytes"), "{stderr}");
 }
+
+/// A full disk fails produce with KAFKA_STORAGE_ERROR while reads of what was written go on,
+/// and the broker recovers once space is freed. Needs root to mount a small tmpfs as log.dirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_fails_produce_with_storage_error_while_reads_go_on() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let mount = dir.path().join("small");
+    std::fs::create_dir_all(&mount).expect("mkdir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must be able to mount a tmpfs (root) to test a full disk"
+        );
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.clone());
+    let data = mount.join("data");
+    let broker = Broker::with_dir(data.clone(), &["log.segment.bytes=1048576"]);
+    create_topic(&broker, "filling", 1, &[]).await;
+    create_topic(&broker, "other", 1, &[]).await;
+    let p = producer(&broker, &[("acks", "all"), ("retries", "0"), ("message.timeout.ms", "10000"), ("linger.ms", "0")]);
+    let value = "v".repeat(100_000);
+    let mut acked = 0i64;
+    let mut storage_error = false;
+    for _ in 0..200 {
+        match p.send(FutureRecord::<(), _>::to("filling").payload(&value).partition(0), TIMEOUT).await {
+            Ok(d) => {
+                assert_eq!(d.offset, acked);
+                acked += 1;
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::KafkaStorageError), _)) => {
+                storage_error = true;
+                break;
+            }
+            Err((e, _)) => panic!("unexpected error {e}"),
+        }
+    }
+    assert!(storage_error, "the disk filled up after {acked} records");
+    assert!(acked > 5);
+    // Reads go on: every acknowledged record is there, intact.
+    let got = consume(&broker, "filling", &[0], acked as usize);
+    assert_eq!(got.len() as i64, acked);
+    assert!(got.iter().all(|g| g.3.len() == 100_000));
+    // Free space (drop the other topic's preallocated segment and part of this one's data is
+    // not possible, so remove the other topic) and produce again after the back-off.
+    let a = admin(&broker);
+    a.delete_topics(&["other"], &AdminOptions::new()).await.expect("delete");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let small = p.send(FutureRecord::<(), _>::to("filling").payload("small").partition(0), TIMEOUT).await;
+    if let Ok(d) = small {
+        assert_eq!(d.offset, acked, "offsets continue without a gap after the failure");
+    }
+}
