@@ -166,12 +166,19 @@ pub fn assign_offset(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
 /// timestamp to the broker's clock, then recomputes the CRC (both fields are covered by it).
 pub fn set_log_append_time(batch: &mut BytesMut, now_ms: i64) {
     assert!(batch.len() >= HEADER_BYTES, "set_log_append_time on a validated batch");
-    let attributes = (&batch[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2]).get_i16();
-    (&mut batch[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2])
+    let (header, body) = batch.split_at_mut(HEADER_BYTES);
+    set_log_append_time_split(header, body, now_ms);
+}
+
+/// [`set_log_append_time`] for a batch held as its 61-byte header and its body.
+pub fn set_log_append_time_split(header: &mut [u8], body: &[u8], now_ms: i64) {
+    assert_eq!(header.len(), HEADER_BYTES, "a batch header is 61 bytes");
+    let attributes = (&header[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2]).get_i16();
+    (&mut header[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2])
         .put_i16(attributes | TIMESTAMP_TYPE_BIT);
-    (&mut batch[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8]).put_i64(now_ms);
-    let crc = crc32c::crc32c(&batch[ATTRIBUTES_OFFSET..]);
-    (&mut batch[CRC_OFFSET..CRC_OFFSET + 4]).put_u32(crc);
+    (&mut header[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8]).put_i64(now_ms);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&header[ATTRIBUTES_OFFSET..]), body);
+    (&mut header[CRC_OFFSET..CRC_OFFSET + 4]).put_u32(crc);
 }
 
 /// Builds a valid uncompressed batch holding `values` (no keys, no headers). Used by tests and

@@ -247,7 +247,7 @@ impl PartitionLog {
 
     /// Validates `records` (one or more batches of one partition), assigns offsets and appends
     /// them to memory. Nothing is durable until the flusher runs; see [`Self::wait_durable`].
-    pub fn append(&self, records: &[u8], now_ms: i64) -> Result<AppendInfo> {
+    pub fn append(&self, records: &Bytes, now_ms: i64) -> Result<AppendInfo> {
         let config = self.config.borrow();
         let batches = batch::split_and_validate(records)?;
         for (_, header) in &batches {
@@ -272,18 +272,19 @@ impl PartitionLog {
         for (pos, header) in batches {
             let total = header.total_bytes();
             self.maybe_roll(&mut state, &config, total as u64, now_ms);
-            let mut owned = BytesMut::from(&records[pos..pos + total]);
+            let mut patched = BytesMut::from(&records[pos..pos + batch::HEADER_BYTES]);
+            let body = records.slice(pos + batch::HEADER_BYTES..pos + total);
             let offset = state.log_end;
-            batch::assign_offset(&mut owned, offset, self.leader_epoch.get());
+            batch::assign_offset(&mut patched, offset, self.leader_epoch.get());
             let mut header = header;
             header.base_offset = offset;
             if log_append_time {
-                batch::set_log_append_time(&mut owned, now_ms);
+                batch::set_log_append_time_split(&mut patched, &body, now_ms);
                 header.max_timestamp = now_ms;
             }
             let interval = config.index_interval_bytes;
             let active = state.segments.last_mut().expect("a log has an active segment");
-            active.append(owned.freeze(), &header, now_ms, interval);
+            active.append(patched.freeze(), body, &header, now_ms, interval);
             state.log_end = header.last_offset() + 1;
             messages += i64::from(header.records_count);
         }

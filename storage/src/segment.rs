@@ -94,27 +94,35 @@ impl Segment {
         self.size - self.cache_start
     }
 
-    /// Appends one validated, offset-assigned batch to memory.
-    pub fn append(&mut self, batch: Bytes, header: &BatchHeader, now_ms: i64, interval: u32) {
+    /// Appends one validated, offset-assigned batch to memory, as two pieces: its patched
+    /// 61-byte header and its body, which stays the producer's bytes (a zero-copy slice of the
+    /// request buffer — the only copy on the produce path is into the DMA buffer).
+    pub fn append(
+        &mut self,
+        patched_header: Bytes,
+        body: Bytes,
+        header: &BatchHeader,
+        now_ms: i64,
+        interval: u32,
+    ) {
+        assert_eq!(patched_header.len(), HEADER_BYTES, "a batch header is 61 bytes");
+        let batch_len = (patched_header.len() + body.len()) as u64;
         assert!(header.base_offset == self.next_offset, "offsets are contiguous in a segment");
         assert!(!self.rolled, "append to a rolled segment");
         let position = self.size;
         let relative = (header.base_offset - self.base_offset) as u32;
-        self.index.on_append(
-            relative,
-            position as u32,
-            batch.len() as u32,
-            header.max_timestamp,
-            interval,
-        );
+        self.index.on_append(relative, position as u32, batch_len as u32, header.max_timestamp, interval);
         if header.max_timestamp > self.max_timestamp {
             self.max_timestamp = header.max_timestamp;
             self.max_timestamp_position = position;
         }
         self.first_append_ms.get_or_insert(now_ms);
-        self.size += batch.len() as u64;
+        self.size += batch_len;
         self.next_offset = header.last_offset() + 1;
-        self.cache.push_back(batch);
+        self.cache.push_back(patched_header);
+        if !body.is_empty() {
+            self.cache.push_back(body);
+        }
     }
 
     /// Drops cached chunks from the front until at most `keep_bytes` remain, never dropping
@@ -341,10 +349,12 @@ mod tests {
             batch::assign_offset(&mut b, 10 + i, 0);
             let h = header_of(&b);
             sizes.push(b.len() as u64);
-            seg.append(b.freeze(), &h, 0, 4096);
+            let b = b.freeze();
+            seg.append(b.slice(..HEADER_BYTES), b.slice(HEADER_BYTES..), &h, 0, 4096);
         }
         assert_eq!(seg.next_offset, 60);
         let one = seg.slice_from_cache(0, sizes[0]).expect("cached");
+        assert_eq!(one.len() as u64, sizes[0]);
         assert_eq!(header_of(&one).base_offset, 10);
         let two = seg.slice_from_cache(0, sizes[0] * 2).expect("cached");
         assert_eq!(two.len() as u64, sizes[0] * 2);
@@ -367,7 +377,8 @@ mod tests {
             let mut b = batch::build_batch(0, 5, &[b"abc"]);
             batch::assign_offset(&mut b, i, 0);
             let h = header_of(&b);
-            seg.append(b.freeze(), &h, 0, 1);
+            let b = b.freeze();
+            seg.append(b.slice(..HEADER_BYTES), b.slice(HEADER_BYTES..), &h, 0, 1);
             ends.push(seg.size);
         }
         seg.truncate_memory(ends[0], 1);

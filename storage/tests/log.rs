@@ -44,7 +44,7 @@ async fn append_values(log: &PartitionLog, n: usize, ts: i64) -> i64 {
     for i in 0..n {
         let value = format!("value-{i}");
         let b = build_batch(0, ts + i as i64, &[value.as_bytes()]);
-        let info = log.append(&b, ts).expect("append");
+        let info = log.append(&b.freeze(), ts).expect("append");
         last = info.last_offset;
     }
     last
@@ -93,7 +93,7 @@ fn append_flush_read_and_recover() {
         assert_eq!(log.high_watermark(), 100);
         let read = log.read(99, 1 << 20, true).await.expect("read after recovery");
         assert_eq!(offsets_in(&read.records), vec![99]);
-        let info = log.append(&build_batch(0, 5, &[b"after"]), 0).expect("append");
+        let info = log.append(&build_batch(0, 5, &[b"after"]).freeze(), 0).expect("append");
         assert_eq!(info.base_offset, 100, "offsets continue after recovery");
         log.flush(0).await.expect("flush");
         log.wait_durable(&info, Durability::Synced).await.expect("durable");
@@ -148,7 +148,7 @@ fn list_offsets_by_timestamp_finds_the_first_batch_at_or_after() {
         sluice_storage::io_probe::guard(&path).await.expect("probe");
         let log = PartitionLog::open(&path.join("ts-0"), "ts", 0, config(), 0).await.expect("open");
         for i in 0..50i64 {
-            log.append(&build_batch(0, 10_000 + i * 100, &[b"x"]), 0).expect("append");
+            log.append(&build_batch(0, 10_000 + i * 100, &[b"x"]).freeze(), 0).expect("append");
         }
         log.flush(0).await.expect("flush");
         let found = log.batch_for_timestamp(12_050).await.expect("lookup").expect("found");
@@ -169,7 +169,7 @@ fn log_append_time_restamps_batches() {
         let mut cfg = config();
         cfg.timestamp_type = TimestampType::LogAppendTime;
         let log = PartitionLog::open(&path.join("l-0"), "l", 0, cfg, 0).await.expect("open");
-        let info = log.append(&build_batch(0, 5, &[b"x"]), 777_000).expect("append");
+        let info = log.append(&build_batch(0, 5, &[b"x"]).freeze(), 777_000).expect("append");
         assert_eq!(info.log_append_time_ms, 777_000);
         log.flush(0).await.expect("flush");
         let read = log.read(0, 1000, true).await.expect("read");
@@ -189,11 +189,11 @@ fn oversized_and_corrupt_batches_are_refused_without_side_effects() {
         cfg.max_message_bytes = 200;
         let log = PartitionLog::open(&path.join("b-0"), "b", 0, cfg, 0).await.expect("open");
         let big = build_batch(0, 5, &[&[0u8; 500]]);
-        assert!(matches!(log.append(&big, 0), Err(StorageError::TooLarge { .. })));
+        assert!(matches!(log.append(&big.freeze(), 0), Err(StorageError::TooLarge { .. })));
         let mut bad = build_batch(0, 5, &[b"abc"]);
         let n = bad.len();
         bad[n - 2] ^= 0x40;
-        assert!(matches!(log.append(&bad, 0), Err(StorageError::Batch(_))));
+        assert!(matches!(log.append(&bad.freeze(), 0), Err(StorageError::Batch(_))));
         assert_eq!(log.log_end_offset(), 0);
     });
 }
@@ -213,7 +213,7 @@ fn recover_fixture(name: &str, expect_end: i64) {
         let read = log.read(0, 1 << 20, true).await.expect("read");
         assert_eq!(offsets_in(&read.records).len() as i64, expect_end);
         // appending after recovery continues the offsets and is readable
-        let info = log.append(&build_batch(0, 5, &[b"new"]), 0).expect("append");
+        let info = log.append(&build_batch(0, 5, &[b"new"]).freeze(), 0).expect("append");
         assert_eq!(info.base_offset, expect_end);
         log.flush(0).await.expect("flush");
         let read = log.read(expect_end, 1000, true).await.expect("read new");
