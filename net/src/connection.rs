@@ -82,10 +82,8 @@ async fn write_answers(
                 }
             }
             Some(Outcome::RespondParts(parts)) => {
-                for part in parts {
-                    if writer.write_all(&part).await.is_err() {
-                        return;
-                    }
+                if write_parts(&mut writer, parts).await.is_err() {
+                    return;
                 }
             }
             Some(Outcome::NoResponse) => {}
@@ -93,6 +91,31 @@ async fn write_answers(
         }
     }
     let _ = writer.close().await;
+}
+
+/// Parts at least this large are sent as they are; smaller ones are gathered into one send.
+const DIRECT_SEND_BYTES_MIN: usize = 16 * 1024;
+
+/// Writes a response given in pieces without copying the large ones (record data from the
+/// batch cache); small pieces (encoded fields, batch headers) are gathered so that a response
+/// costs few sends.
+async fn write_parts(writer: &mut TcpStream, parts: Vec<Bytes>) -> std::io::Result<()> {
+    let mut staged = BytesMut::new();
+    for part in parts {
+        if part.len() >= DIRECT_SEND_BYTES_MIN {
+            if !staged.is_empty() {
+                writer.write_all(&staged).await?;
+                staged.clear();
+            }
+            writer.write_all(&part).await?;
+        } else {
+            staged.extend_from_slice(&part);
+        }
+    }
+    if !staged.is_empty() {
+        writer.write_all(&staged).await?;
+    }
+    Ok(())
 }
 
 /// Reads one size-prefixed frame; None on EOF, error, or a size outside the allowed range.

@@ -73,7 +73,7 @@ pub struct ReadOutcome {
     pub error: i16,
     pub high_watermark: i64,
     pub log_start_offset: i64,
-    pub records: Bytes,
+    pub records: sluice_storage::Records,
 }
 
 #[derive(Debug, Clone)]

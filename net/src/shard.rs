@@ -236,7 +236,7 @@ impl Shard {
                     error,
                     high_watermark: -1,
                     log_start_offset: -1,
-                    records: bytes::Bytes::new(),
+                    records: sluice_storage::Records::default(),
                 },
                 Ok(log) => {
                     let max = p.max_bytes.min(budget);
@@ -259,7 +259,7 @@ impl Shard {
                             error: storage_error_code(&e),
                             high_watermark: log.high_watermark(),
                             log_start_offset: log.log_start_offset(),
-                            records: bytes::Bytes::new(),
+                            records: sluice_storage::Records::default(),
                         },
                     }
                 }

@@ -20,4 +20,4 @@ pub mod segment;
 
 pub use error::{BatchError, StorageError};
 pub use flusher::Flusher;
-pub use log::{AppendInfo, Durability, LogConfig, PartitionLog, ReadResult, SyncPolicy};
+pub use log::{AppendInfo, Durability, LogConfig, PartitionLog, ReadResult, Records, SyncPolicy};

@@ -91,11 +91,51 @@ pub struct AppendInfo {
     discard_generation: u64,
 }
 
+/// Whole batches read for a fetch, as pieces to be sent back to back: zero-copy slices of the
+/// batch cache, or one buffer read from the file.
+#[derive(Debug, Clone, Default)]
+pub struct Records {
+    pub parts: Vec<Bytes>,
+}
+
+impl Records {
+    pub fn one(bytes: Bytes) -> Records {
+        if bytes.is_empty() {
+            Records::default()
+        } else {
+            Records { parts: vec![bytes] }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.iter().all(Bytes::is_empty)
+    }
+
+    /// The records as one buffer (copies unless there is a single piece).
+    pub fn to_bytes(&self) -> Bytes {
+        match self.parts.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            parts => {
+                let mut out = BytesMut::with_capacity(self.len());
+                for p in parts {
+                    out.extend_from_slice(p);
+                }
+                out.freeze()
+            }
+        }
+    }
+}
+
 /// Batches read for a fetch.
 #[derive(Debug, Clone)]
 pub struct ReadResult {
     /// Whole batches, possibly empty.
-    pub records: Bytes,
+    pub records: Records,
     pub high_watermark: i64,
     pub log_start_offset: i64,
     pub log_end_offset: i64,
@@ -582,18 +622,68 @@ impl PartitionLog {
             return Err(StorageError::OffsetOutOfRange { offset, log_start, log_end });
         }
         if offset >= hw {
-            return Ok(outcome(Bytes::new()));
+            return Ok(outcome(Records::default()));
         }
         let mut offset = offset;
         loop {
-            let Some(plan) = self.plan_read(offset) else { return Ok(outcome(Bytes::new())) };
-            let records = self.read_batches(&plan, offset, hw, max_bytes, min_one).await?;
+            let Some(plan) = self.plan_read(offset) else {
+                return Ok(outcome(Records::default()));
+            };
+            let records = match self.read_cached(&plan, offset, hw, max_bytes, min_one) {
+                Some(records) => records,
+                None => {
+                    Records::one(self.read_batches(&plan, offset, hw, max_bytes, min_one).await?)
+                }
+            };
             if !records.is_empty() || plan.next_offset >= hw {
                 return Ok(outcome(records));
             }
             // `offset` lies past this segment's batches (e.g. exactly its end): try the next.
             offset = offset.max(plan.next_offset);
         }
+    }
+
+    /// The fast path of [`Self::read`]: when the wanted batches are in the batch cache, walk
+    /// their headers there and return zero-copy slices. None when the cache does not reach back
+    /// to where the walk must start.
+    fn read_cached(
+        &self,
+        plan: &ReadPlan,
+        offset: i64,
+        hw: i64,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> Option<Records> {
+        let s = self.state.borrow();
+        let seg = s.segments.iter().find(|seg| seg.base_offset == plan.base_offset)?;
+        if plan.start < seg.cache_start() {
+            return None;
+        }
+        let mut header = [0u8; batch::HEADER_BYTES];
+        let mut pos = plan.start;
+        let mut first: Option<u64> = None;
+        let mut end = pos;
+        while pos + batch::HEADER_BYTES as u64 <= seg.size {
+            seg.copy_from_cache(pos, pos + batch::HEADER_BYTES as u64, &mut header);
+            let h = BatchHeader::parse(&header)?;
+            let total = h.total_bytes() as u64;
+            if h.base_offset >= hw || pos + total > seg.size {
+                break;
+            }
+            if h.last_offset() >= offset {
+                let start = first.unwrap_or(pos);
+                if (pos + total - start) as usize > max_bytes && !(min_one && first.is_none()) {
+                    break;
+                }
+                first = Some(start);
+                end = pos + total;
+            }
+            pos += total;
+        }
+        Some(match first {
+            Some(start) => Records { parts: seg.pieces(start, end) },
+            None => Records::default(),
+        })
     }
 
     fn plan_read(&self, offset: i64) -> Option<ReadPlan> {

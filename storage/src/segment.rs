@@ -184,6 +184,26 @@ impl Segment {
         Some(out.freeze())
     }
 
+    /// `[from, to)` of the cache as zero-copy slices of its pieces; the range must lie inside it.
+    pub fn pieces(&self, from: u64, to: u64) -> Vec<Bytes> {
+        assert!(from >= self.cache_start && to <= self.size && from <= to);
+        let mut out = Vec::new();
+        let mut chunk_start = self.cache_start;
+        for chunk in &self.cache {
+            let chunk_end = chunk_start + chunk.len() as u64;
+            if chunk_end > from && chunk_start < to {
+                let a = (from.max(chunk_start) - chunk_start) as usize;
+                let b = (to.min(chunk_end) - chunk_start) as usize;
+                out.push(chunk.slice(a..b));
+            }
+            if chunk_end >= to {
+                break;
+            }
+            chunk_start = chunk_end;
+        }
+        out
+    }
+
     /// Where cached bytes begin; everything before is read from the file.
     pub fn cache_start(&self) -> u64 {
         self.cache_start

@@ -50,7 +50,8 @@ async fn append_values(log: &PartitionLog, n: usize, ts: i64) -> i64 {
     last
 }
 
-fn offsets_in(records: &[u8]) -> Vec<i64> {
+fn offsets_in(records: &sluice_storage::Records) -> Vec<i64> {
+    let records = records.to_bytes();
     let mut out = Vec::new();
     let mut at = 0;
     while let Some(h) = records.get(at..).and_then(BatchHeader::parse) {
@@ -66,6 +67,7 @@ fn append_flush_read_and_recover() {
     let dir = scratch();
     let path = dir.path().to_path_buf();
     run(move || async move {
+        sluice_storage::io_probe::prepare(&path).expect("probe file");
         sluice_storage::io_probe::guard(&path).await.expect("probe");
         let log = PartitionLog::open(&path.join("t-0"), "t", 0, config(), 0).await.expect("open");
         let last = append_values(&log, 100, 1_000).await;
@@ -108,6 +110,7 @@ fn segments_roll_seal_and_retention_deletes_old_ones() {
     let dir = scratch();
     let path = dir.path().to_path_buf();
     run(move || async move {
+        sluice_storage::io_probe::prepare(&path).expect("probe file");
         sluice_storage::io_probe::guard(&path).await.expect("probe");
         let mut cfg = config();
         cfg.segment_bytes = 2000;
@@ -145,6 +148,7 @@ fn list_offsets_by_timestamp_finds_the_first_batch_at_or_after() {
     let dir = scratch();
     let path = dir.path().to_path_buf();
     run(move || async move {
+        sluice_storage::io_probe::prepare(&path).expect("probe file");
         sluice_storage::io_probe::guard(&path).await.expect("probe");
         let log = PartitionLog::open(&path.join("ts-0"), "ts", 0, config(), 0).await.expect("open");
         for i in 0..50i64 {
@@ -165,6 +169,7 @@ fn log_append_time_restamps_batches() {
     let dir = scratch();
     let path = dir.path().to_path_buf();
     run(move || async move {
+        sluice_storage::io_probe::prepare(&path).expect("probe file");
         sluice_storage::io_probe::guard(&path).await.expect("probe");
         let mut cfg = config();
         cfg.timestamp_type = TimestampType::LogAppendTime;
@@ -173,7 +178,7 @@ fn log_append_time_restamps_batches() {
         assert_eq!(info.log_append_time_ms, 777_000);
         log.flush(0).await.expect("flush");
         let read = log.read(0, 1000, true).await.expect("read");
-        let h = batch::validate(&read.records).expect("crc still valid");
+        let h = batch::validate(&read.records.to_bytes()).expect("crc still valid");
         assert!(h.is_log_append_time());
         assert_eq!(h.max_timestamp, 777_000);
     });
@@ -184,6 +189,7 @@ fn oversized_and_corrupt_batches_are_refused_without_side_effects() {
     let dir = scratch();
     let path = dir.path().to_path_buf();
     run(move || async move {
+        sluice_storage::io_probe::prepare(&path).expect("probe file");
         sluice_storage::io_probe::guard(&path).await.expect("probe");
         let mut cfg = config();
         cfg.max_message_bytes = 200;
@@ -207,6 +213,7 @@ fn recover_fixture(name: &str, expect_end: i64) {
     std::fs::copy(fixture(name), part.join(format!("{:020}.log", 0))).expect("copy fixture");
     let name = name.to_string();
     run(move || async move {
+        sluice_storage::io_probe::prepare(&path).expect("probe file");
         sluice_storage::io_probe::guard(&path).await.expect("probe");
         let log = PartitionLog::open(&part, "f", 0, config(), 0).await.expect("recover");
         assert_eq!(log.log_end_offset(), expect_end, "{name}");
@@ -276,6 +283,7 @@ fn dma_reads_work_on_a_fresh_file_after_the_probe_guard() {
     let dir = scratch();
     let path = dir.path().to_path_buf();
     run(move || async move {
+        sluice_storage::io_probe::prepare(&path).expect("probe file");
         sluice_storage::io_probe::guard(&path).await.expect("probe");
         let file = Rc::new(
             sluice_storage::segment::open_file(&path.join("fresh.log"), true).await.expect("create"),
