@@ -39,6 +39,8 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
     }
     std::fs::create_dir_all(&config.log_dirs)
         .map_err(|e| format!("log.dirs {}: {e}", config.log_dirs.display()))?;
+    sluice_storage::io_probe::prepare(&config.log_dirs)
+        .map_err(|e| format!("log.dirs {}: {e}", config.log_dirs.display()))?;
     let topics = metadata::load_all(&config)?;
     let cluster_id = metadata::cluster_id(&config).map_err(|e| format!("meta.properties: {e}"))?;
     for key in &config.ignored {
@@ -46,7 +48,15 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
     }
     // SO_REUSEPORT (how every core shares the port) would also let a second broker bind the
     // same port silently; a plain bind first fails with "address in use" as Kafka would.
-    check_port_free(config.listener)?;
+    // A process killed moments ago may still hold the port: io_uring tears a dead process's
+    // ring down asynchronously, and the sockets with it. Wait for that, briefly, rather than fail.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while let Err(e) = check_port_free(config.listener) {
+        if Instant::now() >= deadline || !e.contains("in use") {
+            return Err(e);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     block_stop_signals();
     let stop = Arc::new(AtomicBool::new(false));
     let running = Arc::new(AtomicUsize::new(cores));
@@ -68,7 +78,13 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
             .name(&format!("sluice-core-{core}"))
             .io_memory(config.io_memory_bytes)
             .spawn(move || async move {
-                let result = core_main(core, config, topics, cluster_id, mesh, stop, barrier).await;
+                let result =
+                    core_main(core, config, topics, cluster_id, mesh, stop.clone(), barrier).await;
+                if let Err(e) = &result {
+                    // One core failing stops the broker: say why now, not at exit.
+                    eprintln!("sluice: {e}");
+                    stop.store(true, Ordering::SeqCst);
+                }
                 running.fetch_sub(1, Ordering::SeqCst);
                 result
             })
@@ -85,7 +101,7 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         }
     }
     match failure {
-        Some(e) => Err(e),
+        Some(_) => Err("stopped because a core failed (see above)".into()),
         None => Ok(()),
     }
 }
@@ -147,6 +163,9 @@ async fn core_main(
     // to finish connecting their mesh channels.
     barrier.fetch_add(1, Ordering::SeqCst);
     while barrier.load(Ordering::SeqCst) < shard.cores() {
+        if stop.load(Ordering::SeqCst) {
+            return Err(format!("core {core}: stopped during start"));
+        }
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
     if let Some(mut receivers) = receivers {
@@ -174,8 +193,8 @@ async fn core_main(
     }
     let flusher_task = glommio::spawn_local(flusher.clone().run(now_ms, Duration::from_millis(100)));
     glommio::spawn_local(retention_loop(shard.clone())).detach();
-    let listener = TcpListener::bind(config.listener)
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listener))?;
+    let listener = bind_listener(config.listener)
+        .map_err(|e| format!("core {core}: cannot listen on {}: {e}", config.listener))?;
     if core == 0 {
         eprintln!(
             "sluice: listening on {} with {} core(s), data in {}",
@@ -246,6 +265,21 @@ async fn retention_loop(shard: Rc<Shard>) {
     }
 }
 
+/// This core's listening socket: SO_REUSEPORT so every core listens on the port (the kernel
+/// spreads connections), SO_REUSEADDR so a restart is not refused by the previous run's
+/// connections in TIME_WAIT (glommio's own `bind` sets only the first).
+fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let domain = if addr.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    // SAFETY: a fresh listening socket whose ownership moves into the glommio listener.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
 /// Binds the listener address once with SO_REUSEADDR (as Kafka does) but without SO_REUSEPORT:
 /// fails if another process listens there.
 fn check_port_free(addr: std::net::SocketAddr) -> Result<(), String> {
@@ -297,7 +331,7 @@ fn wait_for_stop(stop: &AtomicBool, running: &AtomicUsize) {
     let set = stop_signal_set();
     let timeout = libc::timespec { tv_sec: 0, tv_nsec: 200_000_000 };
     loop {
-        if running.load(Ordering::SeqCst) == 0 {
+        if running.load(Ordering::SeqCst) == 0 || stop.load(Ordering::SeqCst) {
             break;
         }
         // SAFETY: valid set and timeout; a null info pointer is allowed.
