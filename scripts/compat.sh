@@ -104,7 +104,7 @@ start_broker() {
             --override "log.dirs=$BROKER_DIR/data" \
             </dev/null >"$BROKER_DIR/broker.out" 2>"$BROKER_DIR/broker.log" &
         BROKER_PID=$!
-        for i in $(seq 1 300); do
+        for i in $(seq 1 200); do
             if grep -q 'listening on' "$BROKER_DIR/broker.log" 2>/dev/null; then
                 BOOTSTRAP="127.0.0.1:$port"
                 say "$name: broker pid $BROKER_PID on $BOOTSTRAP, data in $BROKER_DIR/data"
@@ -113,14 +113,16 @@ start_broker() {
             kill -0 "$BROKER_PID" 2>/dev/null || break
             sleep 0.1
         done
+        # Retried (the port may have been taken meanwhile), but said loudly: a broker that
+        # cannot start is a broker bug worth seeing even when a retry gets through.
         if kill -0 "$BROKER_PID" 2>/dev/null; then
-            say "$name: broker did not report 'listening on' within 30 s"
-            stop_broker >/dev/null || true
-            return 1
+            say "$name: WARNING: broker did not report 'listening on' within 20 s (attempt $attempt of 3):"
+            stop_broker >/dev/null 2>&1 || true
+        else
+            wait "$BROKER_PID" 2>/dev/null || true
+            BROKER_PID=""
+            say "$name: WARNING: broker exited at start (attempt $attempt of 3):"
         fi
-        wait "$BROKER_PID" 2>/dev/null || true
-        BROKER_PID=""
-        say "$name: broker exited at start (attempt $attempt):"
         sed 's/^/    broker: /' "$BROKER_DIR/broker.log" | tail -n 20
     done
     return 1
@@ -128,7 +130,7 @@ start_broker() {
 
 # stop_broker: SIGTERM, wait (then SIGKILL); fails unless the broker exited 0.
 stop_broker() {
-    local pid=$BROKER_PID rc=0 i
+    local pid=$BROKER_PID rc=0 i t0=$SECONDS
     [ -n "$pid" ] || return 0
     BROKER_PID=""
     if kill -0 "$pid" 2>/dev/null; then
@@ -143,6 +145,9 @@ stop_broker() {
         fi
     fi
     wait "$pid" 2>/dev/null || rc=$?
+    if [ $((SECONDS - t0)) -ge 5 ]; then
+        say "note: broker pid $pid took $((SECONDS - t0)) s to stop after SIGTERM"
+    fi
     if [ "$rc" != 0 ]; then
         say "broker pid $pid exited with status $rc (expected 0 after SIGTERM)"
         return 1
@@ -168,9 +173,17 @@ trap 'exit 143' TERM
 # Each check_* runs against $BOOTSTRAP and returns non-zero on any mismatch.
 
 build_java() {
+    local log
     ensure_maven
-    say "java: mvn -q -B package"
-    (cd "$JAVA_DIR" && mvn -q -B package </dev/null)
+    say "java: mvn -B package (scripts/compat/java)"
+    log=$(mktemp)
+    if (cd "$JAVA_DIR" && mvn -B -q -Dstyle.color=never package </dev/null >"$log" 2>&1); then
+        rm -f "$log"
+        return 0
+    fi
+    tail -n 60 "$log"
+    rm -f "$log"
+    return 1
 }
 
 check_java() {

@@ -298,61 +298,8 @@ public final class Compat {
         }
 
         // ---- consume: manual assignment, no group, no commits
-        Properties cp = new Properties();
-        cp.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
-        cp.put(ConsumerConfig.CLIENT_ID_CONFIG, "sluice-compat-consumer-" + codec);
-        cp.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, "false");
-        cp.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
-        cp.put(ConsumerConfig.REQUEST_TIMEOUT_MS_CONFIG, "15000");
-        cp.put(ConsumerConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, "30000");
-        cp.put(ConsumerConfig.MAX_POLL_RECORDS_CONFIG, "50"); // several fetches per partition
-        cp.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class.getName());
-        cp.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class.getName());
-        try (KafkaConsumer<byte[], byte[]> consumer = new KafkaConsumer<>(cp)) {
-            consumer.assign(tps);
-            consumer.seekToBeginning(tps);
-
-            Map<TopicPartition, Long> lastOffset = new HashMap<>();
-            Map<TopicPartition, Integer> lastIdx = new HashMap<>();
-            Set<String> seen = new HashSet<>();
-            int received = 0;
-            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(TIMEOUT_S);
-            while (received < RECORDS && System.nanoTime() < deadline) {
-                ConsumerRecords<byte[], byte[]> records = consumer.poll(Duration.ofMillis(500));
-                for (ConsumerRecord<byte[], byte[]> r : records) {
-                    received++;
-                    TopicPartition tp = new TopicPartition(r.topic(), r.partition());
-                    String where = codec + ": " + tp + "@" + r.offset();
-                    if (!seen.add(tp + "@" + r.offset())) {
-                        fail(where + ": delivered twice");
-                        continue;
-                    }
-                    Long prev = lastOffset.put(tp, r.offset());
-                    check(r.offset() == (prev == null ? 0 : prev + 1), where + ": offset follows "
-                            + (prev == null ? "the beginning" : prev) + " (gap or reordering)");
-                    Sent s = byOffset.getOrDefault(tp, Map.of()).get(r.offset());
-                    if (!check(s != null, where + ": unexpected record (key="
-                            + str(r.key()) + "), nothing was acked there")) {
-                        continue;
-                    }
-                    Integer pi = lastIdx.put(tp, s.idx);
-                    check(pi == null || pi < s.idx, where + ": record " + s.idx + " came after record " + pi);
-                    check(Arrays.equals(r.key(), s.key), where + ": key " + str(r.key()) + ", expected " + str(s.key));
-                    check(Arrays.equals(r.value(), s.value), where + ": value differs (got "
-                            + (r.value() == null ? "null" : r.value().length + " bytes: " + abbrev(r.value()))
-                            + ", expected " + s.value.length + " bytes: " + abbrev(s.value) + ")");
-                    check(r.timestamp() == s.timestamp, where + ": timestamp " + r.timestamp() + ", expected " + s.timestamp);
-                    check(r.timestampType() == TimestampType.CREATE_TIME, where + ": timestamp type " + r.timestampType());
-                    List<String> got = headerStrings(r.headers());
-                    List<String> want = headerStrings(s.headers);
-                    check(got.equals(want), where + ": headers " + got + ", expected " + want);
-                }
-            }
-            check(received == RECORDS, codec + ": consumed " + received + " records, expected " + RECORDS
-                    + " (per-partition last offsets " + lastOffset + ")");
-            // Nothing more must arrive.
-            int extra = consumer.poll(Duration.ofMillis(300)).count();
-            check(extra == 0, codec + ": " + extra + " more records after all " + RECORDS);
+        try (KafkaConsumer<byte[], byte[]> consumer = newConsumer(bootstrap, codec, Map.of())) {
+            consumeAll(consumer, tps, codec, byOffset);
 
             // ---- offsets
             Map<TopicPartition, Long> begin = consumer.beginningOffsets(tps);
@@ -399,6 +346,14 @@ public final class Compat {
             }
         }
 
+        // ---- again with fetch sizes far below the data (and below the 200 KiB record): many
+        // fetch rounds, and the broker must still return a whole oversized batch (KIP-74).
+        try (KafkaConsumer<byte[], byte[]> consumer = newConsumer(bootstrap, codec + "-small", Map.of(
+                ConsumerConfig.FETCH_MAX_BYTES_CONFIG, "16384",
+                ConsumerConfig.MAX_PARTITION_FETCH_BYTES_CONFIG, "4096"))) {
+            consumeAll(consumer, tps, codec + " (small fetches)", byOffset);
+        }
+
         // ---- ListOffsets through the admin client, including max timestamp (ListOffsets v7+)
         try (Admin admin = Admin.create(adminProps(bootstrap))) {
             Map<TopicPartition, OffsetSpec> earliest = new HashMap<>();
@@ -428,6 +383,70 @@ public final class Compat {
                 }
             }
         }
+    }
+
+    private static KafkaConsumer<byte[], byte[]> newConsumer(String bootstrap, String name, Map<String, String> extra) {
+        Properties cp = new Properties();
+        cp.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        cp.put(ConsumerConfig.CLIENT_ID_CONFIG, "sluice-compat-consumer-" + name);
+        // No group.id: no coordinator, no commits (sluice has no consumer groups yet).
+        cp.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, "false");
+        cp.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
+        cp.put(ConsumerConfig.REQUEST_TIMEOUT_MS_CONFIG, "15000");
+        cp.put(ConsumerConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, "30000");
+        cp.put(ConsumerConfig.MAX_POLL_RECORDS_CONFIG, "50"); // several polls per partition
+        cp.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class.getName());
+        cp.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class.getName());
+        cp.putAll(extra);
+        return new KafkaConsumer<>(cp);
+    }
+
+    /** assign + seekToBeginning, then polls until every acked record is back, checking each. */
+    private static void consumeAll(KafkaConsumer<byte[], byte[]> consumer, List<TopicPartition> tps,
+            String label, Map<TopicPartition, Map<Long, Sent>> byOffset) {
+        consumer.assign(tps);
+        consumer.seekToBeginning(tps);
+        Map<TopicPartition, Long> lastOffset = new HashMap<>();
+        Map<TopicPartition, Integer> lastIdx = new HashMap<>();
+        Set<String> seen = new HashSet<>();
+        int received = 0;
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(TIMEOUT_S);
+        while (received < RECORDS && System.nanoTime() < deadline) {
+            ConsumerRecords<byte[], byte[]> records = consumer.poll(Duration.ofMillis(500));
+            for (ConsumerRecord<byte[], byte[]> r : records) {
+                received++;
+                TopicPartition tp = new TopicPartition(r.topic(), r.partition());
+                String where = label + ": " + tp + "@" + r.offset();
+                if (!seen.add(tp + "@" + r.offset())) {
+                    fail(where + ": delivered twice");
+                    continue;
+                }
+                Long prev = lastOffset.put(tp, r.offset());
+                check(r.offset() == (prev == null ? 0 : prev + 1), where + ": offset follows "
+                        + (prev == null ? "the beginning" : prev) + " (gap or reordering)");
+                Sent s = byOffset.getOrDefault(tp, Map.of()).get(r.offset());
+                if (!check(s != null, where + ": unexpected record (key="
+                        + str(r.key()) + "), nothing was acked there")) {
+                    continue;
+                }
+                Integer pi = lastIdx.put(tp, s.idx);
+                check(pi == null || pi < s.idx, where + ": record " + s.idx + " came after record " + pi);
+                check(Arrays.equals(r.key(), s.key), where + ": key " + str(r.key()) + ", expected " + str(s.key));
+                check(Arrays.equals(r.value(), s.value), where + ": value differs (got "
+                        + (r.value() == null ? "null" : r.value().length + " bytes: " + abbrev(r.value()))
+                        + ", expected " + s.value.length + " bytes: " + abbrev(s.value) + ")");
+                check(r.timestamp() == s.timestamp, where + ": timestamp " + r.timestamp() + ", expected " + s.timestamp);
+                check(r.timestampType() == TimestampType.CREATE_TIME, where + ": timestamp type " + r.timestampType());
+                List<String> got = headerStrings(r.headers());
+                List<String> want = headerStrings(s.headers);
+                check(got.equals(want), where + ": headers " + got + ", expected " + want);
+            }
+        }
+        check(received == RECORDS, label + ": consumed " + received + " records, expected " + RECORDS
+                + " (per-partition last offsets " + lastOffset + ")");
+        // Nothing more must arrive.
+        int extra = consumer.poll(Duration.ofMillis(300)).count();
+        check(extra == 0, label + ": " + extra + " more records after all " + RECORDS);
     }
 
     // ---------------------------------------------------------------- helpers
