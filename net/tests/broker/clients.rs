@@ -276,9 +276,25 @@ async fn list_offsets_by_time_earliest_and_latest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9() {
-    let mut broker = Broker::start(&[]);
+    kill_9_during_produce("all", &[]).await;
+}
+
+/// acks=1 is answered once the O_DIRECT write completed: that too survives a process crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_1_writes_survive_kill_9() {
+    kill_9_during_produce("1", &[]).await;
+}
+
+/// Under a Kafka-style flush policy, acks=all is answered once written: survives kill -9.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_policy_writes_survive_kill_9() {
+    kill_9_during_produce("all", &["log.flush.interval.ms=1000", "log.flush.interval.messages=100000"]).await;
+}
+
+async fn kill_9_during_produce(acks: &str, settings: &[&str]) {
+    let mut broker = Broker::start(settings);
     create_topic(&broker, "crash", 4, &[]).await;
-    let p = producer(&broker, &[("acks", "all"), ("message.timeout.ms", "5000"), ("retries", "0")]);
+    let p = producer(&broker, &[("acks", acks), ("message.timeout.ms", "5000"), ("retries", "0")]);
     let mut pending = Vec::new();
     for i in 0..3000 {
         let v = format!("crash-{i}");
