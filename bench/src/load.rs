@@ -19,7 +19,7 @@ use crate::procfs;
 
 pub const USAGE: &str = "usage: sluice-bench --bootstrap HOST:PORT [--topic T] [--partitions N] \
 [--record-bytes N] [--acks 0|1|all] [--linger-ms N] [--batch-bytes N] [--compression none|gzip|snappy|lz4|zstd] \
-[--rate-mb MB/s (0 = max)] [--seconds N] [--warmup-seconds N] [--consume] [--pid PID] [--json FILE]";
+[--rate-mb MB/s (0 = max)] [--seconds N] [--warmup-seconds N] [--producers N] [--consume] [--pid PID] [--json FILE]";
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -35,6 +35,7 @@ pub struct Options {
     pub seconds: u64,
     pub warmup_seconds: u64,
     pub consume: bool,
+    pub producers: usize,
     pub pid: Option<u32>,
     pub json: Option<String>,
 }
@@ -54,6 +55,7 @@ impl Options {
             seconds: 20,
             warmup_seconds: 3,
             consume: false,
+            producers: 1,
             pid: None,
             json: None,
         };
@@ -74,6 +76,7 @@ impl Options {
                 "--seconds" => o.seconds = num(value()?)? as u64,
                 "--warmup-seconds" => o.warmup_seconds = num(value()?)? as u64,
                 "--consume" => o.consume = true,
+                "--producers" => o.producers = num(value()?)? as usize,
                 "--pid" => o.pid = Some(num(value()?)? as u32),
                 "--json" => o.json = Some(value()?),
                 other => return Err(format!("unknown flag {other}")),
@@ -203,17 +206,17 @@ fn ensure_topic(o: &Options) -> Result<(), String> {
     Ok(())
 }
 
-pub fn run(o: &Options) -> Result<Report, String> {
-    ensure_topic(o)?;
-    let stats = Arc::new(Stats {
-        measuring: AtomicBool::new(false),
-        base: Instant::now(),
-        acked: AtomicU64::new(0),
-        acked_bytes: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        publish: Mutex::new(histogram()),
-        first_error: Mutex::new(None),
-    });
+/// One producer (its own librdkafka instance, connection and threads) sending to the partitions
+/// `p` with `p % producers == index` until `total` has passed, then flushing. Each partition's
+/// records carry a sequence number 0, 1, 2, ... so the consumer can check order and uniqueness.
+fn produce_loop(
+    o: &Options,
+    index: usize,
+    producers: usize,
+    stats: &Arc<Stats>,
+    start: Instant,
+    total: Duration,
+) -> Result<u64, String> {
     let producer: ThreadedProducer<Context> = client_config(o)
         .set("acks", &o.acks)
         .set("linger.ms", o.linger_ms.to_string())
@@ -225,52 +228,77 @@ pub fn run(o: &Options) -> Result<Report, String> {
         .set("message.timeout.ms", "60000")
         .create_with_context(Context { stats: stats.clone(), record_bytes: o.record_bytes as u64 })
         .map_err(|e| format!("producer: {e}"))?;
-    let consumer = if o.consume { Some(start_consumer(o, stats.clone())?) } else { None };
-    let payload_template: Vec<u8> = (0..o.record_bytes).map(|i| (i * 7919 % 251) as u8).collect();
-    let mut payload = payload_template.clone();
-    let start = Instant::now();
-    let warmup = Duration::from_secs(o.warmup_seconds);
-    let total = warmup + Duration::from_secs(o.seconds);
-    let bytes_per_second = o.rate_mb * 1_000_000.0;
+    let mine: Vec<i32> = (0..o.partitions).filter(|p| *p as usize % producers == index).collect();
+    let mut sequence = vec![0u64; mine.len()];
+    let mut payload: Vec<u8> = (0..o.record_bytes).map(|i| (i * 7919 % 251) as u8).collect();
+    let bytes_per_second = o.rate_mb * 1_000_000.0 / producers as f64;
     let mut sent: u64 = 0;
-    let mut measure_start = None;
-    let before = o.pid.and_then(procfs::sample);
-    let mut cpu_before = None;
     while start.elapsed() < total {
-        let elapsed = start.elapsed();
-        if measure_start.is_none() && elapsed >= warmup {
-            stats.measuring.store(true, Ordering::SeqCst);
-            measure_start = Some(Instant::now());
-            cpu_before = o.pid.and_then(procfs::sample);
-        }
         if bytes_per_second > 0.0 {
-            let due = (elapsed.as_secs_f64() * bytes_per_second / o.record_bytes as f64) as u64;
+            let due = (start.elapsed().as_secs_f64() * bytes_per_second / o.record_bytes as f64) as u64;
             if sent >= due {
                 std::thread::sleep(Duration::from_micros(200));
                 continue;
             }
         }
-        let partition = (sent % o.partitions as u64) as i32;
+        let slot = (sent % mine.len() as u64) as usize;
         let now = stats.base.elapsed().as_nanos() as u64;
         payload[..8].copy_from_slice(&now.to_be_bytes());
-        payload[8..16].copy_from_slice(&sent.to_be_bytes());
+        payload[8..16].copy_from_slice(&sequence[slot].to_be_bytes());
         let record = BaseRecord::<(), [u8], Box<u64>>::with_opaque_to(&o.topic, Box::new(now))
-            .partition(partition)
+            .partition(mine[slot])
             .payload(&payload[..]);
         match producer.send(record) {
-            Ok(()) => sent += 1,
+            Ok(()) => {
+                sent += 1;
+                sequence[slot] += 1;
+            }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 std::thread::sleep(Duration::from_micros(100));
             }
             Err((e, _)) => return Err(format!("send: {e}")),
         }
     }
-    let measured = measure_start.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
+    producer.flush(Duration::from_secs(60)).map_err(|e| format!("flush: {e}"))?;
+    Ok(sent)
+}
+
+pub fn run(o: &Options) -> Result<Report, String> {
+    ensure_topic(o)?;
+    let stats = Arc::new(Stats {
+        measuring: AtomicBool::new(false),
+        base: Instant::now(),
+        acked: AtomicU64::new(0),
+        acked_bytes: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        publish: Mutex::new(histogram()),
+        first_error: Mutex::new(None),
+    });
+    let consumer = if o.consume { Some(start_consumer(o, stats.clone())?) } else { None };
+    let start = Instant::now();
+    let warmup = Duration::from_secs(o.warmup_seconds);
+    let total = warmup + Duration::from_secs(o.seconds);
+    let producers = o.producers.clamp(1, o.partitions.max(1) as usize);
+    let threads: Vec<_> = (0..producers)
+        .map(|k| {
+            let (o, stats) = (o.clone(), stats.clone());
+            std::thread::spawn(move || produce_loop(&o, k, producers, &stats, start, total))
+        })
+        .collect();
+    std::thread::sleep(warmup);
+    stats.measuring.store(true, Ordering::SeqCst);
+    let measure_start = Instant::now();
+    let cpu_before = o.pid.and_then(procfs::sample);
+    std::thread::sleep(total.saturating_sub(start.elapsed()));
+    let measured = measure_start.elapsed().as_secs_f64();
     stats.measuring.store(false, Ordering::SeqCst);
     let cpu_after = o.pid.and_then(procfs::sample);
-    let _ = producer.flush(Duration::from_secs(60));
-    // Every send was acknowledged or failed once flush returns; the warm-up's acks were not
-    // counted in `acked`, so the consumer is told how many were sent and not failed.
+    let mut sent = 0u64;
+    for t in threads {
+        sent += t.join().map_err(|_| "producer thread panicked".to_string())??;
+    }
+    // Every send was acknowledged or failed once the producers flushed; the consumer is told how
+    // many were sent and not failed (warm-up included).
     let delivered = sent - stats.failed.load(Ordering::SeqCst);
     let e2e = consumer.map(|c| c.finish(delivered));
     let acked = stats.acked.load(Ordering::SeqCst);
@@ -281,7 +309,6 @@ pub fn run(o: &Options) -> Result<Report, String> {
         (Some(a), Some(b)) => Some(b.cpu_seconds - a.cpu_seconds),
         _ => None,
     };
-    let _ = before;
     let mut verified = failed == 0;
     let mut verification = if failed == 0 {
         "every send was acknowledged".to_string()
@@ -347,7 +374,7 @@ fn start_consumer(o: &Options, stats: Arc<Stats>) -> Result<ConsumerHandle, Stri
     let partitions = o.partitions as u64;
     let thread = std::thread::spawn(move || {
         let mut e2e = histogram();
-        let mut next: Vec<u64> = (0..partitions).collect();
+        let mut next: Vec<u64> = vec![0; partitions as usize];
         let mut received = 0u64;
         let mut idle_since = None;
         loop {
@@ -367,7 +394,7 @@ fn start_consumer(o: &Options, stats: Arc<Stats>) -> Result<ConsumerHandle, Stri
                             next[p]
                         ));
                     }
-                    next[p] += partitions;
+                    next[p] += 1;
                     received += 1;
                     if stats.measuring.load(Ordering::Relaxed) {
                         let now = stats.base.elapsed().as_nanos() as u64;
