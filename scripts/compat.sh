@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Client-compatibility check: starts a fresh sluice broker for each client
-# (Java kafka-clients, kafka-python, kcat/librdkafka) and asserts that records
-# round-trip. Ends with "compat: N passed, M failed" and exits 1 on any failure.
+# (Java kafka-clients, kafka-python, kcat/librdkafka, franz-go) and asserts that
+# records round-trip. Ends with "compat: N passed, M failed" and exits 1 on any failure.
 #
-# usage: scripts/compat.sh [java] [python] [kcat]     (default: all three)
+# usage: scripts/compat.sh [java] [python] [kcat] [go]     (default: all four)
 #
 # env:
 #   SLUICE_BIN      broker binary (default target/release/sluice, then
@@ -18,6 +18,8 @@ export DEBIAN_FRONTEND=noninteractive
 COMPAT_TIMEOUT=${COMPAT_TIMEOUT:-180}
 JAVA_DIR="$ROOT/scripts/compat/java"
 JAVA_JAR="$ROOT/target/compat-java/sluice-compat.jar" # see <directory> in the pom
+GO_DIR="$ROOT/scripts/compat/go"
+GO_BIN="$ROOT/target/compat-go/franz-compat"
 KAFKA_PYTHON_SPEC='kafka-python>=3,<4'
 PY_CODEC_MODULES='lz4 zstandard python-snappy'
 
@@ -190,6 +192,29 @@ check_java() {
     timeout --kill-after=10 "$COMPAT_TIMEOUT" java -jar "$JAVA_JAR" "$BOOTSTRAP" </dev/null
 }
 
+# franz-go's version is pinned by scripts/compat/go/go.mod (modules from the Go proxy).
+build_go() {
+    local log t0=$SECONDS
+    if ! command -v go >/dev/null 2>&1; then
+        say "go: no go toolchain on PATH (scripts/compat/go/go.mod says which Go it needs)"
+        return 1
+    fi
+    say "go: go build (scripts/compat/go, $(go version | cut -d' ' -f3))"
+    log=$(mktemp)
+    if (cd "$GO_DIR" && go build -buildvcs=false -trimpath -o "$GO_BIN" . </dev/null >"$log" 2>&1); then
+        rm -f "$log"
+        say "go: built $GO_BIN in $((SECONDS - t0)) s"
+        return 0
+    fi
+    tail -n 60 "$log"
+    rm -f "$log"
+    return 1
+}
+
+check_go() {
+    timeout --kill-after=10 "$COMPAT_TIMEOUT" "$GO_BIN" "$BOOTSTRAP" </dev/null
+}
+
 check_python() {
     timeout --kill-after=10 "$COMPAT_TIMEOUT" python3 "$ROOT/scripts/compat/python_compat.py" "$BOOTSTRAP" </dev/null
 }
@@ -297,9 +322,9 @@ record_failure() {
 
 main() {
     local checks=("$@") c t0=$SECONDS
-    [ "${#checks[@]}" -gt 0 ] || checks=(java python kcat)
+    [ "${#checks[@]}" -gt 0 ] || checks=(java python kcat go)
     for c in "${checks[@]}"; do
-        case "$c" in java | python | kcat) ;; *) say "unknown check '$c' (java, python, kcat)"; exit 2 ;; esac
+        case "$c" in java | python | kcat | go) ;; *) say "unknown check '$c' (java, python, kcat, go)"; exit 2 ;; esac
     done
     command -v python3 >/dev/null 2>&1 || apt_install python3 # free_port needs it
     resolve_broker
@@ -315,6 +340,9 @@ main() {
                 ;;
             kcat)
                 if ensure_kcat; then run_check kcat; else record_failure kcat "kcat install failed"; fi
+                ;;
+            go)
+                if build_go; then run_check go; else record_failure go "go build failed"; fi
                 ;;
         esac
     done

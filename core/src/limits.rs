@@ -40,7 +40,7 @@ pub const partitions_per_topic_max: i32 = 10_000;
 pub const topics_max: usize = 100_000;
 
 /// Recent batches kept in memory per core for fetches from the log tail.
-pub const batch_cache_bytes_per_core: usize = 256 << 20;
+pub const batch_cache_bytes_per_core: usize = 64 << 20;
 
 /// Upper bound on the bytes of one partition's tail kept in the batch cache.
-pub const batch_cache_bytes_per_partition_max: usize = 8 << 20;
+pub const batch_cache_bytes_per_partition_max: usize = 4 << 20;
