@@ -64,6 +64,7 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         MeshBuilder::<Envelope, _>::full(cores, sluice_core::limits::cross_core_channel_depth)
     });
     let barrier = Arc::new(AtomicUsize::new(0));
+    let drained = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
     for core in 0..cores {
         let cpu = cpus[core % cpus.len()];
@@ -74,12 +75,14 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         let stop = stop.clone();
         let running = running.clone();
         let barrier = barrier.clone();
+        let drained = drained.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("sluice-core-{core}"))
             .io_memory(config.io_memory_bytes)
             .spawn(move || async move {
                 let result =
-                    core_main(core, config, topics, cluster_id, mesh, stop.clone(), barrier).await;
+                    core_main(core, config, topics, cluster_id, mesh, stop.clone(), barrier, drained)
+                        .await;
                 if let Err(e) = &result {
                     // One core failing stops the broker: say why now, not at exit.
                     eprintln!("sluice: {e}");
@@ -114,6 +117,7 @@ async fn core_main(
     mesh: Option<MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>>,
     stop: Arc<AtomicBool>,
     barrier: Arc<AtomicUsize>,
+    drained: Arc<AtomicUsize>,
 ) -> Result<(), String> {
     sluice_storage::io_probe::guard(&config.log_dirs)
         .await
@@ -235,6 +239,12 @@ async fn core_main(
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     while shard.inflight_requests() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    // Keep serving peers until every core has drained: an in-flight request on another core may
+    // still need this one (a fetch reading a partition owned here).
+    drained.fetch_add(1, Ordering::SeqCst);
+    while drained.load(Ordering::SeqCst) < shard.cores() && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     let logs: Vec<_> = shard.logs.borrow().values().cloned().collect();
     let mut result = Ok(());

@@ -28,6 +28,9 @@ use crate::shard::Shard;
 
 pub const API: Api = Api { key: ApiKey::Fetch, min_version: 4, max_version: 16 };
 
+/// Longest a long poll sleeps before it looks again whether the broker is stopping.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
 struct Wanted {
     topic: String,
     topic_id: Uuid,
@@ -60,13 +63,13 @@ pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: FetchReque
         let bytes: usize = outcomes.values().map(|o| o.records.len()).sum();
         let any_error = outcomes.values().any(|o| o.error != 0);
         let elapsed = started.elapsed();
-        if bytes >= min_bytes || any_error || elapsed >= max_wait || wanted.is_empty() {
+        let done = bytes >= min_bytes || any_error || elapsed >= max_wait || wanted.is_empty();
+        // A stopping broker answers long polls at once rather than at their deadline.
+        if done || shard.stopping.get() {
             break;
         }
-        wait_for_data(shard, &wanted, max_wait - elapsed).await;
-        if started.elapsed() >= max_wait && shard.stopping.get() {
-            break;
-        }
+        // Waits are capped so that a stop is noticed within STOP_CHECK.
+        wait_for_data(shard, &wanted, (max_wait - elapsed).min(STOP_CHECK)).await;
     }
     let topics = build_response(ctx, wanted, outcomes);
     encode(ctx, 0, &topics)
