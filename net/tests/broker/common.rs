@@ -16,8 +16,18 @@ pub struct Broker {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// A port nothing listens on, never handed out twice in this test process (tests run in
+/// parallel, and the kernel may offer the same free port to two of them before either binds).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let mut given = GIVEN.lock().expect("ports");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn scratch() -> tempfile::TempDir {
