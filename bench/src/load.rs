@@ -363,9 +363,15 @@ fn start_consumer(o: &Options, stats: Arc<Stats>) -> Result<ConsumerHandle, Stri
         .map_err(|e| format!("consumer: {e}"))?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..o.partitions {
-        let (_, high) = consumer
-            .fetch_watermarks(&o.topic, p, Duration::from_secs(10))
-            .map_err(|e| format!("watermarks: {e}"))?;
+        // A topic created a moment ago may not have a leader yet (Kafka): retry for a while.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let high = loop {
+            match consumer.fetch_watermarks(&o.topic, p, Duration::from_secs(10)) {
+                Ok((_, high)) => break high,
+                Err(e) if Instant::now() >= deadline => return Err(format!("watermarks: {e}")),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
         tpl.add_partition_offset(&o.topic, p, Offset::Offset(high)).map_err(|e| e.to_string())?;
     }
     consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;

@@ -18,6 +18,10 @@ mod procfs;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{}", load::USAGE);
+        return;
+    }
     let options = match load::Options::parse(&args) {
         Ok(o) => o,
         Err(e) => {
