@@ -61,8 +61,15 @@ impl Options {
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
-            let mut value = || it.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
-            let num = |v: String| v.parse::<f64>().map_err(|_| format!("{flag}: not a number"));
+            let mut value = || {
+                it.next()
+                    .cloned()
+                    .ok_or_else(|| format!("{flag} needs a value"))
+            };
+            let num = |v: String| {
+                v.parse::<f64>()
+                    .map_err(|_| format!("{flag}: not a number"))
+            };
             match flag.as_str() {
                 "--bootstrap" => o.bootstrap = value()?,
                 "--topic" => o.topic = value()?,
@@ -124,7 +131,9 @@ impl ProducerContext for Context {
                         let _ = h.record(micros.max(1));
                     }
                     stats.acked.fetch_add(1, Ordering::Relaxed);
-                    stats.acked_bytes.fetch_add(self.record_bytes, Ordering::Relaxed);
+                    stats
+                        .acked_bytes
+                        .fetch_add(self.record_bytes, Ordering::Relaxed);
                 }
             }
             Err((e, _)) => {
@@ -192,8 +201,9 @@ fn client_config(o: &Options) -> ClientConfig {
 }
 
 fn ensure_topic(o: &Options) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(o).create().map_err(|e| format!("admin client: {e}"))?;
+    let admin: AdminClient<DefaultClientContext> = client_config(o)
+        .create()
+        .map_err(|e| format!("admin client: {e}"))?;
     let topic = NewTopic::new(&o.topic, o.partitions, TopicReplication::Fixed(1));
     let results = futures::executor::block_on(admin.create_topics(&[topic], &AdminOptions::new()))
         .map_err(|e| format!("create topic: {e}"))?;
@@ -226,16 +236,24 @@ fn produce_loop(
         .set("queue.buffering.max.messages", "1000000")
         .set("enable.idempotence", "false")
         .set("message.timeout.ms", "60000")
-        .create_with_context(Context { stats: stats.clone(), record_bytes: o.record_bytes as u64 })
+        .create_with_context(Context {
+            stats: stats.clone(),
+            record_bytes: o.record_bytes as u64,
+        })
         .map_err(|e| format!("producer: {e}"))?;
-    let mine: Vec<i32> = (0..o.partitions).filter(|p| *p as usize % producers == index).collect();
+    let mine: Vec<i32> = (0..o.partitions)
+        .filter(|p| *p as usize % producers == index)
+        .collect();
     let mut sequence = vec![0u64; mine.len()];
-    let mut payload: Vec<u8> = (0..o.record_bytes).map(|i| (i * 7919 % 251) as u8).collect();
+    let mut payload: Vec<u8> = (0..o.record_bytes)
+        .map(|i| (i * 7919 % 251) as u8)
+        .collect();
     let bytes_per_second = o.rate_mb * 1_000_000.0 / producers as f64;
     let mut sent: u64 = 0;
     while start.elapsed() < total {
         if bytes_per_second > 0.0 {
-            let due = (start.elapsed().as_secs_f64() * bytes_per_second / o.record_bytes as f64) as u64;
+            let due =
+                (start.elapsed().as_secs_f64() * bytes_per_second / o.record_bytes as f64) as u64;
             if sent >= due {
                 std::thread::sleep(Duration::from_micros(200));
                 continue;
@@ -259,7 +277,9 @@ fn produce_loop(
             Err((e, _)) => return Err(format!("send: {e}")),
         }
     }
-    producer.flush(Duration::from_secs(60)).map_err(|e| format!("flush: {e}"))?;
+    producer
+        .flush(Duration::from_secs(60))
+        .map_err(|e| format!("flush: {e}"))?;
     Ok(sent)
 }
 
@@ -274,7 +294,11 @@ pub fn run(o: &Options) -> Result<Report, String> {
         publish: Mutex::new(histogram()),
         first_error: Mutex::new(None),
     });
-    let consumer = if o.consume { Some(start_consumer(o, stats.clone())?) } else { None };
+    let consumer = if o.consume {
+        Some(start_consumer(o, stats.clone())?)
+    } else {
+        None
+    };
     let start = Instant::now();
     let warmup = Duration::from_secs(o.warmup_seconds);
     let total = warmup + Duration::from_secs(o.seconds);
@@ -295,7 +319,9 @@ pub fn run(o: &Options) -> Result<Report, String> {
     let cpu_after = o.pid.and_then(procfs::sample);
     let mut sent = 0u64;
     for t in threads {
-        sent += t.join().map_err(|_| "producer thread panicked".to_string())??;
+        sent += t
+            .join()
+            .map_err(|_| "producer thread panicked".to_string())??;
     }
     // Every send was acknowledged or failed once the producers flushed; the consumer is told how
     // many were sent and not failed (warm-up included).
@@ -304,7 +330,11 @@ pub fn run(o: &Options) -> Result<Report, String> {
     let acked = stats.acked.load(Ordering::SeqCst);
     let acked_bytes = stats.acked_bytes.load(Ordering::SeqCst) as f64;
     let failed = stats.failed.load(Ordering::SeqCst);
-    let publish = stats.publish.lock().map(|h| Percentiles::of(&h)).unwrap_or_default();
+    let publish = stats
+        .publish
+        .lock()
+        .map(|h| Percentiles::of(&h))
+        .unwrap_or_default();
     let cpu = match (&cpu_before, &cpu_after) {
         (Some(a), Some(b)) => Some(b.cpu_seconds - a.cpu_seconds),
         _ => None,
@@ -315,7 +345,12 @@ pub fn run(o: &Options) -> Result<Report, String> {
     } else {
         format!(
             "{failed} sends failed (first: {})",
-            stats.first_error.lock().ok().and_then(|e| e.clone()).unwrap_or_default()
+            stats
+                .first_error
+                .lock()
+                .ok()
+                .and_then(|e| e.clone())
+                .unwrap_or_default()
         )
     };
     let e2e_us = match e2e {
@@ -372,7 +407,8 @@ fn start_consumer(o: &Options, stats: Arc<Stats>) -> Result<ConsumerHandle, Stri
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
         };
-        tpl.add_partition_offset(&o.topic, p, Offset::Offset(high)).map_err(|e| e.to_string())?;
+        tpl.add_partition_offset(&o.topic, p, Offset::Offset(high))
+            .map_err(|e| e.to_string())?;
     }
     consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
     let expected = Arc::new(AtomicU64::new(u64::MAX));
@@ -423,7 +459,9 @@ fn start_consumer(o: &Options, stats: Arc<Stats>) -> Result<ConsumerHandle, Stri
         }
         let want = expected_count.load(Ordering::SeqCst);
         if received != want {
-            return Err(format!("received {received} records, {want} were acknowledged"));
+            return Err(format!(
+                "received {received} records, {want} were acknowledged"
+            ));
         }
         Ok(Percentiles::of(&e2e))
     });
@@ -434,7 +472,9 @@ impl ConsumerHandle {
     /// Waits until every acknowledged record arrived (or 10 s of silence), checking the count.
     fn finish(self, acknowledged: u64) -> Result<Percentiles, String> {
         self.expected.store(acknowledged, Ordering::SeqCst);
-        self.thread.join().map_err(|_| "consumer thread panicked".to_string())?
+        self.thread
+            .join()
+            .map_err(|_| "consumer thread panicked".to_string())?
     }
 }
 
@@ -470,7 +510,10 @@ impl Report {
             Some(r) => format!("{:.0} |", r as f64 / 1048576.0),
             None => "- |".into(),
         });
-        s.push_str(&format!("\n\n{} records acknowledged in {:.1} s; {}", self.acked, self.measured_seconds, self.verification));
+        s.push_str(&format!(
+            "\n\n{} records acknowledged in {:.1} s; {}",
+            self.acked, self.measured_seconds, self.verification
+        ));
         s
     }
 

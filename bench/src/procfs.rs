@@ -20,5 +20,8 @@ pub fn sample(pid: u32) -> Option<ProcessSample> {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
-    Some(ProcessSample { cpu_seconds: (utime + stime) / ticks, peak_rss_bytes: hwm_kb * 1024 })
+    Some(ProcessSample {
+        cpu_seconds: (utime + stime) / ticks,
+        peak_rss_bytes: hwm_kb * 1024,
+    })
 }

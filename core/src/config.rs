@@ -15,14 +15,25 @@ use crate::topic::{parse_timestamp_type, TimestampType};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigError {
     Unknown(String),
-    Invalid { key: String, value: String, why: String },
-    File { path: String, why: String },
+    Invalid {
+        key: String,
+        value: String,
+        why: String,
+    },
+    File {
+        path: String,
+        why: String,
+    },
     Argument(String),
 }
 
 impl ConfigError {
     pub fn invalid(key: &str, value: &str, why: &str) -> ConfigError {
-        ConfigError::Invalid { key: key.into(), value: value.into(), why: why.into() }
+        ConfigError::Invalid {
+            key: key.into(),
+            value: value.into(),
+            why: why.into(),
+        }
     }
 }
 
@@ -163,8 +174,10 @@ impl BrokerConfig {
         }
         let mut all = match &file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError::File { path: path.clone(), why: e.to_string() })?;
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    why: e.to_string(),
+                })?;
                 parse_properties(&text)?
             }
             None => Vec::new(),
@@ -277,7 +290,9 @@ impl BrokerConfig {
 fn split_pair(pair: &str) -> Result<(String, String), ConfigError> {
     match pair.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(ConfigError::Argument(format!("expected key=value, got '{pair}'"))),
+        _ => Err(ConfigError::Argument(format!(
+            "expected key=value, got '{pair}'"
+        ))),
     }
 }
 
@@ -299,7 +314,9 @@ pub fn parse_properties(text: &str) -> Result<Vec<(String, String)>, ConfigError
 }
 
 pub fn parse_i64(key: &str, value: &str) -> Result<i64, ConfigError> {
-    value.parse::<i64>().map_err(|_| ConfigError::invalid(key, value, "not an integer"))
+    value
+        .parse::<i64>()
+        .map_err(|_| ConfigError::invalid(key, value, "not an integer"))
 }
 
 pub fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
@@ -324,7 +341,11 @@ fn parse_host_port(key: &str, value: &str) -> Result<(String, u16), ConfigError>
     let rest = match first.split_once("://") {
         Some((scheme, rest)) => {
             if !scheme.eq_ignore_ascii_case("PLAINTEXT") {
-                return Err(ConfigError::invalid(key, value, "only PLAINTEXT listeners exist"));
+                return Err(ConfigError::invalid(
+                    key,
+                    value,
+                    "only PLAINTEXT listeners exist",
+                ));
             }
             rest
         }
@@ -333,8 +354,9 @@ fn parse_host_port(key: &str, value: &str) -> Result<(String, u16), ConfigError>
     let (host, port) = rest
         .rsplit_once(':')
         .ok_or_else(|| ConfigError::invalid(key, value, "expected PLAINTEXT://host:port"))?;
-    let port: u16 =
-        port.parse().map_err(|_| ConfigError::invalid(key, value, "port is not a number"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| ConfigError::invalid(key, value, "port is not a number"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let host = if host.is_empty() { "0.0.0.0" } else { host };
     Ok((host.to_string(), port))
@@ -342,7 +364,11 @@ fn parse_host_port(key: &str, value: &str) -> Result<(String, u16), ConfigError>
 
 fn parse_listener(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     let (host, port) = parse_host_port(key, value)?;
-    let host = if host == "localhost" { "127.0.0.1".to_string() } else { host };
+    let host = if host == "localhost" {
+        "127.0.0.1".to_string()
+    } else {
+        host
+    };
     let ip: std::net::IpAddr = host
         .parse()
         .map_err(|_| ConfigError::invalid(key, value, "host must be an IP address or localhost"))?;

@@ -34,7 +34,10 @@ mod tests {
             counts[core_for_partition("orders", p, 4)] += 1;
         }
         assert_eq!(counts, [2, 2, 2, 2]);
-        assert_eq!(core_for_partition("orders", 3, 4), core_for_partition("orders", 3, 4));
+        assert_eq!(
+            core_for_partition("orders", 3, 4),
+            core_for_partition("orders", 3, 4)
+        );
         assert_eq!(core_for_partition("anything", 5, 1), 0);
     }
 }

@@ -17,7 +17,10 @@ pub struct TopicPartition {
 
 impl TopicPartition {
     pub fn new(topic: impl Into<String>, partition: i32) -> Self {
-        TopicPartition { topic: topic.into(), partition }
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
     }
 }
 
@@ -31,16 +34,22 @@ impl std::fmt::Display for TopicPartition {
 #[derive(Debug, Clone)]
 pub enum ShardUpdate {
     /// The topic now exists with one owning core per partition (index = partition).
-    TopicPlaced { revision: u64, topic: String, cores: Vec<usize> },
-    TopicRemoved { revision: u64, topic: String },
+    TopicPlaced {
+        revision: u64,
+        topic: String,
+        cores: Vec<usize>,
+    },
+    TopicRemoved {
+        revision: u64,
+        topic: String,
+    },
 }
 
 impl ShardUpdate {
     pub fn revision(&self) -> u64 {
         match self {
-            ShardUpdate::TopicPlaced { revision, .. } | ShardUpdate::TopicRemoved { revision, .. } => {
-                *revision
-            }
+            ShardUpdate::TopicPlaced { revision, .. }
+            | ShardUpdate::TopicRemoved { revision, .. } => *revision,
         }
     }
 }
@@ -64,7 +73,9 @@ impl ShardTable {
     /// The core that owns the partition, or None if the topic or partition does not exist.
     pub fn core_of(&self, topic: &str, partition: i32) -> Option<usize> {
         let cores = self.topics.get(topic)?;
-        usize::try_from(partition).ok().and_then(|p| cores.get(p).copied())
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| cores.get(p).copied())
     }
 
     /// Number of partitions of a topic, if it exists.
@@ -97,16 +108,26 @@ mod tests {
     #[test]
     fn stale_updates_are_ignored() {
         let mut table = ShardTable::new();
-        let placed = ShardUpdate::TopicPlaced { revision: 2, topic: "t".into(), cores: vec![1, 0] };
+        let placed = ShardUpdate::TopicPlaced {
+            revision: 2,
+            topic: "t".into(),
+            cores: vec![1, 0],
+        };
         assert!(table.apply(&placed));
         assert_eq!(table.core_of("t", 0), Some(1));
         assert_eq!(table.core_of("t", 1), Some(0));
         assert_eq!(table.core_of("t", 2), None);
         assert_eq!(table.core_of("t", -1), None);
-        let stale = ShardUpdate::TopicRemoved { revision: 1, topic: "t".into() };
+        let stale = ShardUpdate::TopicRemoved {
+            revision: 1,
+            topic: "t".into(),
+        };
         assert!(!table.apply(&stale));
         assert_eq!(table.partition_count("t"), Some(2));
-        let removed = ShardUpdate::TopicRemoved { revision: 3, topic: "t".into() };
+        let removed = ShardUpdate::TopicRemoved {
+            revision: 3,
+            topic: "t".into(),
+        };
         assert!(table.apply(&removed));
         assert_eq!(table.core_of("t", 0), None);
     }

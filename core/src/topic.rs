@@ -175,7 +175,11 @@ pub(crate) fn parse_timestamp_type(key: &str, value: &str) -> Result<TimestampTy
     match value {
         "CreateTime" => Ok(TimestampType::CreateTime),
         "LogAppendTime" => Ok(TimestampType::LogAppendTime),
-        _ => Err(ConfigError::invalid(key, value, "must be CreateTime or LogAppendTime")),
+        _ => Err(ConfigError::invalid(
+            key,
+            value,
+            "must be CreateTime or LogAppendTime",
+        )),
     }
 }
 
@@ -200,7 +204,10 @@ mod tests {
         let broker = BrokerConfig::default();
         let mut o = BTreeMap::new();
         o.insert("retention.ms".to_string(), "1000".to_string());
-        o.insert("message.timestamp.type".to_string(), "LogAppendTime".to_string());
+        o.insert(
+            "message.timestamp.type".to_string(),
+            "LogAppendTime".to_string(),
+        );
         let c = TopicConfig::with_overrides(&broker, &o).expect("valid");
         assert_eq!(c.retention_ms, 1000);
         assert_eq!(c.timestamp_type, TimestampType::LogAppendTime);

@@ -52,7 +52,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             Some(frame) => frame,
             None => break,
         };
-        let Some((ctx, request)) = decode_request(frame) else { break };
+        let Some((ctx, request)) = decode_request(frame) else {
+            break;
+        };
         let task = handlers::start(&shard, ctx, request);
         shard.inflight.set(shard.inflight.get() + 1);
         let counted = shard.clone();
@@ -186,7 +188,11 @@ fn parse_request(frame: Bytes) -> Option<(RequestContext, Bytes)> {
     let mut body = frame;
     // An ApiVersions request at a version we do not know is decoded with header v1 (the
     // non-flexible header every version shares up to client_id), which is all KIP-511 needs.
-    let header_version = if in_range { api_key.request_header_version(version) } else { 1 };
+    let header_version = if in_range {
+        api_key.request_header_version(version)
+    } else {
+        1
+    };
     let header = RequestHeader::decode(&mut body, header_version).ok()?;
     let ctx = RequestContext {
         api_key,
@@ -211,7 +217,10 @@ pub fn encode_response_at<R: Encodable>(ctx: &RequestContext, version: i16, body
         .encode(&mut buf, header_version)
         .and_then(|_| body.encode(&mut buf, version));
     if let Err(e) = encoded {
-        eprintln!("sluice: cannot encode {:?} v{version} response: {e}", ctx.api_key);
+        eprintln!(
+            "sluice: cannot encode {:?} v{version} response: {e}",
+            ctx.api_key
+        );
         return Outcome::Close;
     }
     let size = (buf.len() - 4) as i32;

@@ -18,7 +18,9 @@ fn frame<R: Encodable>(key: ApiKey, version: i16, body: &R) -> Option<Vec<u8>> {
         .with_correlation_id(7)
         .with_client_id(Some(StrBytes::from_static_str("fuzz")));
     let mut buf = BytesMut::new();
-    header.encode(&mut buf, key.request_header_version(version)).ok()?;
+    header
+        .encode(&mut buf, key.request_header_version(version))
+        .ok()?;
     body.encode(&mut buf, version).ok()?;
     Some(buf.to_vec())
 }
@@ -34,33 +36,76 @@ pub fn seeds() -> Vec<Vec<u8>> {
     for api in APIS {
         for v in api.min_version..=api.max_version {
             let encoded = match api.key {
-                ApiKey::Produce => frame(api.key, v, &ProduceRequest::default().with_acks(-1).with_topic_data(vec![
-                    produce_request::TopicProduceData::default().with_name(name("t")).with_partition_data(vec![
-                        produce_request::PartitionProduceData::default().with_index(0).with_records(Some(batch.clone())),
+                ApiKey::Produce => frame(
+                    api.key,
+                    v,
+                    &ProduceRequest::default()
+                        .with_acks(-1)
+                        .with_topic_data(vec![produce_request::TopicProduceData::default()
+                            .with_name(name("t"))
+                            .with_partition_data(vec![
+                                produce_request::PartitionProduceData::default()
+                                    .with_index(0)
+                                    .with_records(Some(batch.clone())),
+                            ])]),
+                ),
+                ApiKey::Fetch => frame(
+                    api.key,
+                    v,
+                    &FetchRequest::default()
+                        .with_max_wait_ms(100)
+                        .with_topics(vec![fetch_request::FetchTopic::default()
+                            .with_topic(if v < 13 {
+                                name("t")
+                            } else {
+                                TopicName::default()
+                            })
+                            .with_partitions(vec![fetch_request::FetchPartition::default()
+                                .with_partition(0)
+                                .with_partition_max_bytes(1 << 20)])]),
+                ),
+                ApiKey::ListOffsets => frame(
+                    api.key,
+                    v,
+                    &ListOffsetsRequest::default().with_topics(vec![
+                        list_offsets_request::ListOffsetsTopic::default()
+                            .with_name(name("t"))
+                            .with_partitions(vec![
+                                list_offsets_request::ListOffsetsPartition::default()
+                                    .with_timestamp(-1),
+                            ]),
                     ]),
-                ])),
-                ApiKey::Fetch => frame(api.key, v, &FetchRequest::default().with_max_wait_ms(100).with_topics(vec![
-                    fetch_request::FetchTopic::default().with_topic(if v < 13 { name("t") } else { TopicName::default() }).with_partitions(vec![
-                        fetch_request::FetchPartition::default().with_partition(0).with_partition_max_bytes(1 << 20),
-                    ]),
-                ])),
-                ApiKey::ListOffsets => frame(api.key, v, &ListOffsetsRequest::default().with_topics(vec![
-                    list_offsets_request::ListOffsetsTopic::default().with_name(name("t")).with_partitions(vec![
-                        list_offsets_request::ListOffsetsPartition::default().with_timestamp(-1),
-                    ]),
-                ])),
-                ApiKey::Metadata => frame(api.key, v, &MetadataRequest::default().with_topics(Some(vec![
-                    metadata_request::MetadataRequestTopic::default().with_name(Some(name("t"))),
-                ]))),
+                ),
+                ApiKey::Metadata => frame(
+                    api.key,
+                    v,
+                    &MetadataRequest::default()
+                        .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
+                        )
+                        .with_name(Some(name("t")))])),
+                ),
                 ApiKey::ApiVersions => frame(api.key, v, &ApiVersionsRequest::default()),
-                ApiKey::CreateTopics => frame(api.key, v, &CreateTopicsRequest::default().with_topics(vec![
-                    create_topics_request::CreatableTopic::default().with_name(name("t")).with_num_partitions(3).with_replication_factor(1),
-                ])),
-                ApiKey::DeleteTopics => frame(api.key, v, &if v < 6 {
-                    DeleteTopicsRequest::default().with_topic_names(vec![name("t")])
-                } else {
-                    DeleteTopicsRequest::default().with_topics(vec![delete_topics_request::DeleteTopicState::default().with_name(Some(name("t")))])
-                }),
+                ApiKey::CreateTopics => frame(
+                    api.key,
+                    v,
+                    &CreateTopicsRequest::default().with_topics(vec![
+                        create_topics_request::CreatableTopic::default()
+                            .with_name(name("t"))
+                            .with_num_partitions(3)
+                            .with_replication_factor(1),
+                    ]),
+                ),
+                ApiKey::DeleteTopics => frame(
+                    api.key,
+                    v,
+                    &if v < 6 {
+                        DeleteTopicsRequest::default().with_topic_names(vec![name("t")])
+                    } else {
+                        DeleteTopicsRequest::default()
+                            .with_topics(vec![delete_topics_request::DeleteTopicState::default()
+                                .with_name(Some(name("t")))])
+                    },
+                ),
                 ApiKey::DescribeCluster => frame(api.key, v, &DescribeClusterRequest::default()),
                 _ => None,
             };
@@ -125,13 +170,25 @@ fn mutate(rng: &mut XorShift, input: &[u8], other: &[u8]) -> Vec<u8> {
 #[test]
 fn decoder_survives_mutated_requests() {
     let seeds = seeds();
-    assert!(seeds.len() > 50, "seeds for every API and version: {}", seeds.len());
+    assert!(
+        seeds.len() > 50,
+        "seeds for every API and version: {}",
+        seeds.len()
+    );
     for seed in &seeds {
-        assert!(decode_request(Bytes::copy_from_slice(seed)).is_some(), "valid seeds decode");
+        assert!(
+            decode_request(Bytes::copy_from_slice(seed)).is_some(),
+            "valid seeds decode"
+        );
     }
-    let seed: u64 = std::env::var("SLUICE_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed);
-    let iterations: usize =
-        std::env::var("SLUICE_FUZZ_ITERATIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(300_000);
+    let seed: u64 = std::env::var("SLUICE_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed);
+    let iterations: usize = std::env::var("SLUICE_FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300_000);
     let mut rng = XorShift(seed | 1);
     for i in 0..iterations {
         let a = &seeds[rng.below(seeds.len())];
@@ -141,7 +198,10 @@ fn decoder_survives_mutated_requests() {
             let _ = decode_request(Bytes::from(input.clone()));
             let _ = sluice_storage::batch::split_and_validate(&input);
         });
-        assert!(outcome.is_ok(), "decoder panicked: seed {seed} iteration {i} input {input:02x?}");
+        assert!(
+            outcome.is_ok(),
+            "decoder panicked: seed {seed} iteration {i} input {input:02x?}"
+        );
     }
 }
 

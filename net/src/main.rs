@@ -4,7 +4,8 @@ use sluice_core::config::BrokerConfig;
 
 /// Decoders size vectors from lengths read off the wire; see `alloc_guard` for why this matters.
 #[global_allocator]
-static ALLOCATOR: sluice_net::alloc_guard::GuardedAllocator = sluice_net::alloc_guard::GuardedAllocator;
+static ALLOCATOR: sluice_net::alloc_guard::GuardedAllocator =
+    sluice_net::alloc_guard::GuardedAllocator;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

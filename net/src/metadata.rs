@@ -67,7 +67,9 @@ pub fn decode(text: &str, broker: &BrokerConfig) -> Result<TopicMeta, String> {
     let mut fields = BTreeMap::new();
     let mut overrides = BTreeMap::new();
     for line in body.lines() {
-        let (k, v) = line.split_once('=').ok_or_else(|| format!("bad line '{line}'"))?;
+        let (k, v) = line
+            .split_once('=')
+            .ok_or_else(|| format!("bad line '{line}'"))?;
         match k.strip_prefix("config.") {
             Some(key) => _ = overrides.insert(key.to_string(), v.to_string()),
             None => _ = fields.insert(k.to_string(), v.to_string()),
@@ -78,10 +80,18 @@ pub fn decode(text: &str, broker: &BrokerConfig) -> Result<TopicMeta, String> {
     }
     let name = fields.get("name").ok_or("no name")?.clone();
     let id = unhex(fields.get("id").ok_or("no id")?).ok_or("bad id")?;
-    let partitions: i32 =
-        fields.get("partitions").ok_or("no partitions")?.parse().map_err(|_| "bad partitions")?;
+    let partitions: i32 = fields
+        .get("partitions")
+        .ok_or("no partitions")?
+        .parse()
+        .map_err(|_| "bad partitions")?;
     let config = TopicConfig::with_overrides(broker, &overrides).map_err(|e| e.to_string())?;
-    Ok(TopicMeta { name, id, partitions, config })
+    Ok(TopicMeta {
+        name,
+        id,
+        partitions,
+        config,
+    })
 }
 
 /// Loads every topic at start (before the reactors run).
@@ -94,7 +104,8 @@ pub fn load_all(broker: &BrokerConfig) -> Result<Vec<TopicMeta>, String> {
         if path.extension().is_none_or(|x| x != "topic") {
             continue;
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         topics.push(decode(&text, broker).map_err(|e| format!("{}: {e}", path.display()))?);
     }
     topics.sort_by(|a, b| a.name.cmp(&b.name));
@@ -158,11 +169,13 @@ fn unhex(s: &str) -> Option<[u8; 16]> {
 
 /// Kafka prints cluster ids as URL-safe base64 of 16 bytes without padding.
 fn base64_url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
         let chars = chunk.len() + 1;
         for i in 0..chars {
             out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);

@@ -23,12 +23,27 @@ use crate::metadata::TopicMeta;
 /// Work one core asks of another.
 #[derive(Debug)]
 pub enum CoreRequest {
-    Produce { acks: i16, timeout_ms: i32, partitions: Vec<(TopicPartition, Bytes)> },
-    Read { budget_bytes: usize, partitions: Vec<ReadPartition> },
-    WaitForData { partitions: Vec<(TopicPartition, i64)>, timeout_ms: u64 },
-    ListOffsets { partitions: Vec<(TopicPartition, i64)> },
+    Produce {
+        acks: i16,
+        timeout_ms: i32,
+        partitions: Vec<(TopicPartition, Bytes)>,
+    },
+    Read {
+        budget_bytes: usize,
+        partitions: Vec<ReadPartition>,
+    },
+    WaitForData {
+        partitions: Vec<(TopicPartition, i64)>,
+        timeout_ms: u64,
+    },
+    ListOffsets {
+        partitions: Vec<(TopicPartition, i64)>,
+    },
     /// To core 0, the metadata owner.
-    CreateTopics { topics: Vec<NewTopic>, validate_only: bool },
+    CreateTopics {
+        topics: Vec<NewTopic>,
+        validate_only: bool,
+    },
     /// To core 0, the metadata owner.
     DeleteTopics { names: Vec<String> },
     /// From core 0 to every core: apply a topic change to the local tables and logs.
@@ -53,8 +68,15 @@ pub struct NewTopic {
 
 #[derive(Debug, Clone)]
 pub enum TopicChange {
-    Created { revision: u64, meta: TopicMeta, cores: Vec<usize> },
-    Deleted { revision: u64, name: String },
+    Created {
+        revision: u64,
+        meta: TopicMeta,
+        cores: Vec<usize>,
+    },
+    Deleted {
+        revision: u64,
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -104,8 +126,15 @@ pub enum CoreResponse {
 
 #[derive(Debug)]
 pub enum Envelope {
-    Request { id: u64, from: usize, body: CoreRequest },
-    Response { id: u64, body: CoreResponse },
+    Request {
+        id: u64,
+        from: usize,
+        body: CoreRequest,
+    },
+    Response {
+        id: u64,
+        body: CoreResponse,
+    },
 }
 
 /// This core's end of the mesh.
@@ -182,9 +211,13 @@ impl Router {
         let (tx, rx) = oneshot::channel();
         self.pending.borrow_mut().insert(id, tx);
         let sent = match self.outboxes.get(core) {
-            Some(Some(outbox)) => {
-                outbox.try_send(Envelope::Request { id, from: self.core_id, body }).is_ok()
-            }
+            Some(Some(outbox)) => outbox
+                .try_send(Envelope::Request {
+                    id,
+                    from: self.core_id,
+                    body,
+                })
+                .is_ok(),
             _ => false,
         };
         if !sent {

@@ -28,12 +28,29 @@ use crate::metadata::{self, TopicMeta};
 use crate::router::{Envelope, Router, TopicChange};
 use crate::shard::{now_ms, Shard};
 
+/// Start and stop coordination between the main thread and the cores. Only the start barrier,
+/// the stop flag and these counters are shared, never data-path state.
+struct Lifecycle {
+    /// Raised by a signal or by a failing core; every core then stops.
+    stop: AtomicBool,
+    /// Cores still running.
+    running: AtomicUsize,
+    /// Cores that have recovered their partitions (start barrier).
+    started: AtomicUsize,
+    /// Cores with no client request left in flight (stop barrier).
+    drained: AtomicUsize,
+}
+
 /// How long a stopping core waits for in-flight requests before closing its logs anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub fn run(config: BrokerConfig) -> Result<(), String> {
     let cpus = allowed_cpus();
-    let cores = if config.cores == 0 { cpus.len() } else { config.cores };
+    let cores = if config.cores == 0 {
+        cpus.len()
+    } else {
+        config.cores
+    };
     if cores == 0 {
         return Err("no CPU available to run on".into());
     }
@@ -58,13 +75,15 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(50));
     }
     block_stop_signals();
-    let stop = Arc::new(AtomicBool::new(false));
-    let running = Arc::new(AtomicUsize::new(cores));
+    let life = Arc::new(Lifecycle {
+        stop: AtomicBool::new(false),
+        running: AtomicUsize::new(cores),
+        started: AtomicUsize::new(0),
+        drained: AtomicUsize::new(0),
+    });
     let mesh = (cores > 1).then(|| {
         MeshBuilder::<Envelope, _>::full(cores, sluice_core::limits::cross_core_channel_depth)
     });
-    let barrier = Arc::new(AtomicUsize::new(0));
-    let drained = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
     for core in 0..cores {
         let cpu = cpus[core % cpus.len()];
@@ -72,29 +91,24 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         let topics = topics.clone();
         let cluster_id = cluster_id.clone();
         let mesh = mesh.clone();
-        let stop = stop.clone();
-        let running = running.clone();
-        let barrier = barrier.clone();
-        let drained = drained.clone();
+        let life = life.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("sluice-core-{core}"))
             .io_memory(config.io_memory_bytes)
             .spawn(move || async move {
-                let result =
-                    core_main(core, config, topics, cluster_id, mesh, stop.clone(), barrier, drained)
-                        .await;
+                let result = core_main(core, config, topics, cluster_id, mesh, life.clone()).await;
                 if let Err(e) = &result {
                     // One core failing stops the broker: say why now, not at exit.
                     eprintln!("sluice: {e}");
-                    stop.store(true, Ordering::SeqCst);
+                    life.stop.store(true, Ordering::SeqCst);
                 }
-                running.fetch_sub(1, Ordering::SeqCst);
+                life.running.fetch_sub(1, Ordering::SeqCst);
                 result
             })
             .map_err(|e| format!("cannot start the executor of core {core} on CPU {cpu}: {e}"))?;
         handles.push(handle);
     }
-    wait_for_stop(&stop, &running);
+    wait_for_stop(&life);
     let mut failure = None;
     for handle in handles {
         match handle.join() {
@@ -115,13 +129,16 @@ async fn core_main(
     topics: Vec<TopicMeta>,
     cluster_id: String,
     mesh: Option<MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>>,
-    stop: Arc<AtomicBool>,
-    barrier: Arc<AtomicUsize>,
-    drained: Arc<AtomicUsize>,
+    life: Arc<Lifecycle>,
 ) -> Result<(), String> {
     sluice_storage::io_probe::guard(&config.log_dirs)
         .await
-        .map_err(|e| format!("core {core}: O_DIRECT probe in {}: {e}", config.log_dirs.display()))?;
+        .map_err(|e| {
+            format!(
+                "core {core}: O_DIRECT probe in {}: {e}",
+                config.log_dirs.display()
+            )
+        })?;
     let flusher = Flusher::new();
     let shard_count = mesh.as_ref().map(|m| m.nr_peers()).unwrap_or(1);
     let mut revision = 1u64;
@@ -130,14 +147,20 @@ async fn core_main(
         let cores_of: Vec<usize> = (0..meta.partitions)
             .map(|p| sluice_core::placement::core_for_partition(&meta.name, p, shard_count))
             .collect();
-        placements.push(TopicChange::Created { revision, meta: meta.clone(), cores: cores_of });
+        placements.push(TopicChange::Created {
+            revision,
+            meta: meta.clone(),
+            cores: cores_of,
+        });
         revision += 1;
     }
     let (router, receivers) = match mesh {
         None => (Router::single(), None),
         Some(mesh) => {
-            let (senders, receivers) =
-                mesh.join().await.map_err(|_| format!("core {core}: cannot join the mesh"))?;
+            let (senders, receivers) = mesh
+                .join()
+                .await
+                .map_err(|_| format!("core {core}: cannot join the mesh"))?;
             let (router, receivers) = Router::connect(senders, receivers);
             if router.core_id != core {
                 return Err(format!("core {core} got mesh id {}", router.core_id));
@@ -161,13 +184,15 @@ async fn core_main(
     // Recover the partitions this core owns, then wait for every core to have done the same:
     // no core accepts a client (who could route work here) before all logs are open.
     for change in placements {
-        let _ = shard.start(crate::router::CoreRequest::ApplyTopic(change)).await;
+        let _ = shard
+            .start(crate::router::CoreRequest::ApplyTopic(change))
+            .await;
     }
     // An async barrier: a blocking one would stall this reactor while peers may still need it
     // to finish connecting their mesh channels.
-    barrier.fetch_add(1, Ordering::SeqCst);
-    while barrier.load(Ordering::SeqCst) < shard.cores() {
-        if stop.load(Ordering::SeqCst) {
+    life.started.fetch_add(1, Ordering::SeqCst);
+    while life.started.load(Ordering::SeqCst) < shard.cores() {
+        if life.stop.load(Ordering::SeqCst) {
             return Err(format!("core {core}: stopped during start"));
         }
         glommio::timer::sleep(Duration::from_millis(1)).await;
@@ -195,7 +220,8 @@ async fn core_main(
             .detach();
         }
     }
-    let flusher_task = glommio::spawn_local(flusher.clone().run(now_ms, Duration::from_millis(100)));
+    let flusher_task =
+        glommio::spawn_local(flusher.clone().run(now_ms, Duration::from_millis(100)));
     glommio::spawn_local(retention_loop(shard.clone())).detach();
     let listener = bind_listener(config.listener)
         .map_err(|e| format!("core {core}: cannot listen on {}: {e}", config.listener))?;
@@ -210,7 +236,7 @@ async fn core_main(
     let active = Rc::new(Cell::new(0usize));
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            while !stop.load(Ordering::Relaxed) {
+            while !life.stop.load(Ordering::Relaxed) {
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
             None
@@ -242,15 +268,18 @@ async fn core_main(
     }
     // Keep serving peers until every core has drained: an in-flight request on another core may
     // still need this one (a fetch reading a partition owned here).
-    drained.fetch_add(1, Ordering::SeqCst);
-    while drained.load(Ordering::SeqCst) < shard.cores() && Instant::now() < deadline {
+    life.drained.fetch_add(1, Ordering::SeqCst);
+    while life.drained.load(Ordering::SeqCst) < shard.cores() && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     let logs: Vec<_> = shard.logs.borrow().values().cloned().collect();
     let mut result = Ok(());
     for log in logs {
         if let Err(e) = log.close().await {
-            result = Err(format!("core {core}: closing {}-{}: {e}", log.topic, log.partition));
+            result = Err(format!(
+                "core {core}: closing {}-{}: {e}",
+                log.topic, log.partition
+            ));
         }
     }
     flusher.stop();
@@ -280,7 +309,11 @@ async fn retention_loop(shard: Rc<Shard>) {
 /// connections in TIME_WAIT (glommio's own `bind` sets only the first).
 fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     use std::os::fd::{FromRawFd, IntoRawFd};
-    let domain = if addr.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+    let domain = if addr.is_ipv6() {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
+    };
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -293,10 +326,16 @@ fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// Binds the listener address once with SO_REUSEADDR (as Kafka does) but without SO_REUSEPORT:
 /// fails if another process listens there.
 fn check_port_free(addr: std::net::SocketAddr) -> Result<(), String> {
-    let domain = if addr.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+    let domain = if addr.is_ipv6() {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
+    };
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)
         .map_err(|e| format!("cannot create a socket: {e}"))?;
-    socket.set_reuse_address(true).map_err(|e| format!("SO_REUSEADDR: {e}"))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(|e| format!("SO_REUSEADDR: {e}"))?;
     socket
         .bind(&addr.into())
         .and_then(|_| socket.listen(1))
@@ -311,7 +350,9 @@ fn allowed_cpus() -> Vec<usize> {
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
             return vec![0];
         }
-        (0..libc::CPU_SETSIZE as usize).filter(|cpu| libc::CPU_ISSET(*cpu, &set)).collect()
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|cpu| libc::CPU_ISSET(*cpu, &set))
+            .collect()
     }
 }
 
@@ -337,11 +378,14 @@ fn block_stop_signals() {
 }
 
 /// Waits for SIGINT/SIGTERM (or for every core to have exited on its own), then raises `stop`.
-fn wait_for_stop(stop: &AtomicBool, running: &AtomicUsize) {
+fn wait_for_stop(life: &Lifecycle) {
     let set = stop_signal_set();
-    let timeout = libc::timespec { tv_sec: 0, tv_nsec: 200_000_000 };
+    let timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 200_000_000,
+    };
     loop {
-        if running.load(Ordering::SeqCst) == 0 || stop.load(Ordering::SeqCst) {
+        if life.running.load(Ordering::SeqCst) == 0 || life.stop.load(Ordering::SeqCst) {
             break;
         }
         // SAFETY: valid set and timeout; a null info pointer is allowed.
@@ -351,5 +395,5 @@ fn wait_for_stop(stop: &AtomicBool, running: &AtomicUsize) {
             break;
         }
     }
-    stop.store(true, Ordering::SeqCst);
+    life.stop.store(true, Ordering::SeqCst);
 }

@@ -29,7 +29,10 @@ use crate::router::{
 use crate::topics;
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 pub struct Shard {
@@ -68,15 +71,23 @@ impl Shard {
     /// order; the returned future finishes the asynchronous rest (durability, long polls).
     pub fn start(self: &Rc<Self>, request: CoreRequest) -> CoreFuture {
         match request {
-            CoreRequest::Produce { acks, timeout_ms, partitions } => {
-                self.produce(acks, timeout_ms, partitions)
-            }
-            CoreRequest::Read { budget_bytes, partitions } => {
+            CoreRequest::Produce {
+                acks,
+                timeout_ms,
+                partitions,
+            } => self.produce(acks, timeout_ms, partitions),
+            CoreRequest::Read {
+                budget_bytes,
+                partitions,
+            } => {
                 let shard = self.clone();
                 async move { CoreResponse::Read(shard.read(budget_bytes, partitions).await) }
                     .boxed_local()
             }
-            CoreRequest::WaitForData { partitions, timeout_ms } => {
+            CoreRequest::WaitForData {
+                partitions,
+                timeout_ms,
+            } => {
                 let shard = self.clone();
                 async move {
                     shard.wait_for_data(partitions, timeout_ms).await;
@@ -89,7 +100,10 @@ impl Shard {
                 async move { CoreResponse::ListOffsets(shard.list_offsets(partitions).await) }
                     .boxed_local()
             }
-            CoreRequest::CreateTopics { topics, validate_only } => {
+            CoreRequest::CreateTopics {
+                topics,
+                validate_only,
+            } => {
                 let shard = self.clone();
                 async move {
                     CoreResponse::Topics(topics::create(&shard, topics, validate_only).await)
@@ -222,7 +236,8 @@ impl Shard {
             }
             Some(_) => {}
         }
-        self.log(tp).ok_or(ResponseError::NotLeaderOrFollower.code())
+        self.log(tp)
+            .ok_or(ResponseError::NotLeaderOrFollower.code())
     }
 
     async fn read(&self, budget_bytes: usize, partitions: Vec<ReadPartition>) -> Vec<ReadOutcome> {
@@ -299,8 +314,18 @@ impl Shard {
                 Ok(log) => crate::handlers::list_offsets::lookup(&log, timestamp).await,
             };
             out.push(match result {
-                Ok((timestamp, offset)) => OffsetResult { tp, error: 0, timestamp, offset },
-                Err(error) => OffsetResult { tp, error, timestamp: -1, offset: -1 },
+                Ok((timestamp, offset)) => OffsetResult {
+                    tp,
+                    error: 0,
+                    timestamp,
+                    offset,
+                },
+                Err(error) => OffsetResult {
+                    tp,
+                    error,
+                    timestamp: -1,
+                    offset: -1,
+                },
             });
         }
         out
@@ -310,7 +335,11 @@ impl Shard {
     /// new partitions this core owns, close and delete those of removed topics.
     async fn apply_topic(&self, change: TopicChange) {
         match change {
-            TopicChange::Created { revision, meta, cores } => {
+            TopicChange::Created {
+                revision,
+                meta,
+                cores,
+            } => {
                 let update = ShardUpdate::TopicPlaced {
                     revision,
                     topic: meta.name.clone(),
@@ -319,7 +348,9 @@ impl Shard {
                 if !self.table.borrow_mut().apply(&update) {
                     return;
                 }
-                self.topics.borrow_mut().insert(meta.name.clone(), meta.clone());
+                self.topics
+                    .borrow_mut()
+                    .insert(meta.name.clone(), meta.clone());
                 for (partition, core) in cores.iter().enumerate() {
                     if *core == self.core_id {
                         let tp = TopicPartition::new(meta.name.clone(), partition as i32);
@@ -327,14 +358,19 @@ impl Shard {
                             Ok(log) => {
                                 self.logs.borrow_mut().insert(tp, log);
                             }
-                            Err(e) => eprintln!("sluice: core {}: cannot open {tp}: {e}", self.core_id),
+                            Err(e) => {
+                                eprintln!("sluice: core {}: cannot open {tp}: {e}", self.core_id)
+                            }
                         }
                     }
                 }
                 self.resize_caches();
             }
             TopicChange::Deleted { revision, name } => {
-                let update = ShardUpdate::TopicRemoved { revision, topic: name.clone() };
+                let update = ShardUpdate::TopicRemoved {
+                    revision,
+                    topic: name.clone(),
+                };
                 if !self.table.borrow_mut().apply(&update) {
                     return;
                 }
@@ -342,7 +378,9 @@ impl Shard {
                 let doomed: Vec<(TopicPartition, Rc<PartitionLog>)> = {
                     let mut logs = self.logs.borrow_mut();
                     let keys: Vec<_> = logs.keys().filter(|tp| tp.topic == name).cloned().collect();
-                    keys.into_iter().filter_map(|k| logs.remove(&k).map(|l| (k, l))).collect()
+                    keys.into_iter()
+                        .filter_map(|k| logs.remove(&k).map(|l| (k, l)))
+                        .collect()
                 };
                 for (tp, log) in doomed {
                     let dir = log.dir().to_path_buf();
@@ -361,7 +399,10 @@ impl Shard {
         meta: &TopicMeta,
         partition: i32,
     ) -> sluice_storage::error::Result<Rc<PartitionLog>> {
-        let dir = self.broker.log_dirs.join(format!("{}-{partition}", meta.name));
+        let dir = self
+            .broker
+            .log_dirs
+            .join(format!("{}-{partition}", meta.name));
         let config = LogConfig::from_topic(
             &meta.config,
             self.broker.log_index_interval_bytes,

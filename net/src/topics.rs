@@ -13,10 +13,19 @@ use crate::router::{CoreRequest, NewTopic, TopicChange, TopicResult};
 use crate::shard::Shard;
 
 fn failure(name: String, error: ResponseError, message: String) -> TopicResult {
-    TopicResult { name, error: error.code(), message: Some(message), meta: None }
+    TopicResult {
+        name,
+        error: error.code(),
+        message: Some(message),
+        meta: None,
+    }
 }
 
-pub async fn create(shard: &Rc<Shard>, topics: Vec<NewTopic>, validate_only: bool) -> Vec<TopicResult> {
+pub async fn create(
+    shard: &Rc<Shard>,
+    topics: Vec<NewTopic>,
+    validate_only: bool,
+) -> Vec<TopicResult> {
     assert_eq!(shard.core_id, 0, "topics are created by the metadata owner");
     let mut results = Vec::with_capacity(topics.len());
     for topic in topics {
@@ -31,39 +40,81 @@ async fn create_one(shard: &Rc<Shard>, topic: NewTopic, validate_only: bool) -> 
         return failure(name, ResponseError::InvalidTopicException, e.0);
     }
     if shard.topics.borrow().contains_key(&name) {
-        return failure(name.clone(), ResponseError::TopicAlreadyExists, format!("Topic '{name}' already exists."));
+        return failure(
+            name.clone(),
+            ResponseError::TopicAlreadyExists,
+            format!("Topic '{name}' already exists."),
+        );
     }
     if shard.topics.borrow().len() >= sluice_core::limits::topics_max {
-        return failure(name, ResponseError::PolicyViolation, "too many topics".into());
+        return failure(
+            name,
+            ResponseError::PolicyViolation,
+            "too many topics".into(),
+        );
     }
     if topic.has_assignments {
-        return failure(name, ResponseError::InvalidRequest, "manual replica assignment needs a cluster".into());
+        return failure(
+            name,
+            ResponseError::InvalidRequest,
+            "manual replica assignment needs a cluster".into(),
+        );
     }
-    let partitions = if topic.partitions == -1 { shard.broker.num_partitions } else { topic.partitions };
+    let partitions = if topic.partitions == -1 {
+        shard.broker.num_partitions
+    } else {
+        topic.partitions
+    };
     if partitions <= 0 || partitions > sluice_core::limits::partitions_per_topic_max {
-        return failure(name, ResponseError::InvalidPartitions, format!("Number of partitions must be between 1 and {}.", sluice_core::limits::partitions_per_topic_max));
+        return failure(
+            name,
+            ResponseError::InvalidPartitions,
+            format!(
+                "Number of partitions must be between 1 and {}.",
+                sluice_core::limits::partitions_per_topic_max
+            ),
+        );
     }
     if topic.replication_factor != -1 && topic.replication_factor != 1 {
         return failure(
             name,
             ResponseError::InvalidReplicationFactor,
-            format!("Replication factor {} is larger than the 1 available broker.", topic.replication_factor),
+            format!(
+                "Replication factor {} is larger than the 1 available broker.",
+                topic.replication_factor
+            ),
         );
     }
     let mut overrides = BTreeMap::new();
     for (k, v) in topic.configs {
         match v {
             Some(v) => _ = overrides.insert(k, v),
-            None => return failure(name, ResponseError::InvalidConfig, format!("config '{k}' has a null value")),
+            None => {
+                return failure(
+                    name,
+                    ResponseError::InvalidConfig,
+                    format!("config '{k}' has a null value"),
+                )
+            }
         }
     }
     let config = match TopicConfig::with_overrides(&shard.broker, &overrides) {
         Ok(c) => c,
         Err(e) => return failure(name, ResponseError::InvalidConfig, e.to_string()),
     };
-    let meta = TopicMeta { name: name.clone(), id: *uuid::Uuid::new_v4().as_bytes(), partitions, config };
+    let meta = TopicMeta {
+        name: name.clone(),
+        id: *uuid::Uuid::new_v4().as_bytes(),
+        partitions,
+        config,
+    };
     if validate_only {
-        return TopicResult { name, error: 0, message: None, meta: Some(meta) };
+        return TopicResult {
+            name,
+            error: 0,
+            message: None,
+            meta: Some(meta),
+        };
     }
     if let Err(e) = metadata::store(&shard.broker.log_dirs, &meta) {
         return failure(name, ResponseError::KafkaStorageError, e.to_string());
@@ -71,8 +122,21 @@ async fn create_one(shard: &Rc<Shard>, topic: NewTopic, validate_only: bool) -> 
     let revision = shard.next_revision.get();
     shard.next_revision.set(revision + 1);
     let cores = shard.place(&name, partitions);
-    broadcast(shard, TopicChange::Created { revision, meta: meta.clone(), cores }).await;
-    TopicResult { name, error: 0, message: None, meta: Some(meta) }
+    broadcast(
+        shard,
+        TopicChange::Created {
+            revision,
+            meta: meta.clone(),
+            cores,
+        },
+    )
+    .await;
+    TopicResult {
+        name,
+        error: 0,
+        message: None,
+        meta: Some(meta),
+    }
 }
 
 pub async fn delete(shard: &Rc<Shard>, names: Vec<String>) -> Vec<TopicResult> {
@@ -81,17 +145,37 @@ pub async fn delete(shard: &Rc<Shard>, names: Vec<String>) -> Vec<TopicResult> {
     for name in names {
         let meta = shard.topics.borrow().get(&name).cloned();
         let Some(meta) = meta else {
-            results.push(failure(name, ResponseError::UnknownTopicOrPartition, "This server does not host this topic-partition.".into()));
+            results.push(failure(
+                name,
+                ResponseError::UnknownTopicOrPartition,
+                "This server does not host this topic-partition.".into(),
+            ));
             continue;
         };
         if let Err(e) = metadata::remove(&shard.broker.log_dirs, &name) {
-            results.push(failure(name, ResponseError::KafkaStorageError, e.to_string()));
+            results.push(failure(
+                name,
+                ResponseError::KafkaStorageError,
+                e.to_string(),
+            ));
             continue;
         }
         let revision = shard.next_revision.get();
         shard.next_revision.set(revision + 1);
-        broadcast(shard, TopicChange::Deleted { revision, name: name.clone() }).await;
-        results.push(TopicResult { name, error: 0, message: None, meta: Some(meta) });
+        broadcast(
+            shard,
+            TopicChange::Deleted {
+                revision,
+                name: name.clone(),
+            },
+        )
+        .await;
+        results.push(TopicResult {
+            name,
+            error: 0,
+            message: None,
+            meta: Some(meta),
+        });
     }
     results
 }

@@ -46,7 +46,10 @@ impl LeaderEpochFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let mut file = LeaderEpochFile { path, entries: Vec::new() };
+        let mut file = LeaderEpochFile {
+            path,
+            entries: Vec::new(),
+        };
         file.begin_epoch(0, log_end_offset)?;
         Ok(file)
     }
@@ -63,9 +66,15 @@ impl LeaderEpochFile {
     pub fn begin_epoch(&mut self, epoch: i32, start_offset: i64) -> std::io::Result<()> {
         if let Some(last) = self.entries.last() {
             assert!(epoch > last.epoch, "leader epochs only grow");
-            assert!(start_offset >= last.start_offset, "epoch start offsets only grow");
+            assert!(
+                start_offset >= last.start_offset,
+                "epoch start offsets only grow"
+            );
         }
-        self.entries.push(EpochEntry { epoch, start_offset });
+        self.entries.push(EpochEntry {
+            epoch,
+            start_offset,
+        });
         self.persist()
     }
 
@@ -93,7 +102,10 @@ fn parse(text: &str) -> Option<Vec<EpochEntry>> {
         let mut parts = lines.next()?.split_whitespace();
         let epoch = parts.next()?.parse().ok()?;
         let start_offset = parts.next()?.parse().ok()?;
-        entries.push(EpochEntry { epoch, start_offset });
+        entries.push(EpochEntry {
+            epoch,
+            start_offset,
+        });
     }
     Some(entries)
 }
@@ -112,7 +124,13 @@ mod tests {
         assert_eq!(text, "0\n2\n0 0\n3 120\n");
         let again = LeaderEpochFile::open_or_init(dir.path(), 500).expect("reload");
         assert_eq!(again.current_epoch(), 3);
-        assert_eq!(again.entries()[1], EpochEntry { epoch: 3, start_offset: 120 });
+        assert_eq!(
+            again.entries()[1],
+            EpochEntry {
+                epoch: 3,
+                start_offset: 120
+            }
+        );
         std::fs::write(dir.path().join(FILE_NAME), "garbage").expect("write");
         assert!(LeaderEpochFile::open_or_init(dir.path(), 0).is_err());
     }

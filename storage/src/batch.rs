@@ -157,7 +157,10 @@ pub fn split_and_validate(records: &[u8]) -> Result<Vec<(usize, BatchHeader)>, B
 /// Assigns offsets and the leader epoch by patching the header in place. Both fields lie outside
 /// the CRC, so the batch stays valid.
 pub fn assign_offset(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
-    assert!(batch.len() >= HEADER_BYTES, "assign_offset on a validated batch");
+    assert!(
+        batch.len() >= HEADER_BYTES,
+        "assign_offset on a validated batch"
+    );
     (&mut batch[0..8]).put_i64(base_offset);
     (&mut batch[LEADER_EPOCH_OFFSET..LEADER_EPOCH_OFFSET + 4]).put_i32(leader_epoch);
 }
@@ -165,7 +168,10 @@ pub fn assign_offset(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
 /// Applies `message.timestamp.type=LogAppendTime`: sets the timestamp-type bit and the max
 /// timestamp to the broker's clock, then recomputes the CRC (both fields are covered by it).
 pub fn set_log_append_time(batch: &mut BytesMut, now_ms: i64) {
-    assert!(batch.len() >= HEADER_BYTES, "set_log_append_time on a validated batch");
+    assert!(
+        batch.len() >= HEADER_BYTES,
+        "set_log_append_time on a validated batch"
+    );
     let (header, body) = batch.split_at_mut(HEADER_BYTES);
     set_log_append_time_split(header, body, now_ms);
 }

@@ -34,9 +34,16 @@ impl fmt::Display for BatchError {
 pub enum StorageError {
     Batch(BatchError),
     /// A produce larger than `max.message.bytes`.
-    TooLarge { bytes: usize, max: usize },
+    TooLarge {
+        bytes: usize,
+        max: usize,
+    },
     /// Requested offset is outside [log_start_offset, log_end_offset].
-    OffsetOutOfRange { offset: i64, log_start: i64, log_end: i64 },
+    OffsetOutOfRange {
+        offset: i64,
+        log_start: i64,
+        log_end: i64,
+    },
     /// The disk failed (full, I/O error); the write was not made. Reads go on.
     Io(std::io::Error),
     /// A log file is damaged beyond what recovery may repair (not the tail).
@@ -68,7 +75,11 @@ impl fmt::Display for StorageError {
             StorageError::TooLarge { bytes, max } => {
                 write!(f, "{bytes} bytes exceed max.message.bytes={max}")
             }
-            StorageError::OffsetOutOfRange { offset, log_start, log_end } => {
+            StorageError::OffsetOutOfRange {
+                offset,
+                log_start,
+                log_end,
+            } => {
                 write!(f, "offset {offset} is outside [{log_start}, {log_end}]")
             }
             StorageError::Io(e) => write!(f, "I/O error: {e}"),

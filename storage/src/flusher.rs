@@ -50,10 +50,16 @@ impl Flusher {
                     return;
                 }
                 let woken = self.wake.notified();
-                let timed_out = future::or(async { woken.await; false }, async {
-                    glommio::timer::sleep(tick).await;
-                    true
-                })
+                let timed_out = future::or(
+                    async {
+                        woken.await;
+                        false
+                    },
+                    async {
+                        glommio::timer::sleep(tick).await;
+                        true
+                    },
+                )
                 .await;
                 if timed_out {
                     let pending: Vec<_> = std::mem::take(&mut *self.unsynced.borrow_mut());

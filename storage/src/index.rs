@@ -49,18 +49,30 @@ impl SegmentIndex {
         interval_bytes: u32,
     ) {
         if self.offsets.is_empty() || self.bytes_since_entry >= interval_bytes {
-            self.offsets.push(OffsetEntry { relative_offset, position });
+            self.offsets.push(OffsetEntry {
+                relative_offset,
+                position,
+            });
             self.bytes_since_entry = 0;
         }
         self.bytes_since_entry = self.bytes_since_entry.saturating_add(batch_bytes);
-        if self.times.last().is_none_or(|t| max_timestamp > t.timestamp) {
-            self.times.push(TimeEntry { timestamp: max_timestamp, relative_offset });
+        if self
+            .times
+            .last()
+            .is_none_or(|t| max_timestamp > t.timestamp)
+        {
+            self.times.push(TimeEntry {
+                timestamp: max_timestamp,
+                relative_offset,
+            });
         }
     }
 
     /// Position to start scanning from for `relative_offset` (0 when before every entry).
     pub fn position_for(&self, relative_offset: u32) -> u32 {
-        let i = self.offsets.partition_point(|e| e.relative_offset <= relative_offset);
+        let i = self
+            .offsets
+            .partition_point(|e| e.relative_offset <= relative_offset);
         if i == 0 {
             0
         } else {
@@ -82,7 +94,8 @@ impl SegmentIndex {
     /// Drops every entry at or beyond `relative_offset` (used when an unwritten tail is
     /// discarded).
     pub fn truncate_from(&mut self, relative_offset: u32, position: u32) {
-        self.offsets.retain(|e| e.relative_offset < relative_offset && e.position < position);
+        self.offsets
+            .retain(|e| e.relative_offset < relative_offset && e.position < position);
         self.times.retain(|e| e.relative_offset < relative_offset);
         self.bytes_since_entry = 0;
     }
@@ -111,20 +124,30 @@ impl SegmentIndex {
         let raw = decode_file(KIND_OFFSET, base_offset, offsets_file, 8)?;
         let offsets = raw
             .chunks_exact(8)
-            .map(|mut c| OffsetEntry { relative_offset: c.get_u32(), position: c.get_u32() })
+            .map(|mut c| OffsetEntry {
+                relative_offset: c.get_u32(),
+                position: c.get_u32(),
+            })
             .collect::<Vec<_>>();
         let raw = decode_file(KIND_TIME, base_offset, times_file, 12)?;
         let times = raw
             .chunks_exact(12)
-            .map(|mut c| TimeEntry { timestamp: c.get_i64(), relative_offset: c.get_u32() })
+            .map(|mut c| TimeEntry {
+                timestamp: c.get_i64(),
+                relative_offset: c.get_u32(),
+            })
             .collect::<Vec<_>>();
-        let sorted = offsets.windows(2).all(|w| {
-            w[0].relative_offset < w[1].relative_offset && w[0].position < w[1].position
-        });
+        let sorted = offsets
+            .windows(2)
+            .all(|w| w[0].relative_offset < w[1].relative_offset && w[0].position < w[1].position);
         if !sorted {
             return None;
         }
-        Some(SegmentIndex { offsets, times, bytes_since_entry: 0 })
+        Some(SegmentIndex {
+            offsets,
+            times,
+            bytes_since_entry: 0,
+        })
     }
 }
 
@@ -194,12 +217,18 @@ mod tests {
         let loaded = SegmentIndex::decode(500, &offsets, &times).expect("round trip");
         assert_eq!(loaded.offsets, index.offsets);
         assert_eq!(loaded.times, index.times);
-        assert!(SegmentIndex::decode(501, &offsets, &times).is_none(), "wrong segment");
+        assert!(
+            SegmentIndex::decode(501, &offsets, &times).is_none(),
+            "wrong segment"
+        );
         let mut damaged = offsets.clone();
         let last = damaged.len() - 1;
         damaged[last] ^= 1;
         assert!(SegmentIndex::decode(500, &damaged, &times).is_none(), "crc");
-        assert!(SegmentIndex::decode(500, &offsets[..30], &times).is_none(), "truncated");
+        assert!(
+            SegmentIndex::decode(500, &offsets[..30], &times).is_none(),
+            "truncated"
+        );
         assert!(SegmentIndex::decode(500, &[], &times).is_none(), "missing");
     }
 }

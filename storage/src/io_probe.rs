@@ -38,7 +38,9 @@ pub async fn guard(dir: &Path) -> Result<()> {
     // Read through it once: this is also a cheap check that O_DIRECT reads work here at all.
     let read = file.read_at(0, PROBE_BYTES).await?;
     if read.len() != PROBE_BYTES {
-        return Err(crate::error::StorageError::Corrupt("I/O probe file read short".into()));
+        return Err(crate::error::StorageError::Corrupt(
+            "I/O probe file read short".into(),
+        ));
     }
     file.close().await?;
     Ok(())

@@ -57,7 +57,10 @@ impl LogConfig {
         let sync = if sync_default && topic.flush_messages == 1 && topic.flush_ms < 0 {
             SyncPolicy::EveryWrite
         } else {
-            SyncPolicy::Interval { messages: topic.flush_messages, ms: topic.flush_ms }
+            SyncPolicy::Interval {
+                messages: topic.flush_messages,
+                ms: topic.flush_ms,
+            }
         };
         LogConfig {
             segment_bytes: topic.segment_bytes,
@@ -323,7 +326,10 @@ impl PartitionLog {
                 header.max_timestamp = now_ms;
             }
             let interval = config.index_interval_bytes;
-            let active = state.segments.last_mut().expect("a log has an active segment");
+            let active = state
+                .segments
+                .last_mut()
+                .expect("a log has an active segment");
             active.append(patched.freeze(), body, &header, now_ms, interval);
             state.log_end = header.last_offset() + 1;
             messages += i64::from(header.records_count);
@@ -401,7 +407,11 @@ impl PartitionLog {
         let mut touched = Vec::new();
         let bases: Vec<i64> = {
             let s = self.state.borrow();
-            s.segments.iter().filter(|seg| !seg.sealed).map(|seg| seg.base_offset).collect()
+            s.segments
+                .iter()
+                .filter(|seg| !seg.sealed)
+                .map(|seg| seg.base_offset)
+                .collect()
         };
         for base in bases {
             if let Some(file) = self.write_segment(base).await? {
@@ -443,7 +453,11 @@ impl PartitionLog {
 
     fn all_unsynced_files(&self) -> Vec<Rc<glommio::io::DmaFile>> {
         let s = self.state.borrow();
-        s.segments.iter().filter(|seg| !seg.sealed).filter_map(|seg| seg.file.clone()).collect()
+        s.segments
+            .iter()
+            .filter(|seg| !seg.sealed)
+            .filter_map(|seg| seg.file.clone())
+            .collect()
     }
 
     /// Writes the unwritten bytes of one segment, creating its file first if needed.
@@ -476,7 +490,11 @@ impl PartitionLog {
             let target = target.min(align_up(segment_bytes.max(needed)));
             // Preallocation only saves extent allocation later; on a nearly full disk it may
             // fail where the write itself still fits, so a failure is not an error.
-            let reserved = if file.pre_allocate(target, false).await.is_ok() { target } else { needed };
+            let reserved = if file.pre_allocate(target, false).await.is_ok() {
+                target
+            } else {
+                needed
+            };
             self.with_segment(base, |seg| seg.preallocated = reserved);
         }
         let mut pos = aligned_start;
@@ -489,7 +507,9 @@ impl PartitionLog {
             while done < total {
                 let len = (total - done).min(limits::dma_write_bytes_max);
                 let mut piece = file.alloc_dma_buffer(len);
-                piece.as_bytes_mut().copy_from_slice(&data[done..done + len]);
+                piece
+                    .as_bytes_mut()
+                    .copy_from_slice(&data[done..done + len]);
                 write_all_at(&file, piece, pos).await?;
                 done += len;
                 pos += len as u64;
@@ -512,7 +532,11 @@ impl PartitionLog {
 
     fn segment_field<T: Default>(&self, base: i64, f: impl FnOnce(&Segment) -> T) -> T {
         let s = self.state.borrow();
-        s.segments.iter().find(|seg| seg.base_offset == base).map(f).unwrap_or_default()
+        s.segments
+            .iter()
+            .find(|seg| seg.base_offset == base)
+            .map(f)
+            .unwrap_or_default()
     }
 
     fn with_segment(&self, base: i64, f: impl FnOnce(&mut Segment)) {
@@ -541,14 +565,15 @@ impl PartitionLog {
                         )
                     })
             };
-            let Some((base, file, size, offsets, times)) = job else { return Ok(()) };
+            let Some((base, file, size, offsets, times)) = job else {
+                return Ok(());
+            };
             if let Some(file) = &file {
                 file.truncate(size).await?;
                 file.fdatasync().await?;
             }
             write_small_file(&segment::segment_path(&self.dir, base, "index"), &offsets).await?;
-            write_small_file(&segment::segment_path(&self.dir, base, "timeindex"), &times)
-                .await?;
+            write_small_file(&segment::segment_path(&self.dir, base, "timeindex"), &times).await?;
             self.with_segment(base, |seg| seg.sealed = true);
         }
     }
@@ -586,7 +611,10 @@ impl PartitionLog {
         s.discard_generation += 1;
         let written = s.written;
         // Drop segments that start at or past the written end (never created on disk or empty).
-        while s.segments.len() > 1 && s.segments.last().is_some_and(|seg| seg.base_offset >= written)
+        while s.segments.len() > 1
+            && s.segments
+                .last()
+                .is_some_and(|seg| seg.base_offset >= written)
         {
             s.segments.pop();
         }
@@ -619,7 +647,11 @@ impl PartitionLog {
             log_end_offset: log_end,
         };
         if offset < log_start || offset > log_end {
-            return Err(StorageError::OffsetOutOfRange { offset, log_start, log_end });
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start,
+                log_end,
+            });
         }
         if offset >= hw {
             return Ok(outcome(Records::default()));
@@ -631,9 +663,10 @@ impl PartitionLog {
             };
             let records = match self.read_cached(&plan, offset, hw, max_bytes, min_one) {
                 Some(records) => records,
-                None => {
-                    Records::one(self.read_batches(&plan, offset, hw, max_bytes, min_one).await?)
-                }
+                None => Records::one(
+                    self.read_batches(&plan, offset, hw, max_bytes, min_one)
+                        .await?,
+                ),
             };
             if !records.is_empty() || plan.next_offset >= hw {
                 return Ok(outcome(records));
@@ -655,7 +688,10 @@ impl PartitionLog {
         min_one: bool,
     ) -> Option<Records> {
         let s = self.state.borrow();
-        let seg = s.segments.iter().find(|seg| seg.base_offset == plan.base_offset)?;
+        let seg = s
+            .segments
+            .iter()
+            .find(|seg| seg.base_offset == plan.base_offset)?;
         if plan.start < seg.cache_start() {
             return None;
         }
@@ -681,14 +717,19 @@ impl PartitionLog {
             pos += total;
         }
         Some(match first {
-            Some(start) => Records { parts: seg.pieces(start, end) },
+            Some(start) => Records {
+                parts: seg.pieces(start, end),
+            },
             None => Records::default(),
         })
     }
 
     fn plan_read(&self, offset: i64) -> Option<ReadPlan> {
         let s = self.state.borrow();
-        let i = s.segments.partition_point(|seg| seg.base_offset <= offset).checked_sub(1)?;
+        let i = s
+            .segments
+            .partition_point(|seg| seg.base_offset <= offset)
+            .checked_sub(1)?;
         let seg = &s.segments[i];
         let relative = (offset - seg.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
         Some(ReadPlan {
@@ -707,7 +748,12 @@ impl PartitionLog {
                 return Ok(Bytes::new());
             };
             let to = to.min(seg.size);
-            (seg.file.clone(), seg.slice_from_cache(from, to), seg.cache_start(), to)
+            (
+                seg.file.clone(),
+                seg.slice_from_cache(from, to),
+                seg.cache_start(),
+                to,
+            )
         };
         if from < cache_start && to > cache_start {
             // Straddles the cache boundary: file part, then cached part.
@@ -780,7 +826,10 @@ impl PartitionLog {
             }
             // The wanted batch is cut off by the window: continue from the batch that was cut
             // off, with a window large enough for it.
-            let cut = window.get(at..).and_then(BatchHeader::parse).map(|h| h.total_bytes());
+            let cut = window
+                .get(at..)
+                .and_then(BatchHeader::parse)
+                .map(|h| h.total_bytes());
             from += at as u64;
             window_len = window_len.max(cut.unwrap_or(0) as u64);
             if !min_one && cut.is_some_and(|c| c > max_bytes) {
@@ -800,7 +849,11 @@ impl PartitionLog {
                 .filter(|seg| seg.max_timestamp >= timestamp && seg.base_offset < hw)
                 .map(|seg| {
                     let rel = seg.index.scan_start_for_timestamp(timestamp);
-                    (seg.base_offset, u64::from(seg.index.position_for(rel)), seg.size)
+                    (
+                        seg.base_offset,
+                        u64::from(seg.index.position_for(rel)),
+                        seg.size,
+                    )
                 })
                 .collect()
         };
@@ -827,7 +880,9 @@ impl PartitionLog {
                     let Some(h) = window.get(..).and_then(BatchHeader::parse) else {
                         return Ok(None);
                     };
-                    let whole = self.read_segment(base, pos, pos + h.total_bytes() as u64).await?;
+                    let whole = self
+                        .read_segment(base, pos, pos + h.total_bytes() as u64)
+                        .await?;
                     if h.max_timestamp >= timestamp {
                         return Ok(Some(whole));
                     }
@@ -850,13 +905,22 @@ impl PartitionLog {
                 .max_by_key(|seg| seg.max_timestamp)
                 .map(|seg| (seg.base_offset, seg.max_timestamp_position))
         };
-        let Some((base, pos)) = best else { return Ok(None) };
-        let head = self.read_segment(base, pos, pos + batch::HEADER_BYTES as u64).await?;
-        let Some(header) = BatchHeader::parse(&head) else { return Ok(None) };
+        let Some((base, pos)) = best else {
+            return Ok(None);
+        };
+        let head = self
+            .read_segment(base, pos, pos + batch::HEADER_BYTES as u64)
+            .await?;
+        let Some(header) = BatchHeader::parse(&head) else {
+            return Ok(None);
+        };
         if header.base_offset >= hw {
             return Ok(None);
         }
-        Ok(Some(self.read_segment(base, pos, pos + header.total_bytes() as u64).await?))
+        Ok(Some(
+            self.read_segment(base, pos, pos + header.total_bytes() as u64)
+                .await?,
+        ))
     }
 
     /// Deletes whole sealed segments past `retention.ms` (by their largest timestamp) or beyond
@@ -906,27 +970,36 @@ impl PartitionLog {
         self.flush(i64::MAX).await?;
         let (files, indexes) = {
             let s = self.state.borrow();
-            let files: Vec<_> = s.segments.iter().filter_map(|seg| seg.file.clone()).collect();
+            let files: Vec<_> = s
+                .segments
+                .iter()
+                .filter_map(|seg| seg.file.clone())
+                .collect();
             let indexes: Vec<_> = s
                 .segments
                 .iter()
                 .filter(|seg| !seg.sealed && seg.file.is_some())
                 .map(|seg| {
-                    (seg.base_offset, seg.size, seg.index.encode_offsets(seg.base_offset), seg.index.encode_times(seg.base_offset))
+                    (
+                        seg.base_offset,
+                        seg.size,
+                        seg.index.encode_offsets(seg.base_offset),
+                        seg.index.encode_times(seg.base_offset),
+                    )
                 })
                 .collect();
             (files, indexes)
         };
         for (base, size, offsets, times) in indexes {
             if let Some(file) = files.iter().find(|f| {
-                f.path().is_some_and(|p| *p == segment::segment_path(&self.dir, base, "log"))
+                f.path()
+                    .is_some_and(|p| *p == segment::segment_path(&self.dir, base, "log"))
             }) {
                 file.truncate(size).await?;
                 file.fdatasync().await?;
             }
             write_small_file(&segment::segment_path(&self.dir, base, "index"), &offsets).await?;
-            write_small_file(&segment::segment_path(&self.dir, base, "timeindex"), &times)
-                .await?;
+            write_small_file(&segment::segment_path(&self.dir, base, "timeindex"), &times).await?;
         }
         Ok(())
     }
@@ -960,7 +1033,9 @@ pub async fn write_small_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let file = BufferedFile::create(path).await?;
     let n = file.write_at(bytes.to_vec(), 0).await?;
     if n != bytes.len() {
-        return Err(StorageError::Io(std::io::Error::other("short write of a small file")));
+        return Err(StorageError::Io(std::io::Error::other(
+            "short write of a small file",
+        )));
     }
     file.fdatasync().await?;
     file.close().await?;
@@ -1014,7 +1089,10 @@ fn next_base_or_scan(dir: &Path, base: i64) -> Option<i64> {
     for entry in std::fs::read_dir(dir).ok()? {
         let name = entry.ok()?.file_name();
         let name = name.to_string_lossy().to_string();
-        if let Some(b) = name.strip_suffix(".log").and_then(|s| s.parse::<i64>().ok()) {
+        if let Some(b) = name
+            .strip_suffix(".log")
+            .and_then(|s| s.parse::<i64>().ok())
+        {
             if b > base && next.is_none_or(|n| b < n) {
                 next = Some(b);
             }

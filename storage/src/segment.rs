@@ -105,13 +105,26 @@ impl Segment {
         now_ms: i64,
         interval: u32,
     ) {
-        assert_eq!(patched_header.len(), HEADER_BYTES, "a batch header is 61 bytes");
+        assert_eq!(
+            patched_header.len(),
+            HEADER_BYTES,
+            "a batch header is 61 bytes"
+        );
         let batch_len = (patched_header.len() + body.len()) as u64;
-        assert!(header.base_offset == self.next_offset, "offsets are contiguous in a segment");
+        assert!(
+            header.base_offset == self.next_offset,
+            "offsets are contiguous in a segment"
+        );
         assert!(!self.rolled, "append to a rolled segment");
         let position = self.size;
         let relative = (header.base_offset - self.base_offset) as u32;
-        self.index.on_append(relative, position as u32, batch_len as u32, header.max_timestamp, interval);
+        self.index.on_append(
+            relative,
+            position as u32,
+            batch_len as u32,
+            header.max_timestamp,
+            interval,
+        );
         if header.max_timestamp > self.max_timestamp {
             self.max_timestamp = header.max_timestamp;
             self.max_timestamp_position = position;
@@ -130,7 +143,9 @@ impl Segment {
     pub fn trim_cache(&mut self, keep_bytes: u64) {
         let needed_from = align_down(self.written);
         while self.cache_bytes() > keep_bytes {
-            let Some(front) = self.cache.front() else { break };
+            let Some(front) = self.cache.front() else {
+                break;
+            };
             let front_end = self.cache_start + front.len() as u64;
             if front_end > needed_from {
                 break;
@@ -159,7 +174,11 @@ impl Segment {
             }
             chunk_start = chunk_end;
         }
-        assert_eq!(written as u64, to - from, "cache covers the requested range");
+        assert_eq!(
+            written as u64,
+            to - from,
+            "cache covers the requested range"
+        );
     }
 
     /// Returns `[from, to)` from the cache when the range lies inside it: zero-copy when it lies
@@ -172,7 +191,9 @@ impl Segment {
         for chunk in &self.cache {
             let chunk_end = chunk_start + chunk.len() as u64;
             if from >= chunk_start && to <= chunk_end {
-                return Some(chunk.slice((from - chunk_start) as usize..(to - chunk_start) as usize));
+                return Some(
+                    chunk.slice((from - chunk_start) as usize..(to - chunk_start) as usize),
+                );
             }
             if chunk_end > from {
                 break;
@@ -235,7 +256,8 @@ impl Segment {
         self.cache = keep;
         self.size = size;
         self.next_offset = next_offset;
-        self.index.truncate_from((next_offset - self.base_offset) as u32, size as u32);
+        self.index
+            .truncate_from((next_offset - self.base_offset) as u32, size as u32);
         if self.size == 0 {
             self.first_append_ms = None;
         }
@@ -312,7 +334,9 @@ pub async fn scan(file: &DmaFile, base_offset: i64, interval: u32) -> Result<Sca
             window_start = pos;
         }
         let at = (pos - window_start) as usize;
-        let Some(header) = BatchHeader::parse(&window[at..]) else { break };
+        let Some(header) = BatchHeader::parse(&window[at..]) else {
+            break;
+        };
         let total = header.total_bytes() as u64;
         let sane = header.magic == 2
             && header.batch_length >= (HEADER_BYTES - batch::LOG_OVERHEAD) as i32
@@ -323,7 +347,9 @@ pub async fn scan(file: &DmaFile, base_offset: i64, interval: u32) -> Result<Sca
             break;
         }
         if need(total, window_start, window.len()) {
-            let len = total.max(limits::dma_read_chunk_bytes as u64).min(file_size - pos);
+            let len = total
+                .max(limits::dma_read_chunk_bytes as u64)
+                .min(file_size - pos);
             window = Bytes::copy_from_slice(&file.read_at(pos, len as usize).await?);
             window_start = pos;
         }
@@ -334,7 +360,13 @@ pub async fn scan(file: &DmaFile, base_offset: i64, interval: u32) -> Result<Sca
             break;
         }
         let relative = (header.base_offset - base_offset) as u32;
-        result.index.on_append(relative, pos as u32, total as u32, header.max_timestamp, interval);
+        result.index.on_append(
+            relative,
+            pos as u32,
+            total as u32,
+            header.max_timestamp,
+            interval,
+        );
         if header.max_timestamp > result.max_timestamp {
             result.max_timestamp = header.max_timestamp;
             result.max_timestamp_position = pos;
@@ -348,7 +380,12 @@ pub async fn scan(file: &DmaFile, base_offset: i64, interval: u32) -> Result<Sca
 
 /// Opens an existing segment file for reading and writing with O_DIRECT.
 pub async fn open_file(path: &Path, create: bool) -> Result<DmaFile> {
-    Ok(OpenOptions::new().read(true).write(true).create(create).dma_open(path).await?)
+    Ok(OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .dma_open(path)
+        .await?)
 }
 
 #[cfg(test)]
@@ -370,7 +407,13 @@ mod tests {
             let h = header_of(&b);
             sizes.push(b.len() as u64);
             let b = b.freeze();
-            seg.append(b.slice(..HEADER_BYTES), b.slice(HEADER_BYTES..), &h, 0, 4096);
+            seg.append(
+                b.slice(..HEADER_BYTES),
+                b.slice(HEADER_BYTES..),
+                &h,
+                0,
+                4096,
+            );
         }
         assert_eq!(seg.next_offset, 60);
         let one = seg.slice_from_cache(0, sizes[0]).expect("cached");

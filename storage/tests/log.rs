@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use glommio::LocalExecutorBuilder;
-use sluice_core::topic::{TimestampType, TopicConfig};
 use sluice_core::config::BrokerConfig;
+use sluice_core::topic::{TimestampType, TopicConfig};
 use sluice_storage::batch::{self, build_batch, BatchHeader};
 use sluice_storage::{Durability, LogConfig, PartitionLog, StorageError};
 
@@ -36,7 +36,9 @@ fn scratch() -> tempfile::TempDir {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 async fn append_values(log: &PartitionLog, n: usize, ts: i64) -> i64 {
@@ -69,7 +71,9 @@ fn append_flush_read_and_recover() {
     run(move || async move {
         sluice_storage::io_probe::prepare(&path).expect("probe file");
         sluice_storage::io_probe::guard(&path).await.expect("probe");
-        let log = PartitionLog::open(&path.join("t-0"), "t", 0, config(), 0).await.expect("open");
+        let log = PartitionLog::open(&path.join("t-0"), "t", 0, config(), 0)
+            .await
+            .expect("open");
         let last = append_values(&log, 100, 1_000).await;
         assert_eq!(last, 99);
         assert_eq!(log.high_watermark(), 0, "nothing visible before the flush");
@@ -90,15 +94,24 @@ fn append_flush_read_and_recover() {
         ));
         drop(log);
         // "crash": reopen without close; the active segment is scanned and its index rebuilt
-        let log = PartitionLog::open(&path.join("t-0"), "t", 0, config(), 0).await.expect("reopen");
+        let log = PartitionLog::open(&path.join("t-0"), "t", 0, config(), 0)
+            .await
+            .expect("reopen");
         assert_eq!(log.log_end_offset(), 100);
         assert_eq!(log.high_watermark(), 100);
-        let read = log.read(99, 1 << 20, true).await.expect("read after recovery");
+        let read = log
+            .read(99, 1 << 20, true)
+            .await
+            .expect("read after recovery");
         assert_eq!(offsets_in(&read.records), vec![99]);
-        let info = log.append(&build_batch(0, 5, &[b"after"]).freeze(), 0).expect("append");
+        let info = log
+            .append(&build_batch(0, 5, &[b"after"]).freeze(), 0)
+            .expect("append");
         assert_eq!(info.base_offset, 100, "offsets continue after recovery");
         log.flush(0).await.expect("flush");
-        log.wait_durable(&info, Durability::Synced).await.expect("durable");
+        log.wait_durable(&info, Durability::Synced)
+            .await
+            .expect("durable");
         // the batch written after recovery rewrote the partial block correctly
         let all = log.read(0, 1 << 20, true).await.expect("read all");
         assert_eq!(offsets_in(&all.records).len(), 101);
@@ -115,7 +128,9 @@ fn segments_roll_seal_and_retention_deletes_old_ones() {
         let mut cfg = config();
         cfg.segment_bytes = 2000;
         cfg.retention_bytes = 3000;
-        let log = PartitionLog::open(&path.join("r-0"), "r", 0, cfg.clone(), 0).await.expect("open");
+        let log = PartitionLog::open(&path.join("r-0"), "r", 0, cfg.clone(), 0)
+            .await
+            .expect("open");
         append_values(&log, 200, 1_000).await;
         log.flush(0).await.expect("flush");
         let segments = log.segment_count();
@@ -123,12 +138,17 @@ fn segments_roll_seal_and_retention_deletes_old_ones() {
         // sealed segments have index files and exact sizes
         let index = std::fs::read_dir(path.join("r-0"))
             .expect("dir")
-            .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "index")))
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "index"))
+            })
             .count();
         assert_eq!(index, segments - 1);
         // a reopen loads sealed segments from their indexes and still reads everything
         drop(log);
-        let log = PartitionLog::open(&path.join("r-0"), "r", 0, cfg, 0).await.expect("reopen");
+        let log = PartitionLog::open(&path.join("r-0"), "r", 0, cfg, 0)
+            .await
+            .expect("reopen");
         assert_eq!(log.log_end_offset(), 200);
         let read = log.read(0, 1 << 20, true).await.expect("read");
         assert_eq!(offsets_in(&read.records).first(), Some(&0));
@@ -136,9 +156,15 @@ fn segments_roll_seal_and_retention_deletes_old_ones() {
         assert!(deleted > 0);
         assert!(log.log_start_offset() > 0);
         assert!(log.size_bytes() <= 3000 + 2000);
-        assert!(matches!(log.read(0, 100, true).await, Err(StorageError::OffsetOutOfRange { .. })));
+        assert!(matches!(
+            log.read(0, 100, true).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
         let start = log.log_start_offset();
-        let read = log.read(start, 1 << 20, true).await.expect("read from new start");
+        let read = log
+            .read(start, 1 << 20, true)
+            .await
+            .expect("read from new start");
         assert_eq!(offsets_in(&read.records).first(), Some(&start));
     });
 }
@@ -150,16 +176,31 @@ fn list_offsets_by_timestamp_finds_the_first_batch_at_or_after() {
     run(move || async move {
         sluice_storage::io_probe::prepare(&path).expect("probe file");
         sluice_storage::io_probe::guard(&path).await.expect("probe");
-        let log = PartitionLog::open(&path.join("ts-0"), "ts", 0, config(), 0).await.expect("open");
+        let log = PartitionLog::open(&path.join("ts-0"), "ts", 0, config(), 0)
+            .await
+            .expect("open");
         for i in 0..50i64 {
-            log.append(&build_batch(0, 10_000 + i * 100, &[b"x"]).freeze(), 0).expect("append");
+            log.append(&build_batch(0, 10_000 + i * 100, &[b"x"]).freeze(), 0)
+                .expect("append");
         }
         log.flush(0).await.expect("flush");
-        let found = log.batch_for_timestamp(12_050).await.expect("lookup").expect("found");
+        let found = log
+            .batch_for_timestamp(12_050)
+            .await
+            .expect("lookup")
+            .expect("found");
         let h = BatchHeader::parse(&found).expect("header");
         assert_eq!(h.base_offset, 21);
-        assert!(log.batch_for_timestamp(99_999).await.expect("lookup").is_none());
-        let max = log.batch_with_max_timestamp().await.expect("max").expect("some");
+        assert!(log
+            .batch_for_timestamp(99_999)
+            .await
+            .expect("lookup")
+            .is_none());
+        let max = log
+            .batch_with_max_timestamp()
+            .await
+            .expect("max")
+            .expect("some");
         assert_eq!(BatchHeader::parse(&max).expect("header").base_offset, 49);
     });
 }
@@ -173,8 +214,12 @@ fn log_append_time_restamps_batches() {
         sluice_storage::io_probe::guard(&path).await.expect("probe");
         let mut cfg = config();
         cfg.timestamp_type = TimestampType::LogAppendTime;
-        let log = PartitionLog::open(&path.join("l-0"), "l", 0, cfg, 0).await.expect("open");
-        let info = log.append(&build_batch(0, 5, &[b"x"]).freeze(), 777_000).expect("append");
+        let log = PartitionLog::open(&path.join("l-0"), "l", 0, cfg, 0)
+            .await
+            .expect("open");
+        let info = log
+            .append(&build_batch(0, 5, &[b"x"]).freeze(), 777_000)
+            .expect("append");
         assert_eq!(info.log_append_time_ms, 777_000);
         log.flush(0).await.expect("flush");
         let read = log.read(0, 1000, true).await.expect("read");
@@ -193,13 +238,21 @@ fn oversized_and_corrupt_batches_are_refused_without_side_effects() {
         sluice_storage::io_probe::guard(&path).await.expect("probe");
         let mut cfg = config();
         cfg.max_message_bytes = 200;
-        let log = PartitionLog::open(&path.join("b-0"), "b", 0, cfg, 0).await.expect("open");
+        let log = PartitionLog::open(&path.join("b-0"), "b", 0, cfg, 0)
+            .await
+            .expect("open");
         let big = build_batch(0, 5, &[&[0u8; 500]]);
-        assert!(matches!(log.append(&big.freeze(), 0), Err(StorageError::TooLarge { .. })));
+        assert!(matches!(
+            log.append(&big.freeze(), 0),
+            Err(StorageError::TooLarge { .. })
+        ));
         let mut bad = build_batch(0, 5, &[b"abc"]);
         let n = bad.len();
         bad[n - 2] ^= 0x40;
-        assert!(matches!(log.append(&bad.freeze(), 0), Err(StorageError::Batch(_))));
+        assert!(matches!(
+            log.append(&bad.freeze(), 0),
+            Err(StorageError::Batch(_))
+        ));
         assert_eq!(log.log_end_offset(), 0);
     });
 }
@@ -215,17 +268,23 @@ fn recover_fixture(name: &str, expect_end: i64) {
     run(move || async move {
         sluice_storage::io_probe::prepare(&path).expect("probe file");
         sluice_storage::io_probe::guard(&path).await.expect("probe");
-        let log = PartitionLog::open(&part, "f", 0, config(), 0).await.expect("recover");
+        let log = PartitionLog::open(&part, "f", 0, config(), 0)
+            .await
+            .expect("recover");
         assert_eq!(log.log_end_offset(), expect_end, "{name}");
         let read = log.read(0, 1 << 20, true).await.expect("read");
         assert_eq!(offsets_in(&read.records).len() as i64, expect_end);
         // appending after recovery continues the offsets and is readable
-        let info = log.append(&build_batch(0, 5, &[b"new"]).freeze(), 0).expect("append");
+        let info = log
+            .append(&build_batch(0, 5, &[b"new"]).freeze(), 0)
+            .expect("append");
         assert_eq!(info.base_offset, expect_end);
         log.flush(0).await.expect("flush");
         let read = log.read(expect_end, 1000, true).await.expect("read new");
         assert_eq!(offsets_in(&read.records), vec![expect_end]);
-        let size = std::fs::metadata(part.join(format!("{:020}.log", 0))).expect("stat").len();
+        let size = std::fs::metadata(part.join(format!("{:020}.log", 0)))
+            .expect("stat")
+            .len();
         assert!(size >= read.records.len() as u64);
     });
 }
@@ -286,12 +345,17 @@ fn dma_reads_work_on_a_fresh_file_after_the_probe_guard() {
         sluice_storage::io_probe::prepare(&path).expect("probe file");
         sluice_storage::io_probe::guard(&path).await.expect("probe");
         let file = Rc::new(
-            sluice_storage::segment::open_file(&path.join("fresh.log"), true).await.expect("create"),
+            sluice_storage::segment::open_file(&path.join("fresh.log"), true)
+                .await
+                .expect("create"),
         );
         let mut buf = file.alloc_dma_buffer(4096);
         buf.as_bytes_mut().fill(7);
         file.write_at(buf, 0).await.expect("write");
-        let read = file.read_at(0, 4096).await.expect("DMA read must not fail with EOPNOTSUPP");
+        let read = file
+            .read_at(0, 4096)
+            .await
+            .expect("DMA read must not fail with EOPNOTSUPP");
         assert!(read.iter().all(|b| *b == 7));
     });
 }

@@ -9,7 +9,11 @@ use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
 use super::{Api, Outcome, APIS};
 use crate::connection::{encode_response_at, RequestContext};
 
-pub const API: Api = Api { key: ApiKey::ApiVersions, min_version: 0, max_version: 4 };
+pub const API: Api = Api {
+    key: ApiKey::ApiVersions,
+    min_version: 0,
+    max_version: 4,
+};
 
 pub fn handle(ctx: &RequestContext, _request: Option<ApiVersionsRequest>) -> Outcome {
     let api_keys = APIS

@@ -15,13 +15,21 @@ use crate::connection::{encode_response, RequestContext};
 use crate::router::{CoreRequest, CoreResponse, NewTopic};
 use crate::shard::Shard;
 
-pub const API: Api = Api { key: ApiKey::CreateTopics, min_version: 2, max_version: 7 };
+pub const API: Api = Api {
+    key: ApiKey::CreateTopics,
+    min_version: 2,
+    max_version: 7,
+};
 
 /// DescribeConfigs' config source for a topic override and for a broker default.
 const SOURCE_TOPIC: i8 = 1;
 const SOURCE_DEFAULT: i8 = 5;
 
-pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: CreateTopicsRequest) -> Outcome {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    ctx: &RequestContext,
+    request: CreateTopicsRequest,
+) -> Outcome {
     let topics: Vec<NewTopic> = request
         .topics
         .iter()
@@ -39,7 +47,13 @@ pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: CreateTopi
         .collect();
     let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
     let results = match shard
-        .call(0, CoreRequest::CreateTopics { topics, validate_only: request.validate_only })
+        .call(
+            0,
+            CoreRequest::CreateTopics {
+                topics,
+                validate_only: request.validate_only,
+            },
+        )
         .await
     {
         Some(CoreResponse::Topics(results)) => results,

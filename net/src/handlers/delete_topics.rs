@@ -13,20 +13,39 @@ use crate::connection::{encode_response, RequestContext};
 use crate::router::{CoreRequest, CoreResponse};
 use crate::shard::Shard;
 
-pub const API: Api = Api { key: ApiKey::DeleteTopics, min_version: 1, max_version: 6 };
+pub const API: Api = Api {
+    key: ApiKey::DeleteTopics,
+    min_version: 1,
+    max_version: 6,
+};
 
-pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: DeleteTopicsRequest) -> Outcome {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    ctx: &RequestContext,
+    request: DeleteTopicsRequest,
+) -> Outcome {
     // v0-5 name topics; v6 names or ids.
-    let mut asked: Vec<(Option<String>, Uuid)> =
-        request.topic_names.iter().map(|n| (Some(n.0.to_string()), Uuid::nil())).collect();
-    asked.extend(request.topics.iter().map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)));
+    let mut asked: Vec<(Option<String>, Uuid)> = request
+        .topic_names
+        .iter()
+        .map(|n| (Some(n.0.to_string()), Uuid::nil()))
+        .collect();
+    asked.extend(
+        request
+            .topics
+            .iter()
+            .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)),
+    );
     let resolved: Vec<Option<String>> = {
         let topics = shard.topics.borrow();
         asked
             .iter()
             .map(|(name, id)| match name {
                 Some(n) => Some(n.clone()),
-                None => topics.values().find(|m| m.id == *id.as_bytes()).map(|m| m.name.clone()),
+                None => topics
+                    .values()
+                    .find(|m| m.id == *id.as_bytes())
+                    .map(|m| m.name.clone()),
             })
             .collect()
     };
@@ -54,5 +73,8 @@ pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: DeleteTopi
             },
         })
         .collect();
-    encode_response(ctx, &DeleteTopicsResponse::default().with_responses(responses))
+    encode_response(
+        ctx,
+        &DeleteTopicsResponse::default().with_responses(responses),
+    )
 }

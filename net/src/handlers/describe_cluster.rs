@@ -7,7 +7,11 @@ use super::{str_bytes, Api, Outcome};
 use crate::connection::{encode_response, RequestContext};
 use crate::shard::Shard;
 
-pub const API: Api = Api { key: ApiKey::DescribeCluster, min_version: 0, max_version: 1 };
+pub const API: Api = Api {
+    key: ApiKey::DescribeCluster,
+    min_version: 0,
+    max_version: 1,
+};
 
 pub fn handle(shard: &Shard, ctx: &RequestContext, _request: DescribeClusterRequest) -> Outcome {
     let broker = &shard.broker;

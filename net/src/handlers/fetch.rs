@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use bytes::{BufMut, BytesMut};
 use futures::future::{join_all, select_all};
 use kafka_protocol::error::ResponseError;
-use bytes::{BufMut, BytesMut};
 use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse};
 use sluice_core::TopicPartition;
 use uuid::Uuid;
@@ -26,7 +26,11 @@ use crate::connection::{encode_response, RequestContext};
 use crate::router::{CoreRequest, CoreResponse, ReadOutcome, ReadPartition};
 use crate::shard::Shard;
 
-pub const API: Api = Api { key: ApiKey::Fetch, min_version: 4, max_version: 16 };
+pub const API: Api = Api {
+    key: ApiKey::Fetch,
+    min_version: 4,
+    max_version: 16,
+};
 
 /// Longest a long poll sleeps before it looks again whether the broker is stopping.
 const STOP_CHECK: Duration = Duration::from_millis(100);
@@ -43,8 +47,8 @@ struct Wanted {
 
 pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: FetchRequest) -> Outcome {
     if request.session_id != 0 {
-        let response = FetchResponse::default()
-            .with_error_code(ResponseError::FetchSessionIdNotFound.code());
+        let response =
+            FetchResponse::default().with_error_code(ResponseError::FetchSessionIdNotFound.code());
         return encode_response(ctx, &response);
     }
     if request.session_epoch > 0 {
@@ -55,7 +59,11 @@ pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: FetchReque
     let wanted = resolve(shard, ctx, &request);
     let max_wait = Duration::from_millis(request.max_wait_ms.max(0) as u64);
     let min_bytes = request.min_bytes.max(0) as usize;
-    let max_bytes = if request.max_bytes <= 0 { usize::MAX } else { request.max_bytes as usize };
+    let max_bytes = if request.max_bytes <= 0 {
+        usize::MAX
+    } else {
+        request.max_bytes as usize
+    };
     let started = Instant::now();
     let mut outcomes;
     loop {
@@ -82,7 +90,10 @@ fn resolve(shard: &Shard, ctx: &RequestContext, request: &FetchRequest) -> Vec<W
     let mut wanted = Vec::new();
     for topic in &request.topics {
         let name = if by_id {
-            topics.values().find(|m| m.id == *topic.topic_id.as_bytes()).map(|m| m.name.clone())
+            topics
+                .values()
+                .find(|m| m.id == *topic.topic_id.as_bytes())
+                .map(|m| m.name.clone())
         } else {
             Some(topic.topic.0.to_string())
         };
@@ -128,8 +139,18 @@ async fn read_round(
         .into_iter()
         .map(|(core, partitions)| {
             let share = (max_bytes / routed).saturating_mul(partitions.len()).max(1);
-            let budget = if max_bytes == usize::MAX { usize::MAX } else { share };
-            shard.dispatch(core, CoreRequest::Read { budget_bytes: budget, partitions })
+            let budget = if max_bytes == usize::MAX {
+                usize::MAX
+            } else {
+                share
+            };
+            shard.dispatch(
+                core,
+                CoreRequest::Read {
+                    budget_bytes: budget,
+                    partitions,
+                },
+            )
         })
         .collect();
     let mut outcomes = BTreeMap::new();
@@ -161,7 +182,13 @@ async fn wait_for_data(shard: &Rc<Shard>, wanted: &[Wanted], remaining: Duration
     let waits: Vec<_> = by_core
         .into_iter()
         .map(|(core, partitions)| {
-            shard.dispatch(core, CoreRequest::WaitForData { partitions, timeout_ms })
+            shard.dispatch(
+                core,
+                CoreRequest::WaitForData {
+                    partitions,
+                    timeout_ms,
+                },
+            )
         })
         .collect();
     // Bounded here too: a peer that is shutting down may never answer.
@@ -390,8 +417,9 @@ mod tests {
             let size = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
             assert_eq!(size as usize, frame.len() - 4, "v{v} frame size");
             let mut body = frame.freeze().slice(4..);
-            let header = ResponseHeader::decode(&mut body, ApiKey::Fetch.response_header_version(v))
-                .expect("header");
+            let header =
+                ResponseHeader::decode(&mut body, ApiKey::Fetch.response_header_version(v))
+                    .expect("header");
             assert_eq!(header.correlation_id, 99);
             let response = FetchResponse::decode(&mut body, v).expect("body decodes");
             assert!(body.is_empty(), "v{v}: nothing left over");
@@ -403,11 +431,18 @@ mod tests {
                 assert_eq!(t.topic.0.as_str(), "orders");
             }
             let p = &t.partitions[0];
-            assert_eq!((p.partition_index, p.error_code, p.high_watermark), (2, 0, 7));
+            assert_eq!(
+                (p.partition_index, p.error_code, p.high_watermark),
+                (2, 0, 7)
+            );
             if v >= 5 {
                 assert_eq!(p.log_start_offset, 1);
             }
-            assert_eq!(p.records.as_deref(), Some(&batch[..]), "v{v} records intact");
+            assert_eq!(
+                p.records.as_deref(),
+                Some(&batch[..]),
+                "v{v} records intact"
+            );
             assert_eq!(t.partitions[1].error_code, 1);
             assert_eq!(t.partitions[1].records.as_deref().map(<[u8]>::len), Some(0));
         }

@@ -22,13 +22,21 @@ use crate::error::storage_error_code;
 use crate::router::{CoreRequest, CoreResponse, OffsetResult};
 use crate::shard::Shard;
 
-pub const API: Api = Api { key: ApiKey::ListOffsets, min_version: 1, max_version: 8 };
+pub const API: Api = Api {
+    key: ApiKey::ListOffsets,
+    min_version: 1,
+    max_version: 8,
+};
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 
-pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: ListOffsetsRequest) -> Outcome {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    ctx: &RequestContext,
+    request: ListOffsetsRequest,
+) -> Outcome {
     let mut by_core: BTreeMap<usize, Vec<(TopicPartition, i64)>> = BTreeMap::new();
     let mut early: BTreeMap<TopicPartition, i16> = BTreeMap::new();
     for topic in &request.topics {
@@ -110,7 +118,9 @@ pub async fn lookup(log: &PartitionLog, timestamp: i64) -> Result<(i64, i64), i1
 /// (max timestamp, base offset) if its records cannot be decoded.
 fn first_record_at_or_after(batch: bytes::Bytes, t: i64) -> (i64, i64) {
     let header = BatchHeader::parse(&batch);
-    let fallback = header.map(|h| (h.max_timestamp, h.base_offset)).unwrap_or((-1, -1));
+    let fallback = header
+        .map(|h| (h.max_timestamp, h.base_offset))
+        .unwrap_or((-1, -1));
     let mut buf = batch;
     match RecordBatchDecoder::decode(&mut buf) {
         Ok(set) => set
@@ -125,7 +135,9 @@ fn first_record_at_or_after(batch: bytes::Bytes, t: i64) -> (i64, i64) {
 
 fn record_with_max_timestamp(batch: bytes::Bytes) -> (i64, i64) {
     let header = BatchHeader::parse(&batch);
-    let fallback = header.map(|h| (h.max_timestamp, h.last_offset())).unwrap_or((-1, -1));
+    let fallback = header
+        .map(|h| (h.max_timestamp, h.last_offset()))
+        .unwrap_or((-1, -1));
     let mut buf = batch;
     match RecordBatchDecoder::decode(&mut buf) {
         Ok(set) => {

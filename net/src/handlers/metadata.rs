@@ -19,7 +19,11 @@ use crate::metadata::TopicMeta;
 use crate::router::{CoreRequest, CoreResponse, NewTopic};
 use crate::shard::Shard;
 
-pub const API: Api = Api { key: ApiKey::Metadata, min_version: 0, max_version: 12 };
+pub const API: Api = Api {
+    key: ApiKey::Metadata,
+    min_version: 0,
+    max_version: 12,
+};
 
 enum Wanted {
     Name(String),
@@ -67,10 +71,19 @@ pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: MetadataRe
     encode_response(ctx, &response)
 }
 
-async fn describe_wanted(shard: &Rc<Shard>, wanted: Wanted, auto_create: bool) -> MetadataResponseTopic {
+async fn describe_wanted(
+    shard: &Rc<Shard>,
+    wanted: Wanted,
+    auto_create: bool,
+) -> MetadataResponseTopic {
     let name = match wanted {
         Wanted::Id(id) => {
-            let found = shard.topics.borrow().values().find(|m| m.id == *id.as_bytes()).cloned();
+            let found = shard
+                .topics
+                .borrow()
+                .values()
+                .find(|m| m.id == *id.as_bytes())
+                .cloned();
             return match found {
                 Some(meta) => describe(shard, &meta),
                 None => MetadataResponseTopic::default()
@@ -81,7 +94,9 @@ async fn describe_wanted(shard: &Rc<Shard>, wanted: Wanted, auto_create: bool) -
         Wanted::Name(name) => name,
     };
     let error_topic = |code: i16| {
-        MetadataResponseTopic::default().with_name(Some(topic_name(&name))).with_error_code(code)
+        MetadataResponseTopic::default()
+            .with_name(Some(topic_name(&name)))
+            .with_error_code(code)
     };
     if validate_topic_name(&name).is_err() {
         return error_topic(ResponseError::InvalidTopicException.code());

@@ -52,7 +52,9 @@ pub const APIS: &[Api] = &[
 ];
 
 pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
-    APIS.iter().find(|a| a.key == key).map(|a| (a.min_version, a.max_version))
+    APIS.iter()
+        .find(|a| a.key == key)
+        .map(|a| (a.min_version, a.max_version))
 }
 
 fn decode<T: Decodable>(body: &mut Bytes, version: i16) -> Option<T> {
@@ -105,7 +107,9 @@ pub fn start(
         Request::ListOffsets(r) => {
             async move { list_offsets::handle(&shard, &ctx, r).await }.boxed_local()
         }
-        Request::Metadata(r) => async move { metadata::handle(&shard, &ctx, r).await }.boxed_local(),
+        Request::Metadata(r) => {
+            async move { metadata::handle(&shard, &ctx, r).await }.boxed_local()
+        }
         Request::CreateTopics(r) => {
             async move { create_topics::handle(&shard, &ctx, r).await }.boxed_local()
         }

@@ -19,7 +19,15 @@ use crate::connection::{encode_response, RequestContext};
 use crate::router::{CoreRequest, CoreResponse, ProduceResult};
 use crate::shard::Shard;
 
-pub const API: Api = Api { key: ApiKey::Produce, min_version: 3, max_version: 11 };
+pub const API: Api = Api {
+    key: ApiKey::Produce,
+    min_version: 3,
+    max_version: 11,
+};
+
+/// A topic of the request in request order: name, id, and each partition with its early error
+/// (None when it was routed to its owning core).
+type TopicOrder = (String, Uuid, Vec<(i32, Option<ProduceResult>)>);
 
 /// Starts the request synchronously (appends happen in request order) and returns the rest.
 pub fn handle(
@@ -30,7 +38,7 @@ pub fn handle(
     let acks = request.acks;
     // Answers in request order: (topic, topic id, partitions), each partition Ok(route) or an
     // early error.
-    let mut order: Vec<(String, Uuid, Vec<(i32, Option<ProduceResult>)>)> = Vec::new();
+    let mut order: Vec<TopicOrder> = Vec::new();
     let mut by_core: BTreeMap<usize, Vec<(TopicPartition, Bytes)>> = BTreeMap::new();
     let transactional = request.transactional_id.is_some();
     for topic in request.topic_data {
@@ -50,14 +58,28 @@ pub fn handle(
             };
             let records = p.records.unwrap_or_default();
             let error = if !(-1..=1).contains(&acks) {
-                early(ResponseError::InvalidRequiredAcks, "acks must be -1, 0 or 1")
+                early(
+                    ResponseError::InvalidRequiredAcks,
+                    "acks must be -1, 0 or 1",
+                )
             } else if transactional {
-                early(ResponseError::TransactionalIdAuthorizationFailed, "transactions are not supported yet")
-            } else if BatchHeader::parse(&records).is_some_and(|h| h.magic == 2 && h.producer_id >= 0) {
-                early(ResponseError::UnknownProducerId, "idempotent producers are not supported yet")
+                early(
+                    ResponseError::TransactionalIdAuthorizationFailed,
+                    "transactions are not supported yet",
+                )
+            } else if BatchHeader::parse(&records)
+                .is_some_and(|h| h.magic == 2 && h.producer_id >= 0)
+            {
+                early(
+                    ResponseError::UnknownProducerId,
+                    "idempotent producers are not supported yet",
+                )
             } else {
                 match shard.table.borrow().core_of(&name, p.index) {
-                    None => early(ResponseError::UnknownTopicOrPartition, "This server does not host this topic-partition."),
+                    None => early(
+                        ResponseError::UnknownTopicOrPartition,
+                        "This server does not host this topic-partition.",
+                    ),
                     Some(core) => {
                         by_core.entry(core).or_default().push((tp.clone(), records));
                         None
@@ -71,7 +93,14 @@ pub fn handle(
     let calls: Vec<_> = by_core
         .into_iter()
         .map(|(core, partitions)| {
-            shard.dispatch(core, CoreRequest::Produce { acks, timeout_ms: request.timeout_ms, partitions })
+            shard.dispatch(
+                core,
+                CoreRequest::Produce {
+                    acks,
+                    timeout_ms: request.timeout_ms,
+                    partitions,
+                },
+            )
         })
         .collect();
     async move {
@@ -91,14 +120,16 @@ pub fn handle(
                     .into_iter()
                     .map(|(index, early)| {
                         let tp = TopicPartition::new(name.clone(), index);
-                        let r = early.or_else(|| results.remove(&tp)).unwrap_or(ProduceResult {
-                            tp,
-                            error: ResponseError::KafkaStorageError.code(),
-                            message: Some("the owning core did not answer".into()),
-                            base_offset: -1,
-                            log_append_time_ms: -1,
-                            log_start_offset: -1,
-                        });
+                        let r = early
+                            .or_else(|| results.remove(&tp))
+                            .unwrap_or(ProduceResult {
+                                tp,
+                                error: ResponseError::KafkaStorageError.code(),
+                                message: Some("the owning core did not answer".into()),
+                                base_offset: -1,
+                                log_append_time_ms: -1,
+                                log_start_offset: -1,
+                            });
                         any_error |= r.error != 0;
                         PartitionProduceResponse::default()
                             .with_index(index)
@@ -118,7 +149,11 @@ pub fn handle(
         if acks == 0 {
             // The client reads no answer; as Kafka does, a failure closes the connection so the
             // client notices and refreshes its metadata.
-            return if any_error { Outcome::Close } else { Outcome::NoResponse };
+            return if any_error {
+                Outcome::Close
+            } else {
+                Outcome::NoResponse
+            };
         }
         encode_response(&ctx, &ProduceResponse::default().with_responses(responses))
     }

@@ -2,10 +2,8 @@
 //! Each case sends hand-made bytes on a raw socket, then checks the broker still answers a real
 //! client and still holds what it held.
 
-
-
-use bytes::{BufMut, Bytes, BytesMut};
 use crate::common::{create_topic_blocking, Broker, Raw};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
@@ -24,7 +22,9 @@ fn request<R: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &
         .with_client_id(Some(StrBytes::from_static_str("bad-input-test")));
     let mut buf = BytesMut::new();
     buf.put_i32(0);
-    header.encode(&mut buf, key.request_header_version(version)).expect("header");
+    header
+        .encode(&mut buf, key.request_header_version(version))
+        .expect("header");
     body.encode(&mut buf, version).expect("body");
     let size = buf.len() as i32 - 4;
     buf[..4].copy_from_slice(&size.to_be_bytes());
@@ -33,29 +33,35 @@ fn request<R: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &
 
 /// The broker still serves a real client: metadata answers with the expected topic.
 fn still_serving(broker: &Broker, topic: &str) {
-    let c: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", broker.bootstrap()).create().expect("client");
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(20)).expect("metadata answered");
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("client");
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(20))
+        .expect("metadata answered");
     assert_eq!(md.topics()[0].name(), topic);
     assert!(md.topics()[0].error().is_none(), "{topic} is known");
     assert_eq!(md.topics()[0].partitions().len(), 1);
 }
 
 fn produce(topic: &str, records: Bytes) -> ProduceRequest {
-    ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
-        TopicProduceData::default()
+    ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
             .with_name(TopicName(StrBytes::from_string(topic.into())))
             .with_partition_data(vec![PartitionProduceData::default()
                 .with_index(0)
-                .with_records(Some(records))]),
-    ])
+                .with_records(Some(records))])])
 }
 
 fn produce_error(raw: &mut Raw, version: i16, req: &ProduceRequest) -> i16 {
     raw.send(&request(ApiKey::Produce, version, 7, req));
     let answer = raw.recv().expect("produce answered");
     let mut body = Bytes::from(answer);
-    ResponseHeader::decode(&mut body, ApiKey::Produce.response_header_version(version)).expect("header");
+    ResponseHeader::decode(&mut body, ApiKey::Produce.response_header_version(version))
+        .expect("header");
     let response = ProduceResponse::decode(&mut body, version).expect("response");
     response.responses[0].partition_responses[0].error_code
 }
@@ -78,7 +84,9 @@ fn garbage_frames_close_only_that_connection() {
     assert!(raw.closed(), "size over socket.request.max.bytes closes");
     // Known API, body that does not decode.
     let mut raw = Raw::connect(broker.port);
-    raw.send(&[0, 0, 0, 14, 0, 3, 0, 9, 0, 0, 0, 1, 0, 0, 0xff, 0xff, 0xff, 0x7f]);
+    raw.send(&[
+        0, 0, 0, 14, 0, 3, 0, 9, 0, 0, 0, 1, 0, 0, 0xff, 0xff, 0xff, 0x7f,
+    ]);
     assert!(raw.closed(), "undecodable Metadata closes");
     // Unsupported version of a known API.
     let mut raw = Raw::connect(broker.port);
@@ -115,7 +123,10 @@ fn api_versions_at_an_unknown_version_answers_v0_with_unsupported_version() {
     assert_eq!(header.correlation_id, 42);
     let response = ApiVersionsResponse::decode(&mut body, 0).expect("v0 body");
     assert_eq!(response.error_code, 35, "UNSUPPORTED_VERSION");
-    assert!(response.api_keys.iter().any(|k| k.api_key == ApiKey::Produce as i16));
+    assert!(response
+        .api_keys
+        .iter()
+        .any(|k| k.api_key == ApiKey::Produce as i16));
 }
 
 #[test]
@@ -125,32 +136,62 @@ fn corrupt_and_old_format_batches_get_error_codes_and_change_nothing() {
     still_serving(&broker, "victim");
     let mut raw = Raw::connect(broker.port);
     let good = sluice_storage::batch::build_batch(0, 1000, &[b"fine"]).freeze();
-    assert_eq!(produce_error(&mut raw, 9, &produce("victim", good.clone())), 0);
+    assert_eq!(
+        produce_error(&mut raw, 9, &produce("victim", good.clone())),
+        0
+    );
     let mut corrupt = BytesMut::from(&good[..]);
     let n = corrupt.len();
     corrupt[n - 3] ^= 0x55;
-    assert_eq!(produce_error(&mut raw, 9, &produce("victim", corrupt.freeze())), 2, "CORRUPT_MESSAGE");
+    assert_eq!(
+        produce_error(&mut raw, 9, &produce("victim", corrupt.freeze())),
+        2,
+        "CORRUPT_MESSAGE"
+    );
     let mut old = BytesMut::from(&good[..]);
     old[16] = 1;
-    assert_eq!(produce_error(&mut raw, 9, &produce("victim", old.freeze())), 43, "UNSUPPORTED_FOR_MESSAGE_FORMAT");
+    assert_eq!(
+        produce_error(&mut raw, 9, &produce("victim", old.freeze())),
+        43,
+        "UNSUPPORTED_FOR_MESSAGE_FORMAT"
+    );
     let truncated = good.slice(..good.len() - 5);
-    assert_eq!(produce_error(&mut raw, 9, &produce("victim", truncated)), 2, "truncated is CORRUPT_MESSAGE");
-    assert_eq!(produce_error(&mut raw, 9, &produce("no-such-topic-!", good.clone())), 3, "UNKNOWN_TOPIC_OR_PARTITION");
+    assert_eq!(
+        produce_error(&mut raw, 9, &produce("victim", truncated)),
+        2,
+        "truncated is CORRUPT_MESSAGE"
+    );
+    assert_eq!(
+        produce_error(&mut raw, 9, &produce("no-such-topic-!", good.clone())),
+        3,
+        "UNKNOWN_TOPIC_OR_PARTITION"
+    );
     // the same connection still works and the log holds exactly the good batches
     assert_eq!(produce_error(&mut raw, 9, &produce("victim", good)), 0);
-    let c: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", broker.bootstrap()).create().expect("client");
-    let (low, high) = c.fetch_watermarks("victim", 0, Duration::from_secs(20)).expect("watermarks");
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("client");
+    let (low, high) = c
+        .fetch_watermarks("victim", 0, Duration::from_secs(20))
+        .expect("watermarks");
     assert_eq!((low, high), (0, 2));
 }
 
 #[test]
 fn invalid_topic_names_in_metadata_get_invalid_topic_exception() {
     let broker = Broker::start(&[]);
-    let c: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", broker.bootstrap()).create().expect("client");
-    let md = c.fetch_metadata(Some("bad/name"), Duration::from_secs(20)).expect("metadata");
-    assert_eq!(md.topics()[0].error(), Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION));
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("client");
+    let md = c
+        .fetch_metadata(Some("bad/name"), Duration::from_secs(20))
+        .expect("metadata");
+    assert_eq!(
+        md.topics()[0].error(),
+        Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION)
+    );
     create_topic_blocking(&broker, "good.name", 1);
     still_serving(&broker, "good.name");
 }

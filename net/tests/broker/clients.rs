@@ -1,8 +1,6 @@
 //! The integration tests: real `sluice` processes driven by librdkafka (the `rdkafka` crate,
 //! built from its bundled source) and by hand-made protocol bytes for the bad-input cases.
 
-
-
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -44,7 +42,10 @@ fn consumer(broker: &Broker) -> BaseConsumer {
 }
 
 fn admin(broker: &Broker) -> AdminClient<DefaultClientContext> {
-    ClientConfig::new().set("bootstrap.servers", broker.bootstrap()).create().expect("admin")
+    ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("admin")
 }
 
 async fn create_topic(broker: &Broker, name: &str, partitions: i32, configs: &[(&str, &str)]) {
@@ -53,7 +54,10 @@ async fn create_topic(broker: &Broker, name: &str, partitions: i32, configs: &[(
         topic = topic.set(k, v);
     }
     let results = admin(broker)
-        .create_topics(&[topic], &AdminOptions::new().operation_timeout(Some(TIMEOUT)))
+        .create_topics(
+            &[topic],
+            &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+        )
         .await
         .expect("create_topics");
     for r in results {
@@ -69,7 +73,13 @@ fn consume(broker: &Broker, topic: &str, partitions: &[i32], count: usize) -> Ve
     consume_from(broker, topic, partitions, Offset::Beginning, count)
 }
 
-fn consume_from(broker: &Broker, topic: &str, partitions: &[i32], from: Offset, count: usize) -> Vec<Got> {
+fn consume_from(
+    broker: &Broker,
+    topic: &str,
+    partitions: &[i32],
+    from: Offset,
+    count: usize,
+) -> Vec<Got> {
     let c = consumer(broker);
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
@@ -94,7 +104,12 @@ fn consume_from(broker: &Broker, topic: &str, partitions: &[i32], from: Offset, 
     got
 }
 
-async fn produce_values(p: &FutureProducer, topic: &str, partition: Option<i32>, values: &[String]) -> Vec<(i32, i64)> {
+async fn produce_values(
+    p: &FutureProducer,
+    topic: &str,
+    partition: Option<i32>,
+    values: &[String],
+) -> Vec<(i32, i64)> {
     let sends: Vec<_> = values
         .iter()
         .map(|v| {
@@ -122,7 +137,11 @@ async fn round_trip_with(acks: &str) {
     let delivered = produce_values(&p, &topic, Some(0), &values).await;
     if acks != "0" {
         let offsets: Vec<i64> = delivered.iter().map(|d| d.1).collect();
-        assert_eq!(offsets, (0..500).collect::<Vec<_>>(), "offsets assigned in order");
+        assert_eq!(
+            offsets,
+            (0..500).collect::<Vec<_>>(),
+            "offsets assigned in order"
+        );
     }
     let got = consume(&broker, &topic, &[0], 500);
     assert_eq!(got.len(), 500);
@@ -153,9 +172,13 @@ async fn every_compression_codec_reads_back_intact() {
     for codec in ["gzip", "snappy", "lz4", "zstd"] {
         let topic = format!("codec-{codec}");
         create_topic(&broker, &topic, 1, &[]).await;
-        let p = producer(&broker, &[("compression.codec", codec), ("linger.ms", "20")]);
-        let values: Vec<String> =
-            (0..300).map(|i| format!("{codec} record {i} {}", "compressible ".repeat(20))).collect();
+        let p = producer(
+            &broker,
+            &[("compression.codec", codec), ("linger.ms", "20")],
+        );
+        let values: Vec<String> = (0..300)
+            .map(|i| format!("{codec} record {i} {}", "compressible ".repeat(20)))
+            .collect();
         produce_values(&p, &topic, Some(0), &values).await;
         let got = consume(&broker, &topic, &[0], values.len());
         let read: Vec<Vec<u8>> = got.into_iter().map(|g| g.3).collect();
@@ -173,27 +196,43 @@ async fn keyed_records_land_on_the_partition_the_client_chose() {
     for i in 0..120 {
         let key = format!("key-{}", i % 30);
         let value = format!("value-{i}");
-        let headers = OwnedHeaders::new().insert(Header { key: "i", value: Some(&i.to_string()) });
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "i",
+            value: Some(&i.to_string()),
+        });
         let d = p
-            .send(FutureRecord::to("keyed").key(&key).payload(&value).headers(headers), TIMEOUT)
+            .send(
+                FutureRecord::to("keyed")
+                    .key(&key)
+                    .payload(&value)
+                    .headers(headers),
+                TIMEOUT,
+            )
             .await
             .map_err(|(e, _)| e)
             .expect("delivered");
         let previous = chosen.insert(key.clone(), d.partition);
-        assert!(previous.is_none_or(|p| p == d.partition), "a key always maps to one partition");
+        assert!(
+            previous.is_none_or(|p| p == d.partition),
+            "a key always maps to one partition"
+        );
     }
     let got = consume(&broker, "keyed", &[0, 1, 2, 3, 4, 5], 120);
     assert_eq!(got.len(), 120);
     for (partition, _, key, _, _) in &got {
         let key = String::from_utf8(key.clone().expect("key")).expect("utf8");
-        assert_eq!(chosen[&key], *partition, "{key} stored where the partitioner sent it");
+        assert_eq!(
+            chosen[&key], *partition,
+            "{key} stored where the partitioner sent it"
+        );
     }
     let used: std::collections::BTreeSet<i32> = chosen.values().copied().collect();
     assert!(used.len() > 1, "keys spread over partitions");
     // headers survive the round trip
     let c = consumer(&broker);
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("keyed", got[0].0, Offset::Beginning).expect("offset");
+    tpl.add_partition_offset("keyed", got[0].0, Offset::Beginning)
+        .expect("offset");
     c.assign(&tpl).expect("assign");
     let m = loop {
         if let Some(m) = c.poll(TIMEOUT) {
@@ -219,17 +258,26 @@ async fn many_partitions_spread_over_cores() {
         }
     }
     for (partition, v) in &sends {
-        p.send(FutureRecord::<(), _>::to("wide").payload(v).partition(*partition), TIMEOUT)
-            .await
-            .map_err(|(e, _)| e)
-            .expect("delivered");
+        p.send(
+            FutureRecord::<(), _>::to("wide")
+                .payload(v)
+                .partition(*partition),
+            TIMEOUT,
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("delivered");
     }
     let all: Vec<i32> = (0..16).collect();
     let got = consume(&broker, "wide", &all, 320);
     let mut by_partition: BTreeMap<i32, Vec<String>> = BTreeMap::new();
     for (partition, offset, _, value, _) in got {
         let list = by_partition.entry(partition).or_default();
-        assert_eq!(offset, list.len() as i64, "in order within partition {partition}");
+        assert_eq!(
+            offset,
+            list.len() as i64,
+            "in order within partition {partition}"
+        );
         list.push(String::from_utf8(value).expect("utf8"));
     }
     assert_eq!(by_partition, expected);
@@ -250,7 +298,10 @@ async fn list_offsets_by_time_earliest_and_latest() {
     let base = 1_700_000_000_000i64;
     for i in 0..50i64 {
         p.send(
-            FutureRecord::<(), _>::to("times").payload("x").partition(0).timestamp(base + i * 1000),
+            FutureRecord::<(), _>::to("times")
+                .payload("x")
+                .partition(0)
+                .timestamp(base + i * 1000),
             TIMEOUT,
         )
         .await
@@ -259,16 +310,35 @@ async fn list_offsets_by_time_earliest_and_latest() {
     }
     let c = consumer(&broker);
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("times", 0, Offset::Offset(base + 20_500)).expect("ts");
-    let found = c.offsets_for_times(tpl, TIMEOUT).expect("offsets_for_times");
-    let offset = found.find_partition("times", 0).expect("partition").offset();
-    assert_eq!(offset, Offset::Offset(21), "first record at or after the time");
+    tpl.add_partition_offset("times", 0, Offset::Offset(base + 20_500))
+        .expect("ts");
+    let found = c
+        .offsets_for_times(tpl, TIMEOUT)
+        .expect("offsets_for_times");
+    let offset = found
+        .find_partition("times", 0)
+        .expect("partition")
+        .offset();
+    assert_eq!(
+        offset,
+        Offset::Offset(21),
+        "first record at or after the time"
+    );
     let (low, high) = c.fetch_watermarks("times", 0, TIMEOUT).expect("watermarks");
     assert_eq!((low, high), (0, 50));
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("times", 0, Offset::Offset(base + 1_000_000)).expect("ts");
-    let found = c.offsets_for_times(tpl, TIMEOUT).expect("offsets_for_times");
-    assert_eq!(found.find_partition("times", 0).expect("partition").offset(), Offset::End);
+    tpl.add_partition_offset("times", 0, Offset::Offset(base + 1_000_000))
+        .expect("ts");
+    let found = c
+        .offsets_for_times(tpl, TIMEOUT)
+        .expect("offsets_for_times");
+    assert_eq!(
+        found
+            .find_partition("times", 0)
+            .expect("partition")
+            .offset(),
+        Offset::End
+    );
     // consuming from a timestamp-derived offset starts there
     let got = consume_from(&broker, "times", &[0], Offset::Offset(21), 1);
     assert_eq!(got[0].4, base + 21_000);
@@ -288,18 +358,41 @@ async fn acks_1_writes_survive_kill_9() {
 /// Under a Kafka-style flush policy, acks=all is answered once written: survives kill -9.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_policy_writes_survive_kill_9() {
-    kill_9_during_produce("all", &["log.flush.interval.ms=1000", "log.flush.interval.messages=100000"]).await;
+    kill_9_during_produce(
+        "all",
+        &[
+            "log.flush.interval.ms=1000",
+            "log.flush.interval.messages=100000",
+        ],
+    )
+    .await;
 }
 
 async fn kill_9_during_produce(acks: &str, settings: &[&str]) {
     let mut broker = Broker::start(settings);
     create_topic(&broker, "crash", 4, &[]).await;
-    let p = producer(&broker, &[("acks", acks), ("message.timeout.ms", "5000"), ("retries", "0")]);
+    let p = producer(
+        &broker,
+        &[
+            ("acks", acks),
+            ("message.timeout.ms", "5000"),
+            ("retries", "0"),
+        ],
+    );
     let mut pending = Vec::new();
     for i in 0..3000 {
         let v = format!("crash-{i}");
         let partition = i % 4;
-        pending.push((v.clone(), partition, p.send_result(FutureRecord::<(), _>::to("crash").payload(&v).partition(partition)).ok()));
+        pending.push((
+            v.clone(),
+            partition,
+            p.send_result(
+                FutureRecord::<(), _>::to("crash")
+                    .payload(&v)
+                    .partition(partition),
+            )
+            .ok(),
+        ));
         if i == 1500 {
             tokio::time::sleep(Duration::from_millis(30)).await;
             broker.kill9();
@@ -313,13 +406,18 @@ async fn kill_9_during_produce(acks: &str, settings: &[&str]) {
             }
         }
     }
-    assert!(!acked.is_empty(), "some writes were acknowledged before the crash");
+    assert!(
+        !acked.is_empty(),
+        "some writes were acknowledged before the crash"
+    );
     broker.restart();
     let mut stored: HashMap<(i32, i64), Vec<u8>> = HashMap::new();
     let (mut total, mut ends) = (0usize, BTreeMap::new());
     let c = consumer(&broker);
     for partition in 0..4 {
-        let (_, high) = c.fetch_watermarks("crash", partition, TIMEOUT).expect("watermarks");
+        let (_, high) = c
+            .fetch_watermarks("crash", partition, TIMEOUT)
+            .expect("watermarks");
         total += high as usize;
         ends.insert(partition, high);
     }
@@ -342,18 +440,39 @@ async fn kill_9_during_produce(acks: &str, settings: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_are_created_with_configs_listed_and_deleted() {
     let broker = Broker::start(&[("auto.create.topics.enable=false")]);
-    create_topic(&broker, "configured", 3, &[("retention.ms", "60000"), ("message.timestamp.type", "LogAppendTime")]).await;
+    create_topic(
+        &broker,
+        "configured",
+        3,
+        &[
+            ("retention.ms", "60000"),
+            ("message.timestamp.type", "LogAppendTime"),
+        ],
+    )
+    .await;
     let c = consumer(&broker);
-    let md = c.fetch_metadata(Some("configured"), TIMEOUT).expect("metadata");
+    let md = c
+        .fetch_metadata(Some("configured"), TIMEOUT)
+        .expect("metadata");
     assert_eq!(md.topics()[0].partitions().len(), 3);
     // LogAppendTime: the broker's clock replaces the producer's timestamp
     let p = producer(&broker, &[]);
-    p.send(FutureRecord::<(), _>::to("configured").payload("x").partition(1).timestamp(1000), TIMEOUT)
-        .await
-        .map_err(|(e, _)| e)
-        .expect("delivered");
+    p.send(
+        FutureRecord::<(), _>::to("configured")
+            .payload("x")
+            .partition(1)
+            .timestamp(1000),
+        TIMEOUT,
+    )
+    .await
+    .map_err(|(e, _)| e)
+    .expect("delivered");
     let got = consume(&broker, "configured", &[1], 1);
-    assert!(got[0].4 > 1_600_000_000_000, "log append time, got {}", got[0].4);
+    assert!(
+        got[0].4 > 1_600_000_000_000,
+        "log append time, got {}",
+        got[0].4
+    );
     // duplicate, invalid name, bad config, bad partition count
     let a = admin(&broker);
     let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT));
@@ -364,7 +483,10 @@ async fn topics_are_created_with_configs_listed_and_deleted() {
         NewTopic::new("rf3", 1, TopicReplication::Fixed(3)),
     ];
     let results = a.create_topics(&bad, &opts).await.expect("create_topics");
-    let codes: Vec<RDKafkaErrorCode> = results.into_iter().map(|r| r.expect_err("refused").1).collect();
+    let codes: Vec<RDKafkaErrorCode> = results
+        .into_iter()
+        .map(|r| r.expect_err("refused").1)
+        .collect();
     assert_eq!(
         codes,
         vec![
@@ -375,15 +497,26 @@ async fn topics_are_created_with_configs_listed_and_deleted() {
         ]
     );
     // auto-creation is off: unknown topics stay unknown
-    let md = c.fetch_metadata(Some("never-created"), TIMEOUT).expect("metadata");
-    assert_eq!(md.topics()[0].error().map(RDKafkaErrorCode::from), Some(RDKafkaErrorCode::UnknownTopicOrPartition));
-    let deleted = a.delete_topics(&["configured"], &opts).await.expect("delete");
+    let md = c
+        .fetch_metadata(Some("never-created"), TIMEOUT)
+        .expect("metadata");
+    assert_eq!(
+        md.topics()[0].error().map(RDKafkaErrorCode::from),
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition)
+    );
+    let deleted = a
+        .delete_topics(&["configured"], &opts)
+        .await
+        .expect("delete");
     deleted.into_iter().for_each(|r| {
         r.expect("deleted");
     });
     let md = c.fetch_metadata(None, TIMEOUT).expect("metadata");
     assert!(md.topics().iter().all(|t| t.name() != "configured"));
-    assert!(!broker.data.join("configured-0").exists(), "partition directories removed");
+    assert!(
+        !broker.data.join("configured-0").exists(),
+        "partition directories removed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,13 +542,27 @@ async fn topics_and_data_survive_a_clean_restart() {
 async fn oversized_records_get_message_too_large() {
     let broker = Broker::start(&["message.max.bytes=10000"]);
     create_topic(&broker, "small", 1, &[]).await;
-    let p = producer(&broker, &[("message.max.bytes", "1000000"), ("compression.codec", "none")]);
+    let p = producer(
+        &broker,
+        &[
+            ("message.max.bytes", "1000000"),
+            ("compression.codec", "none"),
+        ],
+    );
     let big = "x".repeat(50_000);
     let err = p
-        .send(FutureRecord::<(), _>::to("small").payload(&big).partition(0), TIMEOUT)
+        .send(
+            FutureRecord::<(), _>::to("small")
+                .payload(&big)
+                .partition(0),
+            TIMEOUT,
+        )
         .await
         .expect_err("refused");
-    assert_eq!(err.0, KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge));
+    assert_eq!(
+        err.0,
+        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
+    );
     // the partition keeps working
     let d = produce_values(&p, "small", Some(0), &["ok".to_string()]).await;
     assert_eq!(d[0].1, 0);
@@ -455,7 +602,10 @@ async fn full_disk_fails_produce_with_storage_error_while_reads_go_on() {
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
         }
     }
     let _unmount = Unmount(mount.clone());
@@ -463,12 +613,28 @@ async fn full_disk_fails_produce_with_storage_error_while_reads_go_on() {
     let broker = Broker::with_dir(data.clone(), &["log.segment.bytes=1048576"]);
     create_topic(&broker, "filling", 1, &[]).await;
     create_topic(&broker, "other", 1, &[]).await;
-    let p = producer(&broker, &[("acks", "all"), ("retries", "0"), ("message.timeout.ms", "10000"), ("linger.ms", "0")]);
+    let p = producer(
+        &broker,
+        &[
+            ("acks", "all"),
+            ("retries", "0"),
+            ("message.timeout.ms", "10000"),
+            ("linger.ms", "0"),
+        ],
+    );
     let value = "v".repeat(100_000);
     let mut acked = 0i64;
     let mut storage_error = false;
     for _ in 0..200 {
-        match p.send(FutureRecord::<(), _>::to("filling").payload(&value).partition(0), TIMEOUT).await {
+        match p
+            .send(
+                FutureRecord::<(), _>::to("filling")
+                    .payload(&value)
+                    .partition(0),
+                TIMEOUT,
+            )
+            .await
+        {
             Ok(d) => {
                 assert_eq!(d.offset, acked);
                 acked += 1;
@@ -489,10 +655,22 @@ async fn full_disk_fails_produce_with_storage_error_while_reads_go_on() {
     // Free space (drop the other topic's preallocated segment and part of this one's data is
     // not possible, so remove the other topic) and produce again after the back-off.
     let a = admin(&broker);
-    a.delete_topics(&["other"], &AdminOptions::new()).await.expect("delete");
+    a.delete_topics(&["other"], &AdminOptions::new())
+        .await
+        .expect("delete");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let small = p.send(FutureRecord::<(), _>::to("filling").payload("small").partition(0), TIMEOUT).await;
+    let small = p
+        .send(
+            FutureRecord::<(), _>::to("filling")
+                .payload("small")
+                .partition(0),
+            TIMEOUT,
+        )
+        .await;
     if let Ok(d) = small {
-        assert_eq!(d.offset, acked, "offsets continue without a gap after the failure");
+        assert_eq!(
+            d.offset, acked,
+            "offsets continue without a gap after the failure"
+        );
     }
 }

@@ -21,7 +21,11 @@ pub struct Broker {
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
-        let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
         let mut given = GIVEN.lock().expect("ports");
         if !given.contains(&port) {
             given.push(port);
@@ -59,7 +63,13 @@ impl Broker {
             args.push("--override".into());
             args.push(e.to_string());
         }
-        let mut broker = Broker { port, data, child: None, args, _dir: None };
+        let mut broker = Broker {
+            port,
+            data,
+            child: None,
+            args,
+            _dir: None,
+        };
         broker.spawn();
         broker
     }
@@ -117,7 +127,9 @@ impl Broker {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 }
 
@@ -130,7 +142,10 @@ impl Drop for Broker {
 pub fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "sluice did not listen on {port} within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "sluice did not listen on {port} within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -141,7 +156,8 @@ pub struct Raw(pub TcpStream);
 impl Raw {
     pub fn connect(port: u16) -> Raw {
         let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         Raw(s)
     }
 
@@ -167,7 +183,11 @@ impl Raw {
 
 pub fn dir_size(path: &Path) -> u64 {
     std::fs::read_dir(path)
-        .map(|rd| rd.flatten().map(|e| e.metadata().map(|m| m.len()).unwrap_or(0)).sum())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -176,9 +196,14 @@ pub fn create_topic_blocking(broker: &Broker, name: &str, partitions: i32) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::config::ClientConfig;
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", broker.bootstrap()).create().expect("admin");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("admin");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     let results = runtime
         .block_on(admin.create_topics(&[topic], &AdminOptions::new()))
