@@ -280,6 +280,64 @@ impl BrokerConfig {
         Ok(config)
     }
 
+    /// The broker settings DescribeConfigs reports, with Kafka's names and effective values.
+    pub fn entries(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("node.id", self.node_id.to_string()),
+            ("broker.id", self.node_id.to_string()),
+            ("listeners", format!("PLAINTEXT://{}", self.listener)),
+            (
+                "advertised.listeners",
+                format!(
+                    "PLAINTEXT://{}:{}",
+                    self.advertised_host, self.advertised_port
+                ),
+            ),
+            ("log.dirs", self.log_dirs.display().to_string()),
+            ("num.partitions", self.num_partitions.to_string()),
+            (
+                "default.replication.factor",
+                self.default_replication_factor.to_string(),
+            ),
+            ("log.segment.bytes", self.log_segment_bytes.to_string()),
+            ("log.roll.ms", self.log_roll_ms.to_string()),
+            ("log.retention.ms", self.log_retention_ms.to_string()),
+            ("log.retention.bytes", self.log_retention_bytes.to_string()),
+            (
+                "log.retention.check.interval.ms",
+                self.log_retention_check_interval_ms.to_string(),
+            ),
+            (
+                "log.index.interval.bytes",
+                self.log_index_interval_bytes.to_string(),
+            ),
+            ("message.max.bytes", self.message_max_bytes.to_string()),
+            (
+                "socket.request.max.bytes",
+                self.socket_request_max_bytes.to_string(),
+            ),
+            (
+                "auto.create.topics.enable",
+                self.auto_create_topics_enable.to_string(),
+            ),
+            (
+                "log.message.timestamp.type",
+                match self.log_message_timestamp_type {
+                    TimestampType::CreateTime => "CreateTime".into(),
+                    TimestampType::LogAppendTime => "LogAppendTime".into(),
+                },
+            ),
+            (
+                "log.flush.interval.messages",
+                self.log_flush_interval_messages.to_string(),
+            ),
+            (
+                "log.flush.interval.ms",
+                self.log_flush_interval_ms.to_string(),
+            ),
+        ]
+    }
+
     /// True when acks=all waits for fdatasync (the default); false when a Kafka-style flush
     /// policy was configured and syncing happens by count or time instead.
     pub fn sync_before_ack(&self) -> bool {

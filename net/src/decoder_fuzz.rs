@@ -107,6 +107,15 @@ pub fn seeds() -> Vec<Vec<u8>> {
                     },
                 ),
                 ApiKey::DescribeCluster => frame(api.key, v, &DescribeClusterRequest::default()),
+                ApiKey::DescribeConfigs => frame(
+                    api.key,
+                    v,
+                    &DescribeConfigsRequest::default().with_resources(vec![
+                        describe_configs_request::DescribeConfigsResource::default()
+                            .with_resource_type(2)
+                            .with_resource_name(StrBytes::from_static_str("t")),
+                    ]),
+                ),
                 _ => None,
             };
             if let Some(bytes) = encoded {

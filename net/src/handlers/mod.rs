@@ -16,6 +16,7 @@ pub mod api_versions;
 pub mod create_topics;
 pub mod delete_topics;
 pub mod describe_cluster;
+pub mod describe_configs;
 pub mod fetch;
 pub mod list_offsets;
 pub mod metadata;
@@ -49,6 +50,7 @@ pub const APIS: &[Api] = &[
     create_topics::API,
     delete_topics::API,
     describe_cluster::API,
+    describe_configs::API,
 ];
 
 pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
@@ -72,6 +74,7 @@ pub enum Request {
     CreateTopics(kafka_protocol::messages::CreateTopicsRequest),
     DeleteTopics(kafka_protocol::messages::DeleteTopicsRequest),
     DescribeCluster(kafka_protocol::messages::DescribeClusterRequest),
+    DescribeConfigs(kafka_protocol::messages::DescribeConfigsRequest),
 }
 
 /// Decodes a request body (after the header); None when it does not decode — the connection is
@@ -89,6 +92,7 @@ pub fn decode_body(ctx: &RequestContext, mut body: Bytes) -> Option<Request> {
         ApiKey::CreateTopics => Request::CreateTopics(decode(&mut body, v)?),
         ApiKey::DeleteTopics => Request::DeleteTopics(decode(&mut body, v)?),
         ApiKey::DescribeCluster => Request::DescribeCluster(decode(&mut body, v)?),
+        ApiKey::DescribeConfigs => Request::DescribeConfigs(decode(&mut body, v)?),
         _ => return None,
     })
 }
@@ -118,6 +122,9 @@ pub fn start(
         }
         Request::DescribeCluster(r) => {
             async move { describe_cluster::handle(&shard, &ctx, r) }.boxed_local()
+        }
+        Request::DescribeConfigs(r) => {
+            async move { describe_configs::handle(&shard, &ctx, r) }.boxed_local()
         }
     }
 }

@@ -171,6 +171,39 @@ public final class Compat {
                                 + ", expected TopicExistsException");
             }
 
+            // describeConfigs: a topic created with an override reports it as a dynamic topic
+            // config; the broker reports its settings.
+            String configured = "java-compat-configured";
+            admin.createTopics(List.of(new NewTopic(configured, 1, (short) 1)
+                    .configs(Map.of("retention.ms", "3600000"))))
+                    .all().get(TIMEOUT_S, TimeUnit.SECONDS);
+            org.apache.kafka.common.config.ConfigResource topicResource = new org.apache.kafka.common.config.ConfigResource(
+                    org.apache.kafka.common.config.ConfigResource.Type.TOPIC, configured);
+            org.apache.kafka.common.config.ConfigResource brokerResource = new org.apache.kafka.common.config.ConfigResource(
+                    org.apache.kafka.common.config.ConfigResource.Type.BROKER, Integer.toString(nodeId));
+            Map<org.apache.kafka.common.config.ConfigResource, org.apache.kafka.clients.admin.Config> configs =
+                    admin.describeConfigs(List.of(topicResource, brokerResource)).all().get(TIMEOUT_S, TimeUnit.SECONDS);
+            org.apache.kafka.clients.admin.ConfigEntry retention = configs.get(topicResource).get("retention.ms");
+            check(retention != null && "3600000".equals(retention.value()),
+                    "describeConfigs: retention.ms of " + configured + " is " + retention);
+            check(retention != null && retention.source() == org.apache.kafka.clients.admin.ConfigEntry.ConfigSource.DYNAMIC_TOPIC_CONFIG,
+                    "describeConfigs: retention.ms source is " + (retention == null ? null : retention.source()));
+            org.apache.kafka.clients.admin.ConfigEntry maxBytes = configs.get(brokerResource).get("message.max.bytes");
+            check(maxBytes != null && maxBytes.value() != null, "describeConfigs: broker message.max.bytes missing");
+            System.out.printf("java: describeConfigs: %s retention.ms=%s (%s), broker message.max.bytes=%s%n",
+                    configured, retention == null ? null : retention.value(),
+                    retention == null ? null : retention.source(), maxBytes == null ? null : maxBytes.value());
+
+            try {
+                admin.describeConfigs(List.of(new org.apache.kafka.common.config.ConfigResource(
+                        org.apache.kafka.common.config.ConfigResource.Type.TOPIC, "no-such-topic-for-configs")))
+                        .all().get(TIMEOUT_S, TimeUnit.SECONDS);
+                fail("describeConfigs: an unknown topic succeeded");
+            } catch (java.util.concurrent.ExecutionException e) {
+                check(e.getCause() instanceof org.apache.kafka.common.errors.UnknownTopicOrPartitionException,
+                        "describeConfigs: unknown topic failed with " + describe(e.getCause()));
+            }
+
             // Create and delete a scratch topic.
             String scratch = "java-compat-scratch";
             admin.createTopics(List.of(new NewTopic(scratch, 1, (short) 1))).all().get(TIMEOUT_S, TimeUnit.SECONDS);
