@@ -10,6 +10,7 @@ use kafka_protocol::messages::create_topics_response::{
 use kafka_protocol::messages::{ApiKey, CreateTopicsRequest, CreateTopicsResponse};
 use uuid::Uuid;
 
+use super::describe_configs::{SOURCE_DEFAULT, SOURCE_DYNAMIC_TOPIC};
 use super::{str_bytes, topic_name, Api, Outcome};
 use crate::connection::{encode_response, RequestContext};
 use crate::router::{CoreRequest, CoreResponse, NewTopic};
@@ -20,10 +21,6 @@ pub const API: Api = Api {
     min_version: 2,
     max_version: 7,
 };
-
-/// DescribeConfigs' config source for a topic override and for a broker default.
-const SOURCE_TOPIC: i8 = 1;
-const SOURCE_DEFAULT: i8 = 5;
 
 pub async fn handle(
     shard: &Rc<Shard>,
@@ -81,7 +78,7 @@ pub async fn handle(
                     .into_iter()
                     .map(|(k, v)| {
                         let source = if meta.config.overrides.contains_key(k) {
-                            SOURCE_TOPIC
+                            SOURCE_DYNAMIC_TOPIC
                         } else {
                             SOURCE_DEFAULT
                         };
