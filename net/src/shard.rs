@@ -384,6 +384,7 @@ impl Shard {
                 };
                 for (tp, log) in doomed {
                     let dir = log.dir().to_path_buf();
+                    log.retire().await;
                     drop(log);
                     if let Err(e) = std::fs::remove_dir_all(&dir) {
                         eprintln!("sluice: cannot remove {}: {e} ({tp})", dir.display());

@@ -166,6 +166,8 @@ pub struct PartitionLog {
     state: RefCell<LogState>,
     leader_epoch: Cell<i32>,
     flushing: Cell<bool>,
+    /// The partition was deleted: nothing is written any more.
+    retired: Cell<bool>,
     /// Signalled whenever the high watermark moves (fetch long-polling waits on it).
     pub high_watermark_changed: Notify,
     /// Signalled after every flush attempt (producers waiting for acks wait on it).
@@ -230,6 +232,7 @@ impl PartitionLog {
             state: RefCell::new(state),
             leader_epoch: Cell::new(0),
             flushing: Cell::new(false),
+            retired: Cell::new(false),
             high_watermark_changed: Notify::new(),
             flushed: Notify::new(),
             cache_bytes_max: Cell::new(limits::batch_cache_bytes_per_partition_max as u64),
@@ -390,7 +393,7 @@ impl PartitionLog {
     /// Writes every appended byte with O_DIRECT and, per the sync policy, fdatasyncs; then
     /// advances the watermarks. Called only by the core's flusher; never runs twice at once.
     pub async fn flush(&self, now_ms: i64) -> Result<()> {
-        if self.flushing.replace(true) {
+        if self.retired.get() || self.flushing.replace(true) {
             return Ok(());
         }
         let result = self.flush_inner(now_ms).await;
@@ -625,6 +628,16 @@ impl PartitionLog {
         }
         s.log_end = written;
         s.unsynced_messages = 0;
+    }
+
+    /// Stops all writing for a deleted partition and waits for a flush in progress, so that its
+    /// directory can be removed without a late write recreating files in it (or in a new
+    /// partition of the same name).
+    pub async fn retire(&self) {
+        self.retired.set(true);
+        while self.flushing.get() {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 
     /// Clears a remembered I/O error so appends are tried again (called after a successful

@@ -714,3 +714,39 @@ async fn full_disk_fails_produce_with_storage_error_while_reads_go_on() {
         );
     }
 }
+
+/// A deleted topic's data never reappears in a topic created again under the same name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_starts_empty() {
+    let broker = Broker::start(&[]);
+    create_topic(&broker, "phoenix", 2, &[]).await;
+    let p = producer(&broker, &[("acks", "all")]);
+    let old: Vec<String> = (0..200).map(|i| format!("old-{i}")).collect();
+    produce_values(&p, "phoenix", Some(0), &old).await;
+    let a = admin(&broker);
+    let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+    for r in a.delete_topics(&["phoenix"], &opts).await.expect("delete") {
+        r.expect("deleted");
+    }
+    create_topic(&broker, "phoenix", 2, &[]).await;
+    let new: Vec<String> = (0..3).map(|i| format!("new-{i}")).collect();
+    let delivered = produce_values(&p, "phoenix", Some(0), &new).await;
+    assert_eq!(
+        delivered.iter().map(|d| d.1).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    let got = consume(&broker, "phoenix", &[0], 3);
+    let values: Vec<Vec<u8>> = got.into_iter().map(|g| g.3).collect();
+    assert_eq!(
+        values,
+        new.iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect::<Vec<_>>()
+    );
+    let c = consumer(&broker);
+    assert_eq!(
+        c.fetch_watermarks("phoenix", 0, TIMEOUT)
+            .expect("watermarks"),
+        (0, 3)
+    );
+}
