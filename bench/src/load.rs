@@ -19,7 +19,7 @@ use crate::procfs;
 
 pub const USAGE: &str = "usage: sluice-bench --bootstrap HOST:PORT [--topic T] [--partitions N] \
 [--record-bytes N] [--acks 0|1|all] [--linger-ms N] [--batch-bytes N] [--compression none|gzip|snappy|lz4|zstd] \
-[--rate-mb MB/s (0 = max)] [--seconds N] [--warmup-seconds N] [--producers N] [--consume] [--pid PID] [--json FILE]";
+[--rate-mb MB/s (0 = max)] [--seconds N] [--warmup-seconds N] [--producers N] [--consume] [--pid PID] [--json FILE] [--plant loss|duplicate (harness self-test)]";
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -38,6 +38,33 @@ pub struct Options {
     pub producers: usize,
     pub pid: Option<u32>,
     pub json: Option<String>,
+    /// Harness self-test: deliberately lose or duplicate one record; the consumer check must
+    /// catch it.
+    pub plant: Option<Plant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plant {
+    /// Skip one sequence number (a record the consumer never sees).
+    Loss,
+    /// Send one record twice.
+    Duplicate,
+}
+
+/// Set by SIGINT/SIGTERM: stop producing, drain, and still write the report.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C (or SIGTERM) ends the run early; the partial report is still written.
+pub fn install_signal_handlers() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
 }
 
 impl Options {
@@ -58,6 +85,7 @@ impl Options {
             producers: 1,
             pid: None,
             json: None,
+            plant: None,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -86,6 +114,13 @@ impl Options {
                 "--producers" => o.producers = num(value()?)? as usize,
                 "--pid" => o.pid = Some(num(value()?)? as u32),
                 "--json" => o.json = Some(value()?),
+                "--plant" => {
+                    o.plant = Some(match value()?.as_str() {
+                        "loss" => Plant::Loss,
+                        "duplicate" => Plant::Duplicate,
+                        other => return Err(format!("--plant loss|duplicate, not {other}")),
+                    })
+                }
                 other => return Err(format!("unknown flag {other}")),
             }
         }
@@ -148,6 +183,10 @@ impl ProducerContext for Context {
 
 pub struct Report {
     pub options: Options,
+    /// Acknowledged MB in each second of the measured window (the throughput time series).
+    pub per_second_mb: Vec<f64>,
+    /// The run was cut short by Ctrl-C; the figures cover what was measured.
+    pub interrupted: bool,
     pub measured_seconds: f64,
     pub acked: u64,
     pub failed: u64,
@@ -216,6 +255,33 @@ fn ensure_topic(o: &Options) -> Result<(), String> {
     Ok(())
 }
 
+fn sleep_unless_interrupted(d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end && !INTERRUPTED.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50).min(end - Instant::now()));
+    }
+}
+
+/// One progress line a second on stderr, when it is a terminal.
+fn progress(elapsed_s: u64, total_s: u64, mb_last_second: f64, acked_bytes: u64) {
+    use std::io::{IsTerminal, Write};
+    let mut err = std::io::stderr();
+    if err.is_terminal() {
+        let done = (elapsed_s * 30 / total_s.max(1)).min(30) as usize;
+        let _ = write!(
+            err,
+            "\r[{}{}] {elapsed_s}/{total_s} s  {mb_last_second:7.1} MB/s  {:.2} GB acked  (Ctrl-C stops, report still written)",
+            "#".repeat(done),
+            " ".repeat(30 - done),
+            acked_bytes as f64 / 1e9
+        );
+        let _ = err.flush();
+        if elapsed_s >= total_s {
+            let _ = writeln!(err);
+        }
+    }
+}
+
 /// One producer (its own librdkafka instance, connection and threads) sending to the partitions
 /// `p` with `p % producers == index` until `total` has passed, then flushing. Each partition's
 /// records carry a sequence number 0, 1, 2, ... so the consumer can check order and uniqueness.
@@ -250,7 +316,8 @@ fn produce_loop(
         .collect();
     let bytes_per_second = o.rate_mb * 1_000_000.0 / producers as f64;
     let mut sent: u64 = 0;
-    while start.elapsed() < total {
+    let mut planted = false;
+    while start.elapsed() < total && !INTERRUPTED.load(Ordering::Relaxed) {
         if bytes_per_second > 0.0 {
             let due =
                 (start.elapsed().as_secs_f64() * bytes_per_second / o.record_bytes as f64) as u64;
@@ -270,6 +337,14 @@ fn produce_loop(
             Ok(()) => {
                 sent += 1;
                 sequence[slot] += 1;
+                if index == 0 && slot == 0 && !planted && sequence[slot] == 100 {
+                    planted = true;
+                    match o.plant {
+                        Some(Plant::Loss) => sequence[slot] += 1,
+                        Some(Plant::Duplicate) => sequence[slot] -= 1,
+                        None => {}
+                    }
+                }
             }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 std::thread::sleep(Duration::from_micros(100));
@@ -309,11 +384,20 @@ pub fn run(o: &Options) -> Result<Report, String> {
             std::thread::spawn(move || produce_loop(&o, k, producers, &stats, start, total))
         })
         .collect();
-    std::thread::sleep(warmup);
+    sleep_unless_interrupted(warmup);
     stats.measuring.store(true, Ordering::SeqCst);
     let measure_start = Instant::now();
     let cpu_before = o.pid.and_then(procfs::sample);
-    std::thread::sleep(total.saturating_sub(start.elapsed()));
+    let mut per_second_mb = Vec::new();
+    let mut last_bytes = 0u64;
+    while start.elapsed() < total && !INTERRUPTED.load(Ordering::Relaxed) {
+        sleep_unless_interrupted(Duration::from_secs(1).min(total.saturating_sub(start.elapsed())));
+        let bytes = stats.acked_bytes.load(Ordering::Relaxed);
+        let mb = (bytes - last_bytes) as f64 / 1e6;
+        last_bytes = bytes;
+        per_second_mb.push(mb);
+        progress(measure_start.elapsed().as_secs(), o.seconds, mb, bytes);
+    }
     let measured = measure_start.elapsed().as_secs_f64();
     stats.measuring.store(false, Ordering::SeqCst);
     let cpu_after = o.pid.and_then(procfs::sample);
@@ -366,6 +450,8 @@ pub fn run(o: &Options) -> Result<Report, String> {
         }
     };
     Ok(Report {
+        per_second_mb,
+        interrupted: INTERRUPTED.load(Ordering::SeqCst),
         options: o.clone(),
         measured_seconds: measured,
         acked,
@@ -511,8 +597,15 @@ impl Report {
             None => "- |".into(),
         });
         s.push_str(&format!(
-            "\n\n{} records acknowledged in {:.1} s; {}",
-            self.acked, self.measured_seconds, self.verification
+            "\n\n{} records acknowledged in {:.1} s{}; {}",
+            self.acked,
+            self.measured_seconds,
+            if self.interrupted {
+                " (interrupted: partial report)"
+            } else {
+                ""
+            },
+            self.verification
         ));
         s
     }
@@ -522,7 +615,7 @@ impl Report {
         format!(
             "{{\"schema\":1,\"workload\":{{\"topic\":\"{}\",\"partitions\":{},\"record_bytes\":{},\"acks\":\"{}\",\"linger_ms\":{},\"compression\":\"{}\",\"rate_mb\":{},\"seconds\":{}}},\
              \"measured_seconds\":{:.3},\"acked\":{},\"failed\":{},\"mb_per_second\":{:.3},\"records_per_second\":{:.1},\
-             \"publish_latency_us\":{},\"e2e_latency_us\":{},\"broker_cpu_seconds\":{},\"broker_cpu_seconds_per_gb\":{},\"broker_peak_rss_bytes\":{},\"verified\":{}}}\n",
+             \"publish_latency_us\":{},\"e2e_latency_us\":{},\"broker_cpu_seconds\":{},\"broker_cpu_seconds_per_gb\":{},\"broker_peak_rss_bytes\":{},\"verified\":{},\"interrupted\":{},\"per_second_mb\":[{}]}}\n",
             o.topic, o.partitions, o.record_bytes, o.acks, o.linger_ms, o.compression, o.rate_mb, o.seconds,
             self.measured_seconds, self.acked, self.failed, self.mb_per_second, self.records_per_second,
             self.publish_us.json(),
@@ -530,7 +623,9 @@ impl Report {
             self.broker_cpu_seconds.map(|c| format!("{c:.3}")).unwrap_or_else(|| "null".into()),
             self.broker_cpu_seconds_per_gb.map(|c| format!("{c:.4}")).unwrap_or_else(|| "null".into()),
             self.broker_peak_rss_bytes.map(|r| r.to_string()).unwrap_or_else(|| "null".into()),
-            self.verified
+            self.verified,
+            self.interrupted,
+            self.per_second_mb.iter().map(|m| format!("{m:.2}")).collect::<Vec<_>>().join(",")
         )
     }
 }

@@ -13,8 +13,7 @@
 //! ingested. With `--consume` every record is checked to arrive exactly once, in order per
 //! partition; a loss or duplicate is reported and the exit status is non-zero.
 
-mod load;
-mod procfs;
+use sluice_bench::load;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -22,6 +21,7 @@ fn main() {
         println!("{}", load::USAGE);
         return;
     }
+    load::install_signal_handlers();
     let options = match load::Options::parse(&args) {
         Ok(o) => o,
         Err(e) => {

@@ -1,0 +1,82 @@
+//! The benchmark harness checks what it measured: against a real sluice, a clean run verifies,
+//! and a planted loss or duplicate is caught.
+
+use crate::common::Broker;
+use sluice_bench::load::{self, Options, Plant};
+
+fn options(broker: &Broker, topic: &str, plant: Option<Plant>) -> Options {
+    let args: Vec<String> = [
+        "--bootstrap",
+        &broker.bootstrap(),
+        "--topic",
+        topic,
+        "--partitions",
+        "3",
+        "--record-bytes",
+        "100",
+        "--rate-mb",
+        "1",
+        "--seconds",
+        "2",
+        "--warmup-seconds",
+        "1",
+        "--linger-ms",
+        "1",
+        "--consume",
+        "--pid",
+        &broker.pid().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut o = Options::parse(&args).expect("options");
+    o.plant = plant;
+    o
+}
+
+#[test]
+fn a_clean_tiny_run_verifies_and_measures() {
+    let broker = Broker::start(&[]);
+    let report = load::run(&options(&broker, "clean", None)).expect("run");
+    assert!(report.verified, "{}", report.verification);
+    assert!(
+        report.acked > 1000,
+        "records acknowledged: {}",
+        report.acked
+    );
+    assert!(report.e2e_us.is_some(), "end-to-end latency measured");
+    assert!(
+        report.broker_cpu_seconds.is_some(),
+        "broker CPU read from /proc"
+    );
+    assert!(!report.per_second_mb.is_empty(), "a throughput time series");
+    assert!(report.json().contains("\"verified\":true"));
+    assert!(report.markdown().contains("| MB/s |"));
+}
+
+#[test]
+fn a_planted_loss_is_caught() {
+    let broker = Broker::start(&[]);
+    let report = load::run(&options(&broker, "lossy", Some(Plant::Loss))).expect("run");
+    assert!(!report.verified, "a lost record must fail verification");
+    assert!(
+        report.verification.contains("expected sequence"),
+        "{}",
+        report.verification
+    );
+}
+
+#[test]
+fn a_planted_duplicate_is_caught() {
+    let broker = Broker::start(&[]);
+    let report = load::run(&options(&broker, "doubled", Some(Plant::Duplicate))).expect("run");
+    assert!(
+        !report.verified,
+        "a duplicated record must fail verification"
+    );
+    assert!(
+        report.verification.contains("expected sequence"),
+        "{}",
+        report.verification
+    );
+}
