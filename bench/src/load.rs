@@ -19,7 +19,7 @@ use crate::procfs;
 
 pub const USAGE: &str = "usage: sluice-bench --bootstrap HOST:PORT [--topic T] [--partitions N] \
 [--record-bytes N] [--acks 0|1|all] [--linger-ms N] [--batch-bytes N] [--compression none|gzip|snappy|lz4|zstd] \
-[--rate-mb MB/s (0 = max)] [--seconds N] [--warmup-seconds N] [--producers N] [--consume] [--pid PID] [--json FILE] [--plant loss|duplicate (harness self-test)]";
+[--rate-mb MB/s (0 = max)] [--seconds N] [--warmup-seconds N] [--producers N] [--consume] [--pid PID] [--json FILE] [--charts PREFIX] [--plant loss|duplicate (harness self-test)]";
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -41,6 +41,8 @@ pub struct Options {
     /// Harness self-test: deliberately lose or duplicate one record; the consumer check must
     /// catch it.
     pub plant: Option<Plant>,
+    /// Write `PREFIX-throughput.svg` and `PREFIX-latency.svg`.
+    pub charts: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +88,7 @@ impl Options {
             pid: None,
             json: None,
             plant: None,
+            charts: None,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -114,6 +117,7 @@ impl Options {
                 "--producers" => o.producers = num(value()?)? as usize,
                 "--pid" => o.pid = Some(num(value()?)? as u32),
                 "--json" => o.json = Some(value()?),
+                "--charts" => o.charts = Some(value()?),
                 "--plant" => {
                     o.plant = Some(match value()?.as_str() {
                         "loss" => Plant::Loss,
@@ -201,6 +205,11 @@ pub struct Report {
     pub verification: String,
 }
 
+/// Quantiles at which the latency curve is sampled for the CDF chart.
+pub const CURVE_QUANTILES: [f64; 12] = [
+    0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0,
+];
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Percentiles {
     pub p50: u64,
@@ -208,6 +217,8 @@ pub struct Percentiles {
     pub p999: u64,
     pub p9999: u64,
     pub max: u64,
+    /// Latency (µs) at each of [`CURVE_QUANTILES`].
+    pub curve: [u64; 12],
 }
 
 impl Percentiles {
@@ -218,6 +229,7 @@ impl Percentiles {
             p999: h.value_at_quantile(0.999),
             p9999: h.value_at_quantile(0.9999),
             max: h.max(),
+            curve: CURVE_QUANTILES.map(|q| h.value_at_quantile(q)),
         }
     }
 

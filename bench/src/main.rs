@@ -38,6 +38,12 @@ fn main() {
                     std::process::exit(1);
                 }
             }
+            if let Some(prefix) = &options.charts {
+                if let Err(e) = sluice_bench::charts::write(prefix, &report) {
+                    eprintln!("sluice-bench: cannot write charts {prefix}-*.svg: {e}");
+                    std::process::exit(1);
+                }
+            }
             if !report.verified {
                 eprintln!("sluice-bench: VERIFICATION FAILED: {}", report.verification);
                 std::process::exit(1);

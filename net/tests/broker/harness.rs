@@ -52,6 +52,13 @@ fn a_clean_tiny_run_verifies_and_measures() {
     assert!(!report.per_second_mb.is_empty(), "a throughput time series");
     assert!(report.json().contains("\"verified\":true"));
     assert!(report.markdown().contains("| MB/s |"));
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let prefix = dir.path().join("clean");
+    sluice_bench::charts::write(prefix.to_str().expect("utf8"), &report).expect("charts");
+    let latency = std::fs::read_to_string(dir.path().join("clean-latency.svg")).expect("svg");
+    assert!(latency.contains("<polyline") && latency.contains("end-to-end"));
+    let throughput = std::fs::read_to_string(dir.path().join("clean-throughput.svg")).expect("svg");
+    assert!(throughput.contains("<polyline"));
 }
 
 #[test]
