@@ -19,7 +19,37 @@ use crate::procfs;
 
 pub const USAGE: &str = "usage: sluice-bench --bootstrap HOST:PORT [--topic T] [--partitions N] \
 [--record-bytes N] [--acks 0|1|all] [--linger-ms N] [--batch-bytes N] [--compression none|gzip|snappy|lz4|zstd] \
-[--rate-mb MB/s (0 = max)] [--seconds N] [--warmup-seconds N] [--producers N] [--consume] [--pid PID] [--json FILE] [--charts PREFIX] [--plant loss|duplicate (harness self-test)]";
+[--rate-mb MB/s (0 = max)] [--seconds N] [--warmup-seconds N] [--producers N] [--consume] [--pid PID] [--json FILE] [--charts PREFIX] [--catch-up-mb N [--drop-caches]] [--workload FILE] [--plant loss|duplicate (harness self-test)]";
+
+/// Replaces `--workload FILE` by the flags the file holds: one `key = value` (or a bare `key`
+/// for a switch) per line, `#` comments, the keys being the flag names without `--`. Flags after
+/// `--workload` on the command line override the file.
+fn expand_workloads(args: &[String]) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if arg != "--workload" {
+            out.push(arg.clone());
+            continue;
+        }
+        let path = it.next().ok_or("--workload needs a file")?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("workload {path}: {e}"))?;
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            match line.split_once('=') {
+                Some((k, v)) => {
+                    out.push(format!("--{}", k.trim()));
+                    out.push(v.trim().to_string());
+                }
+                None => out.push(format!("--{line}")),
+            }
+        }
+    }
+    Ok(out)
+}
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -43,6 +73,12 @@ pub struct Options {
     pub plant: Option<Plant>,
     /// Write `PREFIX-throughput.svg` and `PREFIX-latency.svg`.
     pub charts: Option<String>,
+    /// Catch-up read workload: produce this many MB first, then measure consumers draining the
+    /// backlog from the beginning.
+    pub catch_up_mb: Option<u64>,
+    /// Before the catch-up read, drop the kernel's page cache (root) so the read is cold for
+    /// every broker alike.
+    pub drop_caches: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +107,8 @@ pub fn install_signal_handlers() {
 
 impl Options {
     pub fn parse(args: &[String]) -> Result<Options, String> {
+        let args = expand_workloads(args)?;
+        let args = &args[..];
         let mut o = Options {
             bootstrap: String::new(),
             topic: format!("sluice-bench-{}", std::process::id()),
@@ -89,6 +127,8 @@ impl Options {
             json: None,
             plant: None,
             charts: None,
+            catch_up_mb: None,
+            drop_caches: false,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -118,6 +158,8 @@ impl Options {
                 "--pid" => o.pid = Some(num(value()?)? as u32),
                 "--json" => o.json = Some(value()?),
                 "--charts" => o.charts = Some(value()?),
+                "--catch-up-mb" => o.catch_up_mb = Some(num(value()?)? as u64),
+                "--drop-caches" => o.drop_caches = true,
                 "--plant" => {
                     o.plant = Some(match value()?.as_str() {
                         "loss" => Plant::Loss,
@@ -372,6 +414,9 @@ fn produce_loop(
 
 pub fn run(o: &Options) -> Result<Report, String> {
     ensure_topic(o)?;
+    if let Some(mb) = o.catch_up_mb {
+        return catch_up(o, mb);
+    }
     let stats = Arc::new(Stats {
         measuring: AtomicBool::new(false),
         base: Instant::now(),
@@ -474,6 +519,151 @@ pub fn run(o: &Options) -> Result<Report, String> {
         e2e_us,
         broker_cpu_seconds: cpu,
         broker_cpu_seconds_per_gb: cpu.map(|c| c / (acked_bytes / 1e9).max(1e-9)),
+        broker_peak_rss_bytes: cpu_after.as_ref().map(|s| s.peak_rss_bytes),
+        verified,
+        verification,
+    })
+}
+
+/// The catch-up read workload: build a backlog of `mb` MB (not measured), optionally drop the
+/// page cache, then measure one consumer reading every partition from the beginning until the
+/// whole backlog is back, checking count and per-partition order.
+fn catch_up(o: &Options, mb: u64) -> Result<Report, String> {
+    let stats = Arc::new(Stats {
+        measuring: AtomicBool::new(false),
+        base: Instant::now(),
+        acked: AtomicU64::new(0),
+        acked_bytes: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        publish: Mutex::new(histogram()),
+        first_error: Mutex::new(None),
+    });
+    let records = mb * 1_000_000 / o.record_bytes as u64;
+    let producer: ThreadedProducer<Context> = client_config(o)
+        .set("acks", &o.acks)
+        .set("linger.ms", o.linger_ms.to_string())
+        .set("batch.size", o.batch_bytes.to_string())
+        .set("compression.codec", &o.compression)
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("enable.idempotence", "false")
+        .create_with_context(Context {
+            stats: stats.clone(),
+            record_bytes: o.record_bytes as u64,
+        })
+        .map_err(|e| format!("producer: {e}"))?;
+    let mut sequence = vec![0u64; o.partitions as usize];
+    let mut payload: Vec<u8> = (0..o.record_bytes)
+        .map(|i| (i * 7919 % 251) as u8)
+        .collect();
+    let mut sent = 0u64;
+    while sent < records && !INTERRUPTED.load(Ordering::Relaxed) {
+        let p = (sent % o.partitions as u64) as usize;
+        payload[8..16].copy_from_slice(&sequence[p].to_be_bytes());
+        let record = BaseRecord::<(), [u8], Box<u64>>::with_opaque_to(&o.topic, Box::new(0))
+            .partition(p as i32)
+            .payload(&payload[..]);
+        match producer.send(record) {
+            Ok(()) => {
+                sent += 1;
+                sequence[p] += 1;
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err((e, _)) => return Err(format!("send: {e}")),
+        }
+    }
+    producer
+        .flush(Duration::from_secs(120))
+        .map_err(|e| format!("flush: {e}"))?;
+    drop(producer);
+    if o.drop_caches {
+        // SAFETY: plain libc call with no preconditions.
+        unsafe { libc::sync() };
+        std::fs::write("/proc/sys/vm/drop_caches", "3")
+            .map_err(|e| format!("--drop-caches needs root: {e}"))?;
+    }
+    let consumer: BaseConsumer = client_config(o)
+        .set("group.id", "sluice-bench-catch-up")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "4194304")
+        .create()
+        .map_err(|e| format!("consumer: {e}"))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..o.partitions {
+        tpl.add_partition_offset(&o.topic, p, Offset::Beginning)
+            .map_err(|e| e.to_string())?;
+    }
+    consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
+    let cpu_before = o.pid.and_then(procfs::sample);
+    let start = Instant::now();
+    let mut next = vec![0u64; o.partitions as usize];
+    let mut received = 0u64;
+    let mut bytes = 0u64;
+    let mut per_second_mb = Vec::new();
+    let mut second_bytes = 0u64;
+    let mut second_start = Instant::now();
+    let mut failure = None;
+    let mut idle_since: Option<Instant> = None;
+    while received < sent && !INTERRUPTED.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                idle_since = None;
+                let payload = m.payload().unwrap_or_default();
+                let seq = payload
+                    .get(8..16)
+                    .map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()));
+                let p = m.partition() as usize;
+                if failure.is_none() && seq != Some(next[p]) {
+                    failure = Some(format!(
+                        "partition {p}: expected sequence {} got {seq:?}",
+                        next[p]
+                    ));
+                }
+                next[p] += 1;
+                received += 1;
+                bytes += payload.len() as u64;
+                second_bytes += payload.len() as u64;
+            }
+            Some(Err(e)) => return Err(format!("consume: {e}")),
+            None => {
+                if idle_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(10) {
+                    break;
+                }
+            }
+        }
+        if second_start.elapsed() >= Duration::from_secs(1) {
+            per_second_mb.push(second_bytes as f64 / 1e6);
+            second_bytes = 0;
+            second_start = Instant::now();
+        }
+    }
+    let measured = start.elapsed().as_secs_f64();
+    let cpu_after = o.pid.and_then(procfs::sample);
+    let cpu = match (&cpu_before, &cpu_after) {
+        (Some(a), Some(b)) => Some(b.cpu_seconds - a.cpu_seconds),
+        _ => None,
+    };
+    let verified = failure.is_none() && received == sent;
+    let verification = match failure {
+        Some(f) => f,
+        None if received != sent => format!("read back {received} of {sent} records"),
+        None => format!("catch-up read of {sent} records: all back, in order per partition"),
+    };
+    Ok(Report {
+        per_second_mb,
+        interrupted: INTERRUPTED.load(Ordering::SeqCst),
+        options: o.clone(),
+        measured_seconds: measured,
+        acked: received,
+        failed: sent - received.min(sent),
+        mb_per_second: bytes as f64 / measured.max(1e-9) / 1e6,
+        records_per_second: received as f64 / measured.max(1e-9),
+        publish_us: Percentiles::default(),
+        e2e_us: None,
+        broker_cpu_seconds: cpu,
+        broker_cpu_seconds_per_gb: cpu.map(|c| c / (bytes as f64 / 1e9).max(1e-9)),
         broker_peak_rss_bytes: cpu_after.as_ref().map(|s| s.peak_rss_bytes),
         verified,
         verification,
@@ -583,7 +773,10 @@ impl Report {
             "| workload | MB/s | records/s | publish p50/p99/p99.9/max µs | e2e p50/p99/p99.9/max µs | broker CPU s/GB | broker peak RSS MiB |\n\
              |---|---|---|---|---|---|---|\n\
              | {}p × {} B, acks={}, linger {} ms, {}, rate {} | {:.1} | {:.0} | {}/{}/{}/{} | ",
-            o.partitions,
+            match o.catch_up_mb {
+                Some(mb) => format!("catch-up read of {mb} MB, {}", o.partitions),
+                None => o.partitions.to_string(),
+            },
             o.record_bytes,
             o.acks,
             o.linger_ms,

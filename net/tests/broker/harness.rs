@@ -87,3 +87,35 @@ fn a_planted_duplicate_is_caught() {
         report.verification
     );
 }
+
+#[test]
+fn the_catch_up_workload_reads_the_whole_backlog_back() {
+    let broker = Broker::start(&[]);
+    let mut o = options(&broker, "backlog", None);
+    o.catch_up_mb = Some(5);
+    let report = load::run(&o).expect("run");
+    assert!(report.verified, "{}", report.verification);
+    assert_eq!(report.acked, 5_000_000 / 100, "every record read back");
+    assert!(report.mb_per_second > 0.0);
+}
+
+#[test]
+fn the_shipped_workload_files_parse() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/workloads");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("workloads dir") {
+        let path = entry.expect("entry").path();
+        let args: Vec<String> = ["--bootstrap", "127.0.0.1:9092", "--workload"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([path.display().to_string()])
+            .collect();
+        let o = Options::parse(&args).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(o.partitions > 0);
+        seen += 1;
+    }
+    assert!(
+        seen >= 6,
+        "the OMB set and the small-machine variants: {seen}"
+    );
+}
