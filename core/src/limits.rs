@@ -27,7 +27,8 @@ pub const dma_write_bytes_max: usize = 8 << 20;
 /// Chunk size for sequential DMA reads during recovery and cold fetches.
 pub const dma_read_chunk_bytes: usize = 1 << 20;
 
-/// A segment file is preallocated in steps of this size, so appends rarely extend the file.
+/// A segment file is preallocated ahead of its writes in steps that grow with its size (from
+/// 256 KiB) up to this, so appends rarely extend the file.
 pub const segment_preallocate_step_bytes: u64 = 64 << 20;
 
 /// Topic names longer than this are rejected (Kafka's own limit).

@@ -487,7 +487,12 @@ impl PartitionLog {
         let preallocated = self.segment_field(base, |seg| seg.preallocated);
         let needed = align_up(end);
         if needed > preallocated {
-            let step = limits::segment_preallocate_step_bytes;
+            // Reserve ahead in proportion to what the segment holds (at least 256 KiB, at most
+            // the step limit): a thousand quiet partitions must not reserve 64 MiB each.
+            let step = needed
+                .max(256 << 10)
+                .next_power_of_two()
+                .min(limits::segment_preallocate_step_bytes);
             let target = needed.div_ceil(step) * step;
             let segment_bytes = self.config.borrow().segment_bytes;
             let target = target.min(align_up(segment_bytes.max(needed)));
