@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command (README): unit and integration tests (real sluice processes driven by
-# librdkafka and raw protocol bytes), the client compatibility checks (Java client, kcat,
-# kafka-python), and a short coverage-guided fuzzing pass. Installs what it needs first.
+# librdkafka and raw protocol bytes, and the benchmark harness's self-checks), the client
+# compatibility checks (Java client, kafka-python, kcat, franz-go), a smoke run of the Apache
+# Kafka reference broker the benchmarks compare against, and a short coverage-guided fuzzing
+# pass. Installs what it needs first.
 #
 #   scripts/test.sh            everything (what CI runs)
 #   FUZZ_SECONDS=0 scripts/test.sh   skip fuzzing
@@ -26,6 +28,13 @@ echo "== client compatibility"
 SLUICE_BIN="${SLUICE_BIN:-target/debug/sluice}" scripts/compat.sh 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 read -r p f < <(sed -nE 's/^compat: ([0-9]+) passed, ([0-9]+) failed.*/\1 \2/p' "$log" | tail -n 1) || true
+passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
+if [ "$status" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then failed=$((failed + 1)); fi
+
+echo "== reference broker smoke (Apache Kafka from Maven Central: start, produce, consume, stop)"
+scripts/kafka-reference.sh smoke 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+read -r p f < <(sed -nE 's/^kafka-reference: ([0-9]+) passed, ([0-9]+) failed.*/\1 \2/p' "$log" | tail -n 1) || true
 passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
 if [ "$status" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then failed=$((failed + 1)); fi
 

@@ -76,5 +76,92 @@ fn crc(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(hot_paths, validation, patching, index_lookup, crc);
+fn request_decode(c: &mut Criterion) {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader, TopicName};
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    let batch = batch_of(16, 1024);
+    let partitions = (0..8)
+        .map(|p| {
+            PartitionProduceData::default()
+                .with_index(p)
+                .with_records(Some(batch.clone()))
+        })
+        .collect();
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str("bench")))
+            .with_partition_data(partitions)]);
+    let header = RequestHeader::default()
+        .with_request_api_key(ApiKey::Produce as i16)
+        .with_request_api_version(9)
+        .with_correlation_id(1);
+    let mut frame = bytes::BytesMut::new();
+    header
+        .encode(&mut frame, ApiKey::Produce.request_header_version(9))
+        .expect("header");
+    request.encode(&mut frame, 9).expect("body");
+    let frame = frame.freeze();
+    let mut group = c.benchmark_group("request");
+    group.throughput(Throughput::Bytes(frame.len() as u64));
+    group.bench_function("decode Produce v9, 8 partitions x 16 KiB", |b| {
+        b.iter(|| {
+            sluice_net::connection::decode_request(black_box(frame.clone())).expect("decodes")
+        })
+    });
+    group.finish();
+}
+
+fn fetch_response(c: &mut Criterion) {
+    use sluice_net::connection::RequestContext;
+    use sluice_net::handlers::fetch::{encode, PartitionAnswer, TopicAnswer};
+    let batch = batch_of(16, 1024);
+    let ctx = RequestContext {
+        api_key: kafka_protocol::messages::ApiKey::Fetch,
+        api_version: 16,
+        correlation_id: 1,
+        client_id: None,
+    };
+    let topics = || {
+        vec![TopicAnswer {
+            name: "bench".into(),
+            topic_id: uuid::Uuid::from_bytes([1; 16]),
+            partitions: (0..8)
+                .map(|p| PartitionAnswer {
+                    partition: p,
+                    error: 0,
+                    high_watermark: 1000,
+                    log_start_offset: 0,
+                    records: sluice_storage::Records {
+                        parts: (0..4).map(|_| batch.clone()).collect(),
+                    },
+                })
+                .collect(),
+        }]
+    };
+    let mut group = c.benchmark_group("fetch");
+    group.throughput(Throughput::Bytes(8 * 4 * batch.len() as u64));
+    group.bench_function(
+        "assemble v16 response, 8 partitions x 64 KiB (zero-copy)",
+        |b| {
+            b.iter_batched(
+                topics,
+                |t| encode(&ctx, 0, black_box(&t)),
+                criterion::BatchSize::SmallInput,
+            )
+        },
+    );
+    group.finish();
+}
+
+criterion_group!(
+    hot_paths,
+    validation,
+    patching,
+    index_lookup,
+    crc,
+    request_decode,
+    fetch_response
+);
 criterion_main!(hot_paths);
