@@ -31,6 +31,13 @@ read -r p f < <(sed -nE 's/^compat: ([0-9]+) passed, ([0-9]+) failed.*/\1 \2/p' 
 passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
 if [ "$status" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then failed=$((failed + 1)); fi
 
+echo "== benchmark comparison summary"
+python3 scripts/test_bench_summary.py 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+read -r p f < <(sed -nE 's/^bench-summary: ([0-9]+) passed, ([0-9]+) failed.*/\1 \2/p' "$log" | tail -n 1) || true
+passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
+if [ "$status" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then failed=$((failed + 1)); fi
+
 echo "== reference broker smoke (Apache Kafka from Maven Central: start, produce, consume, stop)"
 scripts/kafka-reference.sh smoke 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
