@@ -24,26 +24,23 @@ while read -r p f; do
 done < <(sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p' "$log")
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
 
-echo "== client compatibility"
-SLUICE_BIN="${SLUICE_BIN:-target/debug/sluice}" scripts/compat.sh 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
-read -r p f < <(sed -nE 's/^compat: ([0-9]+) passed, ([0-9]+) failed.*/\1 \2/p' "$log" | tail -n 1) || true
-passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
-if [ "$status" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then failed=$((failed + 1)); fi
+# Runs a check that ends with a line "PREFIX: N passed, M failed" and adds its counts; a
+# non-zero exit with no failure counted counts as one failure.
+counted() {
+  local title="$1" prefix="$2"
+  shift 2
+  echo "== $title"
+  "$@" 2>&1 | tee "$log"
+  local status=${PIPESTATUS[0]} p=0 f=0
+  read -r p f < <(sed -nE "s/^$prefix: ([0-9]+) passed, ([0-9]+) failed.*/\\1 \\2/p" "$log" | tail -n 1) || true
+  passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
+  if [ "$status" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then failed=$((failed + 1)); fi
+}
 
-echo "== benchmark comparison summary"
-python3 scripts/test_bench_summary.py 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
-read -r p f < <(sed -nE 's/^bench-summary: ([0-9]+) passed, ([0-9]+) failed.*/\1 \2/p' "$log" | tail -n 1) || true
-passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
-if [ "$status" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then failed=$((failed + 1)); fi
-
-echo "== reference broker smoke (Apache Kafka from Maven Central: start, produce, consume, stop)"
-scripts/kafka-reference.sh smoke 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
-read -r p f < <(sed -nE 's/^kafka-reference: ([0-9]+) passed, ([0-9]+) failed.*/\1 \2/p' "$log" | tail -n 1) || true
-passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
-if [ "$status" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then failed=$((failed + 1)); fi
+counted "client compatibility" compat env SLUICE_BIN="${SLUICE_BIN:-target/debug/sluice}" scripts/compat.sh
+counted "benchmark comparison summary" bench-summary python3 scripts/test_bench_summary.py
+counted "reference broker smoke (Apache Kafka from Maven Central: start, produce, consume, stop)" \
+  kafka-reference scripts/kafka-reference.sh smoke
 
 if [ "${FUZZ_SECONDS:-30}" -gt 0 ]; then
   echo "== fuzz"
