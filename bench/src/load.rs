@@ -336,18 +336,9 @@ fn progress(elapsed_s: u64, total_s: u64, mb_last_second: f64, acked_bytes: u64)
     }
 }
 
-/// One producer (its own librdkafka instance, connection and threads) sending to the partitions
-/// `p` with `p % producers == index` until `total` has passed, then flushing. Each partition's
-/// records carry a sequence number 0, 1, 2, ... so the consumer can check order and uniqueness.
-fn produce_loop(
-    o: &Options,
-    index: usize,
-    producers: usize,
-    stats: &Arc<Stats>,
-    start: Instant,
-    total: Duration,
-) -> Result<u64, String> {
-    let producer: ThreadedProducer<Context> = client_config(o)
+/// A librdkafka producer configured from the workload, reporting deliveries into `stats`.
+fn new_producer(o: &Options, stats: &Arc<Stats>) -> Result<ThreadedProducer<Context>, String> {
+    client_config(o)
         .set("acks", &o.acks)
         .set("linger.ms", o.linger_ms.to_string())
         .set("batch.size", o.batch_bytes.to_string())
@@ -360,7 +351,34 @@ fn produce_loop(
             stats: stats.clone(),
             record_bytes: o.record_bytes as u64,
         })
-        .map_err(|e| format!("producer: {e}"))?;
+        .map_err(|e| format!("producer: {e}"))
+}
+
+/// Fresh, empty delivery statistics.
+fn new_stats() -> Arc<Stats> {
+    Arc::new(Stats {
+        measuring: AtomicBool::new(false),
+        base: Instant::now(),
+        acked: AtomicU64::new(0),
+        acked_bytes: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        publish: Mutex::new(histogram()),
+        first_error: Mutex::new(None),
+    })
+}
+
+/// One producer (its own librdkafka instance, connection and threads) sending to the partitions
+/// `p` with `p % producers == index` until `total` has passed, then flushing. Each partition's
+/// records carry a sequence number 0, 1, 2, ... so the consumer can check order and uniqueness.
+fn produce_loop(
+    o: &Options,
+    index: usize,
+    producers: usize,
+    stats: &Arc<Stats>,
+    start: Instant,
+    total: Duration,
+) -> Result<u64, String> {
+    let producer = new_producer(o, stats)?;
     let mine: Vec<i32> = (0..o.partitions)
         .filter(|p| *p as usize % producers == index)
         .collect();
@@ -417,15 +435,7 @@ pub fn run(o: &Options) -> Result<Report, String> {
     if let Some(mb) = o.catch_up_mb {
         return catch_up(o, mb);
     }
-    let stats = Arc::new(Stats {
-        measuring: AtomicBool::new(false),
-        base: Instant::now(),
-        acked: AtomicU64::new(0),
-        acked_bytes: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        publish: Mutex::new(histogram()),
-        first_error: Mutex::new(None),
-    });
+    let stats = new_stats();
     let consumer = if o.consume {
         Some(start_consumer(o, stats.clone())?)
     } else {
@@ -529,28 +539,9 @@ pub fn run(o: &Options) -> Result<Report, String> {
 /// page cache, then measure one consumer reading every partition from the beginning until the
 /// whole backlog is back, checking count and per-partition order.
 fn catch_up(o: &Options, mb: u64) -> Result<Report, String> {
-    let stats = Arc::new(Stats {
-        measuring: AtomicBool::new(false),
-        base: Instant::now(),
-        acked: AtomicU64::new(0),
-        acked_bytes: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        publish: Mutex::new(histogram()),
-        first_error: Mutex::new(None),
-    });
+    let stats = new_stats();
     let records = mb * 1_000_000 / o.record_bytes as u64;
-    let producer: ThreadedProducer<Context> = client_config(o)
-        .set("acks", &o.acks)
-        .set("linger.ms", o.linger_ms.to_string())
-        .set("batch.size", o.batch_bytes.to_string())
-        .set("compression.codec", &o.compression)
-        .set("queue.buffering.max.kbytes", "1048576")
-        .set("enable.idempotence", "false")
-        .create_with_context(Context {
-            stats: stats.clone(),
-            record_bytes: o.record_bytes as u64,
-        })
-        .map_err(|e| format!("producer: {e}"))?;
+    let producer = new_producer(o, &stats)?;
     let mut sequence = vec![0u64; o.partitions as usize];
     let mut payload: Vec<u8> = (0..o.record_bytes)
         .map(|i| (i * 7919 % 251) as u8)

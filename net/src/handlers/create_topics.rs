@@ -10,7 +10,7 @@ use kafka_protocol::messages::create_topics_response::{
 use kafka_protocol::messages::{ApiKey, CreateTopicsRequest, CreateTopicsResponse};
 use uuid::Uuid;
 
-use super::describe_configs::{SOURCE_DEFAULT, SOURCE_DYNAMIC_TOPIC};
+use super::describe_configs::topic_entries;
 use super::{str_bytes, topic_name, Api, Outcome};
 use crate::connection::{encode_response, RequestContext};
 use crate::router::{CoreRequest, CoreResponse, NewTopic};
@@ -72,16 +72,9 @@ pub async fn handle(
                 .with_num_partitions(-1)
                 .with_replication_factor(-1);
             if let Some(meta) = &r.meta {
-                let configs = meta
-                    .config
-                    .entries()
+                let configs = topic_entries(meta)
                     .into_iter()
-                    .map(|(k, v)| {
-                        let source = if meta.config.overrides.contains_key(k) {
-                            SOURCE_DYNAMIC_TOPIC
-                        } else {
-                            SOURCE_DEFAULT
-                        };
+                    .map(|(k, v, source)| {
                         CreatableTopicConfigs::default()
                             .with_name(str_bytes(k))
                             .with_value(Some(str_bytes(&v)))

@@ -11,6 +11,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{str_bytes, Api, Outcome};
 use crate::connection::{encode_response, RequestContext};
+use crate::metadata::TopicMeta;
 use crate::shard::Shard;
 
 pub const API: Api = Api {
@@ -51,6 +52,23 @@ fn config_type(name: &str) -> i8 {
     }
 }
 
+/// A topic's effective configs with their sources: overrides given at creation are dynamic
+/// topic configs, the rest come from the broker's defaults.
+pub fn topic_entries(meta: &TopicMeta) -> Vec<(&'static str, String, i8)> {
+    meta.config
+        .entries()
+        .into_iter()
+        .map(|(k, v)| {
+            let source = if meta.config.overrides.contains_key(k) {
+                SOURCE_DYNAMIC_TOPIC
+            } else {
+                SOURCE_DEFAULT
+            };
+            (k, v, source)
+        })
+        .collect()
+}
+
 pub fn handle(shard: &Shard, ctx: &RequestContext, request: DescribeConfigsRequest) -> Outcome {
     let results = request
         .resources
@@ -76,18 +94,7 @@ pub fn handle(shard: &Shard, ctx: &RequestContext, request: DescribeConfigsReque
                                 "Topic '{name}' does not exist."
                             ))));
                     };
-                    meta.config
-                        .entries()
-                        .into_iter()
-                        .map(|(k, v)| {
-                            let source = if meta.config.overrides.contains_key(k) {
-                                SOURCE_DYNAMIC_TOPIC
-                            } else {
-                                SOURCE_DEFAULT
-                            };
-                            (k, v, source)
-                        })
-                        .collect()
+                    topic_entries(meta)
                 }
                 RESOURCE_BROKER => {
                     let own = shard.broker.node_id.to_string();
