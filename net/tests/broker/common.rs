@@ -16,22 +16,29 @@ pub struct Broker {
     _dir: Option<tempfile::TempDir>,
 }
 
-/// A port nothing listens on, never handed out twice in this test process (tests run in
-/// parallel, and the kernel may offer the same free port to two of them before either binds).
+/// A port that can be bound now, below the kernel's ephemeral range (a port in that range can be
+/// taken at any time by some client's outgoing connection, which would break a restart on the
+/// same port), never handed out twice in this test process (tests run in parallel).
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let mut given = GIVEN.lock().expect("ports");
-        if !given.contains(&port) {
-            given.push(port);
+    static NEXT: std::sync::Mutex<u32> = std::sync::Mutex::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u32, ephemeral_low.max(10_100));
+    let span = high - low;
+    let mut next = NEXT.lock().expect("ports");
+    if *next == 0 {
+        *next = std::process::id().wrapping_mul(7919) % span;
+    }
+    for _ in 0..span {
+        let port = (low + *next % span) as u16;
+        *next = *next % span + 1;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+    panic!("no bindable port in {low}..{high}");
 }
 
 fn scratch() -> tempfile::TempDir {
