@@ -82,6 +82,9 @@ pub struct BrokerConfig {
     pub cores: usize,
     /// Bytes of DMA memory glommio registers per core.
     pub io_memory_bytes: usize,
+    /// Send fetch responses with io_uring SENDMSG_ZC instead of vectored `sendmsg(2)`
+    /// (`sluice.socket.send.zerocopy`, default false: see docs/BENCHMARKS.md for why).
+    pub socket_send_zerocopy: bool,
     /// Settings that were given but have no effect in sluice, reported once at start.
     pub ignored: Vec<String>,
 }
@@ -110,6 +113,7 @@ impl Default for BrokerConfig {
             log_flush_interval_ms: -1,
             cores: 0,
             io_memory_bytes: 2 << 20,
+            socket_send_zerocopy: false,
             ignored: Vec::new(),
         }
     }
@@ -247,6 +251,7 @@ impl BrokerConfig {
                 "log.flush.interval.ms" => config.log_flush_interval_ms = parse_i64(k, v)?,
                 "cores" => config.cores = parse_i64(k, v)?.max(0) as usize,
                 "sluice.io.memory.bytes" => config.io_memory_bytes = positive(k, v)? as usize,
+                "sluice.socket.send.zerocopy" => config.socket_send_zerocopy = parse_bool(k, v)?,
                 _ if IGNORED_KEYS.contains(&k) => config.ignored.push(k.to_string()),
                 _ => return Err(ConfigError::Unknown(k.to_string())),
             }

@@ -22,6 +22,7 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::handlers::{self, Outcome};
+use crate::send;
 use crate::shard::Shard;
 
 /// Request header fields every handler may need.
@@ -45,7 +46,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let (queue_tx, queue_rx) = local_channel::new_bounded::<JoinHandle<Outcome>>(
         sluice_core::limits::inflight_requests_per_connection_max,
     );
-    let writer_task = glommio::spawn_local(write_answers(writer, queue_rx));
+    let zerocopy = shard.broker.socket_send_zerocopy;
+    let writer_task = glommio::spawn_local(write_answers(writer, queue_rx, zerocopy));
     let mut reader = stream;
     loop {
         let frame = match read_frame(&mut reader, shard.broker.socket_request_max_bytes).await {
@@ -75,6 +77,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 async fn write_answers(
     mut writer: TcpStream,
     queue: local_channel::LocalReceiver<JoinHandle<Outcome>>,
+    zerocopy: bool,
 ) {
     while let Some(handle) = queue.recv().await {
         match handle.await {
@@ -84,7 +87,7 @@ async fn write_answers(
                 }
             }
             Some(Outcome::RespondParts(parts)) => {
-                if write_parts(&mut writer, parts).await.is_err() {
+                if send::send_parts(&mut writer, parts, zerocopy).await.is_err() {
                     return;
                 }
             }
@@ -93,31 +96,6 @@ async fn write_answers(
         }
     }
     let _ = writer.close().await;
-}
-
-/// Parts at least this large are sent as they are; smaller ones are gathered into one send.
-const DIRECT_SEND_BYTES_MIN: usize = 16 * 1024;
-
-/// Writes a response given in pieces without copying the large ones (record data from the
-/// batch cache); small pieces (encoded fields, batch headers) are gathered so that a response
-/// costs few sends.
-async fn write_parts(writer: &mut TcpStream, parts: Vec<Bytes>) -> std::io::Result<()> {
-    let mut staged = BytesMut::new();
-    for part in parts {
-        if part.len() >= DIRECT_SEND_BYTES_MIN {
-            if !staged.is_empty() {
-                writer.write_all(&staged).await?;
-                staged.clear();
-            }
-            writer.write_all(&part).await?;
-        } else {
-            staged.extend_from_slice(&part);
-        }
-    }
-    if !staged.is_empty() {
-        writer.write_all(&staged).await?;
-    }
-    Ok(())
 }
 
 /// Reads one size-prefixed frame; None on EOF, error, or a size outside the allowed range.

@@ -16,6 +16,7 @@ pub mod handlers;
 pub mod metadata;
 pub mod router;
 pub mod runtime;
+pub mod send;
 pub mod shard;
 pub mod topics;
 

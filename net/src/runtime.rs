@@ -284,6 +284,11 @@ async fn core_main(
     }
     flusher.stop();
     flusher_task.await;
+    if let Some((sends, copied)) = crate::send::zero_copy_counts() {
+        eprintln!(
+            "sluice: core {core}: {sends} zero-copy sends, of which the kernel copied {copied}"
+        );
+    }
     result
 }
 

@@ -13,6 +13,8 @@ pub struct Broker {
     pub data: PathBuf,
     child: Option<Child>,
     args: Vec<String>,
+    /// Where the broker's stderr goes (appended across restarts); None: the test's stderr.
+    log: Option<PathBuf>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -56,7 +58,29 @@ impl Broker {
         broker
     }
 
+    /// Like [`Broker::start`], with the broker's stderr kept for [`Broker::log`].
+    pub fn start_logged(extra: &[&str]) -> Broker {
+        let dir = scratch();
+        let mut broker = Broker::build(dir.path().join("data"), extra);
+        broker.log = Some(dir.path().join("broker.log"));
+        broker._dir = Some(dir);
+        broker.spawn();
+        broker
+    }
+
+    /// What the broker wrote to stderr so far (brokers from [`Broker::start_logged`]).
+    pub fn log(&self) -> String {
+        let path = self.log.as_ref().expect("a broker started with start_logged");
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
     pub fn with_dir(data: PathBuf, extra: &[&str]) -> Broker {
+        let mut broker = Broker::build(data, extra);
+        broker.spawn();
+        broker
+    }
+
+    fn build(data: PathBuf, extra: &[&str]) -> Broker {
         let port = free_port();
         let mut args = vec![
             "--cores".to_string(),
@@ -70,22 +94,30 @@ impl Broker {
             args.push("--override".into());
             args.push(e.to_string());
         }
-        let mut broker = Broker {
+        Broker {
             port,
             data,
             child: None,
             args,
+            log: None,
             _dir: None,
-        };
-        broker.spawn();
-        broker
+        }
     }
 
     fn spawn(&mut self) {
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(&self.args)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(match &self.log {
+                Some(path) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .expect("broker log"),
+                ),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .expect("start sluice");
         self.child = Some(child);
