@@ -155,6 +155,112 @@ fn fetch_response(c: &mut Criterion) {
     group.finish();
 }
 
+/// Appending one 16 KiB batch to a segment's memory (index entry, cache pieces), and to a
+/// partition log (validation, offset and epoch patching, segment append): the produce path up to
+/// the flusher. Each sample appends to a fresh segment or log, so memory stays bounded.
+fn append(c: &mut Criterion) {
+    use sluice_storage::segment::Segment;
+    let batch = batch_of(16, 1024);
+    let header = batch::BatchHeader::parse(&batch).expect("header");
+    let mut group = c.benchmark_group("append");
+    group.throughput(Throughput::Bytes(batch.len() as u64));
+    let dir = tempfile::tempdir().expect("tempdir");
+    group.bench_function("segment, 16 KiB batch (memory)", |b| {
+        b.iter_custom(|iters| {
+            let mut segment = Segment::new(dir.path(), 0);
+            let mut header = header;
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                let patched = batch.slice(..batch::HEADER_BYTES);
+                let body = batch.slice(batch::HEADER_BYTES..);
+                segment.append(patched, body, black_box(&header), 0, 4096);
+                header.base_offset += i64::from(header.records_count);
+            }
+            start.elapsed()
+        })
+    });
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(1 << 20)
+        .make()
+        .expect("executor");
+    group.bench_function(
+        "partition log, 16 KiB batch (validate, patch, segment)",
+        |b| {
+            b.iter_custom(|iters| {
+                executor.run(async {
+                    let topic = sluice_core::topic::TopicConfig::from_broker(&Default::default());
+                    let config = sluice_storage::LogConfig::from_topic(&topic, 4096, true);
+                    let scratch = tempfile::tempdir_in(dir.path()).expect("tempdir");
+                    let log =
+                        sluice_storage::PartitionLog::open(scratch.path(), "bench", 0, config, 0)
+                            .await
+                            .expect("log");
+                    let start = std::time::Instant::now();
+                    for _ in 0..iters {
+                        log.append(black_box(&batch), 0).expect("append");
+                    }
+                    start.elapsed()
+                })
+            })
+        },
+    );
+    group.finish();
+}
+
+/// A request to another core and its answer: one message each way over glommio's bounded
+/// cross-core channels (what the router's mesh is made of), the two executors pinned to
+/// different CPUs when there are two.
+fn cross_core_hop(c: &mut Criterion) {
+    use glommio::channels::shared_channel;
+    use glommio::{LocalExecutorBuilder, Placement};
+    let two_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+    let place = |cpu| {
+        if two_cpus {
+            Placement::Fixed(cpu)
+        } else {
+            Placement::Unbound
+        }
+    };
+    let (to_peer, from_here) = shared_channel::new_bounded::<u64>(64);
+    let (to_here, from_peer) = shared_channel::new_bounded::<u64>(64);
+    let peer = LocalExecutorBuilder::new(place(1))
+        .io_memory(1 << 20)
+        .name("hop-peer")
+        .spawn(move || async move {
+            let requests = from_here.connect().await;
+            let answers = to_here.connect().await;
+            while let Some(x) = requests.recv().await {
+                if answers.send(x + 1).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("peer executor");
+    let executor = LocalExecutorBuilder::new(place(0))
+        .io_memory(1 << 20)
+        .make()
+        .expect("executor");
+    let (requests, answers) =
+        executor.run(async { (to_peer.connect().await, from_peer.connect().await) });
+    let mut group = c.benchmark_group("cross-core");
+    group.bench_function("request and answer (shared channel round trip)", |b| {
+        b.iter_custom(|iters| {
+            executor.run(async {
+                let start = std::time::Instant::now();
+                for i in 0..iters {
+                    requests.send(i).await.expect("send");
+                    let answer = answers.recv().await.expect("answer");
+                    assert_eq!(answer, i + 1);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+    drop((requests, answers));
+    peer.join().expect("peer");
+}
+
 criterion_group!(
     hot_paths,
     validation,
@@ -162,6 +268,8 @@ criterion_group!(
     index_lookup,
     crc,
     request_decode,
-    fetch_response
+    fetch_response,
+    append,
+    cross_core_hop
 );
 criterion_main!(hot_paths);
