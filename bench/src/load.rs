@@ -1,5 +1,11 @@
 //! The produce (and optionally consume) load, its measurements and the report.
+//!
+//! One process runs `--producers` librdkafka producer instances (threads) and, with `--consume`,
+//! one consumer. With `--processes N` the process becomes a parent: it creates the topic and
+//! starts N children of the sluice-bench executable, each owning the partitions `p % N == i`
+//! (see [`crate::processes`]), and merges what they measured into one report.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,16 +21,25 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 
-use crate::procfs;
+pub use crate::report::{histogram, Percentiles, Report, CURVE_QUANTILES};
+use crate::{processes, procfs};
 
-pub const USAGE: &str = "usage: sluice-bench --bootstrap HOST:PORT [--topic T] [--partitions N] \
+pub const USAGE: &str = "usage: sluice-bench [run] --bootstrap HOST:PORT [--topic T] [--partitions N] \
 [--record-bytes N] [--acks 0|1|all] [--linger-ms N] [--batch-bytes N] [--compression none|gzip|snappy|lz4|zstd] \
-[--rate-mb MB/s (0 = max)] [--seconds N] [--warmup-seconds N] [--producers N] [--consume] [--pid PID] [--json FILE] [--charts PREFIX] [--catch-up-mb N [--drop-caches]] [--workload FILE] [--plant loss|duplicate (harness self-test)]";
+[--rate-mb MB/s (0 = max)] [--seconds N] [--warmup-seconds N] [--producers N (per process)] \
+[--processes N (load-generator processes, partitions split between them)] [--consume] [--pid PID] \
+[--json FILE] [--charts PREFIX] [--catch-up-mb N [--drop-caches]] [--workload FILE] \
+[--plant loss|duplicate (harness self-test)]";
+
+/// Environment variable naming the sluice-bench executable the children of a multi-process run
+/// execute (default: this executable); tests running inside a test binary point it at the real
+/// one.
+pub const BENCH_BIN_ENV: &str = "SLUICE_BENCH_BIN";
 
 /// Replaces `--workload FILE` by the flags the file holds: one `key = value` (or a bare `key`
 /// for a switch) per line, `#` comments, the keys being the flag names without `--`. Flags after
 /// `--workload` on the command line override the file.
-fn expand_workloads(args: &[String]) -> Result<Vec<String>, String> {
+pub(crate) fn expand_workloads(args: &[String]) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -51,7 +66,7 @@ fn expand_workloads(args: &[String]) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Options {
     pub bootstrap: String,
     pub topic: String,
@@ -79,6 +94,60 @@ pub struct Options {
     /// Before the catch-up read, drop the kernel's page cache (root) so the read is cold for
     /// every broker alike.
     pub drop_caches: bool,
+    /// Load-generator processes; each runs `producers` producers (and a consumer with
+    /// `consume`) for its share of the partitions and of `rate_mb` (in proportion to its
+    /// partitions: `rate_mb / processes` when they divide evenly).
+    pub processes: usize,
+    /// Set only in a child of a multi-process run (the hidden flag `--slice I/N`): this process
+    /// is child I of N and owns the partitions `p % N == I`.
+    pub slice: Option<Slice>,
+    /// The executable the children of a multi-process run execute; default: the environment
+    /// variable [`BENCH_BIN_ENV`], else this executable.
+    pub bench_bin: Option<PathBuf>,
+}
+
+/// One load-generator process's share of a multi-process run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slice {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Slice {
+    /// The whole workload: one process owning every partition.
+    pub const WHOLE: Slice = Slice { index: 0, count: 1 };
+
+    /// Parses `I/N` with `I < N`.
+    pub fn parse(text: &str) -> Result<Slice, String> {
+        let bad = || format!("--slice I/N with I < N, not {text}");
+        let (index, count) = text.split_once('/').ok_or_else(bad)?;
+        let slice = Slice {
+            index: index.parse().map_err(|_| bad())?,
+            count: count.parse().map_err(|_| bad())?,
+        };
+        if slice.index >= slice.count {
+            return Err(bad());
+        }
+        Ok(slice)
+    }
+
+    /// The partitions this process produces to and consumes from.
+    pub fn partitions(&self, partitions: i32) -> Vec<i32> {
+        (0..partitions)
+            .filter(|p| *p as usize % self.count == self.index)
+            .collect()
+    }
+
+    /// A short description of [`Slice::partitions`] for messages.
+    pub fn describe(&self, partitions: i32) -> String {
+        let mine = self.partitions(partitions);
+        if mine.len() <= 8 {
+            let list: Vec<String> = mine.iter().map(i32::to_string).collect();
+            format!("partitions {}", list.join(", "))
+        } else {
+            format!("partitions p % {} == {}", self.count, self.index)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +198,9 @@ impl Options {
             charts: None,
             catch_up_mb: None,
             drop_caches: false,
+            processes: 1,
+            slice: None,
+            bench_bin: None,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -160,6 +232,8 @@ impl Options {
                 "--charts" => o.charts = Some(value()?),
                 "--catch-up-mb" => o.catch_up_mb = Some(num(value()?)? as u64),
                 "--drop-caches" => o.drop_caches = true,
+                "--processes" => o.processes = num(value()?)? as usize,
+                "--slice" => o.slice = Some(Slice::parse(&value()?)?),
                 "--plant" => {
                     o.plant = Some(match value()?.as_str() {
                         "loss" => Plant::Loss,
@@ -176,7 +250,64 @@ impl Options {
         if o.record_bytes < 16 {
             return Err("--record-bytes must be at least 16 (timestamp and sequence)".into());
         }
+        if o.partitions < 1 {
+            return Err("--partitions must be at least 1".into());
+        }
+        if o.processes < 1 || o.processes > o.partitions as usize {
+            return Err(format!(
+                "--processes must be between 1 and the number of partitions ({}), not {}",
+                o.partitions, o.processes
+            ));
+        }
+        if o.processes > 1 && o.catch_up_mb.is_some() {
+            return Err("--catch-up-mb runs in one process: no --processes".into());
+        }
+        if o.processes > 1 && o.slice.is_some() {
+            return Err("--slice is a child's flag: no --processes with it".into());
+        }
         Ok(o)
+    }
+
+    /// The command line of child `slice` of a multi-process run: the workload's flags (not the
+    /// parent's outputs: the parent measures the broker and writes the report) and `--slice`.
+    pub fn child_args(&self, slice: Slice) -> Vec<String> {
+        let mut args: Vec<String> = [
+            ("--bootstrap", self.bootstrap.clone()),
+            ("--topic", self.topic.clone()),
+            ("--partitions", self.partitions.to_string()),
+            ("--record-bytes", self.record_bytes.to_string()),
+            ("--acks", self.acks.clone()),
+            ("--linger-ms", self.linger_ms.to_string()),
+            ("--batch-bytes", self.batch_bytes.to_string()),
+            ("--compression", self.compression.clone()),
+            ("--rate-mb", self.rate_mb.to_string()),
+            ("--seconds", self.seconds.to_string()),
+            ("--warmup-seconds", self.warmup_seconds.to_string()),
+            ("--producers", self.producers.to_string()),
+            ("--slice", format!("{}/{}", slice.index, slice.count)),
+        ]
+        .into_iter()
+        .flat_map(|(flag, value)| [flag.to_string(), value])
+        .collect();
+        if self.consume {
+            args.push("--consume".into());
+        }
+        if let Some(plant) = self.plant {
+            args.push("--plant".into());
+            args.push(
+                match plant {
+                    Plant::Loss => "loss",
+                    Plant::Duplicate => "duplicate",
+                }
+                .into(),
+            );
+        }
+        args
+    }
+
+    /// This process's share of the workload.
+    pub fn slice(&self) -> Slice {
+        self.slice.unwrap_or(Slice::WHOLE)
     }
 }
 
@@ -227,73 +358,13 @@ impl ProducerContext for Context {
     }
 }
 
-pub struct Report {
-    pub options: Options,
-    /// Acknowledged MB in each second of the measured window (the throughput time series).
-    pub per_second_mb: Vec<f64>,
-    /// The run was cut short by Ctrl-C; the figures cover what was measured.
-    pub interrupted: bool,
-    pub measured_seconds: f64,
-    pub acked: u64,
-    pub failed: u64,
-    pub mb_per_second: f64,
-    pub records_per_second: f64,
-    pub publish_us: Percentiles,
-    pub e2e_us: Option<Percentiles>,
-    pub broker_cpu_seconds: Option<f64>,
-    pub broker_cpu_seconds_per_gb: Option<f64>,
-    pub broker_peak_rss_bytes: Option<u64>,
-    pub verified: bool,
-    pub verification: String,
-}
-
-/// Quantiles at which the latency curve is sampled for the CDF chart.
-pub const CURVE_QUANTILES: [f64; 12] = [
-    0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0,
-];
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Percentiles {
-    pub p50: u64,
-    pub p99: u64,
-    pub p999: u64,
-    pub p9999: u64,
-    pub max: u64,
-    /// Latency (µs) at each of [`CURVE_QUANTILES`].
-    pub curve: [u64; 12],
-}
-
-impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Percentiles {
-        Percentiles {
-            p50: h.value_at_quantile(0.5),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            p9999: h.value_at_quantile(0.9999),
-            max: h.max(),
-            curve: CURVE_QUANTILES.map(|q| h.value_at_quantile(q)),
-        }
-    }
-
-    fn json(&self) -> String {
-        format!(
-            "{{\"p50\":{},\"p99\":{},\"p99_9\":{},\"p99_99\":{},\"max\":{}}}",
-            self.p50, self.p99, self.p999, self.p9999, self.max
-        )
-    }
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
-}
-
 fn client_config(o: &Options) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &o.bootstrap);
     c
 }
 
-fn ensure_topic(o: &Options) -> Result<(), String> {
+pub(crate) fn ensure_topic(o: &Options) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = client_config(o)
         .create()
         .map_err(|e| format!("admin client: {e}"))?;
@@ -309,25 +380,32 @@ fn ensure_topic(o: &Options) -> Result<(), String> {
     Ok(())
 }
 
-fn sleep_unless_interrupted(d: Duration) {
+pub(crate) fn sleep_unless_interrupted(d: Duration) {
     let end = Instant::now() + d;
     while Instant::now() < end && !INTERRUPTED.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50).min(end - Instant::now()));
     }
 }
 
-/// One progress line a second on stderr, when it is a terminal.
-fn progress(elapsed_s: u64, total_s: u64, mb_last_second: f64, acked_bytes: u64) {
+/// One progress line a second on stderr, when it is a terminal; `throughput` is the last
+/// second's MB and the bytes acknowledged so far, when this process knows them.
+pub(crate) fn progress(elapsed_s: u64, total_s: u64, throughput: Option<(f64, u64)>) {
     use std::io::{IsTerminal, Write};
     let mut err = std::io::stderr();
     if err.is_terminal() {
         let done = (elapsed_s * 30 / total_s.max(1)).min(30) as usize;
+        let figures = match throughput {
+            Some((mb_last_second, acked_bytes)) => format!(
+                "  {mb_last_second:7.1} MB/s  {:.2} GB acked",
+                acked_bytes as f64 / 1e9
+            ),
+            None => String::new(),
+        };
         let _ = write!(
             err,
-            "\r[{}{}] {elapsed_s}/{total_s} s  {mb_last_second:7.1} MB/s  {:.2} GB acked  (Ctrl-C stops, report still written)",
+            "\r[{}{}] {elapsed_s}/{total_s} s{figures}  (Ctrl-C stops, report still written)",
             "#".repeat(done),
             " ".repeat(30 - done),
-            acked_bytes as f64 / 1e9
         );
         let _ = err.flush();
         if elapsed_s >= total_s {
@@ -367,32 +445,54 @@ fn new_stats() -> Arc<Stats> {
     })
 }
 
-/// One producer (its own librdkafka instance, connection and threads) sending to the partitions
-/// `p` with `p % producers == index` until `total` has passed, then flushing. Each partition's
-/// records carry a sequence number 0, 1, 2, ... so the consumer can check order and uniqueness.
+/// How this process's partitions are split between its producers: producer k sends to every
+/// `producers`-th of them, starting at the k-th (at most one producer per partition).
+pub fn producer_shares(mine: &[i32], producers: usize) -> Vec<Vec<i32>> {
+    let producers = producers.clamp(1, mine.len().max(1));
+    (0..producers)
+        .map(|k| mine.iter().copied().skip(k).step_by(producers).collect())
+        .collect()
+}
+
+/// A producer's share of `--rate-mb`: in proportion to its partitions, so that every partition
+/// gets the same rate however the partitions are split between processes and producers (with N
+/// processes dividing the partitions evenly, each process produces rate / N). 0: as fast as
+/// possible.
+fn producer_bytes_per_second(o: &Options, partitions: usize) -> f64 {
+    o.rate_mb * 1_000_000.0 * partitions as f64 / o.partitions.max(1) as f64
+}
+
+/// What one producer thread does.
+struct ProducerShare {
+    partitions: Vec<i32>,
+    bytes_per_second: f64,
+    /// Harness self-test: this producer plants `Options::plant` (exactly one producer of one
+    /// process does, on its first partition).
+    plants: bool,
+}
+
+/// One producer (its own librdkafka instance, connection and threads) sending to its partitions
+/// until `total` has passed, then flushing. Each partition's records carry a sequence number 0,
+/// 1, 2, ... so the consumer can check order and uniqueness.
 fn produce_loop(
     o: &Options,
-    index: usize,
-    producers: usize,
+    share: &ProducerShare,
     stats: &Arc<Stats>,
     start: Instant,
     total: Duration,
 ) -> Result<u64, String> {
     let producer = new_producer(o, stats)?;
-    let mine: Vec<i32> = (0..o.partitions)
-        .filter(|p| *p as usize % producers == index)
-        .collect();
+    let mine = &share.partitions;
     let mut sequence = vec![0u64; mine.len()];
     let mut payload: Vec<u8> = (0..o.record_bytes)
         .map(|i| (i * 7919 % 251) as u8)
         .collect();
-    let bytes_per_second = o.rate_mb * 1_000_000.0 / producers as f64;
     let mut sent: u64 = 0;
     let mut planted = false;
     while start.elapsed() < total && !INTERRUPTED.load(Ordering::Relaxed) {
-        if bytes_per_second > 0.0 {
-            let due =
-                (start.elapsed().as_secs_f64() * bytes_per_second / o.record_bytes as f64) as u64;
+        if share.bytes_per_second > 0.0 {
+            let due = (start.elapsed().as_secs_f64() * share.bytes_per_second
+                / o.record_bytes as f64) as u64;
             if sent >= due {
                 std::thread::sleep(Duration::from_micros(200));
                 continue;
@@ -409,7 +509,7 @@ fn produce_loop(
             Ok(()) => {
                 sent += 1;
                 sequence[slot] += 1;
-                if index == 0 && slot == 0 && !planted && sequence[slot] == 100 {
+                if share.plants && slot == 0 && !planted && sequence[slot] == 100 {
                     planted = true;
                     match o.plant {
                         Some(Plant::Loss) => sequence[slot] += 1,
@@ -430,25 +530,47 @@ fn produce_loop(
     Ok(sent)
 }
 
+/// Runs the workload: in this process, or with `--processes N` in N children whose reports are
+/// merged. A child (`--slice`) does not create the topic (its parent did) and starts producing
+/// only when its parent says so, so that all children measure the same window.
 pub fn run(o: &Options) -> Result<Report, String> {
-    ensure_topic(o)?;
+    if o.processes > 1 {
+        return processes::run(o);
+    }
+    if o.slice.is_none() {
+        ensure_topic(o)?;
+    }
     if let Some(mb) = o.catch_up_mb {
         return catch_up(o, mb);
     }
+    let slice = o.slice();
+    let mine = slice.partitions(o.partitions);
+    if mine.is_empty() {
+        return Err(format!("no partitions for process {}", slice.index));
+    }
     let stats = new_stats();
     let consumer = if o.consume {
-        Some(start_consumer(o, stats.clone())?)
+        Some(start_consumer(o, &mine, stats.clone())?)
     } else {
         None
     };
+    if o.slice.is_some() {
+        processes::ready_and_wait_for_go()?;
+    }
     let start = Instant::now();
     let warmup = Duration::from_secs(o.warmup_seconds);
     let total = warmup + Duration::from_secs(o.seconds);
-    let producers = o.producers.clamp(1, o.partitions.max(1) as usize);
-    let threads: Vec<_> = (0..producers)
-        .map(|k| {
+    let threads: Vec<_> = producer_shares(&mine, o.producers)
+        .into_iter()
+        .enumerate()
+        .map(|(k, partitions)| {
+            let share = ProducerShare {
+                bytes_per_second: producer_bytes_per_second(o, partitions.len()),
+                partitions,
+                plants: slice.index == 0 && k == 0,
+            };
             let (o, stats) = (o.clone(), stats.clone());
-            std::thread::spawn(move || produce_loop(&o, k, producers, &stats, start, total))
+            std::thread::spawn(move || produce_loop(&o, &share, &stats, start, total))
         })
         .collect();
     sleep_unless_interrupted(warmup);
@@ -463,7 +585,13 @@ pub fn run(o: &Options) -> Result<Report, String> {
         let mb = (bytes - last_bytes) as f64 / 1e6;
         last_bytes = bytes;
         per_second_mb.push(mb);
-        progress(measure_start.elapsed().as_secs(), o.seconds, mb, bytes);
+        if o.slice.is_none() {
+            progress(
+                measure_start.elapsed().as_secs(),
+                o.seconds,
+                Some((mb, bytes)),
+            );
+        }
     }
     let measured = measure_start.elapsed().as_secs_f64();
     stats.measuring.store(false, Ordering::SeqCst);
@@ -479,13 +607,13 @@ pub fn run(o: &Options) -> Result<Report, String> {
     let delivered = sent - stats.failed.load(Ordering::SeqCst);
     let e2e = consumer.map(|c| c.finish(delivered));
     let acked = stats.acked.load(Ordering::SeqCst);
-    let acked_bytes = stats.acked_bytes.load(Ordering::SeqCst) as f64;
+    let acked_bytes = stats.acked_bytes.load(Ordering::SeqCst);
     let failed = stats.failed.load(Ordering::SeqCst);
-    let publish = stats
+    let publish_histogram = stats
         .publish
         .lock()
-        .map(|h| Percentiles::of(&h))
-        .unwrap_or_default();
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| histogram());
     let cpu = match (&cpu_before, &cpu_after) {
         (Some(a), Some(b)) => Some(b.cpu_seconds - a.cpu_seconds),
         _ => None,
@@ -504,11 +632,11 @@ pub fn run(o: &Options) -> Result<Report, String> {
                 .unwrap_or_default()
         )
     };
-    let e2e_us = match e2e {
+    let e2e_histogram = match e2e {
         None => None,
-        Some(Ok(p)) => {
+        Some(Ok(h)) => {
             verification.push_str("; every record consumed exactly once, in order per partition");
-            Some(p)
+            Some(h)
         }
         Some(Err(why)) => {
             verified = false;
@@ -522,14 +650,18 @@ pub fn run(o: &Options) -> Result<Report, String> {
         options: o.clone(),
         measured_seconds: measured,
         acked,
+        acked_bytes,
         failed,
-        mb_per_second: acked_bytes / measured.max(1e-9) / 1e6,
+        mb_per_second: acked_bytes as f64 / measured.max(1e-9) / 1e6,
         records_per_second: acked as f64 / measured.max(1e-9),
-        publish_us: publish,
-        e2e_us,
+        publish_us: Percentiles::of(&publish_histogram),
+        e2e_us: e2e_histogram.as_ref().map(Percentiles::of),
+        publish_histogram,
+        e2e_histogram,
         broker_cpu_seconds: cpu,
-        broker_cpu_seconds_per_gb: cpu.map(|c| c / (acked_bytes / 1e9).max(1e-9)),
+        broker_cpu_seconds_per_gb: cpu.map(|c| c / (acked_bytes as f64 / 1e9).max(1e-9)),
         broker_peak_rss_bytes: cpu_after.as_ref().map(|s| s.peak_rss_bytes),
+        acked_per_process: vec![acked],
         verified,
         verification,
     })
@@ -648,14 +780,18 @@ fn catch_up(o: &Options, mb: u64) -> Result<Report, String> {
         options: o.clone(),
         measured_seconds: measured,
         acked: received,
+        acked_bytes: bytes,
         failed: sent - received.min(sent),
         mb_per_second: bytes as f64 / measured.max(1e-9) / 1e6,
         records_per_second: received as f64 / measured.max(1e-9),
         publish_us: Percentiles::default(),
         e2e_us: None,
+        publish_histogram: histogram(),
+        e2e_histogram: None,
         broker_cpu_seconds: cpu,
         broker_cpu_seconds_per_gb: cpu.map(|c| c / (bytes as f64 / 1e9).max(1e-9)),
         broker_peak_rss_bytes: cpu_after.as_ref().map(|s| s.peak_rss_bytes),
+        acked_per_process: vec![received],
         verified,
         verification,
     })
@@ -664,10 +800,12 @@ fn catch_up(o: &Options, mb: u64) -> Result<Report, String> {
 struct ConsumerHandle {
     /// Records the consumer must receive; u64::MAX until the producer has finished.
     expected: Arc<AtomicU64>,
-    thread: std::thread::JoinHandle<Result<Percentiles, String>>,
+    thread: std::thread::JoinHandle<Result<Histogram<u64>, String>>,
 }
 
-fn start_consumer(o: &Options, stats: Arc<Stats>) -> Result<ConsumerHandle, String> {
+/// A consumer of `mine` (this process's partitions) from their current ends, checking every
+/// record's sequence number and recording end-to-end latency while measuring.
+fn start_consumer(o: &Options, mine: &[i32], stats: Arc<Stats>) -> Result<ConsumerHandle, String> {
     let consumer: BaseConsumer = client_config(o)
         .set("group.id", "sluice-bench")
         .set("enable.auto.commit", "false")
@@ -676,7 +814,7 @@ fn start_consumer(o: &Options, stats: Arc<Stats>) -> Result<ConsumerHandle, Stri
         .create()
         .map_err(|e| format!("consumer: {e}"))?;
     let mut tpl = TopicPartitionList::new();
-    for p in 0..o.partitions {
+    for &p in mine {
         // A topic created a moment ago may not have a leader yet (Kafka): retry for a while.
         let deadline = Instant::now() + Duration::from_secs(30);
         let high = loop {
@@ -742,14 +880,14 @@ fn start_consumer(o: &Options, stats: Arc<Stats>) -> Result<ConsumerHandle, Stri
                 "received {received} records, {want} were acknowledged"
             ));
         }
-        Ok(Percentiles::of(&e2e))
+        Ok(e2e)
     });
     Ok(ConsumerHandle { expected, thread })
 }
 
 impl ConsumerHandle {
     /// Waits until every acknowledged record arrived (or 10 s of silence), checking the count.
-    fn finish(self, acknowledged: u64) -> Result<Percentiles, String> {
+    fn finish(self, acknowledged: u64) -> Result<Histogram<u64>, String> {
         self.expected.store(acknowledged, Ordering::SeqCst);
         self.thread
             .join()
@@ -757,71 +895,160 @@ impl ConsumerHandle {
     }
 }
 
-impl Report {
-    pub fn markdown(&self) -> String {
-        let o = &self.options;
-        let mut s = format!(
-            "| workload | MB/s | records/s | publish p50/p99/p99.9/max µs | e2e p50/p99/p99.9/max µs | broker CPU s/GB | broker peak RSS MiB |\n\
-             |---|---|---|---|---|---|---|\n\
-             | {}p × {} B, acks={}, linger {} ms, {}, rate {} | {:.1} | {:.0} | {}/{}/{}/{} | ",
-            match o.catch_up_mb {
-                Some(mb) => format!("catch-up read of {mb} MB, {}", o.partitions),
-                None => o.partitions.to_string(),
-            },
-            o.record_bytes,
-            o.acks,
-            o.linger_ms,
-            o.compression,
-            if o.rate_mb > 0.0 { format!("{} MB/s", o.rate_mb) } else { "max".into() },
-            self.mb_per_second,
-            self.records_per_second,
-            self.publish_us.p50,
-            self.publish_us.p99,
-            self.publish_us.p999,
-            self.publish_us.max
-        );
-        match &self.e2e_us {
-            Some(p) => s.push_str(&format!("{}/{}/{}/{} | ", p.p50, p.p99, p.p999, p.max)),
-            None => s.push_str("- | "),
-        }
-        s.push_str(&match self.broker_cpu_seconds_per_gb {
-            Some(c) => format!("{c:.3} | "),
-            None => "- | ".into(),
-        });
-        s.push_str(&match self.broker_peak_rss_bytes {
-            Some(r) => format!("{:.0} |", r as f64 / 1048576.0),
-            None => "- |".into(),
-        });
-        s.push_str(&format!(
-            "\n\n{} records acknowledged in {:.1} s{}; {}",
-            self.acked,
-            self.measured_seconds,
-            if self.interrupted {
-                " (interrupted: partial report)"
-            } else {
-                ""
-            },
-            self.verification
-        ));
-        s
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
     }
 
-    pub fn json(&self) -> String {
-        let o = &self.options;
-        format!(
-            "{{\"schema\":1,\"workload\":{{\"topic\":\"{}\",\"partitions\":{},\"record_bytes\":{},\"acks\":\"{}\",\"linger_ms\":{},\"compression\":\"{}\",\"rate_mb\":{},\"seconds\":{}}},\
-             \"measured_seconds\":{:.3},\"acked\":{},\"failed\":{},\"mb_per_second\":{:.3},\"records_per_second\":{:.1},\
-             \"publish_latency_us\":{},\"e2e_latency_us\":{},\"broker_cpu_seconds\":{},\"broker_cpu_seconds_per_gb\":{},\"broker_peak_rss_bytes\":{},\"verified\":{},\"interrupted\":{},\"per_second_mb\":[{}]}}\n",
-            o.topic, o.partitions, o.record_bytes, o.acks, o.linger_ms, o.compression, o.rate_mb, o.seconds,
-            self.measured_seconds, self.acked, self.failed, self.mb_per_second, self.records_per_second,
-            self.publish_us.json(),
-            self.e2e_us.map(|p| p.json()).unwrap_or_else(|| "null".into()),
-            self.broker_cpu_seconds.map(|c| format!("{c:.3}")).unwrap_or_else(|| "null".into()),
-            self.broker_cpu_seconds_per_gb.map(|c| format!("{c:.4}")).unwrap_or_else(|| "null".into()),
-            self.broker_peak_rss_bytes.map(|r| r.to_string()).unwrap_or_else(|| "null".into()),
-            self.verified,
-            self.interrupted,
-            self.per_second_mb.iter().map(|m| format!("{m:.2}")).collect::<Vec<_>>().join(",")
-        )
+    #[test]
+    fn slices_cover_every_partition_exactly_once() {
+        for count in 1..=5usize {
+            let mut owners = vec![0; 13];
+            for index in 0..count {
+                for p in (Slice { index, count }).partitions(13) {
+                    assert_eq!(p as usize % count, index);
+                    owners[p as usize] += 1;
+                }
+            }
+            assert!(owners.iter().all(|n| *n == 1), "{count}: {owners:?}");
+        }
+        assert_eq!(Slice::WHOLE.partitions(3), vec![0, 1, 2]);
+        assert_eq!(
+            (Slice { index: 1, count: 2 }).describe(5),
+            "partitions 1, 3"
+        );
+        assert_eq!(
+            (Slice { index: 1, count: 2 }).describe(100),
+            "partitions p % 2 == 1"
+        );
+    }
+
+    #[test]
+    fn producers_split_a_slice_without_overlap() {
+        let mine = (Slice { index: 1, count: 2 }).partitions(10); // 1, 3, 5, 7, 9
+        assert_eq!(producer_shares(&mine, 2), vec![vec![1, 5, 9], vec![3, 7]]);
+        assert_eq!(
+            producer_shares(&mine, 9).len(),
+            5,
+            "at most one per partition"
+        );
+        assert_eq!(producer_shares(&mine, 0), vec![mine.clone()]);
+    }
+
+    #[test]
+    fn the_rate_is_shared_in_proportion_to_partitions() {
+        let o = Options::parse(&args(&[
+            "--bootstrap",
+            "h:1",
+            "--partitions",
+            "4",
+            "--rate-mb",
+            "8",
+        ]))
+        .expect("options");
+        assert_eq!(
+            producer_bytes_per_second(&o, 4),
+            8e6,
+            "one process, one producer"
+        );
+        assert_eq!(
+            producer_bytes_per_second(&o, 2),
+            4e6,
+            "2 processes: rate / 2 each"
+        );
+        assert_eq!(
+            producer_bytes_per_second(&o, 1),
+            2e6,
+            "2 MB/s per partition everywhere"
+        );
+        let sum: f64 = (0..3)
+            .flat_map(|i| producer_shares(&Slice { index: i, count: 3 }.partitions(4), 2))
+            .map(|share| producer_bytes_per_second(&o, share.len()))
+            .sum();
+        assert_eq!(sum, 8e6, "the shares add up to the rate");
+    }
+
+    #[test]
+    fn slice_flags_parse_and_reject_nonsense() {
+        assert_eq!(Slice::parse("1/2"), Ok(Slice { index: 1, count: 2 }));
+        for bad in ["2/2", "1", "a/2", "0/0", "-1/2"] {
+            assert!(Slice::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_child_gets_the_workload_and_its_slice_and_nothing_of_the_parent() {
+        let parent = Options::parse(&args(&[
+            "--bootstrap",
+            "h:1",
+            "--topic",
+            "t",
+            "--partitions",
+            "6",
+            "--record-bytes",
+            "100",
+            "--acks",
+            "1",
+            "--linger-ms",
+            "2",
+            "--batch-bytes",
+            "4096",
+            "--compression",
+            "lz4",
+            "--rate-mb",
+            "2.5",
+            "--seconds",
+            "7",
+            "--warmup-seconds",
+            "1",
+            "--producers",
+            "2",
+            "--consume",
+            "--plant",
+            "loss",
+            "--processes",
+            "3",
+            "--pid",
+            "42",
+            "--json",
+            "x.json",
+            "--charts",
+            "c",
+        ]))
+        .expect("parent");
+        let slice = Slice { index: 2, count: 3 };
+        let child = Options::parse(&parent.child_args(slice)).expect("child");
+        let expected = Options {
+            processes: 1,
+            slice: Some(slice),
+            pid: None,
+            json: None,
+            charts: None,
+            ..parent.clone()
+        };
+        assert_eq!(child, expected);
+        assert_eq!(child.slice(), slice);
+    }
+
+    #[test]
+    fn processes_are_checked_against_the_workload() {
+        let base = ["--bootstrap", "h:1", "--partitions", "2"];
+        let with = |extra: &[&str]| {
+            let mut a = args(&base);
+            a.extend(args(extra));
+            Options::parse(&a)
+        };
+        assert_eq!(with(&[]).expect("default").processes, 1);
+        assert!(with(&["--processes", "2"]).is_ok());
+        assert!(
+            with(&["--processes", "3"]).is_err(),
+            "more processes than partitions"
+        );
+        assert!(with(&["--processes", "0"]).is_err());
+        assert!(with(&["--processes", "2", "--catch-up-mb", "1"]).is_err());
+        assert!(with(&["--processes", "2", "--slice", "0/2"]).is_err());
     }
 }
