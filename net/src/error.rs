@@ -1,6 +1,7 @@
 //! The one place internal errors become Kafka error codes.
 
 use kafka_protocol::error::ResponseError;
+use sluice_storage::producer_state::SequenceError;
 use sluice_storage::{BatchError, StorageError};
 
 pub fn storage_error_code(e: &StorageError) -> i16 {
@@ -12,5 +13,12 @@ pub fn storage_error_code(e: &StorageError) -> i16 {
         StorageError::TooLarge { .. } => ResponseError::MessageTooLarge.code(),
         StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange.code(),
         StorageError::Io(_) | StorageError::Corrupt(_) => ResponseError::KafkaStorageError.code(),
+        StorageError::Sequence(SequenceError::StaleEpoch { .. }) => {
+            ResponseError::InvalidProducerEpoch.code()
+        }
+        StorageError::Sequence(SequenceError::OutOfOrder { .. }) => {
+            ResponseError::OutOfOrderSequenceNumber.code()
+        }
+        StorageError::InvalidRecord(_) => ResponseError::InvalidRecord.code(),
     }
 }

@@ -26,6 +26,7 @@ const CRC_OFFSET: usize = 17;
 const ATTRIBUTES_OFFSET: usize = 21;
 const MAX_TIMESTAMP_OFFSET: usize = 35;
 const LEADER_EPOCH_OFFSET: usize = 12;
+const PRODUCER_ID_OFFSET: usize = 43;
 /// Bit 3 of attributes: timestamp type (0 CreateTime, 1 LogAppendTime).
 const TIMESTAMP_TYPE_BIT: i16 = 0x08;
 /// Bit 4: the batch is transactional; bit 5: it is a control batch.
@@ -163,6 +164,18 @@ pub fn assign_offset(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
     );
     (&mut batch[0..8]).put_i64(base_offset);
     (&mut batch[LEADER_EPOCH_OFFSET..LEADER_EPOCH_OFFSET + 4]).put_i32(leader_epoch);
+}
+
+/// Stamps an idempotent producer's id, epoch and first sequence into a whole batch and
+/// recomputes the CRC (all three are covered by it). What a client's idempotent producer does;
+/// the broker itself never changes them.
+pub fn set_producer(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32) {
+    assert!(batch.len() >= HEADER_BYTES, "set_producer on a whole batch");
+    (&mut batch[PRODUCER_ID_OFFSET..PRODUCER_ID_OFFSET + 8]).put_i64(producer_id);
+    (&mut batch[PRODUCER_ID_OFFSET + 8..PRODUCER_ID_OFFSET + 10]).put_i16(epoch);
+    (&mut batch[PRODUCER_ID_OFFSET + 10..PRODUCER_ID_OFFSET + 14]).put_i32(base_sequence);
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES_OFFSET..]);
+    (&mut batch[CRC_OFFSET..CRC_OFFSET + 4]).put_u32(crc);
 }
 
 /// Applies `message.timestamp.type=LogAppendTime`: sets the timestamp-type bit and the max

@@ -48,6 +48,11 @@ pub enum StorageError {
     Io(std::io::Error),
     /// A log file is damaged beyond what recovery may repair (not the tail).
     Corrupt(String),
+    /// An idempotent producer's batch out of sequence or from a fenced epoch.
+    Sequence(crate::producer_state::SequenceError),
+    /// A batch a client may not write: a control batch, or a transactional one outside a
+    /// transaction.
+    InvalidRecord(&'static str),
 }
 
 impl From<std::io::Error> for StorageError {
@@ -84,6 +89,8 @@ impl fmt::Display for StorageError {
             }
             StorageError::Io(e) => write!(f, "I/O error: {e}"),
             StorageError::Corrupt(why) => write!(f, "corrupt log: {why}"),
+            StorageError::Sequence(e) => write!(f, "{e}"),
+            StorageError::InvalidRecord(why) => write!(f, "{why}"),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod index;
 pub mod io_probe;
 pub mod log;
 pub mod notify;
+pub mod producer_state;
 pub mod segment;
 
 pub use error::{BatchError, StorageError};

@@ -23,6 +23,7 @@ use crate::batch::{self, BatchHeader};
 use crate::error::{Result, StorageError};
 use crate::index::SegmentIndex;
 use crate::notify::Notify;
+use crate::producer_state::{ProducerStates, Verdict, NO_PRODUCER_ID};
 use crate::segment::{self, align_down, align_up, Segment};
 use sluice_core::limits;
 
@@ -156,6 +157,10 @@ struct LogState {
     discard_generation: u64,
     /// The last failed write and when (wall clock ms); produce fails fast for a while after.
     last_io_error: Option<(String, i64)>,
+    /// Idempotent producers' epochs and last batches.
+    producers: ProducerStates,
+    /// Producer-state snapshots taken at segment rolls, written by the next flush.
+    pending_snapshots: Vec<(i64, Vec<u8>)>,
 }
 
 pub struct PartitionLog {
@@ -202,16 +207,19 @@ impl PartitionLog {
         }
         bases.sort_unstable();
         let mut segments = Vec::new();
+        let mut seen = ScannedProducers::new();
         let count = bases.len();
         for (i, base) in bases.into_iter().enumerate() {
             let last = i + 1 == count;
-            segments.push(recover_segment(dir, base, last, config.index_interval_bytes).await?);
+            let interval = config.index_interval_bytes;
+            segments.push(recover_segment(dir, base, last, interval, &mut seen).await?);
         }
         if segments.is_empty() {
             segments.push(Segment::new(dir, 0));
         }
         let log_start = segments[0].base_offset;
         let log_end = segments.last().map(|s| s.next_offset).unwrap_or(0);
+        let (producers, snapshot_at) = recover_producers(dir, &segments, log_end, seen).await?;
         let state = LogState {
             segments,
             log_start,
@@ -223,8 +231,15 @@ impl PartitionLog {
             last_sync_ms: now_ms,
             discard_generation: 0,
             last_io_error: None,
+            pending_snapshots: if snapshot_at == log_end {
+                Vec::new()
+            } else {
+                // What recovery rebuilt, so that the next start need not replay it again.
+                vec![(log_end, producers.encode(log_end))]
+            },
+            producers,
         };
-        Ok(Rc::new(PartitionLog {
+        let log = Rc::new(PartitionLog {
             topic: topic.to_string(),
             partition,
             dir: dir.to_path_buf(),
@@ -236,7 +251,9 @@ impl PartitionLog {
             high_watermark_changed: Notify::new(),
             flushed: Notify::new(),
             cache_bytes_max: Cell::new(limits::batch_cache_bytes_per_partition_max as u64),
-        }))
+        });
+        log.write_pending_snapshots().await?;
+        Ok(log)
     }
 
     pub fn dir(&self) -> &Path {
@@ -314,6 +331,33 @@ impl PartitionLog {
         }
         let base_offset = state.log_end;
         let log_append_time = config.timestamp_type == TimestampType::LogAppendTime;
+        let headers: Vec<BatchHeader> = batches.iter().map(|(_, h)| *h).collect();
+        for h in &headers {
+            if h.is_control() {
+                return Err(StorageError::InvalidRecord(
+                    "control batches may not be produced by clients",
+                ));
+            }
+            if h.is_transactional() {
+                return Err(StorageError::InvalidRecord(
+                    "transactional batches need a transaction, which sluice does not support yet",
+                ));
+            }
+        }
+        if let Verdict::Duplicate(meta) = state
+            .producers
+            .check(&headers, base_offset)
+            .map_err(StorageError::Sequence)?
+        {
+            // A retry of a batch already appended: its original offsets, written once.
+            return Ok(AppendInfo {
+                base_offset: meta.first_offset,
+                last_offset: meta.last_offset,
+                log_append_time_ms: if log_append_time { meta.timestamp } else { -1 },
+                log_start_offset: state.log_start,
+                discard_generation: state.discard_generation,
+            });
+        }
         let mut messages = 0i64;
         for (pos, header) in batches {
             let total = header.total_bytes();
@@ -334,6 +378,7 @@ impl PartitionLog {
                 .last_mut()
                 .expect("a log has an active segment");
             active.append(patched.freeze(), body, &header, now_ms, interval);
+            state.producers.replay(&header);
             state.log_end = header.last_offset() + 1;
             messages += i64::from(header.records_count);
         }
@@ -360,6 +405,8 @@ impl PartitionLog {
             active.rolled = true;
             let dir = self.dir.clone();
             state.segments.push(Segment::new(&dir, next));
+            let snapshot = state.producers.encode(next);
+            state.pending_snapshots.push((next, snapshot));
         }
     }
 
@@ -449,9 +496,46 @@ impl PartitionLog {
             s.last_sync_ms = now_ms;
         }
         self.seal_rolled().await?;
+        self.write_pending_snapshots().await?;
         self.advance_high_watermark();
         self.trim_caches();
         Ok(())
+    }
+
+    /// Writes the producer-state snapshots taken at rolls, keeping the newest few files.
+    async fn write_pending_snapshots(&self) -> Result<()> {
+        let pending = std::mem::take(&mut self.state.borrow_mut().pending_snapshots);
+        if pending.is_empty() || self.retired.get() {
+            return Ok(());
+        }
+        for (offset, bytes) in &pending {
+            write_small_file(
+                &segment::segment_path(&self.dir, *offset, "snapshot"),
+                bytes,
+            )
+            .await?;
+        }
+        let mut offsets = snapshot_offsets(&self.dir);
+        offsets.sort_unstable();
+        let doomed = offsets.len().saturating_sub(SNAPSHOTS_KEPT);
+        for offset in offsets.into_iter().take(doomed) {
+            let _ = std::fs::remove_file(segment::segment_path(&self.dir, offset, "snapshot"));
+        }
+        Ok(())
+    }
+
+    /// Forgets idempotent producers whose last batch is older than `expiration_ms`
+    /// (`producer.id.expiration.ms`); returns how many.
+    pub fn expire_producers(&self, now_ms: i64, expiration_ms: i64) -> usize {
+        self.state
+            .borrow_mut()
+            .producers
+            .expire(now_ms, expiration_ms)
+    }
+
+    /// Producers this partition remembers (for tests and diagnostics).
+    pub fn producer_count(&self) -> usize {
+        self.state.borrow().producers.len()
     }
 
     fn all_unsynced_files(&self) -> Vec<Rc<glommio::io::DmaFile>> {
@@ -633,6 +717,8 @@ impl PartitionLog {
         }
         s.log_end = written;
         s.unsynced_messages = 0;
+        s.producers.truncate(written);
+        s.pending_snapshots.retain(|(offset, _)| *offset <= written);
     }
 
     /// Stops all writing for a deleted partition and waits for a flush in progress, so that its
@@ -1019,7 +1105,13 @@ impl PartitionLog {
             write_small_file(&segment::segment_path(&self.dir, base, "index"), &offsets).await?;
             write_small_file(&segment::segment_path(&self.dir, base, "timeindex"), &times).await?;
         }
-        Ok(())
+        {
+            let mut s = self.state.borrow_mut();
+            let end = s.log_end;
+            let snapshot = s.producers.encode(end);
+            s.pending_snapshots.push((end, snapshot));
+        }
+        self.write_pending_snapshots().await
     }
 }
 
@@ -1066,7 +1158,85 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn recover_segment(dir: &Path, base: i64, last: bool, interval: u32) -> Result<Segment> {
+/// Producer-state snapshot files kept per partition (the newest ones).
+const SNAPSHOTS_KEPT: usize = 2;
+
+/// Offsets of the producer-state snapshot files in `dir` (`<offset>.snapshot`).
+fn snapshot_offsets(dir: &Path) -> Vec<i64> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| {
+            let name = e.ok()?.file_name();
+            name.to_str()?.strip_suffix(".snapshot")?.parse().ok()
+        })
+        .collect()
+}
+
+/// Rebuilds the idempotent producers' state: the newest intact snapshot at or below the log end
+/// (snapshots past it describe batches a crash took back, and are deleted), then every batch
+/// after it — from the recovery scans where a segment was scanned anyway, else by scanning.
+/// Without a snapshot the whole log is replayed. Returns the state and the snapshot offset it
+/// started from.
+async fn recover_producers(
+    dir: &Path,
+    segments: &[Segment],
+    log_end: i64,
+    mut seen: ScannedProducers,
+) -> Result<(ProducerStates, i64)> {
+    let mut offsets = snapshot_offsets(dir);
+    offsets.sort_unstable_by(|a, b| b.cmp(a));
+    let mut loaded = None;
+    for offset in offsets {
+        let path = segment::segment_path(dir, offset, "snapshot");
+        if offset > log_end {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        let decoded = std::fs::read(&path)
+            .ok()
+            .and_then(|b| ProducerStates::decode(&b));
+        if let Some((at, states)) = decoded.filter(|(at, _)| *at == offset) {
+            loaded = Some((at, states));
+            break;
+        }
+    }
+    let (from, mut producers) = loaded.unwrap_or_default();
+    for seg in segments.iter().filter(|seg| seg.next_offset > from) {
+        let headers = match seen.remove(&seg.base_offset) {
+            Some(headers) => headers,
+            None => {
+                let Some(file) = seg.file.as_ref() else {
+                    continue;
+                };
+                let mut headers = Vec::new();
+                segment::scan(file, seg.base_offset, u32::MAX, &mut |h| {
+                    if h.producer_id != NO_PRODUCER_ID {
+                        headers.push(*h);
+                    }
+                })
+                .await?;
+                headers
+            }
+        };
+        for h in headers.iter().filter(|h| h.base_offset >= from) {
+            producers.replay(h);
+        }
+    }
+    Ok((producers, from))
+}
+
+/// Headers of idempotent batches seen by recovery scans, by segment base offset.
+type ScannedProducers = std::collections::HashMap<i64, Vec<BatchHeader>>;
+
+async fn recover_segment(
+    dir: &Path,
+    base: i64,
+    last: bool,
+    interval: u32,
+    seen: &mut ScannedProducers,
+) -> Result<Segment> {
     let path = segment::segment_path(dir, base, "log");
     let file = segment::open_file(&path, false).await?;
     let mut seg = Segment::new(dir, base);
@@ -1096,10 +1266,10 @@ async fn recover_segment(dir: &Path, base: i64, last: bool, interval: u32) -> Re
             }
             // The next segment could not be named: fall through to a full scan.
             let file = seg.file.take().expect("just set");
-            return scan_into(seg, Rc::try_unwrap(file).ok(), &path, base, last, interval).await;
+            return scan_into(seg, Rc::try_unwrap(file).ok(), &path, last, interval, seen).await;
         }
     }
-    scan_into(seg, Some(file), &path, base, last, interval).await
+    scan_into(seg, Some(file), &path, last, interval, seen).await
 }
 
 fn next_base_or_scan(dir: &Path, base: i64) -> Option<i64> {
@@ -1123,15 +1293,23 @@ async fn scan_into(
     mut seg: Segment,
     file: Option<glommio::io::DmaFile>,
     path: &Path,
-    base: i64,
     last: bool,
     interval: u32,
+    seen: &mut ScannedProducers,
 ) -> Result<Segment> {
     let file = match file {
         Some(f) => f,
         None => segment::open_file(path, false).await?,
     };
-    let scanned = segment::scan(&file, base, interval).await?;
+    let base = seg.base_offset;
+    let mut headers = Vec::new();
+    let scanned = segment::scan(&file, base, interval, &mut |h| {
+        if h.producer_id != NO_PRODUCER_ID {
+            headers.push(*h);
+        }
+    })
+    .await?;
+    seen.insert(base, headers);
     let file_size = file.file_size().await?;
     if scanned.valid_bytes < file_size {
         // Torn or corrupt tail (or preallocated zeros): cut the file back to the valid bytes.

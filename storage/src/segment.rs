@@ -308,7 +308,14 @@ pub struct ScanResult {
 
 /// Walks every batch of `file` from position 0, checking header sanity, offset continuity and
 /// CRC, and stops at the first batch that fails: that is where a torn or corrupt tail begins.
-pub async fn scan(file: &DmaFile, base_offset: i64, interval: u32) -> Result<ScanResult> {
+///
+/// `on_batch` sees the header of every valid batch, with its offset, in log order.
+pub async fn scan(
+    file: &DmaFile,
+    base_offset: i64,
+    interval: u32,
+    on_batch: &mut dyn FnMut(&BatchHeader),
+) -> Result<ScanResult> {
     let file_size = file.file_size().await?;
     let mut result = ScanResult {
         valid_bytes: 0,
@@ -371,6 +378,7 @@ pub async fn scan(file: &DmaFile, base_offset: i64, interval: u32) -> Result<Sca
             result.max_timestamp = header.max_timestamp;
             result.max_timestamp_position = pos;
         }
+        on_batch(&header);
         result.next_offset = header.last_offset() + 1;
         pos += total;
         result.valid_bytes = pos;
