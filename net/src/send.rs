@@ -13,6 +13,9 @@
 //!   copying; the pieces are kept alive until its notification says the pages are released.
 //!   `IORING_SEND_ZC_REPORT_USAGE` makes the notification say whether the kernel fell back to a
 //!   copy, which it always does for loopback; the counts are logged when the broker stops.
+//!   Only responses of at least [`ZERO_COPY_RESPONSE_BYTES_MIN`] go this way: for small ones
+//!   the pinning and the extra completion cost more than the copy (measured in
+//!   docs/BENCHMARKS.md).
 //!
 //! Either way a send that would block (the socket buffer is full) falls back to glommio's own
 //! send of the next piece, which waits for room; then the fast path resumes. Nothing here
@@ -34,6 +37,9 @@ use io_uring::{cqueue, opcode, types, IoUring};
 /// Pieces at least this large are sent as they are; smaller neighbours are gathered into one.
 pub const DIRECT_SEND_BYTES_MIN: usize = 16 * 1024;
 
+/// Responses smaller than this are sent vectored even when zero-copy is on.
+pub const ZERO_COPY_RESPONSE_BYTES_MIN: usize = 256 * 1024;
+
 /// At most this many iovecs per `sendmsg` (Linux's UIO_MAXIOV is 1024).
 const IOVECS_MAX: usize = 256;
 
@@ -48,6 +54,10 @@ pub async fn send_parts(
     zerocopy: bool,
 ) -> io::Result<()> {
     let mut queue = gather(parts);
+    // Zero-copy pays only for large sends (pinning pages and the extra completion cost more
+    // than copying a few kilobytes): small responses go the vectored way either way.
+    let zerocopy =
+        zerocopy && queue.iter().map(Bytes::len).sum::<usize>() >= ZERO_COPY_RESPONSE_BYTES_MIN;
     let fd = writer.as_raw_fd();
     while !queue.is_empty() {
         let sent = if zerocopy {
@@ -285,7 +295,11 @@ mod tests {
         ]);
         assert_eq!(queue.len(), 3);
         assert_eq!(&queue[0][..], b"abcd");
-        assert_eq!(queue[1].as_ptr(), big.as_ptr(), "the large piece is not copied");
+        assert_eq!(
+            queue[1].as_ptr(),
+            big.as_ptr(),
+            "the large piece is not copied"
+        );
         assert_eq!(&queue[2][..], b"e");
     }
 
