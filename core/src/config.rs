@@ -82,6 +82,9 @@ pub struct BrokerConfig {
     pub cores: usize,
     /// Bytes of DMA memory glommio registers per core.
     pub io_memory_bytes: usize,
+    /// How long a partition remembers an idempotent producer after its last batch's timestamp
+    /// (`producer.id.expiration.ms`, Kafka's default of one day).
+    pub producer_id_expiration_ms: i64,
     /// Send fetch responses with io_uring SENDMSG_ZC instead of vectored `sendmsg(2)`
     /// (`sluice.socket.send.zerocopy`, default false: see docs/BENCHMARKS.md for why).
     pub socket_send_zerocopy: bool,
@@ -113,6 +116,7 @@ impl Default for BrokerConfig {
             log_flush_interval_ms: -1,
             cores: 0,
             io_memory_bytes: 2 << 20,
+            producer_id_expiration_ms: 86_400_000,
             socket_send_zerocopy: false,
             ignored: Vec::new(),
         }
@@ -249,6 +253,7 @@ impl BrokerConfig {
                     config.log_flush_interval_messages = positive(k, v)?
                 }
                 "log.flush.interval.ms" => config.log_flush_interval_ms = parse_i64(k, v)?,
+                "producer.id.expiration.ms" => config.producer_id_expiration_ms = positive(k, v)?,
                 "cores" => config.cores = parse_i64(k, v)?.max(0) as usize,
                 "sluice.io.memory.bytes" => config.io_memory_bytes = positive(k, v)? as usize,
                 "sluice.socket.send.zerocopy" => config.socket_send_zerocopy = parse_bool(k, v)?,
@@ -339,6 +344,10 @@ impl BrokerConfig {
             (
                 "log.flush.interval.ms",
                 self.log_flush_interval_ms.to_string(),
+            ),
+            (
+                "producer.id.expiration.ms",
+                self.producer_id_expiration_ms.to_string(),
             ),
         ]
     }

@@ -87,7 +87,10 @@ async fn write_answers(
                 }
             }
             Some(Outcome::RespondParts(parts)) => {
-                if send::send_parts(&mut writer, parts, zerocopy).await.is_err() {
+                if send::send_parts(&mut writer, parts, zerocopy)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

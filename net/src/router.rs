@@ -48,6 +48,8 @@ pub enum CoreRequest {
     DeleteTopics { names: Vec<String> },
     /// From core 0 to every core: apply a topic change to the local tables and logs.
     ApplyTopic(TopicChange),
+    /// To core 0, which hands out producer ids.
+    AllocateProducerId,
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +124,7 @@ pub enum CoreResponse {
     ListOffsets(Vec<OffsetResult>),
     Topics(Vec<TopicResult>),
     Applied,
+    ProducerId(Result<i64, String>),
 }
 
 #[derive(Debug)]

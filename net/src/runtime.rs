@@ -25,6 +25,7 @@ use sluice_core::ShardTable;
 use sluice_storage::Flusher;
 
 use crate::metadata::{self, TopicMeta};
+use crate::producer_ids::ProducerIds;
 use crate::router::{Envelope, Router, TopicChange};
 use crate::shard::{now_ms, Shard};
 
@@ -178,6 +179,11 @@ async fn core_main(
         flusher: flusher.clone(),
         router,
         next_revision: Cell::new(revision),
+        producer_ids: if core == 0 {
+            Some(ProducerIds::load(&config.log_dirs).map_err(|e| format!("core 0: {e}"))?)
+        } else {
+            None
+        },
         stopping: Cell::new(false),
         inflight: Cell::new(0),
     });
@@ -292,7 +298,8 @@ async fn core_main(
     result
 }
 
-/// Deletes expired segments every `log.retention.check.interval.ms`.
+/// Deletes expired segments, and forgets idempotent producers idle for
+/// `producer.id.expiration.ms`, every `log.retention.check.interval.ms`.
 async fn retention_loop(shard: Rc<Shard>) {
     let interval = Duration::from_millis(shard.broker.log_retention_check_interval_ms);
     loop {
@@ -301,10 +308,12 @@ async fn retention_loop(shard: Rc<Shard>) {
             return;
         }
         let logs: Vec<_> = shard.logs.borrow().values().cloned().collect();
+        let expiration_ms = shard.broker.producer_id_expiration_ms;
         for log in logs {
             if let Err(e) = log.enforce_retention(now_ms()).await {
                 eprintln!("sluice: retention of {}-{}: {e}", log.topic, log.partition);
             }
+            log.expire_producers(now_ms(), expiration_ms);
         }
     }
 }

@@ -22,6 +22,7 @@ use sluice_storage::{Durability, Flusher, LogConfig, PartitionLog, SyncPolicy};
 
 use crate::error::storage_error_code;
 use crate::metadata::TopicMeta;
+use crate::producer_ids::ProducerIds;
 use crate::router::{
     CoreRequest, CoreResponse, OffsetResult, ProduceResult, ReadOutcome, ReadPartition, Router,
     TopicChange,
@@ -46,6 +47,8 @@ pub struct Shard {
     pub router: Rc<Router>,
     /// Core 0 only: the revision the next metadata change gets.
     pub next_revision: Cell<u64>,
+    /// Core 0 only: the producer id allocator.
+    pub producer_ids: Option<ProducerIds>,
     pub stopping: Cell<bool>,
     /// Requests read from clients of this core and not yet answered.
     pub inflight: Cell<usize>,
@@ -115,6 +118,19 @@ impl Shard {
                 async move { CoreResponse::Topics(topics::delete(&shard, names).await) }
                     .boxed_local()
             }
+            CoreRequest::AllocateProducerId => {
+                let shard = self.clone();
+                async move {
+                    CoreResponse::ProducerId(match &shard.producer_ids {
+                        Some(ids) => ids.allocate().await.map_err(|e| e.to_string()),
+                        None => Err(format!(
+                            "core {} does not hand out producer ids",
+                            shard.core_id
+                        )),
+                    })
+                }
+                .boxed_local()
+            }
             CoreRequest::ApplyTopic(change) => {
                 let shard = self.clone();
                 async move {
@@ -156,13 +172,19 @@ impl Shard {
         let mut appended = Vec::with_capacity(partitions.len());
         for (tp, records) in partitions {
             let result = match self.owned_log(&tp) {
-                Err(code) => Err((code, None)),
+                Err(code) => Err((code, None, -1)),
                 Ok(log) => match log.append(&records, now) {
                     Ok(info) => {
                         self.flusher.mark_dirty(&log);
                         Ok((log, info))
                     }
-                    Err(e) => Err((storage_error_code(&e), Some(e.to_string()))),
+                    // The log start offset tells idempotent producers whether their state may
+                    // have gone with deleted segments (Kafka fills it on errors too).
+                    Err(e) => Err((
+                        storage_error_code(&e),
+                        Some(e.to_string()),
+                        log.log_start_offset(),
+                    )),
                 },
             };
             appended.push((tp, result));
@@ -172,13 +194,13 @@ impl Shard {
             let mut results = Vec::with_capacity(appended.len());
             for (tp, result) in appended {
                 let produced = match result {
-                    Err((error, message)) => ProduceResult {
+                    Err((error, message, log_start_offset)) => ProduceResult {
                         tp,
                         error,
                         message,
                         base_offset: -1,
                         log_append_time_ms: -1,
-                        log_start_offset: -1,
+                        log_start_offset,
                     },
                     Ok((log, info)) => {
                         let level = match (acks, log.config().sync) {

@@ -4,7 +4,7 @@
 Usage: python3 scripts/compat/python_compat.py HOST:PORT
 
 Creates topics with KafkaAdminClient, produces keyed records with headers
-(acks='all', idempotence off), reads them back with a group-less KafkaConsumer
+(acks='all', idempotent producer), reads them back with a group-less KafkaConsumer
 (assign + seek_to_beginning) and checks every record, the per-partition order
 and the offset look-ups. Exits 0 when every check passed, 1 otherwise.
 """
@@ -112,7 +112,7 @@ def round_trip(bootstrap, codec):
         bootstrap_servers=bootstrap,
         client_id=f"sluice-compat-py-producer-{codec}",
         acks="all",
-        enable_idempotence=False,
+        enable_idempotence=True,
         compression_type=codec,
         linger_ms=5,
         max_in_flight_requests_per_connection=1,

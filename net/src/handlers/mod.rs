@@ -18,6 +18,7 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod fetch;
+pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
@@ -51,6 +52,7 @@ pub const APIS: &[Api] = &[
     delete_topics::API,
     describe_cluster::API,
     describe_configs::API,
+    init_producer_id::API,
 ];
 
 pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
@@ -75,6 +77,7 @@ pub enum Request {
     DeleteTopics(kafka_protocol::messages::DeleteTopicsRequest),
     DescribeCluster(kafka_protocol::messages::DescribeClusterRequest),
     DescribeConfigs(kafka_protocol::messages::DescribeConfigsRequest),
+    InitProducerId(kafka_protocol::messages::InitProducerIdRequest),
 }
 
 /// Decodes a request body (after the header); None when it does not decode — the connection is
@@ -93,6 +96,7 @@ pub fn decode_body(ctx: &RequestContext, mut body: Bytes) -> Option<Request> {
         ApiKey::DeleteTopics => Request::DeleteTopics(decode(&mut body, v)?),
         ApiKey::DescribeCluster => Request::DescribeCluster(decode(&mut body, v)?),
         ApiKey::DescribeConfigs => Request::DescribeConfigs(decode(&mut body, v)?),
+        ApiKey::InitProducerId => Request::InitProducerId(decode(&mut body, v)?),
         _ => return None,
     })
 }
@@ -125,6 +129,9 @@ pub fn start(
         }
         Request::DescribeConfigs(r) => {
             async move { describe_configs::handle(&shard, &ctx, r) }.boxed_local()
+        }
+        Request::InitProducerId(r) => {
+            async move { init_producer_id::handle(&shard, &ctx, r).await }.boxed_local()
         }
     }
 }

@@ -40,7 +40,17 @@ pub fn handle(
     // early error.
     let mut order: Vec<TopicOrder> = Vec::new();
     let mut by_core: BTreeMap<usize, Vec<(TopicPartition, Bytes)>> = BTreeMap::new();
-    let transactional = request.transactional_id.is_some();
+    // A transactional id, or a transactional batch without one (Kafka refuses the latter for
+    // the whole request with the same code), needs transactions, which are not here yet.
+    let transactional = request.transactional_id.is_some()
+        || request.topic_data.iter().any(|t| {
+            t.partition_data.iter().any(|p| {
+                p.records
+                    .as_deref()
+                    .and_then(BatchHeader::parse)
+                    .is_some_and(|h| h.magic == 2 && h.is_transactional())
+            })
+        });
     for topic in request.topic_data {
         let name = topic.name.0.to_string();
         let mut partitions = Vec::new();
@@ -66,13 +76,6 @@ pub fn handle(
                 early(
                     ResponseError::TransactionalIdAuthorizationFailed,
                     "transactions are not supported yet",
-                )
-            } else if BatchHeader::parse(&records)
-                .is_some_and(|h| h.magic == 2 && h.producer_id >= 0)
-            {
-                early(
-                    ResponseError::UnknownProducerId,
-                    "idempotent producers are not supported yet",
                 )
             } else {
                 match shard.table.borrow().core_of(&name, p.index) {

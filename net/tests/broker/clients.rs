@@ -803,7 +803,10 @@ async fn large_fetches_read_back_intact_with_vectored_and_zero_copy_sends() {
         let mut got = vec![Vec::new(); 4];
         let deadline = std::time::Instant::now() + TIMEOUT;
         while got.iter().map(Vec::len).sum::<usize>() < values.len() {
-            assert!(std::time::Instant::now() < deadline, "timed out (zerocopy={zerocopy})");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out (zerocopy={zerocopy})"
+            );
             match c.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     assert_eq!(m.offset(), got[m.partition() as usize].len() as i64);
@@ -816,14 +819,20 @@ async fn large_fetches_read_back_intact_with_vectored_and_zero_copy_sends() {
         for (k, chunk) in values.chunks(600).enumerate() {
             assert_eq!(got[k].len(), chunk.len());
             for (g, v) in got[k].iter().zip(chunk) {
-                assert!(g == v.as_bytes(), "a record came back changed (zerocopy={zerocopy})");
+                assert!(
+                    g == v.as_bytes(),
+                    "a record came back changed (zerocopy={zerocopy})"
+                );
             }
         }
         drop(c);
         assert!(broker.terminate().success());
         let log = broker.log();
         let reported = log.lines().any(|l| l.contains(" zero-copy sends"));
-        assert_eq!(reported, zerocopy, "zero-copy use reported only when on:\n{log}");
+        assert_eq!(
+            reported, zerocopy,
+            "zero-copy use reported only when on:\n{log}"
+        );
         if zerocopy {
             assert!(
                 !log.contains(": 0 zero-copy sends"),

@@ -70,7 +70,10 @@ impl Broker {
 
     /// What the broker wrote to stderr so far (brokers from [`Broker::start_logged`]).
     pub fn log(&self) -> String {
-        let path = self.log.as_ref().expect("a broker started with start_logged");
+        let path = self
+            .log
+            .as_ref()
+            .expect("a broker started with start_logged");
         std::fs::read_to_string(path).unwrap_or_default()
     }
 
@@ -178,15 +181,29 @@ impl Drop for Broker {
     }
 }
 
+/// Waits until a broker answers an ApiVersions request on `port`. An answer, not just an
+/// accepted connection: after `kill -9` the dead broker's listening socket can linger for a
+/// moment while the kernel tears down its io_uring rings.
 pub fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while !answers_api_versions(port) {
         assert!(
             Instant::now() < deadline,
-            "sluice did not listen on {port} within 30 s"
+            "sluice did not serve on {port} within 30 s"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+fn answers_api_versions(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    // ApiVersions v0: size, api key 18, version 0, correlation id 1, null client id.
+    let request = [0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 1, 0xff, 0xff];
+    let mut size = [0u8; 4];
+    s.write_all(&request).is_ok() && s.read_exact(&mut size).is_ok()
 }
 
 /// A raw connection for feeding the broker hand-made bytes.

@@ -5,12 +5,12 @@
 //
 // Creates the topic "franz-compat" (3 partitions) with kadm and checks the cluster
 // metadata (one broker, via Metadata and DescribeCluster), produces 300 keyed records
-// with headers per codec (none, zstd, snappy, lz4, gzip) with a non-idempotent kgo
-// producer (acks=all, ProduceSync), reads everything back with a group-less consumer
+// with headers per codec (none, zstd, snappy, lz4, gzip) with kgo's default idempotent
+// producer (InitProducerId, acks=all, ProduceSync), reads everything back with a group-less consumer
 // (ConsumePartitions, AtStart) and once more from the middle of every partition, and
 // checks every record (key, value, headers, timestamp, codec), the per-partition
 // order and the kadm offset look-ups. Uses only what sluice implements: no consumer
-// group and no InitProducerId.
+// group.
 //
 // Exits 0 when every check passed, 1 otherwise (each mismatch is printed), 2 on a
 // usage error. FRANZ_COMPAT_LOG=error|warn|info|debug sets kgo's log level on
@@ -250,7 +250,7 @@ var apiKeys = []struct {
 	key  int16
 	name string
 }{{0, "Produce"}, {1, "Fetch"}, {2, "ListOffsets"}, {3, "Metadata"}, {18, "ApiVersions"},
-	{19, "CreateTopics"}, {60, "DescribeCluster"}}
+	{19, "CreateTopics"}, {22, "InitProducerId"}, {60, "DescribeCluster"}}
 
 // adminChecks: versions, cluster, topic creation, topic metadata. Returns the broker id.
 func adminChecks(adm *kadm.Client, cl *kgo.Client) int32 {
@@ -371,7 +371,6 @@ func produceRound(bootstrap string, round int, c codec, base time.Time, next map
 	}
 
 	cl := newClient(bootstrap, "producer-"+c.name,
-		kgo.DisableIdempotentWrite(),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerBatchCompression(c.codec),
 		kgo.ProducerLinger(5*time.Millisecond),
@@ -483,6 +482,9 @@ func consume(bootstrap, what string, from map[int32]int64, end map[int32]int64, 
 			check(sameHeaders(r.Headers, s.headers), "%s: %v: headers %s, expected %s", what, s, showHeaders(r.Headers), showHeaders(s.headers))
 			check(r.Timestamp.UnixMilli() == s.ts.UnixMilli(), "%s: %v: timestamp %d, expected %d", what, s,
 				r.Timestamp.UnixMilli(), s.ts.UnixMilli())
+			// kgo's default idempotent producer: every batch carries the producer id the
+			// broker handed out with InitProducerId (kgo would quietly fall back to -1).
+			check(r.ProducerID >= 0, "%s: %v: producer id %d, expected an idempotent producer's id", what, s, r.ProducerID)
 			check(r.Attrs.TimestampType() == 0, "%s: %v: timestamp type %d, expected 0 (CreateTime)", what, s, r.Attrs.TimestampType())
 			ct := r.Attrs.CompressionType()
 			// kgo sends a batch uncompressed when compressing does not make it smaller.

@@ -47,7 +47,8 @@ import org.apache.kafka.common.serialization.ByteArraySerializer;
  *
  * <p>Usage: {@code java -jar sluice-compat.jar HOST:PORT}. Exits 0 when every check passed, 1
  * otherwise, printing each mismatch. Uses only what sluice implements: no consumer group
- * (manual assign, no commits) and no idempotent producer.
+ * (manual assign, no commits). The producer keeps the client's defaults for idempotence
+ * (enable.idempotence=true since Kafka 3.0, so InitProducerId and sequence numbers are used).
  */
 public final class Compat {
     private static final int PARTITIONS = 3;
@@ -283,10 +284,8 @@ public final class Compat {
         pp.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         pp.put(ProducerConfig.CLIENT_ID_CONFIG, "sluice-compat-producer-" + codec);
         pp.put(ProducerConfig.ACKS_CONFIG, "all");
-        pp.put(ProducerConfig.ENABLE_IDEMPOTENCE_CONFIG, "false");
         pp.put(ProducerConfig.COMPRESSION_TYPE_CONFIG, codec);
         pp.put(ProducerConfig.LINGER_MS_CONFIG, "5");
-        pp.put(ProducerConfig.MAX_IN_FLIGHT_REQUESTS_PER_CONNECTION, "1"); // keep order even on retries
         pp.put(ProducerConfig.REQUEST_TIMEOUT_MS_CONFIG, "15000");
         pp.put(ProducerConfig.DELIVERY_TIMEOUT_MS_CONFIG, "30000");
         pp.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, ByteArraySerializer.class.getName());

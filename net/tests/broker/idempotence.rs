@@ -1,0 +1,258 @@
+//! Idempotent producers: InitProducerId hands out ids never reused, a retried batch is written
+//! once and answered with its original offsets, gaps and stale epochs get Kafka's error codes, and
+//! all of it holds across `kill -9` and clean restarts. Driven with hand-made batches (to retry
+//! and reorder on purpose) and with librdkafka's own idempotent producer.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
+    RequestHeader, ResponseHeader, TopicName, TransactionalId,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use sluice_storage::batch::{build_batch, set_producer};
+
+use crate::common::{create_topic_blocking, Broker, Raw};
+
+const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+const INVALID_PRODUCER_EPOCH: i16 = 47;
+const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+const INVALID_REQUEST: i16 = 42;
+
+fn call<Req: Encodable, Resp: Decodable>(
+    raw: &mut Raw,
+    key: ApiKey,
+    version: i16,
+    body: &Req,
+) -> Resp {
+    let header = RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(11)
+        .with_client_id(Some(StrBytes::from_static_str("idempotence-test")));
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    header
+        .encode(&mut buf, key.request_header_version(version))
+        .expect("header");
+    body.encode(&mut buf, version).expect("body");
+    let size = buf.len() as i32 - 4;
+    buf[..4].copy_from_slice(&size.to_be_bytes());
+    raw.send(&buf);
+    let mut answer = Bytes::from(raw.recv().expect("answered"));
+    let header = ResponseHeader::decode(&mut answer, key.response_header_version(version))
+        .expect("response header");
+    assert_eq!(header.correlation_id, 11);
+    Resp::decode(&mut answer, version).expect("response body")
+}
+
+fn init_producer_id(raw: &mut Raw, transactional_id: Option<&str>) -> InitProducerIdResponse {
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(
+            transactional_id.map(|t| TransactionalId(StrBytes::from_string(t.into()))),
+        )
+        .with_transaction_timeout_ms(60_000);
+    call(raw, ApiKey::InitProducerId, 4, &request)
+}
+
+/// A batch of `records` records from producer `pid` at `epoch`, starting at `sequence`.
+fn batch(records: usize, pid: i64, epoch: i16, sequence: i32) -> Bytes {
+    let values: Vec<Vec<u8>> = (0..records)
+        .map(|i| format!("p{pid}-e{epoch}-s{}", sequence as usize + i).into_bytes())
+        .collect();
+    let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+    let mut b = build_batch(0, 1_700_000_000_000, &refs);
+    set_producer(&mut b, pid, epoch, sequence);
+    b.freeze()
+}
+
+/// Produces one batch to partition 0 with acks=all: (error code, base offset).
+fn produce(raw: &mut Raw, topic: &str, records: Bytes) -> (i16, i64) {
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.into())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(records))])]);
+    let response: ProduceResponse = call(raw, ApiKey::Produce, 9, &request);
+    let p = &response.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+fn high_watermark(broker: &Broker, topic: &str) -> i64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("client");
+    c.fetch_watermarks(topic, 0, Duration::from_secs(20))
+        .expect("watermarks")
+        .1
+}
+
+#[test]
+fn retries_are_written_once_gaps_and_stale_epochs_refused_across_restarts() {
+    let mut broker = Broker::start(&[]);
+    let topic = "idempotent";
+    create_topic_blocking(&broker, topic, 1);
+    let mut raw = Raw::connect(broker.port);
+
+    let first = init_producer_id(&mut raw, None);
+    assert_eq!((first.error_code, first.producer_epoch), (0, 0));
+    let pid = first.producer_id.0;
+    let second = init_producer_id(&mut raw, None);
+    assert!(second.producer_id.0 > pid, "a fresh id for every producer");
+    assert_eq!(
+        init_producer_id(&mut raw, Some("txn")).error_code,
+        TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+        "transactions are refused, not half-served"
+    );
+    assert_eq!(
+        init_producer_id(&mut raw, Some("")).error_code,
+        INVALID_REQUEST
+    );
+
+    assert_eq!(produce(&mut raw, topic, batch(3, pid, 0, 0)), (0, 0));
+    assert_eq!(
+        produce(&mut raw, topic, batch(3, pid, 0, 0)),
+        (0, 0),
+        "a retry: same offset"
+    );
+    assert_eq!(produce(&mut raw, topic, batch(2, pid, 0, 3)), (0, 3));
+    assert_eq!(
+        produce(&mut raw, topic, batch(3, pid, 0, 0)),
+        (0, 0),
+        "still remembered"
+    );
+    assert_eq!(
+        produce(&mut raw, topic, batch(1, pid, 0, 9)).0,
+        OUT_OF_ORDER_SEQUENCE_NUMBER
+    );
+    assert_eq!(
+        produce(&mut raw, topic, batch(1, pid, 1, 0)),
+        (0, 5),
+        "a new epoch at 0"
+    );
+    assert_eq!(
+        produce(&mut raw, topic, batch(1, pid, 0, 5)).0,
+        INVALID_PRODUCER_EPOCH
+    );
+    // Plain batches are untouched by all this.
+    assert_eq!(produce(&mut raw, topic, batch(1, -1, -1, -1)), (0, 6));
+    assert_eq!(high_watermark(&broker, topic), 7);
+
+    // A crash: the state comes back from the log itself.
+    broker.kill9();
+    broker.restart();
+    let mut raw = Raw::connect(broker.port);
+    assert_eq!(
+        produce(&mut raw, topic, batch(1, pid, 1, 0)),
+        (0, 5),
+        "retry after kill -9"
+    );
+    assert_eq!(
+        produce(&mut raw, topic, batch(1, pid, 0, 5)).0,
+        INVALID_PRODUCER_EPOCH
+    );
+    assert_eq!(produce(&mut raw, topic, batch(1, pid, 1, 1)), (0, 7));
+
+    // A clean stop writes a snapshot; the state comes back from it.
+    assert!(broker.terminate().success());
+    let snapshots = std::fs::read_dir(broker.data.join(format!("{topic}-0")))
+        .expect("partition dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".snapshot"))
+        .count();
+    assert!(snapshots > 0, "a producer-state snapshot at clean shutdown");
+    broker.restart();
+    let mut raw = Raw::connect(broker.port);
+    assert_eq!(
+        produce(&mut raw, topic, batch(1, pid, 1, 1)),
+        (0, 7),
+        "retry after restart"
+    );
+    assert_eq!(
+        produce(&mut raw, topic, batch(1, pid, 1, 5)).0,
+        OUT_OF_ORDER_SEQUENCE_NUMBER
+    );
+    assert_eq!(
+        high_watermark(&broker, topic),
+        8,
+        "every retry was written once"
+    );
+
+    // Ids are never handed out twice, even across restarts.
+    let third = init_producer_id(&mut raw, None);
+    assert_eq!(third.error_code, 0);
+    assert!(third.producer_id.0 > second.producer_id.0);
+}
+
+#[test]
+fn librdkafka_idempotent_producer_round_trip() {
+    let broker = Broker::start(&[]);
+    let topic = "idempotent-rdkafka";
+    create_topic_blocking(&broker, topic, 3);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("producer");
+    let values: Vec<String> = (0..3000).map(|i| format!("idempotent-{i}")).collect();
+    let sends: Vec<_> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            producer
+                .send_result(
+                    FutureRecord::<(), _>::to(topic)
+                        .partition((i % 3) as i32)
+                        .payload(v.as_str()),
+                )
+                .map_err(|(e, _)| e)
+                .expect("enqueued")
+        })
+        .collect();
+    for s in sends {
+        futures::executor::block_on(s)
+            .expect("delivery report")
+            .map_err(|(e, _)| e)
+            .expect("delivered");
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "sluice-tests")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("offset");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut got: Vec<Vec<String>> = vec![Vec::new(); 3];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got.iter().map(Vec::len).sum::<usize>() < values.len() {
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.expect("message");
+            let p = m.partition() as usize;
+            assert_eq!(m.offset(), got[p].len() as i64, "no gaps, no duplicates");
+            got[p].push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into());
+        }
+    }
+    for (p, records) in got.iter().enumerate() {
+        let expected: Vec<String> = values.iter().skip(p).step_by(3).cloned().collect();
+        assert_eq!(records, &expected, "partition {p} in order, exactly once");
+    }
+}
