@@ -24,16 +24,12 @@ const STOP_GRACE_SECONDS: u64 = 30;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrokerKind {
-    Sluice,
+    /// The sluice binary, with these `--override KEY=VALUE` settings.
+    Sluice { overrides: Vec<String> },
     /// `scripts/kafka-reference.sh start --profile PROFILE`.
-    Kafka {
-        profile: String,
-    },
+    Kafka { profile: String },
     /// Already running; not restarted, data not wiped; CPU and RSS only with its PID.
-    Running {
-        bootstrap: String,
-        pid: Option<u32>,
-    },
+    Running { bootstrap: String, pid: Option<u32> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,10 +40,32 @@ pub struct BrokerSpec {
 }
 
 impl BrokerSpec {
-    /// `sluice`, `kafka-default`, `kafka-flush` or `NAME=HOST:PORT[@PID]`.
+    /// `sluice`, `NAME=sluice+KEY=VALUE[+KEY=VALUE...]` (sluice with settings, to compare
+    /// variants of it), `kafka-default`, `kafka-flush` or `NAME=HOST:PORT[@PID]`.
     pub fn parse(text: &str) -> Result<BrokerSpec, String> {
+        if let Some((name, variant)) = text.split_once('=') {
+            if let Some(settings) = variant.strip_prefix("sluice+") {
+                let overrides: Vec<String> = settings.split('+').map(str::to_string).collect();
+                let valid = valid_name(name)
+                    && overrides
+                        .iter()
+                        .all(|o| o.split_once('=').is_some_and(|(k, _)| !k.is_empty()));
+                if !valid {
+                    return Err(format!(
+                        "broker {text:?}: NAME=sluice+KEY=VALUE[+KEY=VALUE...] (NAME of letters, \
+                         digits, '.', '_', '-')"
+                    ));
+                }
+                return Ok(BrokerSpec {
+                    name: name.to_string(),
+                    kind: BrokerKind::Sluice { overrides },
+                });
+            }
+        }
         let kind = match text {
-            "sluice" => BrokerKind::Sluice,
+            "sluice" => BrokerKind::Sluice {
+                overrides: Vec::new(),
+            },
             "kafka-default" | "kafka-flush" => BrokerKind::Kafka {
                 profile: text.trim_start_matches("kafka-").to_string(),
             },
@@ -74,11 +92,7 @@ impl BrokerSpec {
         let port = bootstrap
             .rsplit_once(':')
             .map(|(_, port)| port.parse::<u16>());
-        let name_ok = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-        if !name_ok || !matches!(port, Some(Ok(_))) {
+        if !valid_name(name) || !matches!(port, Some(Ok(_))) {
             return Err(bad());
         }
         Ok(BrokerSpec {
@@ -94,6 +108,14 @@ impl BrokerSpec {
     pub fn is_started(&self) -> bool {
         !matches!(self.kind, BrokerKind::Running { .. })
     }
+}
+
+/// A broker name: it names files, so letters, digits, '.', '_' and '-' only.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
 /// Where started brokers run: the same for every broker of a comparison.
@@ -152,12 +174,16 @@ impl RunningBroker {
                 pid: *pid,
                 handle: Handle::NotOurs,
             }),
-            BrokerKind::Sluice => RunningBroker::start_sluice(setup, log),
+            BrokerKind::Sluice { overrides } => RunningBroker::start_sluice(setup, overrides, log),
             BrokerKind::Kafka { profile } => RunningBroker::start_kafka(setup, profile),
         }
     }
 
-    fn start_sluice(setup: &Setup, log: &Path) -> Result<RunningBroker, String> {
+    fn start_sluice(
+        setup: &Setup,
+        overrides: &[String],
+        log: &Path,
+    ) -> Result<RunningBroker, String> {
         let bin = setup.sluice_bin.as_ref().ok_or("no sluice binary")?;
         wipe(&setup.data)?;
         wait_until_port_is_free(setup.port)?;
@@ -173,7 +199,11 @@ impl RunningBroker {
             .arg("--override")
             .arg(format!("listeners=PLAINTEXT://127.0.0.1:{}", setup.port))
             .arg("--override")
-            .arg(format!("log.dirs={}", setup.data.display()))
+            .arg(format!("log.dirs={}", setup.data.display()));
+        for o in overrides {
+            command.arg("--override").arg(o);
+        }
+        command
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(log_err)
@@ -295,8 +325,24 @@ mod tests {
     fn broker_names_parse() {
         assert_eq!(
             BrokerSpec::parse("sluice").map(|b| b.kind),
-            Ok(BrokerKind::Sluice)
+            Ok(BrokerKind::Sluice {
+                overrides: Vec::new()
+            })
         );
+        let zc =
+            BrokerSpec::parse("sluice-zc=sluice+sluice.socket.send.zerocopy=true+num.partitions=3")
+                .expect("a sluice variant");
+        assert_eq!(zc.name, "sluice-zc");
+        assert_eq!(
+            zc.kind,
+            BrokerKind::Sluice {
+                overrides: vec![
+                    "sluice.socket.send.zerocopy=true".into(),
+                    "num.partitions=3".into()
+                ]
+            }
+        );
+        assert!(zc.is_started());
         assert_eq!(
             BrokerSpec::parse("kafka-flush").map(|b| b.kind),
             Ok(BrokerKind::Kafka {
@@ -327,6 +373,9 @@ mod tests {
             "x=host:1@pid",
             "=h:1",
             "a/b=h:1",
+            "x=sluice+",
+            "x=sluice+novalue",
+            "a/b=sluice+k=v",
             "",
         ] {
             assert!(BrokerSpec::parse(bad).is_err(), "{bad}");

@@ -36,6 +36,7 @@ pub const USAGE: &str = "usage: sluice-bench compare [--runs 3] [--brokers sluic
     sluice                 the sluice binary, started fresh for each run
     kafka-default          Apache Kafka with its defaults (scripts/kafka-reference.sh, found from
     kafka-flush            the current directory or --scripts DIR), or fsync per batch
+    NAME=sluice+K=V[+K=V]  sluice started with these --override settings (compare variants of it)
     NAME=HOST:PORT[@PID]   a broker already running: not restarted, not wiped; CPU/RSS only with @PID
   CPU lists are taskset lists, or all (no pinning). Writes OUT/NAME-runK.json, OUT/NAME-runK.log
   (sluice's output) and OUT/compare.json; the brokers' data lives in DATA/log, wiped before each run.
@@ -279,7 +280,7 @@ impl Comparison {
     fn prepare(c: CompareOptions) -> Result<Comparison, String> {
         let exe = std::env::current_exe().map_err(|e| format!("this executable's path: {e}"))?;
         let any = |f: fn(&BrokerKind) -> bool| c.brokers.iter().any(|b| f(&b.kind));
-        let sluice_bin = if any(|k| *k == BrokerKind::Sluice) {
+        let sluice_bin = if any(|k| matches!(k, BrokerKind::Sluice { .. })) {
             let bin = match &c.sluice_bin {
                 Some(bin) => absolute(bin)?,
                 None => exe.with_file_name("sluice"),

@@ -26,7 +26,7 @@ use crate::{processes, procfs};
 
 pub const USAGE: &str = "usage: sluice-bench [run] --bootstrap HOST:PORT [--topic T] [--partitions N] \
 [--record-bytes N] [--acks 0|1|all] [--linger-ms N] [--batch-bytes N] [--compression none|gzip|snappy|lz4|zstd] \
-[--rate-mb MB/s (0 = max)] [--seconds N] [--warmup-seconds N] [--producers N (per process)] \
+[--rate-mb MB/s (0 = max)] [--seconds N] [--warmup-seconds N] [--producers N (per process)] [--idempotence] \
 [--processes N (load-generator processes, partitions split between them)] [--consume] [--pid PID] \
 [--json FILE] [--charts PREFIX] [--catch-up-mb N [--drop-caches]] [--workload FILE] \
 [--plant loss|duplicate (harness self-test)]";
@@ -94,6 +94,9 @@ pub struct Options {
     /// Before the catch-up read, drop the kernel's page cache (root) so the read is cold for
     /// every broker alike.
     pub drop_caches: bool,
+    /// librdkafka's idempotent producer (InitProducerId, sequence numbers): what Java and
+    /// franz-go producers do by default.
+    pub idempotence: bool,
     /// Load-generator processes; each runs `producers` producers (and a consumer with
     /// `consume`) for its share of the partitions and of `rate_mb` (in proportion to its
     /// partitions: `rate_mb / processes` when they divide evenly).
@@ -198,6 +201,7 @@ impl Options {
             charts: None,
             catch_up_mb: None,
             drop_caches: false,
+            idempotence: false,
             processes: 1,
             slice: None,
             bench_bin: None,
@@ -232,6 +236,7 @@ impl Options {
                 "--charts" => o.charts = Some(value()?),
                 "--catch-up-mb" => o.catch_up_mb = Some(num(value()?)? as u64),
                 "--drop-caches" => o.drop_caches = true,
+                "--idempotence" => o.idempotence = true,
                 "--processes" => o.processes = num(value()?)? as usize,
                 "--slice" => o.slice = Some(Slice::parse(&value()?)?),
                 "--plant" => {
@@ -291,6 +296,9 @@ impl Options {
         .collect();
         if self.consume {
             args.push("--consume".into());
+        }
+        if self.idempotence {
+            args.push("--idempotence".into());
         }
         if let Some(plant) = self.plant {
             args.push("--plant".into());
@@ -423,7 +431,7 @@ fn new_producer(o: &Options, stats: &Arc<Stats>) -> Result<ThreadedProducer<Cont
         .set("compression.codec", &o.compression)
         .set("queue.buffering.max.kbytes", "1048576")
         .set("queue.buffering.max.messages", "1000000")
-        .set("enable.idempotence", "false")
+        .set("enable.idempotence", o.idempotence.to_string())
         .set("message.timeout.ms", "60000")
         .create_with_context(Context {
             stats: stats.clone(),

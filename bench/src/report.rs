@@ -145,6 +145,8 @@ pub struct WorkloadFile {
     pub producers: usize,
     #[serde(default)]
     pub processes: usize,
+    #[serde(default)]
+    pub idempotence: bool,
 }
 
 /// Rounds for a readable JSON file; the figures are not more precise than this anyway.
@@ -187,6 +189,7 @@ impl Report {
                 seconds: o.seconds,
                 producers: o.producers,
                 processes: o.processes,
+                idempotence: o.idempotence,
             },
             measured_seconds: rounded(self.measured_seconds, 3),
             acked: self.acked,
@@ -232,7 +235,11 @@ impl Report {
             o.linger_ms,
             o.compression,
             if o.rate_mb > 0.0 { format!("{} MB/s", o.rate_mb) } else { "max".into() },
-            if o.processes > 1 { format!(", {} processes", o.processes) } else { String::new() },
+            format!(
+                "{}{}",
+                if o.idempotence { ", idempotent" } else { "" },
+                if o.processes > 1 { format!(", {} processes", o.processes) } else { String::new() }
+            ),
             self.mb_per_second,
             self.records_per_second,
             self.publish_us.p50,
