@@ -26,7 +26,7 @@ use crate::{processes, procfs};
 
 pub const USAGE: &str = "usage: sluice-bench [run] --bootstrap HOST:PORT [--topic T] [--partitions N] \
 [--record-bytes N] [--acks 0|1|all] [--linger-ms N] [--batch-bytes N] [--compression none|gzip|snappy|lz4|zstd] \
-[--rate-mb MB/s (0 = max)] [--seconds N] [--warmup-seconds N] [--producers N (per process)] [--idempotence] \
+[--rate-mb MB/s (0 = max)] [--seconds N] [--warmup-seconds N] [--producers N (per process)] [--idempotence] [--transactions RECORDS_PER_TXN] \
 [--processes N (load-generator processes, partitions split between them)] [--consume] [--pid PID] \
 [--json FILE] [--charts PREFIX] [--catch-up-mb N [--drop-caches]] [--workload FILE] \
 [--plant loss|duplicate (harness self-test)]";
@@ -97,6 +97,9 @@ pub struct Options {
     /// librdkafka's idempotent producer (InitProducerId, sequence numbers): what Java and
     /// franz-go producers do by default.
     pub idempotence: bool,
+    /// Transactional producers committing every this many records (`--transactions N`), read
+    /// with isolation.level=read_committed.
+    pub transaction_records: Option<u64>,
     /// Load-generator processes; each runs `producers` producers (and a consumer with
     /// `consume`) for its share of the partitions and of `rate_mb` (in proportion to its
     /// partitions: `rate_mb / processes` when they divide evenly).
@@ -202,6 +205,7 @@ impl Options {
             catch_up_mb: None,
             drop_caches: false,
             idempotence: false,
+            transaction_records: None,
             processes: 1,
             slice: None,
             bench_bin: None,
@@ -237,6 +241,13 @@ impl Options {
                 "--catch-up-mb" => o.catch_up_mb = Some(num(value()?)? as u64),
                 "--drop-caches" => o.drop_caches = true,
                 "--idempotence" => o.idempotence = true,
+                "--transactions" => {
+                    let n = num(value()?)? as u64;
+                    if n == 0 {
+                        return Err("--transactions: records per transaction, at least 1".into());
+                    }
+                    o.transaction_records = Some(n);
+                }
                 "--processes" => o.processes = num(value()?)? as usize,
                 "--slice" => o.slice = Some(Slice::parse(&value()?)?),
                 "--plant" => {
@@ -299,6 +310,10 @@ impl Options {
         }
         if self.idempotence {
             args.push("--idempotence".into());
+        }
+        if let Some(n) = self.transaction_records {
+            args.push("--transactions".into());
+            args.push(n.to_string());
         }
         if let Some(plant) = self.plant {
             args.push("--plant".into());
@@ -422,16 +437,28 @@ pub(crate) fn progress(elapsed_s: u64, total_s: u64, throughput: Option<(f64, u6
     }
 }
 
-/// A librdkafka producer configured from the workload, reporting deliveries into `stats`.
-fn new_producer(o: &Options, stats: &Arc<Stats>) -> Result<ThreadedProducer<Context>, String> {
-    client_config(o)
+/// A librdkafka producer configured from the workload, reporting deliveries into `stats`;
+/// transactional (and so idempotent) with a `transactional_id`.
+fn new_producer(
+    o: &Options,
+    stats: &Arc<Stats>,
+    transactional_id: Option<&str>,
+) -> Result<ThreadedProducer<Context>, String> {
+    let mut config = client_config(o);
+    if let Some(id) = transactional_id {
+        config.set("transactional.id", id);
+    }
+    config
         .set("acks", &o.acks)
         .set("linger.ms", o.linger_ms.to_string())
         .set("batch.size", o.batch_bytes.to_string())
         .set("compression.codec", &o.compression)
         .set("queue.buffering.max.kbytes", "1048576")
         .set("queue.buffering.max.messages", "1000000")
-        .set("enable.idempotence", o.idempotence.to_string())
+        .set(
+            "enable.idempotence",
+            (o.idempotence || transactional_id.is_some()).to_string(),
+        )
         .set("message.timeout.ms", "60000")
         .create_with_context(Context {
             stats: stats.clone(),
@@ -489,8 +516,21 @@ fn produce_loop(
     start: Instant,
     total: Duration,
 ) -> Result<u64, String> {
-    let producer = new_producer(o, stats)?;
     let mine = &share.partitions;
+    // Unique per producer: each producer of a run has its own partitions.
+    let transactional_id = o
+        .transaction_records
+        .map(|_| format!("sluice-bench-{}-{}", std::process::id(), mine[0]));
+    let producer = new_producer(o, stats, transactional_id.as_deref())?;
+    let mut in_transaction = 0u64;
+    if o.transaction_records.is_some() {
+        producer
+            .init_transactions(Duration::from_secs(30))
+            .map_err(|e| format!("init_transactions: {e}"))?;
+        producer
+            .begin_transaction()
+            .map_err(|e| format!("begin_transaction: {e}"))?;
+    }
     let mut sequence = vec![0u64; mine.len()];
     let mut payload: Vec<u8> = (0..o.record_bytes)
         .map(|i| (i * 7919 % 251) as u8)
@@ -517,6 +557,16 @@ fn produce_loop(
             Ok(()) => {
                 sent += 1;
                 sequence[slot] += 1;
+                in_transaction += 1;
+                if o.transaction_records.is_some_and(|n| in_transaction >= n) {
+                    producer
+                        .commit_transaction(Duration::from_secs(60))
+                        .map_err(|e| format!("commit_transaction: {e}"))?;
+                    producer
+                        .begin_transaction()
+                        .map_err(|e| format!("begin_transaction: {e}"))?;
+                    in_transaction = 0;
+                }
                 if share.plants && slot == 0 && !planted && sequence[slot] == 100 {
                     planted = true;
                     match o.plant {
@@ -531,6 +581,11 @@ fn produce_loop(
             }
             Err((e, _)) => return Err(format!("send: {e}")),
         }
+    }
+    if o.transaction_records.is_some() {
+        producer
+            .commit_transaction(Duration::from_secs(60))
+            .map_err(|e| format!("commit_transaction: {e}"))?;
     }
     producer
         .flush(Duration::from_secs(60))
@@ -681,7 +736,7 @@ pub fn run(o: &Options) -> Result<Report, String> {
 fn catch_up(o: &Options, mb: u64) -> Result<Report, String> {
     let stats = new_stats();
     let records = mb * 1_000_000 / o.record_bytes as u64;
-    let producer = new_producer(o, &stats)?;
+    let producer = new_producer(o, &stats, None)?;
     let mut sequence = vec![0u64; o.partitions as usize];
     let mut payload: Vec<u8> = (0..o.record_bytes)
         .map(|i| (i * 7919 % 251) as u8)
@@ -819,6 +874,8 @@ fn start_consumer(o: &Options, mine: &[i32], stats: Arc<Stats>) -> Result<Consum
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "5")
         .set("fetch.min.bytes", "1")
+        // Only committed records count when the producers are transactional.
+        .set("isolation.level", "read_committed")
         .create()
         .map_err(|e| format!("consumer: {e}"))?;
     let mut tpl = TopicPartitionList::new();
@@ -977,6 +1034,30 @@ mod tests {
             .map(|share| producer_bytes_per_second(&o, share.len()))
             .sum();
         assert_eq!(sum, 8e6, "the shares add up to the rate");
+    }
+
+    #[test]
+    fn idempotence_and_transactions_parse_and_reach_the_children() {
+        let o = Options::parse(&args(&[
+            "--bootstrap",
+            "h:1",
+            "--idempotence",
+            "--transactions",
+            "500",
+        ]))
+        .expect("parses");
+        assert!(o.idempotence);
+        assert_eq!(o.transaction_records, Some(500));
+        let child = o.child_args(Slice { index: 0, count: 2 });
+        assert!(child.iter().any(|a| a == "--idempotence"));
+        let at = child
+            .iter()
+            .position(|a| a == "--transactions")
+            .expect("passed on");
+        assert_eq!(child[at + 1], "500");
+        assert!(Options::parse(&args(&["--bootstrap", "h:1", "--transactions", "0"])).is_err());
+        let plain = Options::parse(&args(&["--bootstrap", "h:1"])).expect("parses");
+        assert!(!plain.idempotence && plain.transaction_records.is_none());
     }
 
     #[test]

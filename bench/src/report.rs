@@ -147,6 +147,8 @@ pub struct WorkloadFile {
     pub processes: usize,
     #[serde(default)]
     pub idempotence: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction_records: Option<u64>,
 }
 
 /// Rounds for a readable JSON file; the figures are not more precise than this anyway.
@@ -190,6 +192,7 @@ impl Report {
                 producers: o.producers,
                 processes: o.processes,
                 idempotence: o.idempotence,
+                transaction_records: o.transaction_records,
             },
             measured_seconds: rounded(self.measured_seconds, 3),
             acked: self.acked,
@@ -237,7 +240,11 @@ impl Report {
             if o.rate_mb > 0.0 { format!("{} MB/s", o.rate_mb) } else { "max".into() },
             format!(
                 "{}{}",
-                if o.idempotence { ", idempotent" } else { "" },
+                match o.transaction_records {
+                    Some(n) => format!(", transactions of {n}"),
+                    None if o.idempotence => ", idempotent".into(),
+                    None => String::new(),
+                },
                 if o.processes > 1 { format!(", {} processes", o.processes) } else { String::new() }
             ),
             self.mb_per_second,
