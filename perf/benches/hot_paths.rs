@@ -209,22 +209,43 @@ fn append(c: &mut Criterion) {
 
 /// A request to another core and its answer: one message each way over glommio's bounded
 /// cross-core channels (what the router's mesh is made of), the two executors pinned to
-/// different CPUs when there are two.
+/// different CPUs when there are two. Measured with glommio's defaults (an idle executor parks
+/// in the kernel and is woken through an eventfd) and with both executors spinning 100 µs
+/// before they park.
 fn cross_core_hop(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cross-core");
+    hop(&mut group, "request and answer, executors park", None);
+    hop(
+        &mut group,
+        "request and answer, executors spin 100 us before parking",
+        Some(std::time::Duration::from_micros(100)),
+    );
+    group.finish();
+}
+
+fn hop(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    spin: Option<std::time::Duration>,
+) {
     use glommio::channels::shared_channel;
     use glommio::{LocalExecutorBuilder, Placement};
     let two_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
-    let place = |cpu| {
-        if two_cpus {
+    let builder = |cpu| {
+        let placement = if two_cpus {
             Placement::Fixed(cpu)
         } else {
             Placement::Unbound
+        };
+        let builder = LocalExecutorBuilder::new(placement).io_memory(1 << 20);
+        match spin {
+            Some(d) => builder.spin_before_park(d),
+            None => builder,
         }
     };
     let (to_peer, from_here) = shared_channel::new_bounded::<u64>(64);
     let (to_here, from_peer) = shared_channel::new_bounded::<u64>(64);
-    let peer = LocalExecutorBuilder::new(place(1))
-        .io_memory(1 << 20)
+    let peer = builder(1)
         .name("hop-peer")
         .spawn(move || async move {
             let requests = from_here.connect().await;
@@ -236,14 +257,10 @@ fn cross_core_hop(c: &mut Criterion) {
             }
         })
         .expect("peer executor");
-    let executor = LocalExecutorBuilder::new(place(0))
-        .io_memory(1 << 20)
-        .make()
-        .expect("executor");
+    let executor = builder(0).make().expect("executor");
     let (requests, answers) =
         executor.run(async { (to_peer.connect().await, from_peer.connect().await) });
-    let mut group = c.benchmark_group("cross-core");
-    group.bench_function("request and answer (shared channel round trip)", |b| {
+    group.bench_function(name, |b| {
         b.iter_custom(|iters| {
             executor.run(async {
                 let start = std::time::Instant::now();
@@ -256,8 +273,8 @@ fn cross_core_hop(c: &mut Criterion) {
             })
         })
     });
-    group.finish();
     drop((requests, answers));
+    drop(executor);
     peer.join().expect("peer");
 }
 
