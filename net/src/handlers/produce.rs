@@ -29,6 +29,18 @@ pub const API: Api = Api {
 /// (None when it was routed to its owning core).
 type TopicOrder = (String, Uuid, Vec<(i32, Option<ProduceResult>)>);
 
+/// Kafka's rule for Produce v3+: exactly one record batch per partition (INVALID_RECORD
+/// otherwise). A batch that does not parse as magic 2 is left to the storage layer, which
+/// answers CORRUPT_MESSAGE or UNSUPPORTED_FOR_MESSAGE_FORMAT.
+fn batch_count_error(records: &[u8]) -> Option<&'static str> {
+    if records.is_empty() {
+        return Some("a produce request must have one record batch per partition");
+    }
+    let first = BatchHeader::parse(records).filter(|h| h.magic == 2)?;
+    (records.len() > first.total_bytes())
+        .then_some("a produce request may hold only one record batch per partition")
+}
+
 /// Starts the request synchronously (appends happen in request order) and returns the rest.
 pub fn handle(
     shard: &Rc<Shard>,
@@ -72,6 +84,8 @@ pub fn handle(
                     ResponseError::InvalidRequiredAcks,
                     "acks must be -1, 0 or 1",
                 )
+            } else if let Some(why) = batch_count_error(&records) {
+                early(ResponseError::InvalidRecord, why)
             } else if transactional {
                 early(
                     ResponseError::TransactionalIdAuthorizationFailed,

@@ -166,6 +166,19 @@ fn corrupt_and_old_format_batches_get_error_codes_and_change_nothing() {
         3,
         "UNKNOWN_TOPIC_OR_PARTITION"
     );
+    // Kafka's rule for v3+: exactly one batch per partition.
+    let mut two = BytesMut::from(&good[..]);
+    two.extend_from_slice(&good);
+    assert_eq!(
+        produce_error(&mut raw, 9, &produce("victim", two.freeze())),
+        87,
+        "two batches: INVALID_RECORD"
+    );
+    assert_eq!(
+        produce_error(&mut raw, 9, &produce("victim", Bytes::new())),
+        87,
+        "no batch: INVALID_RECORD"
+    );
     // the same connection still works and the log holds exactly the good batches
     assert_eq!(produce_error(&mut raw, 9, &produce("victim", good)), 0);
     let c: BaseConsumer = ClientConfig::new()
