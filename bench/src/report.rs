@@ -225,6 +225,14 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let o = &self.options;
+        let mut producing = match o.transaction_records {
+            Some(n) => format!(", transactions of {n}"),
+            None if o.idempotence => ", idempotent".into(),
+            None => String::new(),
+        };
+        if o.processes > 1 {
+            producing.push_str(&format!(", {} processes", o.processes));
+        }
         let mut s = format!(
             "| workload | MB/s | records/s | publish p50/p99/p99.9/max µs | e2e p50/p99/p99.9/max µs | broker CPU s/GB | broker peak RSS MiB |\n\
              |---|---|---|---|---|---|---|\n\
@@ -238,15 +246,7 @@ impl Report {
             o.linger_ms,
             o.compression,
             if o.rate_mb > 0.0 { format!("{} MB/s", o.rate_mb) } else { "max".into() },
-            format!(
-                "{}{}",
-                match o.transaction_records {
-                    Some(n) => format!(", transactions of {n}"),
-                    None if o.idempotence => ", idempotent".into(),
-                    None => String::new(),
-                },
-                if o.processes > 1 { format!(", {} processes", o.processes) } else { String::new() }
-            ),
+            producing,
             self.mb_per_second,
             self.records_per_second,
             self.publish_us.p50,

@@ -38,6 +38,17 @@ pub struct ProducerEntry {
     pub last_timestamp: i64,
 }
 
+impl ProducerEntry {
+    /// Remembers an appended batch, forgetting the oldest beyond [`BATCHES_RETAINED`].
+    fn remember(&mut self, batch: BatchMeta) {
+        self.batches.push_back(batch);
+        while self.batches.len() > BATCHES_RETAINED {
+            self.batches.pop_front();
+        }
+        self.last_timestamp = batch.timestamp;
+    }
+}
+
 /// Why an idempotent batch was refused; nothing was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SequenceError {
@@ -196,17 +207,13 @@ impl ProducerStates {
                 entry.epoch = h.producer_epoch;
                 entry.batches.clear();
             }
-            entry.batches.push_back(BatchMeta {
+            entry.remember(BatchMeta {
                 first_seq,
                 last_seq,
                 first_offset: batch_first,
                 last_offset: offset - 1,
                 timestamp: h.max_timestamp,
             });
-            while entry.batches.len() > BATCHES_RETAINED {
-                entry.batches.pop_front();
-            }
-            entry.last_timestamp = h.max_timestamp;
             staged.entries.insert(h.producer_id, entry);
         }
         Ok(Verdict::Append(staged))
@@ -234,17 +241,13 @@ impl ProducerStates {
             entry.epoch = h.producer_epoch;
             entry.batches.clear();
         }
-        entry.batches.push_back(BatchMeta {
+        entry.remember(BatchMeta {
             first_seq: h.base_sequence,
             last_seq: last_sequence(h),
             first_offset: h.base_offset,
             last_offset: h.last_offset(),
             timestamp: h.max_timestamp,
         });
-        while entry.batches.len() > BATCHES_RETAINED {
-            entry.batches.pop_front();
-        }
-        entry.last_timestamp = h.max_timestamp;
     }
 
     /// Forgets every batch at or past `end_offset` (an unwritten tail was discarded). A producer

@@ -2,12 +2,11 @@
 //! Each case sends hand-made bytes on a raw socket, then checks the broker still answers a real
 //! client and still holds what it held.
 
-use crate::common::{create_topic_blocking, Broker, Raw};
+use crate::common::{create_topic_blocking, request_frame, Broker, Raw};
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
-    TopicName,
+    ApiKey, ApiVersionsResponse, ProduceRequest, ProduceResponse, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use rdkafka::config::ClientConfig;
@@ -15,20 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::time::Duration;
 
 fn request<R: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &R) -> Vec<u8> {
-    let header = RequestHeader::default()
-        .with_request_api_key(key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_static_str("bad-input-test")));
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
-    header
-        .encode(&mut buf, key.request_header_version(version))
-        .expect("header");
-    body.encode(&mut buf, version).expect("body");
-    let size = buf.len() as i32 - 4;
-    buf[..4].copy_from_slice(&size.to_be_bytes());
-    buf.to_vec()
+    request_frame(key, version, correlation_id, body)
 }
 
 /// The broker still serves a real client: metadata answers with the expected topic.

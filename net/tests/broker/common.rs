@@ -268,3 +268,28 @@ pub fn create_topic_blocking(broker: &Broker, name: &str, partitions: i32) {
         r.expect("topic created");
     }
 }
+
+/// A request frame (size prefix, header, body) as a client would send it.
+pub fn request_frame<R: kafka_protocol::protocol::Encodable>(
+    key: kafka_protocol::messages::ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+) -> Vec<u8> {
+    use bytes::BufMut;
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    let header = kafka_protocol::messages::RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("sluice-tests")));
+    let mut buf = bytes::BytesMut::new();
+    buf.put_i32(0);
+    header
+        .encode(&mut buf, key.request_header_version(version))
+        .expect("header");
+    body.encode(&mut buf, version).expect("body");
+    let size = buf.len() as i32 - 4;
+    buf[..4].copy_from_slice(&size.to_be_bytes());
+    buf.to_vec()
+}

@@ -81,7 +81,11 @@ fn an_idempotent_run_verifies() {
     o.idempotence = true;
     let report = load::run(&o).expect("run");
     assert!(report.verified, "{}", report.verification);
-    assert!(report.acked > 1000, "records acknowledged: {}", report.acked);
+    assert!(
+        report.acked > 1000,
+        "records acknowledged: {}",
+        report.acked
+    );
     assert!(report.markdown().contains("idempotent"));
 }
 

@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
-    RequestHeader, ResponseHeader, TopicName, TransactionalId,
+    ResponseHeader, TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use rdkafka::config::ClientConfig;
@@ -19,7 +19,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use sluice_storage::batch::{build_batch, set_producer};
 
-use crate::common::{create_topic_blocking, Broker, Raw};
+use crate::common::{create_topic_blocking, request_frame, Broker, Raw};
 
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 const INVALID_PRODUCER_EPOCH: i16 = 47;
@@ -32,20 +32,7 @@ fn call<Req: Encodable, Resp: Decodable>(
     version: i16,
     body: &Req,
 ) -> Resp {
-    let header = RequestHeader::default()
-        .with_request_api_key(key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(11)
-        .with_client_id(Some(StrBytes::from_static_str("idempotence-test")));
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
-    header
-        .encode(&mut buf, key.request_header_version(version))
-        .expect("header");
-    body.encode(&mut buf, version).expect("body");
-    let size = buf.len() as i32 - 4;
-    buf[..4].copy_from_slice(&size.to_be_bytes());
-    raw.send(&buf);
+    raw.send(&request_frame(key, version, 11, body));
     let mut answer = Bytes::from(raw.recv().expect("answered"));
     let header = ResponseHeader::decode(&mut answer, key.response_header_version(version))
         .expect("response header");
@@ -166,12 +153,13 @@ fn retries_are_written_once_gaps_and_stale_epochs_refused_across_restarts() {
 
     // A clean stop writes a snapshot; the state comes back from it.
     assert!(broker.terminate().success());
-    let snapshots = std::fs::read_dir(broker.data.join(format!("{topic}-0")))
-        .expect("partition dir")
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".snapshot"))
-        .count();
-    assert!(snapshots > 0, "a producer-state snapshot at clean shutdown");
+    let partition_dir = broker.data.join(format!("{topic}-0"));
+    assert!(
+        partition_dir
+            .join("00000000000000000008.snapshot")
+            .is_file(),
+        "a producer-state snapshot at the log end on clean shutdown"
+    );
     broker.restart();
     let mut raw = Raw::connect(broker.port);
     assert_eq!(
