@@ -82,6 +82,11 @@ pub struct BrokerConfig {
     pub cores: usize,
     /// Bytes of DMA memory glommio registers per core.
     pub io_memory_bytes: usize,
+    /// Partitions of `__consumer_offsets`, created at the first FindCoordinator for a group
+    /// (`offsets.topic.num.partitions`, Kafka's 50).
+    pub offsets_topic_num_partitions: i32,
+    /// Longest metadata string a committed offset may carry (`offset.metadata.max.bytes`).
+    pub offset_metadata_max_bytes: usize,
     /// How long a partition remembers an idempotent producer after its last batch's timestamp
     /// (`producer.id.expiration.ms`, Kafka's default of one day).
     pub producer_id_expiration_ms: i64,
@@ -117,6 +122,8 @@ impl Default for BrokerConfig {
             cores: 0,
             io_memory_bytes: 2 << 20,
             producer_id_expiration_ms: 86_400_000,
+            offsets_topic_num_partitions: 50,
+            offset_metadata_max_bytes: 4096,
             socket_send_zerocopy: false,
             ignored: Vec::new(),
         }
@@ -254,6 +261,12 @@ impl BrokerConfig {
                 }
                 "log.flush.interval.ms" => config.log_flush_interval_ms = parse_i64(k, v)?,
                 "producer.id.expiration.ms" => config.producer_id_expiration_ms = positive(k, v)?,
+                "offsets.topic.num.partitions" => {
+                    config.offsets_topic_num_partitions = positive(k, v)? as i32
+                }
+                "offset.metadata.max.bytes" => {
+                    config.offset_metadata_max_bytes = positive(k, v)? as usize
+                }
                 "cores" => config.cores = parse_i64(k, v)?.max(0) as usize,
                 "sluice.io.memory.bytes" => config.io_memory_bytes = positive(k, v)? as usize,
                 "sluice.socket.send.zerocopy" => config.socket_send_zerocopy = parse_bool(k, v)?,
@@ -344,6 +357,14 @@ impl BrokerConfig {
             (
                 "log.flush.interval.ms",
                 self.log_flush_interval_ms.to_string(),
+            ),
+            (
+                "offsets.topic.num.partitions",
+                self.offsets_topic_num_partitions.to_string(),
+            ),
+            (
+                "offset.metadata.max.bytes",
+                self.offset_metadata_max_bytes.to_string(),
             ),
             (
                 "producer.id.expiration.ms",

@@ -14,6 +14,7 @@ pub mod connection;
 pub mod error;
 pub mod handlers;
 pub mod metadata;
+pub mod offsets;
 pub mod producer_ids;
 pub mod router;
 pub mod runtime;

@@ -50,6 +50,30 @@ pub enum CoreRequest {
     ApplyTopic(TopicChange),
     /// To core 0, which hands out producer ids.
     AllocateProducerId,
+    /// To the core owning the group's `__consumer_offsets` partition.
+    CommitOffsets {
+        group: String,
+        generation: i32,
+        /// The OffsetCommit version (v9+ answers GROUP_ID_NOT_FOUND where older ones answer
+        /// ILLEGAL_GENERATION).
+        version: i16,
+        offsets: Vec<OffsetToCommit>,
+    },
+    /// To the core owning the group's `__consumer_offsets` partition; None: every partition
+    /// the group has an offset for.
+    FetchOffsets {
+        group: String,
+        topics: Option<Vec<(String, Vec<i32>)>>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct OffsetToCommit {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +149,10 @@ pub enum CoreResponse {
     Topics(Vec<TopicResult>),
     Applied,
     ProducerId(Result<i64, String>),
+    /// (topic, partition, error code) per offset of the commit, in request order.
+    Committed(Vec<(String, i32, i16)>),
+    /// (topic, partition, committed offset if any).
+    Fetched(Vec<(String, i32, Option<crate::offsets::Committed>)>),
 }
 
 #[derive(Debug)]

@@ -179,6 +179,7 @@ async fn core_main(
         flusher: flusher.clone(),
         router,
         next_revision: Cell::new(revision),
+        offsets: RefCell::new(Default::default()),
         producer_ids: if core == 0 {
             Some(ProducerIds::load(&config.log_dirs).map_err(|e| format!("core 0: {e}"))?)
         } else {

@@ -49,6 +49,8 @@ pub struct Shard {
     pub next_revision: Cell<u64>,
     /// Core 0 only: the producer id allocator.
     pub producer_ids: Option<ProducerIds>,
+    /// Committed offsets of the groups whose `__consumer_offsets` partition this core owns.
+    pub offsets: RefCell<crate::offsets::GroupOffsets>,
     pub stopping: Cell<bool>,
     /// Requests read from clients of this core and not yet answered.
     pub inflight: Cell<usize>,
@@ -130,6 +132,24 @@ impl Shard {
                     })
                 }
                 .boxed_local()
+            }
+            CoreRequest::CommitOffsets {
+                group,
+                generation,
+                version,
+                offsets,
+            } => {
+                let shard = self.clone();
+                async move {
+                    CoreResponse::Committed(
+                        crate::offsets::commit(&shard, group, generation, version, offsets).await,
+                    )
+                }
+                .boxed_local()
+            }
+            CoreRequest::FetchOffsets { group, topics } => {
+                let fetched = crate::offsets::fetch(self, &group, topics);
+                async move { CoreResponse::Fetched(fetched) }.boxed_local()
             }
             CoreRequest::ApplyTopic(change) => {
                 let shard = self.clone();
@@ -378,6 +398,13 @@ impl Shard {
                         let tp = TopicPartition::new(meta.name.clone(), partition as i32);
                         match self.open_log(&meta, partition as i32).await {
                             Ok(log) => {
+                                if meta.name == crate::offsets::OFFSETS_TOPIC {
+                                    let mut table = self.offsets.borrow().clone();
+                                    if let Err(e) = crate::offsets::load(&mut table, &log).await {
+                                        eprintln!("sluice: core {}: {e}", self.core_id);
+                                    }
+                                    *self.offsets.borrow_mut() = table;
+                                }
                                 self.logs.borrow_mut().insert(tp, log);
                             }
                             Err(e) => {
@@ -397,6 +424,9 @@ impl Shard {
                     return;
                 }
                 self.topics.borrow_mut().remove(&name);
+                if name == crate::offsets::OFFSETS_TOPIC {
+                    self.offsets.borrow_mut().clear();
+                }
                 let doomed: Vec<(TopicPartition, Rc<PartitionLog>)> = {
                     let mut logs = self.logs.borrow_mut();
                     let keys: Vec<_> = logs.keys().filter(|tp| tp.topic == name).cloned().collect();

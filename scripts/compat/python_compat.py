@@ -6,7 +6,9 @@ Usage: python3 scripts/compat/python_compat.py HOST:PORT
 Creates topics with KafkaAdminClient, produces keyed records with headers
 (acks='all', idempotent producer), reads them back with a group-less KafkaConsumer
 (assign + seek_to_beginning) and checks every record, the per-partition order
-and the offset look-ups. Exits 0 when every check passed, 1 otherwise.
+and the offset look-ups; commits offsets for a group and reads them back (a second
+consumer's committed(), and KafkaAdminClient.list_group_offsets, one OffsetFetch v8 for all). Exits 0
+when every check passed, 1 otherwise.
 """
 
 import logging
@@ -210,6 +212,41 @@ def round_trip(bootstrap, codec):
         consumer.close()
 
 
+def committed_offsets(bootstrap, topic):
+    from kafka.structs import OffsetAndMetadata
+    group = "python-compat-group"
+    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    commit = {tp: (10 + tp.partition, f"py-{tp.partition}") for tp in tps}
+
+    def consumer(name):
+        return KafkaConsumer(bootstrap_servers=bootstrap, client_id=f"sluice-compat-py-{name}",
+                             group_id=group, enable_auto_commit=False, request_timeout_ms=15000)
+
+    c = consumer("committer")
+    try:
+        c.assign(tps)
+        c.commit({tp: OffsetAndMetadata(o, m, -1) for tp, (o, m) in commit.items()})
+    finally:
+        c.close()
+    c = consumer("reader")
+    try:
+        c.assign(tps)
+        for tp, (o, _) in commit.items():
+            got = c.committed(tp)
+            check(got == o, f"offsets: committed({tp}) = {got}, expected {o}")
+    finally:
+        c.close()
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    try:
+        listed = admin.list_group_offsets({group: None}).get(group, {})
+        for tp, (o, m) in commit.items():
+            got = listed.get(tp)
+            check(got is not None and got.offset == o and got.metadata == m,
+                  f"offsets: list_group_offsets[{tp}] = {got}, expected {o} {m!r}")
+    finally:
+        admin.close()
+
+
 def main():
     bootstrap = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:9092"
     logging.basicConfig(level=logging.CRITICAL)  # kafka-python logs connection noise otherwise
@@ -234,6 +271,13 @@ def main():
                 fail(f"{codec}: {type(e).__name__}: {e}")
             print(f"python: {str(codec):6} round trip of {RECORDS} records: "
                   f"{'ok' if len(failures) == before else 'FAILED'}")
+        before = len(failures)
+        try:
+            committed_offsets(bootstrap, topic_for(runnable[0]))
+        except Exception as e:  # noqa: BLE001
+            fail(f"offsets: {type(e).__name__}: {e}")
+        print("python: committed offsets (commit, committed, list_group_offsets): "
+              f"{'ok' if len(failures) == before else 'FAILED'}")
     if skipped:
         print(f"python: codecs skipped (python module not installed): {skipped}")
     ms = int((time.monotonic() - start) * 1000)

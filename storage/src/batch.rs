@@ -201,39 +201,121 @@ pub fn set_log_append_time_split(header: &mut [u8], body: &[u8], now_ms: i64) {
 }
 
 /// Builds a valid uncompressed batch holding `values` (no keys, no headers). Used by tests and
-/// fixtures; the broker itself never builds batches.
+/// fixtures.
 pub fn build_batch(base_offset: i64, timestamp_ms: i64, values: &[&[u8]]) -> BytesMut {
-    let mut records = BytesMut::new();
-    for (i, value) in values.iter().enumerate() {
+    let records: Vec<KeyValue<'_>> = values.iter().map(|v| (None, Some(*v))).collect();
+    build_keyed_batch(base_offset, timestamp_ms, &records)
+}
+
+/// A record's key and value; `None` is null.
+pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// Builds a valid uncompressed batch of `(key, value)` records (`None` is null: a null value is
+/// a tombstone), no headers. The broker builds its own internal records this way (committed
+/// offsets in `__consumer_offsets`).
+pub fn build_keyed_batch(
+    base_offset: i64,
+    timestamp_ms: i64,
+    records: &[KeyValue<'_>],
+) -> BytesMut {
+    let put_bytes = |buf: &mut BytesMut, bytes: Option<&[u8]>| match bytes {
+        None => put_varint(buf, -1),
+        Some(b) => {
+            put_varint(buf, b.len() as i64);
+            buf.put_slice(b);
+        }
+    };
+    let mut encoded = BytesMut::new();
+    for (i, (key, value)) in records.iter().enumerate() {
         let mut body = BytesMut::new();
         body.put_i8(0); // record attributes
         put_varint(&mut body, 0); // timestamp delta
         put_varint(&mut body, i as i64); // offset delta
-        put_varint(&mut body, -1); // null key
-        put_varint(&mut body, value.len() as i64);
-        body.put_slice(value);
+        put_bytes(&mut body, *key);
+        put_bytes(&mut body, *value);
         put_varint(&mut body, 0); // no headers
-        put_varint(&mut records, body.len() as i64);
-        records.put_slice(&body);
+        put_varint(&mut encoded, body.len() as i64);
+        encoded.put_slice(&body);
     }
-    let mut batch = BytesMut::with_capacity(HEADER_BYTES + records.len());
+    let mut batch = BytesMut::with_capacity(HEADER_BYTES + encoded.len());
     batch.put_i64(base_offset);
-    batch.put_i32((HEADER_BYTES - LOG_OVERHEAD + records.len()) as i32);
+    batch.put_i32((HEADER_BYTES - LOG_OVERHEAD + encoded.len()) as i32);
     batch.put_i32(0); // partition leader epoch
     batch.put_i8(2);
     batch.put_u32(0); // crc, filled below
     batch.put_i16(0); // attributes
-    batch.put_i32(values.len() as i32 - 1);
+    batch.put_i32(records.len() as i32 - 1);
     batch.put_i64(timestamp_ms);
     batch.put_i64(timestamp_ms);
     batch.put_i64(-1); // producer id
     batch.put_i16(-1);
     batch.put_i32(-1);
-    batch.put_i32(values.len() as i32);
-    batch.put_slice(&records);
+    batch.put_i32(records.len() as i32);
+    batch.put_slice(&encoded);
     let crc = crc32c::crc32c(&batch[ATTRIBUTES_OFFSET..]);
     (&mut batch[CRC_OFFSET..CRC_OFFSET + 4]).put_u32(crc);
     batch
+}
+
+/// One record of an uncompressed batch: its offset, key and value (None: null).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+}
+
+/// The records of one whole, uncompressed, validated batch (headers skipped); None when the
+/// batch is compressed or its records do not parse. The broker reads back only batches it wrote
+/// itself this way.
+pub fn records(batch: &[u8]) -> Option<Vec<Record<'_>>> {
+    let header = BatchHeader::parse(batch)?;
+    if header.compression_codec() != 0 {
+        return None;
+    }
+    let mut rest = batch.get(HEADER_BYTES..header.total_bytes())?;
+    let mut out = Vec::with_capacity(header.records_count.clamp(0, 4096) as usize);
+    for _ in 0..header.records_count {
+        let len = usize::try_from(get_varint(&mut rest)?).ok()?;
+        let (mut record, after) = rest.split_at_checked(len)?;
+        rest = after;
+        record.get(..1)?;
+        record = &record[1..]; // attributes
+        get_varint(&mut record)?; // timestamp delta
+        let offset_delta = get_varint(&mut record)?;
+        let key = get_bytes(&mut record)?;
+        let value = get_bytes(&mut record)?;
+        out.push(Record {
+            offset: header.base_offset + offset_delta,
+            key,
+            value,
+        });
+    }
+    Some(out)
+}
+
+fn get_varint(buf: &mut &[u8]) -> Option<i64> {
+    let mut v: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let (&b, rest) = buf.split_first()?;
+        *buf = rest;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(((v >> 1) as i64) ^ -((v & 1) as i64));
+        }
+    }
+    None
+}
+
+/// A varint-length-prefixed byte string; Some(None) for null (-1).
+fn get_bytes<'a>(buf: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
+    let len = get_varint(buf)?;
+    if len < 0 {
+        return Some(None);
+    }
+    let (bytes, rest) = buf.split_at_checked(usize::try_from(len).ok()?)?;
+    *buf = rest;
+    Some(Some(bytes))
 }
 
 fn put_varint(buf: &mut BytesMut, value: i64) {
@@ -264,6 +346,51 @@ mod tests {
         let header = validate(&batch).expect("valid after LogAppendTime");
         assert!(header.is_log_append_time());
         assert_eq!(header.max_timestamp, 99_000);
+    }
+
+    #[test]
+    fn keyed_records_round_trip() {
+        let mut batch = build_keyed_batch(
+            0,
+            1000,
+            &[
+                (Some(b"k1"), Some(b"v1")),
+                (Some(b""), None),
+                (None, Some(b"v3")),
+            ],
+        );
+        assign_offset(&mut batch, 100, 0);
+        validate(&batch).expect("valid");
+        let got = records(&batch).expect("parses");
+        assert_eq!(
+            got,
+            vec![
+                Record {
+                    offset: 100,
+                    key: Some(b"k1"),
+                    value: Some(b"v1")
+                },
+                Record {
+                    offset: 101,
+                    key: Some(b""),
+                    value: None
+                },
+                Record {
+                    offset: 102,
+                    key: None,
+                    value: Some(b"v3")
+                },
+            ]
+        );
+        for cut in 0..batch.len() {
+            let _ = records(&batch[..cut]); // never panics on short input
+        }
+        let mut v = BytesMut::new();
+        for x in [0i64, 1, -1, 300, -300, i64::MAX, i64::MIN] {
+            v.clear();
+            put_varint(&mut v, x);
+            assert_eq!(get_varint(&mut &v[..]), Some(x));
+        }
     }
 
     #[test]

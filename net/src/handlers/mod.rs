@@ -18,9 +18,12 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod fetch;
+pub mod find_coordinator;
 pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_commit;
+pub mod offset_fetch;
 pub mod produce;
 
 /// What a handler wants done with the connection.
@@ -53,6 +56,9 @@ pub const APIS: &[Api] = &[
     describe_cluster::API,
     describe_configs::API,
     init_producer_id::API,
+    find_coordinator::API,
+    offset_commit::API,
+    offset_fetch::API,
 ];
 
 pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
@@ -78,6 +84,9 @@ pub enum Request {
     DescribeCluster(kafka_protocol::messages::DescribeClusterRequest),
     DescribeConfigs(kafka_protocol::messages::DescribeConfigsRequest),
     InitProducerId(kafka_protocol::messages::InitProducerIdRequest),
+    FindCoordinator(kafka_protocol::messages::FindCoordinatorRequest),
+    OffsetCommit(kafka_protocol::messages::OffsetCommitRequest),
+    OffsetFetch(kafka_protocol::messages::OffsetFetchRequest),
 }
 
 /// Decodes a request body (after the header); None when it does not decode — the connection is
@@ -97,6 +106,9 @@ pub fn decode_body(ctx: &RequestContext, mut body: Bytes) -> Option<Request> {
         ApiKey::DescribeCluster => Request::DescribeCluster(decode(&mut body, v)?),
         ApiKey::DescribeConfigs => Request::DescribeConfigs(decode(&mut body, v)?),
         ApiKey::InitProducerId => Request::InitProducerId(decode(&mut body, v)?),
+        ApiKey::FindCoordinator => Request::FindCoordinator(decode(&mut body, v)?),
+        ApiKey::OffsetCommit => Request::OffsetCommit(decode(&mut body, v)?),
+        ApiKey::OffsetFetch => Request::OffsetFetch(decode(&mut body, v)?),
         _ => return None,
     })
 }
@@ -132,6 +144,15 @@ pub fn start(
         }
         Request::InitProducerId(r) => {
             async move { init_producer_id::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::FindCoordinator(r) => {
+            async move { find_coordinator::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::OffsetCommit(r) => {
+            async move { offset_commit::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::OffsetFetch(r) => {
+            async move { offset_fetch::handle(&shard, &ctx, r).await }.boxed_local()
         }
     }
 }

@@ -6,3 +6,4 @@ mod clients;
 mod common;
 mod harness;
 mod idempotence;
+mod offsets;

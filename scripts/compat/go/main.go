@@ -250,7 +250,8 @@ var apiKeys = []struct {
 	key  int16
 	name string
 }{{0, "Produce"}, {1, "Fetch"}, {2, "ListOffsets"}, {3, "Metadata"}, {18, "ApiVersions"},
-	{19, "CreateTopics"}, {22, "InitProducerId"}, {60, "DescribeCluster"}}
+	{19, "CreateTopics"}, {22, "InitProducerId"}, {8, "OffsetCommit"}, {9, "OffsetFetch"},
+	{10, "FindCoordinator"}, {60, "DescribeCluster"}}
 
 // adminChecks: versions, cluster, topic creation, topic metadata. Returns the broker id.
 func adminChecks(adm *kadm.Client, cl *kgo.Client) int32 {
@@ -627,5 +628,40 @@ func main() {
 	consume(bootstrap, "from-start", map[int32]int64{}, end, byOffset)
 	consume(bootstrap, "from-middle", middle, end, byOffset)
 	offsetChecks(adm, byOffset, base)
+	committedChecks(adm, middle)
 	finish(0)
+}
+
+// committedChecks: a group's offsets committed and fetched back with kadm (FindCoordinator,
+// OffsetCommit, OffsetFetch), metadata included.
+func committedChecks(adm *kadm.Client, at map[int32]int64) {
+	ctx, cancel := opCtx()
+	defer cancel()
+	const group = "franz-compat-group"
+	var commit kadm.Offsets
+	for p, o := range at {
+		commit.Add(kadm.Offset{Topic: topic, Partition: p, At: o, LeaderEpoch: -1, Metadata: fmt.Sprintf("go-%d", p)})
+	}
+	resp, err := adm.CommitOffsets(ctx, group, commit)
+	if err == nil {
+		err = resp.Error()
+	}
+	if err != nil {
+		fail("CommitOffsets %s: %v", group, err)
+		return
+	}
+	fetched, err := adm.FetchOffsets(ctx, group)
+	if err == nil {
+		err = fetched.Error()
+	}
+	if err != nil {
+		fail("FetchOffsets %s: %v", group, err)
+		return
+	}
+	for p, o := range at {
+		got, ok := fetched.Lookup(topic, p)
+		check(ok && got.At == o && got.Metadata == fmt.Sprintf("go-%d", p),
+			"FetchOffsets %s: %s-%d = %+v (found %v), expected %d go-%d", group, topic, p, got.Offset, ok, o, p)
+	}
+	say("committed offsets: %d partitions committed and fetched back for group %s", len(at), group)
 }

@@ -27,6 +27,7 @@ import org.apache.kafka.clients.consumer.ConsumerConfig;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.ConsumerRecords;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
+import org.apache.kafka.clients.consumer.OffsetAndMetadata;
 import org.apache.kafka.clients.consumer.OffsetAndTimestamp;
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerConfig;
@@ -90,6 +91,15 @@ public final class Compat {
                 System.out.printf("java: %-6s round trip of %d records: %s%n", codec, RECORDS,
                         failures.size() == before ? "ok" : "FAILED");
             }
+            int before = failures.size();
+            try {
+                committedOffsets(bootstrap, topicFor(CODECS[0]));
+            } catch (Throwable e) {
+                fail("offsets: unexpected exception: " + describe(e));
+                e.printStackTrace(System.out);
+            }
+            System.out.printf("java: committed offsets (commitSync, committed, admin listConsumerGroupOffsets): %s%n",
+                    failures.size() == before ? "ok" : "FAILED");
         }
         long ms = (System.nanoTime() - start) / 1_000_000;
         if (failures.isEmpty()) {
@@ -417,11 +427,39 @@ public final class Compat {
         }
     }
 
+    /**
+     * A group's committed offsets: commitSync from an assign()ed consumer, read back by another
+     * consumer of the group (committed) and by the admin client (listConsumerGroupOffsets).
+     */
+    private static void committedOffsets(String bootstrap, String topic) throws Exception {
+        String group = "java-compat-group";
+        Map<TopicPartition, OffsetAndMetadata> commit = new HashMap<>();
+        for (int p = 0; p < PARTITIONS; p++) {
+            commit.put(new TopicPartition(topic, p), new OffsetAndMetadata(10L + p, "java-" + p));
+        }
+        Map<String, String> grouped = Map.of(ConsumerConfig.GROUP_ID_CONFIG, group);
+        try (KafkaConsumer<byte[], byte[]> consumer = newConsumer(bootstrap, "committer", grouped)) {
+            consumer.assign(commit.keySet());
+            consumer.commitSync(commit);
+        }
+        try (KafkaConsumer<byte[], byte[]> consumer = newConsumer(bootstrap, "reader", grouped)) {
+            Map<TopicPartition, OffsetAndMetadata> got = consumer.committed(commit.keySet());
+            check(commit.equals(got), "offsets: committed() = " + got + ", expected " + commit);
+        }
+        Properties ap = new Properties();
+        ap.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        try (Admin admin = Admin.create(ap)) {
+            Map<TopicPartition, OffsetAndMetadata> listed =
+                    admin.listConsumerGroupOffsets(group).partitionsToOffsetAndMetadata().get(TIMEOUT_S, TimeUnit.SECONDS);
+            check(commit.equals(listed), "offsets: listConsumerGroupOffsets = " + listed + ", expected " + commit);
+        }
+    }
+
     private static KafkaConsumer<byte[], byte[]> newConsumer(String bootstrap, String name, Map<String, String> extra) {
         Properties cp = new Properties();
         cp.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         cp.put(ConsumerConfig.CLIENT_ID_CONFIG, "sluice-compat-consumer-" + name);
-        // No group.id: no coordinator, no commits (sluice has no consumer groups yet).
+        // No group.id unless given: the round trips use assign() without a group.
         cp.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, "false");
         cp.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
         cp.put(ConsumerConfig.REQUEST_TIMEOUT_MS_CONFIG, "15000");

@@ -1,0 +1,469 @@
+//! Committed offsets: the group coordinator's offset store, for consumers that commit (with or
+//! without a group membership — JoinGroup is not here yet, so today every group is a "simple"
+//! one: generation -1, no members).
+//!
+//! A group belongs to one partition of the internal topic `__consumer_offsets`
+//! (`offsets.topic.num.partitions`, 50), chosen as Kafka chooses it (the absolute value of the
+//! Java hash of the group id, modulo the partition count), and so to the core that owns that
+//! partition: commits and fetches for a group run there, nowhere else, so nothing is shared
+//! between cores. A commit is appended to that partition as records in Kafka's own formats
+//! (key `OffsetCommitKey` v1, value `OffsetCommitValue` v3, see docs/FORMATS.md) and answered
+//! once they are durable; the core's in-memory table is what fetches read, and it is rebuilt
+//! from the partition when the core opens it at start.
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use bytes::{Buf, BufMut, BytesMut};
+use kafka_protocol::error::ResponseError;
+use sluice_core::TopicPartition;
+use sluice_storage::{batch, Durability, PartitionLog};
+
+use crate::router::{CoreRequest, CoreResponse, NewTopic, OffsetToCommit};
+use crate::shard::{now_ms, Shard};
+
+/// The internal topic holding committed offsets.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// Settings of `__consumer_offsets` when sluice creates it: nothing is deleted by retention
+/// (Kafka compacts the topic; until log compaction exists, sluice keeps it whole) and segments
+/// are Kafka's `offsets.topic.segment.bytes`.
+pub const OFFSETS_TOPIC_CONFIGS: &[(&str, &str)] = &[
+    ("retention.ms", "-1"),
+    ("retention.bytes", "-1"),
+    ("segment.bytes", "104857600"),
+];
+
+/// A committed offset as the coordinator keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+    pub commit_timestamp: i64,
+    /// Where its record is in `__consumer_offsets` (not part of the record): of two commits
+    /// for a partition, the later record wins, whatever order their writes complete in.
+    pub log_offset: i64,
+}
+
+/// Offsets of the groups whose `__consumer_offsets` partition this core owns.
+pub type GroupOffsets = HashMap<String, BTreeMap<(String, i32), Committed>>;
+
+/// Java's `String.hashCode` over UTF-16 code units.
+fn java_hash(s: &str) -> i32 {
+    s.encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
+}
+
+/// The `__consumer_offsets` partition of a group: Kafka's `Utils.abs(hashCode) % partitions`,
+/// where `Utils.abs(Integer.MIN_VALUE)` is 0.
+pub fn partition_for(group: &str, partitions: i32) -> i32 {
+    let h = java_hash(group);
+    let abs = if h == i32::MIN { 0 } else { h.abs() };
+    abs % partitions.max(1)
+}
+
+fn put_string(buf: &mut BytesMut, s: &str) {
+    buf.put_i16(s.len().min(i16::MAX as usize) as i16);
+    buf.put_slice(&s.as_bytes()[..s.len().min(i16::MAX as usize)]);
+}
+
+fn get_string(buf: &mut &[u8]) -> Option<String> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let len = buf.get_i16();
+    if len < 0 {
+        return Some(String::new());
+    }
+    let (s, rest) = buf.split_at_checked(len as usize)?;
+    *buf = rest;
+    String::from_utf8(s.to_vec()).ok()
+}
+
+/// The record key of a committed offset: `OffsetCommitKey` at version 1.
+pub fn encode_key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    b.put_i16(1);
+    put_string(&mut b, group);
+    put_string(&mut b, topic);
+    b.put_i32(partition);
+    b.to_vec()
+}
+
+/// The record value of a committed offset: `OffsetCommitValue` at version 3.
+pub fn encode_value(c: &Committed) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    b.put_i16(3);
+    b.put_i64(c.offset);
+    b.put_i32(c.leader_epoch);
+    put_string(&mut b, &c.metadata);
+    b.put_i64(c.commit_timestamp);
+    b.to_vec()
+}
+
+/// (group, topic, partition) of an offset record's key; None for other record types (group
+/// metadata keys are version 2) or damage.
+pub fn decode_key(mut key: &[u8]) -> Option<(String, String, i32)> {
+    if key.len() < 2 {
+        return None;
+    }
+    let version = key.get_i16();
+    if !(0..=1).contains(&version) {
+        return None;
+    }
+    let group = get_string(&mut key)?;
+    let topic = get_string(&mut key)?;
+    if key.len() < 4 {
+        return None;
+    }
+    Some((group, topic, key.get_i32()))
+}
+
+/// An `OffsetCommitValue` of version 0 to 3.
+pub fn decode_value(mut value: &[u8]) -> Option<Committed> {
+    if value.len() < 2 {
+        return None;
+    }
+    let version = value.get_i16();
+    if !(0..=3).contains(&version) || value.len() < 8 {
+        return None;
+    }
+    let offset = value.get_i64();
+    let leader_epoch = if version >= 3 {
+        if value.len() < 4 {
+            return None;
+        }
+        value.get_i32()
+    } else {
+        -1
+    };
+    let metadata = get_string(&mut value)?;
+    if value.len() < 8 {
+        return None;
+    }
+    let commit_timestamp = value.get_i64();
+    Some(Committed {
+        offset,
+        leader_epoch,
+        metadata,
+        commit_timestamp,
+        log_offset: -1,
+    })
+}
+
+/// Applies one `__consumer_offsets` record (at `log_offset`) to the table: a value sets an
+/// offset, a null value (tombstone) removes it; other record types are skipped.
+pub fn apply_record(
+    table: &mut GroupOffsets,
+    log_offset: i64,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) {
+    let Some((group, topic, partition)) = key.and_then(decode_key) else {
+        return;
+    };
+    match value {
+        Some(v) => {
+            if let Some(mut c) = decode_value(v) {
+                c.log_offset = log_offset;
+                set(table, group, topic, partition, c);
+            }
+        }
+        None => {
+            if let Some(offsets) = table.get_mut(&group) {
+                offsets.remove(&(topic, partition));
+                if offsets.is_empty() {
+                    table.remove(&group);
+                }
+            }
+        }
+    }
+}
+
+/// Sets an offset unless the table holds one from a later record.
+fn set(table: &mut GroupOffsets, group: String, topic: String, partition: i32, c: Committed) {
+    let offsets = table.entry(group).or_default();
+    match offsets.get(&(topic.clone(), partition)) {
+        Some(existing) if existing.log_offset > c.log_offset => {}
+        _ => {
+            offsets.insert((topic, partition), c);
+        }
+    }
+}
+
+/// Rebuilds the table from one `__consumer_offsets` partition, read from its start to its high
+/// watermark.
+pub async fn load(table: &mut GroupOffsets, log: &Rc<PartitionLog>) -> Result<usize, String> {
+    let mut offset = log.log_start_offset();
+    let end = log.high_watermark();
+    let mut applied = 0;
+    while offset < end {
+        let read = log
+            .read(offset, 4 << 20, true)
+            .await
+            .map_err(|e| format!("reading {}-{}: {e}", log.topic, log.partition))?;
+        let bytes = read.records.to_bytes();
+        if bytes.is_empty() {
+            break;
+        }
+        let batches = batch::split_and_validate(&bytes)
+            .map_err(|e| format!("{}-{} at {offset}: {e}", log.topic, log.partition))?;
+        for (pos, header) in batches {
+            let whole = &bytes[pos..pos + header.total_bytes()];
+            for record in batch::records(whole).unwrap_or_default() {
+                if record.offset >= offset {
+                    apply_record(table, record.offset, record.key, record.value);
+                    applied += 1;
+                }
+            }
+            offset = offset.max(header.last_offset() + 1);
+        }
+    }
+    Ok(applied)
+}
+
+/// Appends the offsets of one commit to the group's partition and waits until they are
+/// durable; returns the log offset of the first record.
+async fn append_commit(
+    log: &Rc<PartitionLog>,
+    flusher: &sluice_storage::Flusher,
+    group: &str,
+    offsets: &[(String, i32, Committed)],
+    now_ms: i64,
+) -> Result<i64, String> {
+    let encoded: Vec<(Vec<u8>, Vec<u8>)> = offsets
+        .iter()
+        .map(|(topic, partition, c)| (encode_key(group, topic, *partition), encode_value(c)))
+        .collect();
+    let records: Vec<batch::KeyValue<'_>> = encoded
+        .iter()
+        .map(|(k, v)| (Some(k.as_slice()), Some(v.as_slice())))
+        .collect();
+    let batch = batch::build_keyed_batch(0, now_ms, &records).freeze();
+    let info = log.append(&batch, now_ms).map_err(|e| e.to_string())?;
+    flusher.mark_dirty(log);
+    log.wait_durable(&info, Durability::Synced)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(info.base_offset)
+}
+
+/// Creates `__consumer_offsets` (through core 0) unless it exists; false if that failed.
+pub async fn ensure_topic(shard: &Rc<Shard>) -> bool {
+    if shard.topics.borrow().contains_key(OFFSETS_TOPIC) {
+        return true;
+    }
+    let topic = NewTopic {
+        name: OFFSETS_TOPIC.to_string(),
+        partitions: shard.broker.offsets_topic_num_partitions,
+        replication_factor: 1,
+        configs: OFFSETS_TOPIC_CONFIGS
+            .iter()
+            .map(|(k, v)| (k.to_string(), Some(v.to_string())))
+            .collect(),
+        has_assignments: false,
+    };
+    let created = shard
+        .call(
+            0,
+            CoreRequest::CreateTopics {
+                topics: vec![topic],
+                validate_only: false,
+            },
+        )
+        .await;
+    match created {
+        Some(CoreResponse::Topics(results)) => {
+            results
+                .iter()
+                .all(|r| r.error == 0 || r.error == ResponseError::TopicAlreadyExists.code())
+                && shard.topics.borrow().contains_key(OFFSETS_TOPIC)
+        }
+        _ => false,
+    }
+}
+
+/// The core that coordinates `group`, once `__consumer_offsets` exists.
+pub fn coordinator_core(shard: &Shard, group: &str) -> Option<usize> {
+    let partitions = shard.topics.borrow().get(OFFSETS_TOPIC)?.partitions;
+    let partition = partition_for(group, partitions);
+    shard.table.borrow().core_of(OFFSETS_TOPIC, partition)
+}
+
+/// A commit, on the coordinating core. Every group is a simple one today (no JoinGroup, so no
+/// members): Kafka accepts a commit without a generation (-1, whatever the member id) and
+/// refuses one with a generation — UNKNOWN_MEMBER_ID for a group that exists, else
+/// ILLEGAL_GENERATION, or GROUP_ID_NOT_FOUND from v9.
+pub async fn commit(
+    shard: &Rc<Shard>,
+    group: String,
+    generation: i32,
+    version: i16,
+    offsets: Vec<OffsetToCommit>,
+) -> Vec<(String, i32, i16)> {
+    let all = |code: ResponseError| {
+        offsets
+            .iter()
+            .map(|o| (o.topic.clone(), o.partition, code.code()))
+            .collect::<Vec<_>>()
+    };
+    if generation >= 0 {
+        return all(if shard.offsets.borrow().contains_key(&group) {
+            ResponseError::UnknownMemberId
+        } else if version >= 9 {
+            ResponseError::GroupIdNotFound
+        } else {
+            ResponseError::IllegalGeneration
+        });
+    }
+    let partitions = match shard.topics.borrow().get(OFFSETS_TOPIC) {
+        Some(meta) => meta.partitions,
+        None => return all(ResponseError::CoordinatorNotAvailable),
+    };
+    let tp = TopicPartition::new(OFFSETS_TOPIC.to_string(), partition_for(&group, partitions));
+    let Some(log) = shard.log(&tp) else {
+        return all(ResponseError::NotCoordinator);
+    };
+    let now = now_ms();
+    let mut answers = Vec::with_capacity(offsets.len());
+    let mut accepted = Vec::new();
+    for o in offsets {
+        let known = shard
+            .topics
+            .borrow()
+            .get(&o.topic)
+            .is_some_and(|t| (0..t.partitions).contains(&o.partition));
+        let metadata = o.metadata.unwrap_or_default();
+        let error = if !known {
+            ResponseError::UnknownTopicOrPartition.code()
+        } else if metadata.encode_utf16().count() > shard.broker.offset_metadata_max_bytes {
+            ResponseError::OffsetMetadataTooLarge.code()
+        } else {
+            accepted.push((
+                o.topic.clone(),
+                o.partition,
+                Committed {
+                    offset: o.offset,
+                    leader_epoch: o.leader_epoch,
+                    metadata,
+                    commit_timestamp: now,
+                    log_offset: -1,
+                },
+            ));
+            0
+        };
+        answers.push((o.topic, o.partition, error));
+    }
+    if accepted.is_empty() {
+        return answers;
+    }
+    match append_commit(&log, &shard.flusher, &group, &accepted, now).await {
+        Ok(first) => {
+            let mut table = shard.offsets.borrow_mut();
+            for (i, (topic, partition, mut c)) in accepted.into_iter().enumerate() {
+                c.log_offset = first + i as i64;
+                set(&mut table, group.clone(), topic, partition, c);
+            }
+        }
+        Err(why) => {
+            eprintln!("sluice: committing offsets of group {group}: {why}");
+            for a in answers.iter_mut().filter(|a| a.2 == 0) {
+                a.2 = ResponseError::CoordinatorNotAvailable.code();
+            }
+        }
+    }
+    answers
+}
+
+/// Committed offsets of `group`, on the coordinating core: for the partitions asked, each with
+/// its offset or None; for `None`, every partition the group has an offset for.
+pub fn fetch(
+    shard: &Shard,
+    group: &str,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> Vec<(String, i32, Option<Committed>)> {
+    let table = shard.offsets.borrow();
+    let offsets = table.get(group);
+    match topics {
+        None => offsets
+            .map(|o| {
+                o.iter()
+                    .map(|((t, p), c)| (t.clone(), *p, Some(c.clone())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Some(topics) => topics
+            .into_iter()
+            .flat_map(|(topic, partitions)| partitions.into_iter().map(move |p| (topic.clone(), p)))
+            .map(|(topic, p)| {
+                let c = offsets.and_then(|o| o.get(&(topic.clone(), p))).cloned();
+                (topic, p, c)
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_map_to_partitions_as_in_kafka() {
+        // Values from the JDK's String.hashCode and Kafka's Utils.abs(h) % 50.
+        assert_eq!(java_hash("my-group"), -1_906_497_762);
+        assert_eq!(partition_for("my-group", 50), 12);
+        assert_eq!(java_hash("consumers"), -421_004_483);
+        assert_eq!(partition_for("consumers", 50), 33);
+        assert_eq!(partition_for("sluice-tests", 50), 37);
+        assert_eq!(partition_for("😀", 50), 49);
+        assert_eq!(java_hash(""), 0);
+        assert_eq!(partition_for("", 50), 0);
+        // Non-ASCII text hashes over UTF-16 code units.
+        assert_eq!(java_hash("é"), 0xe9);
+        assert_eq!(java_hash("😀"), 1_772_899);
+        for g in ["a", "consumers", "Ünïcödé", "x".repeat(1000).as_str()] {
+            let p = partition_for(g, 50);
+            assert!((0..50).contains(&p), "{g} → {p}");
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_tombstones_delete() {
+        let c = Committed {
+            offset: 42,
+            leader_epoch: 3,
+            metadata: "meta".into(),
+            commit_timestamp: 1_700_000_000_000,
+            log_offset: -1,
+        };
+        let key = encode_key("g", "orders", 7);
+        assert_eq!(decode_key(&key), Some(("g".into(), "orders".into(), 7)));
+        assert_eq!(decode_value(&encode_value(&c)), Some(c.clone()));
+        let mut table = GroupOffsets::new();
+        apply_record(&mut table, 10, Some(&key), Some(&encode_value(&c)));
+        let stored = &table["g"][&("orders".to_string(), 7)];
+        assert_eq!((stored.offset, stored.log_offset), (42, 10));
+        // An earlier record does not overwrite a later one.
+        let older = Committed {
+            offset: 1,
+            ..c.clone()
+        };
+        apply_record(&mut table, 9, Some(&key), Some(&encode_value(&older)));
+        assert_eq!(table["g"][&("orders".to_string(), 7)].offset, 42);
+        // A group metadata key (version 2) is not an offset.
+        let mut other = key.clone();
+        other[1] = 2;
+        apply_record(&mut table, 11, Some(&other), None);
+        assert_eq!(table.len(), 1);
+        apply_record(&mut table, 12, Some(&key), None);
+        assert!(table.is_empty());
+        for cut in 0..key.len() {
+            let _ = decode_key(&key[..cut]);
+        }
+        let value = encode_value(&c);
+        for cut in 0..value.len() {
+            assert_eq!(decode_value(&value[..cut]), None);
+        }
+    }
+}
