@@ -279,6 +279,21 @@ check_kcat() {
         say "kcat: kcat -L failed"
         ok=1
     fi
+
+    # A balanced consumer (-G: JoinGroup/SyncGroup/Heartbeat, committed offsets): the whole topic
+    # once, then nothing more for the same group, which resumes from its committed offsets.
+    if timeout 60 kcat -b "$BOOTSTRAP" -G kcat-compat-group -X auto.offset.reset=earliest -e -q \
+        kcat-compat </dev/null >"$dir/group.out" 2>"$dir/group.err" \
+        && cmp -s "$dir/kcat-compat.in" "$dir/group.out" \
+        && timeout 60 kcat -b "$BOOTSTRAP" -G kcat-compat-group -X auto.offset.reset=earliest -e -q \
+            kcat-compat </dev/null >"$dir/group-again.out" 2>>"$dir/group.err" \
+        && [ ! -s "$dir/group-again.out" ]; then
+        say "kcat: kcat -G: 100 lines through a consumer group, none again after its commit"
+    else
+        say "kcat: kcat -G failed ($(wc -l <"$dir/group.out" 2>/dev/null || echo 0) lines, then $(wc -l <"$dir/group-again.out" 2>/dev/null || echo 0)):"
+        sed 's/^/    /' "$dir/group.err" | tail -n 20
+        ok=1
+    fi
     return "$ok"
 }
 

@@ -82,6 +82,11 @@ pub struct BrokerConfig {
     pub cores: usize,
     /// Bytes of DMA memory glommio registers per core.
     pub io_memory_bytes: usize,
+    /// Consumer groups: the session timeouts a member may ask for, and how long a group that
+    /// was empty waits for more members before its first rebalance completes.
+    pub group_min_session_timeout_ms: i32,
+    pub group_max_session_timeout_ms: i32,
+    pub group_initial_rebalance_delay_ms: i64,
     /// Partitions of `__consumer_offsets`, created at the first FindCoordinator for a group
     /// (`offsets.topic.num.partitions`, Kafka's 50).
     pub offsets_topic_num_partitions: i32,
@@ -122,6 +127,9 @@ impl Default for BrokerConfig {
             cores: 0,
             io_memory_bytes: 2 << 20,
             producer_id_expiration_ms: 86_400_000,
+            group_min_session_timeout_ms: 6_000,
+            group_max_session_timeout_ms: 1_800_000,
+            group_initial_rebalance_delay_ms: 3_000,
             offsets_topic_num_partitions: 50,
             offset_metadata_max_bytes: 4096,
             socket_send_zerocopy: false,
@@ -149,7 +157,6 @@ const IGNORED_KEYS: &[&str] = &[
     "transaction.state.log.min.isr",
     "share.coordinator.state.topic.replication.factor",
     "share.coordinator.state.topic.min.isr",
-    "group.initial.rebalance.delay.ms",
     "min.insync.replicas",
 ];
 
@@ -261,6 +268,15 @@ impl BrokerConfig {
                 }
                 "log.flush.interval.ms" => config.log_flush_interval_ms = parse_i64(k, v)?,
                 "producer.id.expiration.ms" => config.producer_id_expiration_ms = positive(k, v)?,
+                "group.min.session.timeout.ms" => {
+                    config.group_min_session_timeout_ms = positive(k, v)? as i32
+                }
+                "group.max.session.timeout.ms" => {
+                    config.group_max_session_timeout_ms = positive(k, v)? as i32
+                }
+                "group.initial.rebalance.delay.ms" => {
+                    config.group_initial_rebalance_delay_ms = parse_i64(k, v)?.max(0)
+                }
                 "offsets.topic.num.partitions" => {
                     config.offsets_topic_num_partitions = positive(k, v)? as i32
                 }
@@ -357,6 +373,18 @@ impl BrokerConfig {
             (
                 "log.flush.interval.ms",
                 self.log_flush_interval_ms.to_string(),
+            ),
+            (
+                "group.min.session.timeout.ms",
+                self.group_min_session_timeout_ms.to_string(),
+            ),
+            (
+                "group.max.session.timeout.ms",
+                self.group_max_session_timeout_ms.to_string(),
+            ),
+            (
+                "group.initial.rebalance.delay.ms",
+                self.group_initial_rebalance_delay_ms.to_string(),
             ),
             (
                 "offsets.topic.num.partitions",

@@ -12,6 +12,7 @@
 pub mod alloc_guard;
 pub mod connection;
 pub mod error;
+pub mod groups;
 pub mod handlers;
 pub mod metadata;
 pub mod offsets;

@@ -299,6 +299,7 @@ pub async fn commit(
     shard: &Rc<Shard>,
     group: String,
     generation: i32,
+    member_id: &str,
     version: i16,
     offsets: Vec<OffsetToCommit>,
 ) -> Vec<(String, i32, i16)> {
@@ -308,8 +309,14 @@ pub async fn commit(
             .map(|o| (o.topic.clone(), o.partition, code.code()))
             .collect::<Vec<_>>()
     };
-    if generation >= 0 {
-        return all(if shard.offsets.borrow().contains_key(&group) {
+    if crate::groups::has_members(shard, &group) {
+        if let Some(e) = crate::groups::validate_commit(shard, &group, generation, member_id) {
+            return all(e);
+        }
+    } else if generation >= 0 {
+        let exists = shard.offsets.borrow().contains_key(&group)
+            || shard.groups.borrow().contains_key(&group);
+        return all(if exists {
             ResponseError::UnknownMemberId
         } else if version >= 9 {
             ResponseError::GroupIdNotFound

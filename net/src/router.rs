@@ -51,9 +51,12 @@ pub enum CoreRequest {
     /// To core 0, which hands out producer ids.
     AllocateProducerId,
     /// To the core owning the group's `__consumer_offsets` partition.
+    Group(crate::groups::GroupCall),
+    /// To the core owning the group's `__consumer_offsets` partition.
     CommitOffsets {
         group: String,
         generation: i32,
+        member_id: String,
         /// The OffsetCommit version (v9+ answers GROUP_ID_NOT_FOUND where older ones answer
         /// ILLEGAL_GENERATION).
         version: i16,
@@ -149,6 +152,7 @@ pub enum CoreResponse {
     Topics(Vec<TopicResult>),
     Applied,
     ProducerId(Result<i64, String>),
+    Group(crate::groups::GroupReply),
     /// (topic, partition, error code) per offset of the commit, in request order.
     Committed(Vec<(String, i32, i16)>),
     /// (topic, partition, committed offset if any).

@@ -180,6 +180,7 @@ async fn core_main(
         router,
         next_revision: Cell::new(revision),
         offsets: RefCell::new(Default::default()),
+        groups: RefCell::new(Default::default()),
         producer_ids: if core == 0 {
             Some(ProducerIds::load(&config.log_dirs).map_err(|e| format!("core 0: {e}"))?)
         } else {
@@ -230,6 +231,7 @@ async fn core_main(
     let flusher_task =
         glommio::spawn_local(flusher.clone().run(now_ms, Duration::from_millis(100)));
     glommio::spawn_local(retention_loop(shard.clone())).detach();
+    glommio::spawn_local(crate::groups::session_loop(shard.clone())).detach();
     let listener = bind_listener(config.listener)
         .map_err(|e| format!("core {core}: cannot listen on {}: {e}", config.listener))?;
     if core == 0 {

@@ -51,6 +51,8 @@ pub struct Shard {
     pub producer_ids: Option<ProducerIds>,
     /// Committed offsets of the groups whose `__consumer_offsets` partition this core owns.
     pub offsets: RefCell<crate::offsets::GroupOffsets>,
+    /// Membership of the groups this core coordinates.
+    pub groups: RefCell<crate::groups::Groups>,
     pub stopping: Cell<bool>,
     /// Requests read from clients of this core and not yet answered.
     pub inflight: Cell<usize>,
@@ -136,16 +138,25 @@ impl Shard {
             CoreRequest::CommitOffsets {
                 group,
                 generation,
+                member_id,
                 version,
                 offsets,
             } => {
                 let shard = self.clone();
                 async move {
                     CoreResponse::Committed(
-                        crate::offsets::commit(&shard, group, generation, version, offsets).await,
+                        crate::offsets::commit(
+                            &shard, group, generation, &member_id, version, offsets,
+                        )
+                        .await,
                     )
                 }
                 .boxed_local()
+            }
+            CoreRequest::Group(call) => {
+                let shard = self.clone();
+                async move { CoreResponse::Group(crate::groups::run(&shard, call).await) }
+                    .boxed_local()
             }
             CoreRequest::FetchOffsets { group, topics } => {
                 let fetched = crate::offsets::fetch(self, &group, topics);

@@ -17,14 +17,20 @@ pub mod create_topics;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
+pub mod describe_groups;
 pub mod fetch;
 pub mod find_coordinator;
+pub mod heartbeat;
 pub mod init_producer_id;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
 pub mod offset_commit;
 pub mod offset_fetch;
 pub mod produce;
+pub mod sync_group;
 
 /// What a handler wants done with the connection.
 pub enum Outcome {
@@ -59,6 +65,12 @@ pub const APIS: &[Api] = &[
     find_coordinator::API,
     offset_commit::API,
     offset_fetch::API,
+    join_group::API,
+    sync_group::API,
+    heartbeat::API,
+    leave_group::API,
+    list_groups::API,
+    describe_groups::API,
 ];
 
 pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
@@ -87,6 +99,12 @@ pub enum Request {
     FindCoordinator(kafka_protocol::messages::FindCoordinatorRequest),
     OffsetCommit(kafka_protocol::messages::OffsetCommitRequest),
     OffsetFetch(kafka_protocol::messages::OffsetFetchRequest),
+    JoinGroup(kafka_protocol::messages::JoinGroupRequest),
+    SyncGroup(kafka_protocol::messages::SyncGroupRequest),
+    Heartbeat(kafka_protocol::messages::HeartbeatRequest),
+    LeaveGroup(kafka_protocol::messages::LeaveGroupRequest),
+    ListGroups(kafka_protocol::messages::ListGroupsRequest),
+    DescribeGroups(kafka_protocol::messages::DescribeGroupsRequest),
 }
 
 /// Decodes a request body (after the header); None when it does not decode — the connection is
@@ -109,6 +127,12 @@ pub fn decode_body(ctx: &RequestContext, mut body: Bytes) -> Option<Request> {
         ApiKey::FindCoordinator => Request::FindCoordinator(decode(&mut body, v)?),
         ApiKey::OffsetCommit => Request::OffsetCommit(decode(&mut body, v)?),
         ApiKey::OffsetFetch => Request::OffsetFetch(decode(&mut body, v)?),
+        ApiKey::JoinGroup => Request::JoinGroup(decode(&mut body, v)?),
+        ApiKey::SyncGroup => Request::SyncGroup(decode(&mut body, v)?),
+        ApiKey::Heartbeat => Request::Heartbeat(decode(&mut body, v)?),
+        ApiKey::LeaveGroup => Request::LeaveGroup(decode(&mut body, v)?),
+        ApiKey::ListGroups => Request::ListGroups(decode(&mut body, v)?),
+        ApiKey::DescribeGroups => Request::DescribeGroups(decode(&mut body, v)?),
         _ => return None,
     })
 }
@@ -153,6 +177,24 @@ pub fn start(
         }
         Request::OffsetFetch(r) => {
             async move { offset_fetch::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::JoinGroup(r) => {
+            async move { join_group::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::SyncGroup(r) => {
+            async move { sync_group::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::Heartbeat(r) => {
+            async move { heartbeat::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::LeaveGroup(r) => {
+            async move { leave_group::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::ListGroups(r) => {
+            async move { list_groups::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::DescribeGroups(r) => {
+            async move { describe_groups::handle(&shard, &ctx, r).await }.boxed_local()
         }
     }
 }

@@ -59,6 +59,7 @@ pub async fn handle(
                 let call = CoreRequest::CommitOffsets {
                     group,
                     generation: request.generation_id_or_member_epoch,
+                    member_id: request.member_id.to_string(),
                     version: ctx.api_version,
                     offsets: wanted.clone(),
                 };

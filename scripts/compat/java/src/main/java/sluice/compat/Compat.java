@@ -100,6 +100,15 @@ public final class Compat {
             }
             System.out.printf("java: committed offsets (commitSync, committed, admin listConsumerGroupOffsets): %s%n",
                     failures.size() == before ? "ok" : "FAILED");
+            before = failures.size();
+            try {
+                groupConsume(bootstrap, topicFor(CODECS[0]));
+            } catch (Throwable e) {
+                fail("group: unexpected exception: " + describe(e));
+                e.printStackTrace(System.out);
+            }
+            System.out.printf("java: consumer group (2 members subscribe, share %d partitions, every record once; describeConsumerGroups): %s%n",
+                    PARTITIONS, failures.size() == before ? "ok" : "FAILED");
         }
         long ms = (System.nanoTime() - start) / 1_000_000;
         if (failures.isEmpty()) {
@@ -452,6 +461,48 @@ public final class Compat {
             Map<TopicPartition, OffsetAndMetadata> listed =
                     admin.listConsumerGroupOffsets(group).partitionsToOffsetAndMetadata().get(TIMEOUT_S, TimeUnit.SECONDS);
             check(commit.equals(listed), "offsets: listConsumerGroupOffsets = " + listed + ", expected " + commit);
+        }
+    }
+
+    /**
+     * Two consumers subscribe() in one group (classic protocol, the client's default): they split
+     * the partitions between them and read every record of the topic exactly once; the admin
+     * client describes the group as Stable with two members.
+     */
+    private static void groupConsume(String bootstrap, String topic) throws Exception {
+        String group = "java-compat-subscribers";
+        Map<String, String> grouped = Map.of(ConsumerConfig.GROUP_ID_CONFIG, group,
+                ConsumerConfig.HEARTBEAT_INTERVAL_MS_CONFIG, "500");
+        try (KafkaConsumer<byte[], byte[]> a = newConsumer(bootstrap, "member-a", grouped);
+             KafkaConsumer<byte[], byte[]> b = newConsumer(bootstrap, "member-b", grouped)) {
+            a.subscribe(List.of(topic));
+            b.subscribe(List.of(topic));
+            Set<String> seen = new HashSet<>();
+            int received = 0;
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(TIMEOUT_S);
+            while ((received < RECORDS || a.assignment().isEmpty() || b.assignment().isEmpty())
+                    && System.nanoTime() < deadline) {
+                for (KafkaConsumer<byte[], byte[]> c : List.of(a, b)) {
+                    for (ConsumerRecord<byte[], byte[]> r : c.poll(Duration.ofMillis(100))) {
+                        received++;
+                        check(seen.add(r.partition() + "@" + r.offset()), "group: record " + r.partition() + "@" + r.offset() + " delivered twice");
+                    }
+                }
+            }
+            check(received == RECORDS, "group: received " + received + " records, expected " + RECORDS);
+            check(!a.assignment().isEmpty() && !b.assignment().isEmpty(),
+                    "group: assignments " + a.assignment() + " and " + b.assignment() + ", expected both non-empty");
+            check(a.assignment().size() + b.assignment().size() == PARTITIONS,
+                    "group: " + (a.assignment().size() + b.assignment().size()) + " partitions assigned, expected " + PARTITIONS);
+            Properties ap = new Properties();
+            ap.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+            try (Admin admin = Admin.create(ap)) {
+                var described = admin.describeConsumerGroups(List.of(group)).all().get(TIMEOUT_S, TimeUnit.SECONDS).get(group);
+                check(described != null && described.members().size() == 2,
+                        "group: describeConsumerGroups members = " + (described == null ? null : described.members()));
+                check(described != null && "STABLE".equals(String.valueOf(described.groupState()).toUpperCase()),
+                        "group: describeConsumerGroups state = " + (described == null ? null : described.groupState()));
+            }
         }
     }
 

@@ -1,0 +1,824 @@
+//! Classic consumer groups: the JoinGroup / SyncGroup / Heartbeat / LeaveGroup state machine,
+//! one per group, stepped by the core that owns the group's `__consumer_offsets` partition
+//! (see `offsets`), with no I/O inside it.
+//!
+//! Kafka's states: Empty → PreparingRebalance (members (re)join; the join phase ends when every
+//! known member has rejoined, or at the rebalance timeout, dropping those that did not, or —
+//! for a group that was empty — after `group.initial.rebalance.delay.ms`) → CompletingRebalance
+//! (a new generation; the leader gets every member's subscription and sends the assignment
+//! with SyncGroup) → Stable. A member that misses heartbeats for its session timeout, leaves,
+//! or joins anew sends the group back to PreparingRebalance. Join and sync metadata pass
+//! through untouched, so every client-side assignor works.
+//!
+//! Not here yet: static membership (a `group.instance.id` is accepted but the member is
+//! treated as dynamic), and persisting group metadata — after a restart members get
+//! UNKNOWN_MEMBER_ID on their next heartbeat and rejoin; committed offsets are durable.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use kafka_protocol::error::ResponseError;
+
+use crate::shard::Shard;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+}
+
+impl State {
+    /// The name Kafka reports (DescribeGroups, ListGroups).
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Empty => "Empty",
+            State::PreparingRebalance => "PreparingRebalance",
+            State::CompletingRebalance => "CompletingRebalance",
+            State::Stable => "Stable",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    /// (protocol name, metadata), in the member's order of preference.
+    pub protocols: Vec<(String, Bytes)>,
+    pub assignment: Bytes,
+    last_heartbeat: Instant,
+}
+
+/// What a JoinGroup is answered with.
+#[derive(Debug, Clone)]
+pub struct JoinAnswer {
+    pub error: i16,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub leader: String,
+    pub member_id: String,
+    /// For the leader: every member's (id, instance id, metadata for the chosen protocol).
+    pub members: Vec<(String, Option<String>, Bytes)>,
+}
+
+impl JoinAnswer {
+    fn error(error: ResponseError, member_id: &str) -> JoinAnswer {
+        JoinAnswer {
+            error: error.code(),
+            generation: -1,
+            protocol_type: None,
+            protocol: None,
+            leader: String::new(),
+            member_id: member_id.to_string(),
+            members: Vec::new(),
+        }
+    }
+}
+
+/// What a SyncGroup is answered with: error, protocol type and name, assignment.
+pub type SyncAnswer = (i16, Option<String>, Option<String>, Bytes);
+
+pub struct Group {
+    pub id: String,
+    pub state: State,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub leader: Option<String>,
+    /// Members in the order they joined (the first is the leader when a new one is needed).
+    pub members: Vec<Member>,
+    /// Member ids handed out with MEMBER_ID_REQUIRED, not yet joined.
+    pending_ids: Vec<(String, Instant)>,
+    awaiting_join: HashMap<String, oneshot::Sender<JoinAnswer>>,
+    awaiting_sync: HashMap<String, oneshot::Sender<SyncAnswer>>,
+    /// Bumped whenever a join-phase timer is (re)armed; a timer of an older round does nothing.
+    join_round: u64,
+    /// Until when a group that was empty waits for more members before completing the join.
+    initial_delay_until: Option<Instant>,
+}
+
+/// The groups this core coordinates.
+pub type Groups = HashMap<String, Rc<RefCell<Group>>>;
+
+/// Group settings from the broker configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub min_session_timeout_ms: i32,
+    pub max_session_timeout_ms: i32,
+    pub initial_rebalance_delay_ms: i64,
+}
+
+#[derive(Debug)]
+pub struct JoinRequest {
+    pub group: String,
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    /// JoinGroup v4+: a new member first gets MEMBER_ID_REQUIRED with its id (KIP-394).
+    pub require_known_member_id: bool,
+}
+
+fn group_of(shard: &Shard, id: &str) -> Option<Rc<RefCell<Group>>> {
+    shard.groups.borrow().get(id).cloned()
+}
+
+fn group_or_new(shard: &Shard, id: &str) -> Rc<RefCell<Group>> {
+    shard
+        .groups
+        .borrow_mut()
+        .entry(id.to_string())
+        .or_insert_with(|| {
+            Rc::new(RefCell::new(Group {
+                id: id.to_string(),
+                state: State::Empty,
+                generation: 0,
+                protocol_type: None,
+                protocol: None,
+                leader: None,
+                members: Vec::new(),
+                pending_ids: Vec::new(),
+                awaiting_join: HashMap::new(),
+                awaiting_sync: HashMap::new(),
+                join_round: 0,
+                initial_delay_until: None,
+            }))
+        })
+        .clone()
+}
+
+/// True when the group exists and has members (commits then need a generation).
+pub fn has_members(shard: &Shard, id: &str) -> bool {
+    group_of(shard, id).is_some_and(|g| !g.borrow().members.is_empty())
+}
+
+/// Checks an OffsetCommit that names a generation against the group; None when it may
+/// commit. Kafka: the member must be known and the generation current, and not while the
+/// group is completing a rebalance.
+pub fn validate_commit(
+    shard: &Shard,
+    id: &str,
+    generation: i32,
+    member_id: &str,
+) -> Option<ResponseError> {
+    let group = group_of(shard, id)?;
+    let g = group.borrow();
+    if g.members.is_empty() {
+        return (generation >= 0).then_some(ResponseError::UnknownMemberId);
+    }
+    if generation < 0 && member_id.is_empty() {
+        return Some(ResponseError::UnknownMemberId);
+    }
+    if !g.members.iter().any(|m| m.id == member_id) {
+        return Some(ResponseError::UnknownMemberId);
+    }
+    if generation != g.generation {
+        return Some(ResponseError::IllegalGeneration);
+    }
+    (g.state == State::CompletingRebalance).then_some(ResponseError::RebalanceInProgress)
+}
+
+/// JoinGroup: resolves when the join phase completes (or at once with an error).
+pub async fn join(shard: &Rc<Shard>, settings: Settings, req: JoinRequest) -> JoinAnswer {
+    if req.group.is_empty() {
+        return JoinAnswer::error(ResponseError::InvalidGroupId, &req.member_id);
+    }
+    if req.session_timeout_ms < settings.min_session_timeout_ms
+        || req.session_timeout_ms > settings.max_session_timeout_ms
+    {
+        return JoinAnswer::error(ResponseError::InvalidSessionTimeout, &req.member_id);
+    }
+    if req.protocol_type.is_empty() || req.protocols.is_empty() {
+        return JoinAnswer::error(ResponseError::InconsistentGroupProtocol, &req.member_id);
+    }
+    let group = group_or_new(shard, &req.group);
+    let receiver = {
+        let mut g = group.borrow_mut();
+        if !g.members.is_empty() {
+            let same_type = g.protocol_type.as_deref() == Some(req.protocol_type.as_str());
+            let shared = req.protocols.iter().any(|(name, _)| {
+                g.members
+                    .iter()
+                    .all(|m| m.protocols.iter().any(|(n, _)| n == name))
+            });
+            if !same_type || !shared {
+                return JoinAnswer::error(ResponseError::InconsistentGroupProtocol, &req.member_id);
+            }
+        }
+        let now = Instant::now();
+        g.pending_ids
+            .retain(|(_, at)| now.duration_since(*at) < Duration::from_secs(300));
+        let member_id = if req.member_id.is_empty() {
+            let id = format!("{}-{}", req.client_id, uuid::Uuid::new_v4());
+            if req.require_known_member_id {
+                g.pending_ids.push((id.clone(), now));
+                return JoinAnswer::error(ResponseError::MemberIdRequired, &id);
+            }
+            id
+        } else {
+            let known = g.members.iter().any(|m| m.id == req.member_id)
+                || g.pending_ids.iter().any(|(id, _)| *id == req.member_id);
+            if !known {
+                return JoinAnswer::error(ResponseError::UnknownMemberId, &req.member_id);
+            }
+            req.member_id.clone()
+        };
+        g.pending_ids.retain(|(id, _)| *id != member_id);
+        let session_timeout = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
+        let rebalance_timeout = Duration::from_millis(req.rebalance_timeout_ms.max(0) as u64);
+        let changed = match g.members.iter_mut().find(|m| m.id == member_id) {
+            Some(m) => {
+                let changed = m.protocols != req.protocols;
+                m.protocols = req.protocols.clone();
+                m.session_timeout = session_timeout;
+                m.rebalance_timeout = rebalance_timeout;
+                m.last_heartbeat = now;
+                changed
+            }
+            None => {
+                g.members.push(Member {
+                    id: member_id.clone(),
+                    instance_id: req.instance_id.clone(),
+                    client_id: req.client_id.clone(),
+                    client_host: req.client_host.clone(),
+                    session_timeout,
+                    rebalance_timeout,
+                    protocols: req.protocols.clone(),
+                    assignment: Bytes::new(),
+                    last_heartbeat: now,
+                });
+                true
+            }
+        };
+        if g.members.len() == 1 {
+            g.protocol_type = Some(req.protocol_type.clone());
+        }
+        let (tx, rx) = oneshot::channel();
+        if let Some(old) = g.awaiting_join.insert(member_id.clone(), tx) {
+            let _ = old.send(JoinAnswer::error(
+                ResponseError::UnknownMemberId,
+                &member_id,
+            ));
+        }
+        // A rejoin of a stable group by its leader, or any change, starts a rebalance; a
+        // follower rejoining with the same protocols during Stable gets the current state.
+        let leader_rejoins = g.leader.as_deref() == Some(member_id.as_str());
+        match g.state {
+            State::Stable if !changed && !leader_rejoins => {
+                let answer = join_answer(&g, &member_id);
+                if let Some(tx) = g.awaiting_join.remove(&member_id) {
+                    let _ = tx.send(answer);
+                }
+            }
+            State::PreparingRebalance => {}
+            _ => prepare_rebalance(&mut g, &group, settings),
+        }
+        drop(g);
+        maybe_complete_join(&group);
+        rx
+    };
+    receiver
+        .await
+        .unwrap_or_else(|_| JoinAnswer::error(ResponseError::RebalanceInProgress, &req.member_id))
+}
+
+fn join_answer(g: &Group, member_id: &str) -> JoinAnswer {
+    let protocol = g.protocol.clone();
+    let is_leader = g.leader.as_deref() == Some(member_id);
+    JoinAnswer {
+        error: 0,
+        generation: g.generation,
+        protocol_type: g.protocol_type.clone(),
+        protocol: protocol.clone(),
+        leader: g.leader.clone().unwrap_or_default(),
+        member_id: member_id.to_string(),
+        members: if is_leader {
+            g.members
+                .iter()
+                .map(|m| {
+                    let metadata = m
+                        .protocols
+                        .iter()
+                        .find(|(n, _)| Some(n) == protocol.as_ref())
+                        .map(|(_, md)| md.clone())
+                        .unwrap_or_default();
+                    (m.id.clone(), m.instance_id.clone(), metadata)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// Enters PreparingRebalance: pending syncs are told to rejoin, and the join phase gets its
+/// deadline (the longest rebalance timeout, or the initial delay for a group that was empty).
+fn prepare_rebalance(g: &mut Group, group: &Rc<RefCell<Group>>, settings: Settings) {
+    for (_, tx) in g.awaiting_sync.drain() {
+        let _ = tx.send((
+            ResponseError::RebalanceInProgress.code(),
+            None,
+            None,
+            Bytes::new(),
+        ));
+    }
+    let was_empty = g.state == State::Empty;
+    g.state = State::PreparingRebalance;
+    g.join_round += 1;
+    let timeout = g
+        .members
+        .iter()
+        .map(|m| m.rebalance_timeout)
+        .max()
+        .unwrap_or_default();
+    let delay = if was_empty && settings.initial_rebalance_delay_ms > 0 {
+        let d = Duration::from_millis(settings.initial_rebalance_delay_ms as u64).min(timeout);
+        g.initial_delay_until = Some(Instant::now() + d);
+        d
+    } else {
+        g.initial_delay_until = None;
+        timeout
+    };
+    arm_join_timer(Rc::downgrade(group), g.join_round, delay);
+}
+
+fn arm_join_timer(group: Weak<RefCell<Group>>, round: u64, after: Duration) {
+    glommio::spawn_local(async move {
+        glommio::timer::sleep(after).await;
+        let Some(group) = group.upgrade() else {
+            return;
+        };
+        {
+            let mut g = group.borrow_mut();
+            if g.join_round != round || g.state != State::PreparingRebalance {
+                return;
+            }
+            g.initial_delay_until = None;
+            // The deadline passed: members that did not rejoin are dropped.
+            let waiting: Vec<String> = g.awaiting_join.keys().cloned().collect();
+            g.members.retain(|m| waiting.contains(&m.id));
+        }
+        complete_join(&group);
+    })
+    .detach();
+}
+
+/// Completes the join phase once every member has rejoined (and any initial delay is over).
+fn maybe_complete_join(group: &Rc<RefCell<Group>>) {
+    let ready = {
+        let g = group.borrow();
+        g.state == State::PreparingRebalance
+            && g.initial_delay_until.is_none_or(|t| Instant::now() >= t)
+            && g.members
+                .iter()
+                .all(|m| g.awaiting_join.contains_key(&m.id))
+    };
+    if ready {
+        complete_join(group);
+    }
+}
+
+/// A new generation: the protocol every member supports that they like best, a leader, and
+/// an answer to every member waiting in JoinGroup.
+fn complete_join(group: &Rc<RefCell<Group>>) {
+    let mut g = group.borrow_mut();
+    g.join_round += 1;
+    if g.members.is_empty() {
+        g.state = State::Empty;
+        g.generation += 1;
+        g.protocol = None;
+        g.leader = None;
+        g.protocol_type = None;
+        for (id, tx) in g.awaiting_join.drain() {
+            let _ = tx.send(JoinAnswer::error(ResponseError::UnknownMemberId, &id));
+        }
+        return;
+    }
+    let candidates: Vec<String> = g.members[0]
+        .protocols
+        .iter()
+        .map(|(n, _)| n.clone())
+        .filter(|n| {
+            g.members
+                .iter()
+                .all(|m| m.protocols.iter().any(|(p, _)| p == n))
+        })
+        .collect();
+    // Kafka's vote: each member votes for its most preferred candidate; most votes wins.
+    let protocol = candidates
+        .iter()
+        .max_by_key(|c| {
+            let votes = g
+                .members
+                .iter()
+                .filter(|m| {
+                    m.protocols
+                        .iter()
+                        .find(|(p, _)| candidates.contains(p))
+                        .map(|(p, _)| p)
+                        == Some(c)
+                })
+                .count();
+            (
+                votes,
+                std::cmp::Reverse(candidates.iter().position(|x| x == *c)),
+            )
+        })
+        .cloned();
+    g.protocol = protocol;
+    g.generation += 1;
+    let leader_still_here = g
+        .leader
+        .as_ref()
+        .is_some_and(|l| g.members.iter().any(|m| m.id == *l));
+    if !leader_still_here {
+        g.leader = g.members.first().map(|m| m.id.clone());
+    }
+    g.state = State::CompletingRebalance;
+    let now = Instant::now();
+    for m in &mut g.members {
+        m.last_heartbeat = now;
+        m.assignment = Bytes::new();
+    }
+    let waiting: Vec<(String, oneshot::Sender<JoinAnswer>)> = g.awaiting_join.drain().collect();
+    for (id, tx) in waiting {
+        let _ = tx.send(join_answer(&g, &id));
+    }
+}
+
+/// SyncGroup: the leader's assignment is handed to every member; followers wait for it.
+pub async fn sync(
+    shard: &Rc<Shard>,
+    id: &str,
+    generation: i32,
+    member_id: &str,
+    protocol_type: Option<String>,
+    protocol: Option<String>,
+    assignments: Vec<(String, Bytes)>,
+) -> SyncAnswer {
+    let error = |e: ResponseError| (e.code(), None, None, Bytes::new());
+    let Some(group) = group_of(shard, id) else {
+        return error(ResponseError::UnknownMemberId);
+    };
+    let rx = {
+        let mut g = group.borrow_mut();
+        let Some(member) = g.members.iter_mut().find(|m| m.id == member_id) else {
+            return error(ResponseError::UnknownMemberId);
+        };
+        member.last_heartbeat = Instant::now();
+        if generation != g.generation {
+            return error(ResponseError::IllegalGeneration);
+        }
+        let mismatched = protocol_type.is_some_and(|t| Some(t) != g.protocol_type)
+            || protocol.is_some_and(|p| Some(p) != g.protocol);
+        if mismatched {
+            return error(ResponseError::InconsistentGroupProtocol);
+        }
+        match g.state {
+            State::Empty => return error(ResponseError::UnknownMemberId),
+            State::PreparingRebalance => return error(ResponseError::RebalanceInProgress),
+            State::Stable => {
+                let m = g
+                    .members
+                    .iter()
+                    .find(|m| m.id == member_id)
+                    .expect("found above");
+                return (
+                    0,
+                    g.protocol_type.clone(),
+                    g.protocol.clone(),
+                    m.assignment.clone(),
+                );
+            }
+            State::CompletingRebalance => {}
+        }
+        let (tx, rx) = oneshot::channel();
+        g.awaiting_sync.insert(member_id.to_string(), tx);
+        if g.leader.as_deref() == Some(member_id) {
+            for m in &mut g.members {
+                m.assignment = assignments
+                    .iter()
+                    .find(|(id, _)| *id == m.id)
+                    .map(|(_, a)| a.clone())
+                    .unwrap_or_default();
+            }
+            g.state = State::Stable;
+            let (pt, p) = (g.protocol_type.clone(), g.protocol.clone());
+            let waiting: Vec<(String, oneshot::Sender<SyncAnswer>)> =
+                g.awaiting_sync.drain().collect();
+            for (id, tx) in waiting {
+                let assignment = g
+                    .members
+                    .iter()
+                    .find(|m| m.id == id)
+                    .map(|m| m.assignment.clone())
+                    .unwrap_or_default();
+                let _ = tx.send((0, pt.clone(), p.clone(), assignment));
+            }
+        }
+        rx
+    };
+    rx.await
+        .unwrap_or_else(|_| error(ResponseError::RebalanceInProgress))
+}
+
+/// Heartbeat: keeps the member's session; tells it to rejoin while the group rebalances.
+/// Returns the error code (0: carry on).
+pub fn heartbeat(shard: &Shard, id: &str, generation: i32, member_id: &str) -> i16 {
+    let Some(group) = group_of(shard, id) else {
+        return ResponseError::UnknownMemberId.code();
+    };
+    let mut g = group.borrow_mut();
+    let state = g.state;
+    let current = g.generation;
+    let Some(member) = g.members.iter_mut().find(|m| m.id == member_id) else {
+        return ResponseError::UnknownMemberId.code();
+    };
+    member.last_heartbeat = Instant::now();
+    if state == State::PreparingRebalance {
+        return ResponseError::RebalanceInProgress.code();
+    }
+    if generation != current {
+        return ResponseError::IllegalGeneration.code();
+    }
+    0
+}
+
+/// LeaveGroup: each member id's error (UNKNOWN_MEMBER_ID for one that is not in the group);
+/// anyone leaving starts a rebalance.
+pub fn leave(shard: &Shard, settings: Settings, id: &str, member_ids: &[String]) -> Vec<i16> {
+    let Some(group) = group_of(shard, id) else {
+        return member_ids
+            .iter()
+            .map(|_| ResponseError::UnknownMemberId.code())
+            .collect();
+    };
+    let mut answers = Vec::with_capacity(member_ids.len());
+    let mut left = false;
+    {
+        let mut g = group.borrow_mut();
+        for member_id in member_ids {
+            let before = g.members.len();
+            g.members.retain(|m| m.id != *member_id);
+            if g.members.len() < before {
+                left = true;
+                if let Some(tx) = g.awaiting_join.remove(member_id) {
+                    let _ = tx.send(JoinAnswer::error(ResponseError::UnknownMemberId, member_id));
+                }
+                g.awaiting_sync.remove(member_id);
+                answers.push(0);
+            } else {
+                answers.push(ResponseError::UnknownMemberId.code());
+            }
+        }
+        if left {
+            members_left(&mut g, &group, settings);
+        }
+    }
+    if left {
+        maybe_complete_join(&group);
+    }
+    answers
+}
+
+/// After members left (or expired): an emptied group becomes Empty, otherwise it rebalances.
+fn members_left(g: &mut Group, group: &Rc<RefCell<Group>>, settings: Settings) {
+    if g.members.is_empty() {
+        g.state = State::Empty;
+        g.generation += 1;
+        g.leader = None;
+        g.protocol = None;
+        g.protocol_type = None;
+        g.join_round += 1;
+        for (_, tx) in g.awaiting_sync.drain() {
+            let _ = tx.send((
+                ResponseError::RebalanceInProgress.code(),
+                None,
+                None,
+                Bytes::new(),
+            ));
+        }
+    } else if g.state != State::PreparingRebalance {
+        prepare_rebalance(g, group, settings);
+    }
+}
+
+/// Removes members whose session expired; run periodically on each core.
+pub fn expire_sessions(shard: &Shard, settings: Settings) {
+    let groups: Vec<Rc<RefCell<Group>>> = shard.groups.borrow().values().cloned().collect();
+    let now = Instant::now();
+    for group in groups {
+        let expired = {
+            let mut g = group.borrow_mut();
+            let before = g.members.len();
+            let waiting: Vec<String> = g
+                .awaiting_join
+                .keys()
+                .chain(g.awaiting_sync.keys())
+                .cloned()
+                .collect();
+            g.members.retain(|m| {
+                waiting.contains(&m.id) || now.duration_since(m.last_heartbeat) <= m.session_timeout
+            });
+            let expired = g.members.len() < before;
+            if expired {
+                members_left(&mut g, &group, settings);
+            }
+            expired
+        };
+        if expired {
+            maybe_complete_join(&group);
+        }
+    }
+}
+
+/// One group, described (DescribeGroups).
+#[derive(Debug)]
+pub struct Described {
+    pub state: &'static str,
+    pub protocol_type: String,
+    pub protocol: String,
+    /// (member id, instance id, client id, client host, metadata, assignment)
+    pub members: Vec<(String, Option<String>, String, String, Bytes, Bytes)>,
+}
+
+pub fn describe(shard: &Shard, id: &str) -> Option<Described> {
+    let group = group_of(shard, id)?;
+    let g = group.borrow();
+    Some(Described {
+        state: g.state.name(),
+        protocol_type: g.protocol_type.clone().unwrap_or_default(),
+        protocol: g.protocol.clone().unwrap_or_default(),
+        members: g
+            .members
+            .iter()
+            .map(|m| {
+                let metadata = m
+                    .protocols
+                    .iter()
+                    .find(|(n, _)| Some(n) == g.protocol.as_ref())
+                    .map(|(_, md)| md.clone())
+                    .unwrap_or_default();
+                (
+                    m.id.clone(),
+                    m.instance_id.clone(),
+                    m.client_id.clone(),
+                    m.client_host.clone(),
+                    metadata,
+                    m.assignment.clone(),
+                )
+            })
+            .collect(),
+    })
+}
+
+/// The groups of this core: (id, protocol type, state) — groups with members, and groups
+/// that only commit offsets (Empty, no protocol type), as Kafka lists them.
+pub fn list(shard: &Shard) -> Vec<(String, String, &'static str)> {
+    let groups = shard.groups.borrow();
+    let mut out: Vec<(String, String, &'static str)> = groups
+        .values()
+        .map(|g| {
+            let g = g.borrow();
+            (
+                g.id.clone(),
+                g.protocol_type.clone().unwrap_or_default(),
+                g.state.name(),
+            )
+        })
+        .collect();
+    for id in shard.offsets.borrow().keys() {
+        if !groups.contains_key(id) {
+            out.push((id.clone(), String::new(), State::Empty.name()));
+        }
+    }
+    out
+}
+
+/// Group settings from the broker configuration.
+pub fn settings(broker: &sluice_core::config::BrokerConfig) -> Settings {
+    Settings {
+        min_session_timeout_ms: broker.group_min_session_timeout_ms,
+        max_session_timeout_ms: broker.group_max_session_timeout_ms,
+        initial_rebalance_delay_ms: broker.group_initial_rebalance_delay_ms,
+    }
+}
+
+/// A group request for the coordinating core.
+#[derive(Debug)]
+pub enum GroupCall {
+    Join(JoinRequest),
+    Sync {
+        group: String,
+        generation: i32,
+        member_id: String,
+        protocol_type: Option<String>,
+        protocol: Option<String>,
+        assignments: Vec<(String, Bytes)>,
+    },
+    Heartbeat {
+        group: String,
+        generation: i32,
+        member_id: String,
+    },
+    Leave {
+        group: String,
+        member_ids: Vec<String>,
+    },
+    Describe {
+        group: String,
+    },
+    List,
+}
+
+#[derive(Debug)]
+pub enum GroupReply {
+    Join(JoinAnswer),
+    Sync(SyncAnswer),
+    Heartbeat(i16),
+    Leave(Vec<i16>),
+    Describe(Option<Described>),
+    List(Vec<(String, String, &'static str)>),
+}
+
+/// Runs a group request on this (the coordinating) core.
+pub async fn run(shard: &Rc<Shard>, call: GroupCall) -> GroupReply {
+    let settings = settings(&shard.broker);
+    match call {
+        GroupCall::Join(req) => GroupReply::Join(join(shard, settings, req).await),
+        GroupCall::Sync {
+            group,
+            generation,
+            member_id,
+            protocol_type,
+            protocol,
+            assignments,
+        } => GroupReply::Sync(
+            sync(
+                shard,
+                &group,
+                generation,
+                &member_id,
+                protocol_type,
+                protocol,
+                assignments,
+            )
+            .await,
+        ),
+        GroupCall::Heartbeat {
+            group,
+            generation,
+            member_id,
+        } => GroupReply::Heartbeat(heartbeat(shard, &group, generation, &member_id)),
+        GroupCall::Leave { group, member_ids } => {
+            GroupReply::Leave(leave(shard, settings, &group, &member_ids))
+        }
+        GroupCall::Describe { group } => GroupReply::Describe(describe(shard, &group)),
+        GroupCall::List => GroupReply::List(list(shard)),
+    }
+}
+
+/// Expires member sessions on this core twice a second, until the broker stops.
+pub async fn session_loop(shard: Rc<Shard>) {
+    let settings = settings(&shard.broker);
+    while !shard.stopping.get() {
+        glommio::timer::sleep(Duration::from_millis(500)).await;
+        expire_sessions(&shard, settings);
+    }
+}
+
+/// Sends a group request to the group's coordinating core (creating `__consumer_offsets` if
+/// need be); the error is what every answer of the request then carries.
+pub async fn route(
+    shard: &Rc<Shard>,
+    group: &str,
+    call: GroupCall,
+) -> Result<GroupReply, ResponseError> {
+    if !crate::offsets::ensure_topic(shard).await {
+        return Err(ResponseError::CoordinatorNotAvailable);
+    }
+    let core = crate::offsets::coordinator_core(shard, group)
+        .ok_or(ResponseError::CoordinatorNotAvailable)?;
+    match shard
+        .call(core, crate::router::CoreRequest::Group(call))
+        .await
+    {
+        Some(crate::router::CoreResponse::Group(reply)) => Ok(reply),
+        _ => Err(ResponseError::CoordinatorNotAvailable),
+    }
+}

@@ -1,0 +1,359 @@
+//! Consumer groups with librdkafka's `subscribe()`: queue semantics inside a group (8 consumers
+//! on 6 partitions: 6 busy, 2 idle, every record once), pub-sub across groups, a rebalance when
+//! members leave, and the admin view (ListGroups, DescribeGroups).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+use crate::common::{create_topic_blocking, Broker};
+
+fn member(broker: &Broker, group: &str) -> BaseConsumer {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", group)
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "300")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "200")
+        .set("partition.assignment.strategy", "range")
+        .create()
+        .expect("consumer");
+    c.subscribe(&["grouped"]).expect("subscribe");
+    c
+}
+
+fn produce(broker: &Broker, from: usize, count: usize) {
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    for i in from..from + count {
+        let value = format!("record-{i}");
+        p.send(
+            BaseRecord::<(), _>::to("grouped")
+                .partition((i % 6) as i32)
+                .payload(&value),
+        )
+        .map_err(|(e, _)| e)
+        .expect("enqueued");
+    }
+    p.flush(Duration::from_secs(30)).expect("flushed");
+}
+
+/// Polls every consumer until `done` says so (or 60 s), collecting (consumer, value).
+fn poll_until(
+    consumers: &[BaseConsumer],
+    got: &mut Vec<(usize, String)>,
+    mut done: impl FnMut(&[BaseConsumer], &[(usize, String)]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(consumers, got) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out; got {} records",
+            got.len()
+        );
+        for (i, c) in consumers.iter().enumerate() {
+            if let Some(m) = c.poll(Duration::from_millis(10)) {
+                let m = m.expect("message");
+                got.push((
+                    i,
+                    String::from_utf8_lossy(m.payload().unwrap_or_default()).into(),
+                ));
+            }
+        }
+    }
+}
+
+fn assigned(c: &BaseConsumer) -> BTreeSet<i32> {
+    c.assignment()
+        .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_group_shares_partitions_and_another_group_gets_everything() {
+    let broker = Broker::start(&["group.initial.rebalance.delay.ms=500"]);
+    create_topic_blocking(&broker, "grouped", 6);
+    let consumers: Vec<BaseConsumer> = (0..8).map(|_| member(&broker, "workers")).collect();
+    let mut got = Vec::new();
+    // Until the group is stable: the six partitions held once each, by six of the eight.
+    poll_until(&consumers, &mut got, |cs, _| {
+        let sets: Vec<BTreeSet<i32>> = cs.iter().map(assigned).collect();
+        let all: Vec<i32> = sets.iter().flatten().copied().collect();
+        all.len() == 6 && all.iter().collect::<BTreeSet<_>>().len() == 6
+    });
+    let sets: Vec<BTreeSet<i32>> = consumers.iter().map(assigned).collect();
+    assert_eq!(
+        sets.iter().filter(|s| !s.is_empty()).count(),
+        6,
+        "6 active: {sets:?}"
+    );
+    assert_eq!(
+        sets.iter().filter(|s| s.is_empty()).count(),
+        2,
+        "2 idle: {sets:?}"
+    );
+
+    produce(&broker, 0, 600);
+    poll_until(&consumers, &mut got, |_, got| got.len() >= 600);
+    std::thread::sleep(Duration::from_millis(300));
+    poll_until(&consumers, &mut got, |_, _| true);
+    let values: BTreeSet<&String> = got.iter().map(|(_, v)| v).collect();
+    assert_eq!(got.len(), 600, "every record exactly once within the group");
+    assert_eq!(values.len(), 600);
+    let per_consumer: BTreeMap<usize, usize> = got.iter().fold(BTreeMap::new(), |mut m, (i, _)| {
+        *m.entry(*i).or_default() += 1;
+        m
+    });
+    for (i, n) in &per_consumer {
+        assert_eq!(*n, 100, "consumer {i} read its one partition");
+        assert!(!sets[*i].is_empty());
+    }
+
+    // Another group reads the whole stream on its own.
+    let other = vec![member(&broker, "auditors")];
+    let mut audited = Vec::new();
+    poll_until(&other, &mut audited, |_, got| got.len() >= 600);
+    assert_eq!(
+        audited
+            .iter()
+            .map(|(_, v)| v)
+            .collect::<BTreeSet<_>>()
+            .len(),
+        600
+    );
+
+    // The admin view of the group.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("admin");
+    let groups = admin
+        .inner()
+        .fetch_group_list(None, Duration::from_secs(10))
+        .expect("group list");
+    let workers = groups
+        .groups()
+        .iter()
+        .find(|g| g.name() == "workers")
+        .expect("workers listed");
+    assert_eq!(workers.state(), "Stable");
+    assert_eq!(workers.protocol_type(), "consumer");
+    assert_eq!(workers.protocol(), "range");
+    assert_eq!(workers.members().len(), 8);
+    let _ = AdminOptions::new();
+}
+
+#[test]
+fn members_leaving_hand_their_partitions_to_the_others() {
+    let broker = Broker::start(&["group.initial.rebalance.delay.ms=0"]);
+    create_topic_blocking(&broker, "grouped", 6);
+    let mut consumers: Vec<BaseConsumer> = (0..4).map(|_| member(&broker, "shrinking")).collect();
+    let mut got = Vec::new();
+    let covered = |cs: &[BaseConsumer], _: &[(usize, String)]| {
+        let all: Vec<i32> = cs.iter().flat_map(assigned).collect();
+        all.len() == 6 && all.iter().collect::<BTreeSet<_>>().len() == 6
+    };
+    // All four members share the six partitions once the joins have settled.
+    poll_until(&consumers, &mut got, |cs, got| {
+        covered(cs, got) && cs.iter().all(|c| !assigned(c).is_empty())
+    });
+    produce(&broker, 0, 60);
+    poll_until(&consumers, &mut got, |_, got| got.len() >= 60);
+    std::thread::sleep(Duration::from_millis(500)); // auto-commit
+    poll_until(&consumers, &mut got, |_, _| true);
+
+    // Two members leave (close sends LeaveGroup): the other two take every partition.
+    for c in consumers.drain(..2) {
+        c.unsubscribe();
+        drop(c);
+    }
+    let mut after = Vec::new();
+    poll_until(&consumers, &mut after, covered);
+    produce(&broker, 60, 60);
+    poll_until(&consumers, &mut after, |_, got| {
+        let values: BTreeSet<&String> = got.iter().map(|(_, v)| v).collect();
+        (60..120).all(|i| values.contains(&format!("record-{i}")))
+    });
+}
+
+mod raw {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+    use kafka_protocol::messages::{
+        ApiKey, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
+        FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+        JoinGroupResponse, OffsetCommitRequest, OffsetCommitResponse, ResponseHeader,
+        SyncGroupRequest, SyncGroupResponse, TopicName,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+    use crate::common::{create_topic_blocking, request_frame, Broker, Raw};
+
+    fn call<Req: Encodable, Resp: Decodable>(
+        raw: &mut Raw,
+        key: ApiKey,
+        version: i16,
+        body: &Req,
+    ) -> Resp {
+        raw.send(&request_frame(key, version, 9, body));
+        let mut answer = Bytes::from(raw.recv().expect("answered"));
+        ResponseHeader::decode(&mut answer, key.response_header_version(version)).expect("header");
+        Resp::decode(&mut answer, version).expect("body")
+    }
+
+    fn join(raw: &mut Raw, version: i16, member: &str) -> JoinGroupResponse {
+        let request = JoinGroupRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("raw-group")))
+            .with_session_timeout_ms(1000)
+            .with_rebalance_timeout_ms(1000)
+            .with_member_id(StrBytes::from_string(member.into()))
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(StrBytes::from_static_str("range"))
+                .with_metadata(Bytes::from_static(b"subscription"))]);
+        call(raw, ApiKey::JoinGroup, version, &request)
+    }
+
+    fn state(raw: &mut Raw) -> (String, usize) {
+        let r: DescribeGroupsResponse = call(
+            raw,
+            ApiKey::DescribeGroups,
+            5,
+            &DescribeGroupsRequest::default()
+                .with_groups(vec![GroupId(StrBytes::from_static_str("raw-group"))]),
+        );
+        (
+            r.groups[0].group_state.to_string(),
+            r.groups[0].members.len(),
+        )
+    }
+
+    fn heartbeat(raw: &mut Raw, generation: i32, member: &str) -> i16 {
+        let r: HeartbeatResponse = call(
+            raw,
+            ApiKey::Heartbeat,
+            4,
+            &HeartbeatRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("raw-group")))
+                .with_generation_id(generation)
+                .with_member_id(StrBytes::from_string(member.into())),
+        );
+        r.error_code
+    }
+
+    fn commit(raw: &mut Raw, generation: i32, member: &str) -> i16 {
+        let request = OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("raw-group")))
+            .with_generation_id_or_member_epoch(generation)
+            .with_member_id(StrBytes::from_string(member.into()))
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![OffsetCommitRequestPartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(1)])]);
+        let r: OffsetCommitResponse = call(raw, ApiKey::OffsetCommit, 8, &request);
+        r.topics[0].partitions[0].error_code
+    }
+
+    /// The protocol step by step: MEMBER_ID_REQUIRED (v4+), join, sync, heartbeats, commits
+    /// fenced by generation, and a member dropped when its session expires.
+    #[test]
+    fn join_sync_heartbeat_commit_and_session_expiry() {
+        let broker = Broker::start(&[
+            "group.initial.rebalance.delay.ms=0",
+            "group.min.session.timeout.ms=500",
+        ]);
+        create_topic_blocking(&broker, "t", 1);
+        let mut raw = Raw::connect(broker.port);
+        let _: FindCoordinatorResponse = call(
+            &mut raw,
+            ApiKey::FindCoordinator,
+            3,
+            &FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("raw-group")),
+        );
+
+        let first = join(&mut raw, 9, "");
+        assert_eq!(first.error_code, 79, "MEMBER_ID_REQUIRED");
+        let member = first.member_id.to_string();
+        assert!(!member.is_empty());
+        let joined = join(&mut raw, 9, &member);
+        assert_eq!(joined.error_code, 0);
+        assert_eq!(joined.leader.to_string(), member, "the only member leads");
+        assert_eq!(joined.members.len(), 1, "the leader gets the subscriptions");
+        assert_eq!(
+            joined.members[0].metadata,
+            Bytes::from_static(b"subscription")
+        );
+        assert_eq!(joined.protocol_name.as_deref(), Some("range"));
+        let generation = joined.generation_id;
+        assert_eq!(
+            join(&mut raw, 9, "someone-else").error_code,
+            25,
+            "UNKNOWN_MEMBER_ID"
+        );
+
+        let synced: SyncGroupResponse = call(
+            &mut raw,
+            ApiKey::SyncGroup,
+            5,
+            &SyncGroupRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("raw-group")))
+                .with_generation_id(generation)
+                .with_member_id(StrBytes::from_string(member.clone()))
+                .with_assignments(vec![SyncGroupRequestAssignment::default()
+                    .with_member_id(StrBytes::from_string(member.clone()))
+                    .with_assignment(Bytes::from_static(b"partition 0"))]),
+        );
+        assert_eq!(synced.error_code, 0);
+        assert_eq!(synced.assignment, Bytes::from_static(b"partition 0"));
+        assert_eq!(state(&mut raw), ("Stable".into(), 1));
+        assert_eq!(heartbeat(&mut raw, generation, &member), 0);
+        assert_eq!(
+            heartbeat(&mut raw, generation + 1, &member),
+            22,
+            "ILLEGAL_GENERATION"
+        );
+        assert_eq!(commit(&mut raw, generation, &member), 0, "a member commits");
+        assert_eq!(
+            commit(&mut raw, generation - 1, &member),
+            22,
+            "a stale generation is fenced"
+        );
+        assert_eq!(
+            commit(&mut raw, -1, ""),
+            25,
+            "no anonymous commits while it has members"
+        );
+
+        // No heartbeats for longer than the session: the member is gone.
+        std::thread::sleep(Duration::from_millis(2000));
+        assert_eq!(state(&mut raw), ("Empty".into(), 0));
+        assert_eq!(
+            heartbeat(&mut raw, generation, &member),
+            25,
+            "UNKNOWN_MEMBER_ID"
+        );
+        assert_eq!(
+            commit(&mut raw, -1, ""),
+            0,
+            "an empty group takes simple commits again"
+        );
+    }
+}
