@@ -1,6 +1,6 @@
-//! Committed offsets: the group coordinator's offset store, for consumers that commit (with or
-//! without a group membership — JoinGroup is not here yet, so today every group is a "simple"
-//! one: generation -1, no members).
+//! Committed offsets: the group coordinator's offset store, for consumers that commit — members
+//! of a group (`groups`), or consumers that `assign()` partitions and commit without joining
+//! (a "simple" group: generation -1, no members).
 //!
 //! A group belongs to one partition of the internal topic `__consumer_offsets`
 //! (`offsets.topic.num.partitions`, 50), chosen as Kafka chooses it (the absolute value of the
@@ -291,10 +291,11 @@ pub fn coordinator_core(shard: &Shard, group: &str) -> Option<usize> {
     shard.table.borrow().core_of(OFFSETS_TOPIC, partition)
 }
 
-/// A commit, on the coordinating core. Every group is a simple one today (no JoinGroup, so no
-/// members): Kafka accepts a commit without a generation (-1, whatever the member id) and
-/// refuses one with a generation — UNKNOWN_MEMBER_ID for a group that exists, else
-/// ILLEGAL_GENERATION, or GROUP_ID_NOT_FOUND from v9.
+/// A commit, on the coordinating core. A group with members takes it only from a current
+/// member of the current generation (`groups::validate_commit`). A group without members, as
+/// in Kafka, accepts a commit without a generation (-1, whatever the member id) and refuses one
+/// with a generation — UNKNOWN_MEMBER_ID for a group that exists, else ILLEGAL_GENERATION, or
+/// GROUP_ID_NOT_FOUND from v9.
 pub async fn commit(
     shard: &Rc<Shard>,
     group: String,

@@ -1,11 +1,12 @@
 //! OffsetCommit (key 8): offsets committed by a group's consumers, stored by the group's
 //! coordinating core in `__consumer_offsets` (see `offsets`) and answered once durable.
 //!
-//! Only commits outside a group generation are accepted today (generation -1: what consumers
-//! using `assign()` send); JoinGroup is not implemented, so every group is empty and a commit
-//! naming a generation gets what Kafka answers for an empty group: UNKNOWN_MEMBER_ID when the
-//! group exists (it has offsets), else ILLEGAL_GENERATION (GROUP_ID_NOT_FOUND from v9). The
-//! empty group id is accepted, as Kafka does for backward compatibility.
+//! A group with members takes commits only from a current member of the current generation
+//! (UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION or REBALANCE_IN_PROGRESS otherwise); a group without
+//! members takes commits without a generation (what consumers using `assign()` send) and
+//! answers one with a generation as Kafka does for an empty group: UNKNOWN_MEMBER_ID when the
+//! group exists, else ILLEGAL_GENERATION (GROUP_ID_NOT_FOUND from v9). The empty group id is
+//! accepted, as Kafka does for backward compatibility.
 
 use std::rc::Rc;
 
