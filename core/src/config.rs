@@ -87,6 +87,11 @@ pub struct BrokerConfig {
     pub group_min_session_timeout_ms: i32,
     pub group_max_session_timeout_ms: i32,
     pub group_initial_rebalance_delay_ms: i64,
+    /// Committed offsets of groups without members expire this long after their commit
+    /// (`offsets.retention.minutes`, Kafka's 7 days), checked every
+    /// `offsets.retention.check.interval.ms`.
+    pub offsets_retention_minutes: i64,
+    pub offsets_retention_check_interval_ms: u64,
     /// Partitions of `__consumer_offsets`, created at the first FindCoordinator for a group
     /// (`offsets.topic.num.partitions`, Kafka's 50).
     pub offsets_topic_num_partitions: i32,
@@ -130,6 +135,8 @@ impl Default for BrokerConfig {
             group_min_session_timeout_ms: 6_000,
             group_max_session_timeout_ms: 1_800_000,
             group_initial_rebalance_delay_ms: 3_000,
+            offsets_retention_minutes: 10_080,
+            offsets_retention_check_interval_ms: 600_000,
             offsets_topic_num_partitions: 50,
             offset_metadata_max_bytes: 4096,
             socket_send_zerocopy: false,
@@ -277,6 +284,10 @@ impl BrokerConfig {
                 "group.initial.rebalance.delay.ms" => {
                     config.group_initial_rebalance_delay_ms = parse_i64(k, v)?.max(0)
                 }
+                "offsets.retention.minutes" => config.offsets_retention_minutes = positive(k, v)?,
+                "offsets.retention.check.interval.ms" => {
+                    config.offsets_retention_check_interval_ms = positive(k, v)? as u64
+                }
                 "offsets.topic.num.partitions" => {
                     config.offsets_topic_num_partitions = positive(k, v)? as i32
                 }
@@ -385,6 +396,14 @@ impl BrokerConfig {
             (
                 "group.initial.rebalance.delay.ms",
                 self.group_initial_rebalance_delay_ms.to_string(),
+            ),
+            (
+                "offsets.retention.minutes",
+                self.offsets_retention_minutes.to_string(),
+            ),
+            (
+                "offsets.retention.check.interval.ms",
+                self.offsets_retention_check_interval_ms.to_string(),
             ),
             (
                 "offsets.topic.num.partitions",

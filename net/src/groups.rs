@@ -744,6 +744,15 @@ pub enum GroupCall {
         group: String,
     },
     List,
+    /// DeleteGroups: one group.
+    Delete {
+        group: String,
+    },
+    /// OffsetDelete: some committed offsets of one group.
+    DeleteOffsets {
+        group: String,
+        partitions: Vec<(String, i32)>,
+    },
 }
 
 #[derive(Debug)]
@@ -754,6 +763,9 @@ pub enum GroupReply {
     Leave(Vec<i16>),
     Describe(Option<Described>),
     List(Vec<(String, String, &'static str)>),
+    Delete(i16),
+    /// Group-level error, then one code per partition asked.
+    DeleteOffsets(i16, Vec<i16>),
 }
 
 /// Runs a group request on this (the coordinating) core.
@@ -790,7 +802,110 @@ pub async fn run(shard: &Rc<Shard>, call: GroupCall) -> GroupReply {
         }
         GroupCall::Describe { group } => GroupReply::Describe(describe(shard, &group)),
         GroupCall::List => GroupReply::List(list(shard)),
+        GroupCall::Delete { group } => GroupReply::Delete(delete_group(shard, &group).await),
+        GroupCall::DeleteOffsets { group, partitions } => {
+            let (error, codes) = delete_offsets(shard, &group, &partitions).await;
+            GroupReply::DeleteOffsets(error, codes)
+        }
     }
+}
+
+/// DeleteGroups for one group: only a group without members can go (NON_EMPTY_GROUP
+/// otherwise); its offsets are tombstoned and it is forgotten.
+async fn delete_group(shard: &Rc<Shard>, id: &str) -> i16 {
+    if id.is_empty() {
+        return ResponseError::InvalidGroupId.code();
+    }
+    if has_members(shard, id) {
+        return ResponseError::NonEmptyGroup.code();
+    }
+    let known = shard.groups.borrow().contains_key(id) || shard.offsets.borrow().contains_key(id);
+    if !known {
+        return ResponseError::GroupIdNotFound.code();
+    }
+    if let Err(e) = crate::offsets::delete(shard, id, None).await {
+        eprintln!("sluice: deleting group {id}: {e}");
+        return ResponseError::CoordinatorNotAvailable.code();
+    }
+    if !has_members(shard, id) {
+        shard.groups.borrow_mut().remove(id);
+    }
+    0
+}
+
+/// The topics the members of a consumer-protocol group subscribe to, read from their
+/// subscription metadata (ConsumerProtocolSubscription: version, then the topic names).
+fn subscribed_topics(g: &Group) -> Vec<String> {
+    if g.protocol_type.as_deref() != Some("consumer") {
+        return Vec::new();
+    }
+    let mut topics = Vec::new();
+    for m in &g.members {
+        let Some((_, metadata)) = m
+            .protocols
+            .iter()
+            .find(|(n, _)| Some(n) == g.protocol.as_ref())
+        else {
+            continue;
+        };
+        let mut b: &[u8] = metadata;
+        let read_i16 = |b: &mut &[u8]| -> Option<i16> {
+            let (x, rest) = b.split_at_checked(2)?;
+            *b = rest;
+            Some(i16::from_be_bytes([x[0], x[1]]))
+        };
+        let _version = read_i16(&mut b);
+        let Some((count, rest)) = b.split_at_checked(4) else {
+            continue;
+        };
+        b = rest;
+        let count = i32::from_be_bytes([count[0], count[1], count[2], count[3]]).clamp(0, 10_000);
+        for _ in 0..count {
+            let Some(len) = read_i16(&mut b) else { break };
+            let Some((name, rest)) = b.split_at_checked(len.max(0) as usize) else {
+                break;
+            };
+            b = rest;
+            topics.push(String::from_utf8_lossy(name).into_owned());
+        }
+    }
+    topics
+}
+
+/// OffsetDelete: offsets of topics the group's members subscribe to stay
+/// (GROUP_SUBSCRIBED_TO_TOPIC); the others are tombstoned.
+async fn delete_offsets(
+    shard: &Rc<Shard>,
+    id: &str,
+    partitions: &[(String, i32)],
+) -> (i16, Vec<i16>) {
+    let known = shard.groups.borrow().contains_key(id) || shard.offsets.borrow().contains_key(id);
+    if !known {
+        return (ResponseError::GroupIdNotFound.code(), Vec::new());
+    }
+    let subscribed = group_of(shard, id)
+        .map(|g| subscribed_topics(&g.borrow()))
+        .unwrap_or_default();
+    let doomed: Vec<(String, i32)> = partitions
+        .iter()
+        .filter(|(t, _)| !subscribed.contains(t))
+        .cloned()
+        .collect();
+    if let Err(e) = crate::offsets::delete(shard, id, Some(&doomed)).await {
+        eprintln!("sluice: deleting offsets of group {id}: {e}");
+        return (ResponseError::CoordinatorNotAvailable.code(), Vec::new());
+    }
+    let codes = partitions
+        .iter()
+        .map(|(t, _)| {
+            if subscribed.contains(t) {
+                ResponseError::GroupSubscribedToTopic.code()
+            } else {
+                0
+            }
+        })
+        .collect();
+    (0, codes)
 }
 
 /// Expires member sessions on this core twice a second, until the broker stops.

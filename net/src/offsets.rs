@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
 use kafka_protocol::error::ResponseError;
@@ -232,13 +233,27 @@ async fn append_commit(
     offsets: &[(String, i32, Committed)],
     now_ms: i64,
 ) -> Result<i64, String> {
-    let encoded: Vec<(Vec<u8>, Vec<u8>)> = offsets
+    let encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> = offsets
         .iter()
-        .map(|(topic, partition, c)| (encode_key(group, topic, *partition), encode_value(c)))
+        .map(|(topic, partition, c)| (encode_key(group, topic, *partition), Some(encode_value(c))))
         .collect();
+    append_records(log, flusher, &encoded, now_ms).await
+}
+
+/// Appends records (key, value or tombstone) to a `__consumer_offsets` partition as one batch
+/// and waits until they are durable; returns the log offset of the first.
+async fn append_records(
+    log: &Rc<PartitionLog>,
+    flusher: &sluice_storage::Flusher,
+    encoded: &[(Vec<u8>, Option<Vec<u8>>)],
+    now_ms: i64,
+) -> Result<i64, String> {
+    if encoded.is_empty() {
+        return Ok(log.log_end_offset());
+    }
     let records: Vec<batch::KeyValue<'_>> = encoded
         .iter()
-        .map(|(k, v)| (Some(k.as_slice()), Some(v.as_slice())))
+        .map(|(k, v)| (Some(k.as_slice()), v.as_deref()))
         .collect();
     let batch = batch::build_keyed_batch(0, now_ms, &records).freeze();
     let info = log.append(&batch, now_ms).map_err(|e| e.to_string())?;
@@ -247,6 +262,101 @@ async fn append_commit(
         .await
         .map_err(|e| e.to_string())?;
     Ok(info.base_offset)
+}
+
+/// Removes offsets of `group` — the listed partitions, or all of them — by writing tombstones
+/// (null values) to the group's partition, as Kafka does; on the coordinating core.
+pub async fn delete(
+    shard: &Rc<Shard>,
+    group: &str,
+    which: Option<&[(String, i32)]>,
+) -> Result<(), String> {
+    let doomed: Vec<(String, i32)> = match shard.offsets.borrow().get(group) {
+        None => return Ok(()),
+        Some(offsets) => offsets
+            .keys()
+            .filter(|k| which.is_none_or(|w| w.contains(k)))
+            .cloned()
+            .collect(),
+    };
+    if doomed.is_empty() {
+        return Ok(());
+    }
+    let partitions = shard
+        .topics
+        .borrow()
+        .get(OFFSETS_TOPIC)
+        .map(|m| m.partitions)
+        .ok_or("no __consumer_offsets")?;
+    let tp = TopicPartition::new(OFFSETS_TOPIC.to_string(), partition_for(group, partitions));
+    let log = shard.log(&tp).ok_or("not the coordinator")?;
+    let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = doomed
+        .iter()
+        .map(|(t, p)| (encode_key(group, t, *p), None))
+        .collect();
+    let first = append_records(&log, &shard.flusher, &records, now_ms()).await?;
+    let mut table = shard.offsets.borrow_mut();
+    if let Some(offsets) = table.get_mut(group) {
+        for (i, key) in doomed.iter().enumerate() {
+            // A commit made while the tombstones were being written wins.
+            if offsets
+                .get(key)
+                .is_some_and(|c| c.log_offset < first + i as i64)
+            {
+                offsets.remove(key);
+            }
+        }
+        if offsets.is_empty() {
+            table.remove(group);
+        }
+    }
+    Ok(())
+}
+
+/// Offsets due to expire (`offsets.retention.minutes`): those of groups without members whose
+/// commit is at least `retention_ms` old (Kafka's rule for groups that only commit, and for
+/// empty groups whose offsets outlived the retention).
+pub fn expired(
+    table: &GroupOffsets,
+    has_members: impl Fn(&str) -> bool,
+    now_ms: i64,
+    retention_ms: i64,
+) -> Vec<(String, Vec<(String, i32)>)> {
+    table
+        .iter()
+        .filter(|(group, _)| !has_members(group))
+        .filter_map(|(group, offsets)| {
+            let old: Vec<(String, i32)> = offsets
+                .iter()
+                .filter(|(_, c)| now_ms.saturating_sub(c.commit_timestamp) >= retention_ms)
+                .map(|(k, _)| k.clone())
+                .collect();
+            (!old.is_empty()).then(|| (group.clone(), old))
+        })
+        .collect()
+}
+
+/// Expires old offsets on this core every `offsets.retention.check.interval.ms`.
+pub async fn expiry_loop(shard: Rc<Shard>) {
+    let interval = Duration::from_millis(shard.broker.offsets_retention_check_interval_ms);
+    let retention_ms = shard
+        .broker
+        .offsets_retention_minutes
+        .saturating_mul(60_000);
+    while !shard.stopping.get() {
+        glommio::timer::sleep(interval).await;
+        let due = expired(
+            &shard.offsets.borrow(),
+            |g| crate::groups::has_members(&shard, g),
+            now_ms(),
+            retention_ms,
+        );
+        for (group, partitions) in due {
+            if let Err(e) = delete(&shard, &group, Some(&partitions)).await {
+                eprintln!("sluice: expiring offsets of group {group}: {e}");
+            }
+        }
+    }
 }
 
 /// Creates `__consumer_offsets` (through core 0) unless it exists; false if that failed.
@@ -434,6 +544,33 @@ mod tests {
             let p = partition_for(g, 50);
             assert!((0..50).contains(&p), "{g} → {p}");
         }
+    }
+
+    #[test]
+    fn offsets_expire_by_commit_time_only_in_groups_without_members() {
+        let at = |ts: i64| Committed {
+            offset: 1,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp: ts,
+            log_offset: 0,
+        };
+        let mut table = GroupOffsets::new();
+        table
+            .entry("idle".into())
+            .or_default()
+            .insert(("t".into(), 0), at(1_000));
+        table
+            .entry("idle".into())
+            .or_default()
+            .insert(("t".into(), 1), at(9_000));
+        table
+            .entry("busy".into())
+            .or_default()
+            .insert(("t".into(), 0), at(1_000));
+        let due = expired(&table, |g| g == "busy", 10_000, 5_000);
+        assert_eq!(due, vec![("idle".to_string(), vec![("t".to_string(), 0)])]);
+        assert!(expired(&table, |_| false, 5_999, 5_000).is_empty());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::shard::Shard;
 
 pub mod api_versions;
 pub mod create_topics;
+pub mod delete_groups;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
@@ -28,6 +29,7 @@ pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
 pub mod offset_commit;
+pub mod offset_delete;
 pub mod offset_fetch;
 pub mod produce;
 pub mod sync_group;
@@ -71,6 +73,8 @@ pub const APIS: &[Api] = &[
     leave_group::API,
     list_groups::API,
     describe_groups::API,
+    delete_groups::API,
+    offset_delete::API,
 ];
 
 pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
@@ -105,6 +109,8 @@ pub enum Request {
     LeaveGroup(kafka_protocol::messages::LeaveGroupRequest),
     ListGroups(kafka_protocol::messages::ListGroupsRequest),
     DescribeGroups(kafka_protocol::messages::DescribeGroupsRequest),
+    DeleteGroups(kafka_protocol::messages::DeleteGroupsRequest),
+    OffsetDelete(kafka_protocol::messages::OffsetDeleteRequest),
 }
 
 /// Decodes a request body (after the header); None when it does not decode — the connection is
@@ -133,6 +139,8 @@ pub fn decode_body(ctx: &RequestContext, mut body: Bytes) -> Option<Request> {
         ApiKey::LeaveGroup => Request::LeaveGroup(decode(&mut body, v)?),
         ApiKey::ListGroups => Request::ListGroups(decode(&mut body, v)?),
         ApiKey::DescribeGroups => Request::DescribeGroups(decode(&mut body, v)?),
+        ApiKey::DeleteGroups => Request::DeleteGroups(decode(&mut body, v)?),
+        ApiKey::OffsetDelete => Request::OffsetDelete(decode(&mut body, v)?),
         _ => return None,
     })
 }
@@ -195,6 +203,12 @@ pub fn start(
         }
         Request::DescribeGroups(r) => {
             async move { describe_groups::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::DeleteGroups(r) => {
+            async move { delete_groups::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::OffsetDelete(r) => {
+            async move { offset_delete::handle(&shard, &ctx, r).await }.boxed_local()
         }
     }
 }

@@ -151,7 +151,23 @@ fn a_group_shares_partitions_and_another_group_gets_everything() {
     assert_eq!(workers.protocol_type(), "consumer");
     assert_eq!(workers.protocol(), "range");
     assert_eq!(workers.members().len(), 8);
-    let _ = AdminOptions::new();
+
+    // A group with members can be neither deleted nor lose offsets of a topic it reads.
+    let deleted =
+        futures::executor::block_on(admin.delete_groups(&["workers"], &AdminOptions::new()))
+            .expect("delete_groups answered");
+    assert!(
+        matches!(
+            &deleted[0],
+            Err((_, rdkafka::types::RDKafkaErrorCode::NonEmptyGroup))
+        ),
+        "{deleted:?}"
+    );
+    assert_eq!(
+        raw::offset_delete(&broker, "workers", "grouped"),
+        (0, 86),
+        "GROUP_SUBSCRIBED_TO_TOPIC"
+    );
 }
 
 #[test]
@@ -270,6 +286,27 @@ mod raw {
                     .with_committed_offset(1)])]);
         let r: OffsetCommitResponse = call(raw, ApiKey::OffsetCommit, 8, &request);
         r.topics[0].partitions[0].error_code
+    }
+
+    /// OffsetDelete of partition 0 of `topic`: (group error, partition error).
+    pub fn offset_delete(broker: &Broker, group: &str, topic: &str) -> (i16, i16) {
+        use kafka_protocol::messages::offset_delete_request::{
+            OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+        };
+        use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
+        let mut raw = Raw::connect(broker.port);
+        let request = OffsetDeleteRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.into())))
+            .with_topics(vec![OffsetDeleteRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.into())))
+                .with_partitions(vec![
+                    OffsetDeleteRequestPartition::default().with_partition_index(0)
+                ])]);
+        let r: OffsetDeleteResponse = call(&mut raw, ApiKey::OffsetDelete, 0, &request);
+        (
+            r.error_code,
+            r.topics.first().map_or(-1, |t| t.partitions[0].error_code),
+        )
     }
 
     /// The protocol step by step: MEMBER_ID_REQUIRED (v4+), join, sync, heartbeats, commits

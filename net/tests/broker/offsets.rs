@@ -296,3 +296,77 @@ fn coordinators_are_found_and_bad_commits_get_kafka_error_codes() {
         "all committed topics of the group"
     );
 }
+
+fn fetch_one(raw: &mut Raw, group: &str, topic: &str) -> i64 {
+    let fetch = OffsetFetchRequest::default().with_groups(vec![OffsetFetchRequestGroup::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.into())))
+        .with_topics(Some(vec![OffsetFetchRequestTopics::default()
+            .with_name(TopicName(StrBytes::from_string(topic.into())))
+            .with_partition_indexes(vec![0])]))]);
+    let r: OffsetFetchResponse = call(raw, ApiKey::OffsetFetch, 8, &fetch);
+    r.groups[0].topics[0].partitions[0].committed_offset
+}
+
+#[test]
+fn offsets_and_groups_are_deleted_with_tombstones_that_survive_a_restart() {
+    use kafka_protocol::messages::offset_delete_request::{
+        OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+    };
+    use kafka_protocol::messages::{
+        DeleteGroupsRequest, DeleteGroupsResponse, OffsetDeleteRequest, OffsetDeleteResponse,
+    };
+    let mut broker = Broker::start(&[]);
+    create_topic_blocking(&broker, "t", 1);
+    create_topic_blocking(&broker, "u", 1);
+    let mut raw = Raw::connect(broker.port);
+    for (group, topic) in [("keep", "t"), ("keep", "u"), ("drop", "t")] {
+        assert_eq!(
+            commit_error(&mut raw, &commit_request(group, -1, "", topic, "m")),
+            0
+        );
+    }
+    let delete_offsets = OffsetDeleteRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("keep")))
+        .with_topics(vec![OffsetDeleteRequestTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("u")))
+            .with_partitions(vec![
+                OffsetDeleteRequestPartition::default().with_partition_index(0)
+            ])]);
+    let r: OffsetDeleteResponse = call(&mut raw, ApiKey::OffsetDelete, 0, &delete_offsets);
+    assert_eq!((r.error_code, r.topics[0].partitions[0].error_code), (0, 0));
+    let delete = |names: &[&str]| {
+        DeleteGroupsRequest::default().with_groups_names(
+            names
+                .iter()
+                .map(|n| GroupId(StrBytes::from_string(n.to_string())))
+                .collect(),
+        )
+    };
+    let r: DeleteGroupsResponse = call(
+        &mut raw,
+        ApiKey::DeleteGroups,
+        2,
+        &delete(&["drop", "never-was"]),
+    );
+    let codes: Vec<i16> = r.results.iter().map(|g| g.error_code).collect();
+    assert_eq!(codes, vec![0, 69], "deleted; GROUP_ID_NOT_FOUND");
+
+    for round in ["before", "after"] {
+        assert_eq!(fetch_one(&mut raw, "keep", "t"), 3, "{round} restart: kept");
+        assert_eq!(
+            fetch_one(&mut raw, "keep", "u"),
+            -1,
+            "{round} restart: offset deleted"
+        );
+        assert_eq!(
+            fetch_one(&mut raw, "drop", "t"),
+            -1,
+            "{round} restart: group deleted"
+        );
+        if round == "before" {
+            broker.kill9();
+            broker.restart();
+            raw = Raw::connect(broker.port);
+        }
+    }
+}
