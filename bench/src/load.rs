@@ -340,6 +340,8 @@ struct Stats {
     base: Instant,
     acked: AtomicU64,
     acked_bytes: AtomicU64,
+    /// Payload bytes consumed while measuring.
+    consumed_bytes: AtomicU64,
     failed: AtomicU64,
     publish: Mutex<Histogram<u64>>,
     first_error: Mutex<Option<String>>,
@@ -474,6 +476,7 @@ fn new_stats() -> Arc<Stats> {
         base: Instant::now(),
         acked: AtomicU64::new(0),
         acked_bytes: AtomicU64::new(0),
+        consumed_bytes: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         publish: Mutex::new(histogram()),
         first_error: Mutex::new(None),
@@ -725,6 +728,9 @@ pub fn run(o: &Options) -> Result<Report, String> {
         broker_cpu_seconds_per_gb: cpu.map(|c| c / (acked_bytes as f64 / 1e9).max(1e-9)),
         broker_peak_rss_bytes: cpu_after.as_ref().map(|s| s.peak_rss_bytes),
         acked_per_process: vec![acked],
+        consumed_bytes: o
+            .consume
+            .then(|| stats.consumed_bytes.load(Ordering::SeqCst)),
         verified,
         verification,
     })
@@ -855,6 +861,7 @@ fn catch_up(o: &Options, mb: u64) -> Result<Report, String> {
         broker_cpu_seconds_per_gb: cpu.map(|c| c / (bytes as f64 / 1e9).max(1e-9)),
         broker_peak_rss_bytes: cpu_after.as_ref().map(|s| s.peak_rss_bytes),
         acked_per_process: vec![received],
+        consumed_bytes: Some(bytes),
         verified,
         verification,
     })
@@ -923,6 +930,9 @@ fn start_consumer(o: &Options, mine: &[i32], stats: Arc<Stats>) -> Result<Consum
                     if stats.measuring.load(Ordering::Relaxed) {
                         let now = stats.base.elapsed().as_nanos() as u64;
                         let _ = e2e.record((now.saturating_sub(sent) / 1000).max(1));
+                        stats
+                            .consumed_bytes
+                            .fetch_add(payload.len() as u64, Ordering::Relaxed);
                     }
                 }
                 Some(Err(e)) => return Err(format!("consume: {e}")),

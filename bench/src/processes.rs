@@ -307,6 +307,7 @@ pub struct SliceReport {
     pub slice: Slice,
     pub acked: u64,
     pub acked_bytes: u64,
+    pub consumed_bytes: Option<u64>,
     pub failed: u64,
     pub measured_seconds: f64,
     pub per_second_mb: Vec<f64>,
@@ -327,6 +328,7 @@ impl SliceReport {
             slice,
             acked: file.acked,
             acked_bytes: file.acked_bytes,
+            consumed_bytes: file.consumed_bytes,
             failed: file.failed,
             measured_seconds: file.measured_seconds,
             per_second_mb: file.per_second_mb.clone(),
@@ -419,6 +421,7 @@ pub fn merge(o: &Options, slices: &[SliceReport], broker: BrokerFigures) -> Resu
             .map(|c| c / (acked_bytes as f64 / 1e9).max(1e-9)),
         broker_peak_rss_bytes: broker.peak_rss_bytes,
         acked_per_process: slices.iter().map(|s| s.acked).collect(),
+        consumed_bytes: slices.iter().map(|s| s.consumed_bytes).sum::<Option<u64>>(),
         verified,
         verification,
     })
@@ -456,6 +459,7 @@ mod tests {
             slice: Slice { index, count: 2 },
             acked: latencies_us.len() as u64,
             acked_bytes: latencies_us.len() as u64 * 100,
+            consumed_bytes: Some(latencies_us.len() as u64 * 100),
             failed: 0,
             measured_seconds: 2.0 + index as f64 * 0.01,
             per_second_mb: vec![1.0; 2 + index],
@@ -493,6 +497,7 @@ mod tests {
         assert_eq!(report.e2e_histogram.as_ref().map(|h| h.len()), Some(300));
         assert_eq!(report.acked, 300);
         assert_eq!(report.acked_bytes, 30_000);
+        assert_eq!(report.consumed_bytes, Some(30_000), "consumed bytes add up");
         assert_eq!(report.acked_per_process, vec![100, 200]);
         assert_eq!(
             report.per_second_mb,

@@ -96,6 +96,8 @@ pub struct Report {
     pub broker_peak_rss_bytes: Option<u64>,
     /// Records acknowledged in the measured window by each load-generator process.
     pub acked_per_process: Vec<u64>,
+    /// Payload bytes the consumers received in the measured window (None without consumers).
+    pub consumed_bytes: Option<u64>,
     pub verified: bool,
     pub verification: String,
 }
@@ -112,6 +114,11 @@ pub struct ReportFile {
     pub failed: u64,
     pub mb_per_second: f64,
     pub records_per_second: f64,
+    /// Consume rate over the measured window (with consumers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumed_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consume_mb_per_second: Option<f64>,
     pub publish_latency_us: Percentiles,
     pub e2e_latency_us: Option<Percentiles>,
     pub broker_cpu_seconds: Option<f64>,
@@ -200,6 +207,8 @@ impl Report {
             failed: self.failed,
             mb_per_second: rounded(self.mb_per_second, 3),
             records_per_second: rounded(self.records_per_second, 1),
+            consumed_bytes: self.consumed_bytes,
+            consume_mb_per_second: self.consume_mb_per_second().map(|m| rounded(m, 3)),
             publish_latency_us: self.publish_us,
             e2e_latency_us: self.e2e_us,
             broker_cpu_seconds: self.broker_cpu_seconds.map(|c| rounded(c, 3)),
@@ -221,6 +230,12 @@ impl Report {
             .file(false)
             .expect("a report without histograms always encodes");
         serde_json::to_string(&file).expect("a report always serializes") + "\n"
+    }
+
+    /// Consumed MB/s over the measured window, with consumers.
+    pub fn consume_mb_per_second(&self) -> Option<f64> {
+        self.consumed_bytes
+            .map(|b| b as f64 / self.measured_seconds.max(1e-9) / 1e6)
     }
 
     pub fn markdown(&self) -> String {
@@ -267,9 +282,13 @@ impl Report {
             None => "- |".into(),
         });
         s.push_str(&format!(
-            "\n\n{} records acknowledged in {:.1} s{}; {}",
+            "\n\n{} records acknowledged in {:.1} s{}{}; {}",
             self.acked,
             self.measured_seconds,
+            match self.consume_mb_per_second() {
+                Some(m) => format!(", consumed at {m:.1} MB/s"),
+                None => String::new(),
+            },
             if self.interrupted {
                 " (interrupted: partial report)"
             } else {

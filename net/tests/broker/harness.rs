@@ -58,6 +58,15 @@ fn a_clean_tiny_run_verifies_and_measures() {
         report.acked
     );
     assert!(report.e2e_us.is_some(), "end-to-end latency measured");
+    let consumed = report
+        .consume_mb_per_second()
+        .expect("consume rate measured");
+    assert!(
+        consumed > 0.5 * report.mb_per_second && consumed < 2.0 * report.mb_per_second,
+        "consume rate {consumed} MB/s follows the publish rate {} MB/s",
+        report.mb_per_second
+    );
+    assert!(report.json().contains("\"consume_mb_per_second\""));
     assert!(
         report.broker_cpu_seconds.is_some(),
         "broker CPU read from /proc"
