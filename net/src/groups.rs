@@ -91,6 +91,8 @@ pub type SyncAnswer = (i16, Option<String>, Option<String>, Bytes);
 
 pub struct Group {
     pub id: String,
+    /// The coordinating core, for writing the group's metadata record.
+    shard: Weak<Shard>,
     pub state: State,
     pub generation: i32,
     pub protocol_type: Option<String>,
@@ -138,7 +140,7 @@ fn group_of(shard: &Shard, id: &str) -> Option<Rc<RefCell<Group>>> {
     shard.groups.borrow().get(id).cloned()
 }
 
-fn group_or_new(shard: &Shard, id: &str) -> Rc<RefCell<Group>> {
+fn group_or_new(shard: &Rc<Shard>, id: &str) -> Rc<RefCell<Group>> {
     shard
         .groups
         .borrow_mut()
@@ -146,6 +148,7 @@ fn group_or_new(shard: &Shard, id: &str) -> Rc<RefCell<Group>> {
         .or_insert_with(|| {
             Rc::new(RefCell::new(Group {
                 id: id.to_string(),
+                shard: Rc::downgrade(shard),
                 state: State::Empty,
                 generation: 0,
                 protocol_type: None,
@@ -509,6 +512,7 @@ pub async fn sync(
         }
         let (tx, rx) = oneshot::channel();
         g.awaiting_sync.insert(member_id.to_string(), tx);
+        let mut completed = None;
         if g.leader.as_deref() == Some(member_id) {
             for m in &mut g.members {
                 m.assignment = assignments
@@ -519,20 +523,35 @@ pub async fn sync(
             }
             g.state = State::Stable;
             let (pt, p) = (g.protocol_type.clone(), g.protocol.clone());
-            let waiting: Vec<(String, oneshot::Sender<SyncAnswer>)> =
+            let drained: Vec<(String, oneshot::Sender<SyncAnswer>)> =
                 g.awaiting_sync.drain().collect();
-            for (id, tx) in waiting {
-                let assignment = g
-                    .members
-                    .iter()
-                    .find(|m| m.id == id)
-                    .map(|m| m.assignment.clone())
-                    .unwrap_or_default();
-                let _ = tx.send((0, pt.clone(), p.clone(), assignment));
-            }
+            let waiting: Vec<(oneshot::Sender<SyncAnswer>, SyncAnswer)> = drained
+                .into_iter()
+                .map(|(id, tx)| {
+                    let assignment = g
+                        .members
+                        .iter()
+                        .find(|m| m.id == id)
+                        .map(|m| m.assignment.clone())
+                        .unwrap_or_default();
+                    (tx, (0, pt.clone(), p.clone(), assignment))
+                })
+                .collect();
+            completed = Some((encode_group_value(&g), g.generation, waiting));
         }
-        rx
+        (rx, completed)
     };
+    let (rx, completed) = rx;
+    if let Some((value, generation, waiting)) = completed {
+        // As Kafka does, the new generation is stored before its members learn their
+        // assignment, so that a restarted coordinator knows it.
+        if let Err(e) = crate::offsets::write_group_record(shard, id, Some(value)).await {
+            eprintln!("sluice: storing group {id} generation {generation}: {e}");
+        }
+        for (tx, answer) in waiting {
+            let _ = tx.send(answer);
+        }
+    }
     rx.await
         .unwrap_or_else(|_| error(ResponseError::RebalanceInProgress))
 }
@@ -596,7 +615,8 @@ pub fn leave(shard: &Shard, settings: Settings, id: &str, member_ids: &[String])
     answers
 }
 
-/// After members left (or expired): an emptied group becomes Empty, otherwise it rebalances.
+/// After members left (or expired): an emptied group becomes Empty (and is stored so),
+/// otherwise it rebalances.
 fn members_left(g: &mut Group, group: &Rc<RefCell<Group>>, settings: Settings) {
     if g.members.is_empty() {
         g.state = State::Empty;
@@ -613,6 +633,7 @@ fn members_left(g: &mut Group, group: &Rc<RefCell<Group>>, settings: Settings) {
                 Bytes::new(),
             ));
         }
+        store_later(g.shard.clone(), g.id.clone(), encode_group_value(g));
     } else if g.state != State::PreparingRebalance {
         prepare_rebalance(g, group, settings);
     }
@@ -827,6 +848,12 @@ async fn delete_group(shard: &Rc<Shard>, id: &str) -> i16 {
         eprintln!("sluice: deleting group {id}: {e}");
         return ResponseError::CoordinatorNotAvailable.code();
     }
+    if shard.groups.borrow().contains_key(id) {
+        if let Err(e) = crate::offsets::write_group_record(shard, id, None).await {
+            eprintln!("sluice: deleting group {id}: {e}");
+            return ResponseError::CoordinatorNotAvailable.code();
+        }
+    }
     if !has_members(shard, id) {
         shard.groups.borrow_mut().remove(id);
     }
@@ -935,5 +962,291 @@ pub async fn route(
     {
         Some(crate::router::CoreResponse::Group(reply)) => Ok(reply),
         _ => Err(ResponseError::CoordinatorNotAvailable),
+    }
+}
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    b.extend_from_slice(&(s.len().min(i16::MAX as usize) as i16).to_be_bytes());
+    b.extend_from_slice(&s.as_bytes()[..s.len().min(i16::MAX as usize)]);
+}
+
+fn put_nullable_str(b: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => put_str(b, s),
+        None => b.extend_from_slice(&(-1i16).to_be_bytes()),
+    }
+}
+
+fn put_bytes(b: &mut Vec<u8>, bytes: &[u8]) {
+    b.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+    b.extend_from_slice(bytes);
+}
+
+/// The group's metadata record value: Kafka's `GroupMetadataValue` at version 3 (protocol
+/// type, generation, protocol, leader, state timestamp, and per member its id, instance id,
+/// client id and host, timeouts, subscription and assignment).
+pub fn encode_group_value(g: &Group) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&3i16.to_be_bytes());
+    put_str(&mut b, g.protocol_type.as_deref().unwrap_or(""));
+    b.extend_from_slice(&g.generation.to_be_bytes());
+    put_nullable_str(&mut b, g.protocol.as_deref());
+    put_nullable_str(&mut b, g.leader.as_deref());
+    b.extend_from_slice(&crate::shard::now_ms().to_be_bytes());
+    b.extend_from_slice(&(g.members.len() as i32).to_be_bytes());
+    for m in &g.members {
+        put_str(&mut b, &m.id);
+        put_nullable_str(&mut b, m.instance_id.as_deref());
+        put_str(&mut b, &m.client_id);
+        put_str(&mut b, &m.client_host);
+        b.extend_from_slice(&(m.rebalance_timeout.as_millis() as i32).to_be_bytes());
+        b.extend_from_slice(&(m.session_timeout.as_millis() as i32).to_be_bytes());
+        let subscription = m
+            .protocols
+            .iter()
+            .find(|(n, _)| Some(n) == g.protocol.as_ref())
+            .map(|(_, md)| md.clone())
+            .unwrap_or_default();
+        put_bytes(&mut b, &subscription);
+        put_bytes(&mut b, &m.assignment);
+    }
+    b
+}
+
+/// A stored member: (id, instance id, client id, client host, rebalance timeout ms, session
+/// timeout ms, subscription, assignment).
+pub type StoredMember = (
+    String,
+    Option<String>,
+    String,
+    String,
+    i32,
+    i32,
+    Bytes,
+    Bytes,
+);
+
+/// What a stored group comes back as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredGroup {
+    pub protocol_type: String,
+    pub generation: i32,
+    pub protocol: Option<String>,
+    pub leader: Option<String>,
+    /// (id, instance id, client id, client host, rebalance timeout ms, session timeout ms,
+    /// subscription, assignment)
+    pub members: Vec<StoredMember>,
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+    fn i16(&mut self) -> Option<i16> {
+        Some(i16::from_be_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn i32(&mut self) -> Option<i32> {
+        Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn nullable_str(&mut self) -> Option<Option<String>> {
+        let len = self.i16()?;
+        if len < 0 {
+            return Some(None);
+        }
+        Some(Some(
+            String::from_utf8(self.take(len as usize)?.to_vec()).ok()?,
+        ))
+    }
+    fn string(&mut self) -> Option<String> {
+        Some(self.nullable_str()?.unwrap_or_default())
+    }
+    fn bytes(&mut self) -> Option<Bytes> {
+        let len = self.i32()?;
+        Some(Bytes::copy_from_slice(self.take(len.max(0) as usize)?))
+    }
+}
+
+/// A `GroupMetadataValue` of version 0 to 3; None when damaged or of another version.
+pub fn decode_group_value(value: &[u8]) -> Option<StoredGroup> {
+    let mut c = Cursor(value);
+    let version = c.i16()?;
+    if !(0..=3).contains(&version) {
+        return None;
+    }
+    let protocol_type = c.string()?;
+    let generation = c.i32()?;
+    let protocol = c.nullable_str()?;
+    let leader = c.nullable_str()?;
+    if version >= 2 {
+        c.i64()?;
+    }
+    let count = c.i32()?.max(0) as usize;
+    let mut members = Vec::with_capacity(count.min(value.len() / 16));
+    for _ in 0..count {
+        let id = c.string()?;
+        let instance = if version >= 3 {
+            c.nullable_str()?
+        } else {
+            None
+        };
+        let client_id = c.string()?;
+        let client_host = c.string()?;
+        let rebalance_timeout = if version >= 1 { c.i32()? } else { -1 };
+        let session_timeout = c.i32()?;
+        let subscription = c.bytes()?;
+        let assignment = c.bytes()?;
+        let rebalance_timeout = if rebalance_timeout < 0 {
+            session_timeout
+        } else {
+            rebalance_timeout
+        };
+        members.push((
+            id,
+            instance,
+            client_id,
+            client_host,
+            rebalance_timeout,
+            session_timeout,
+            subscription,
+            assignment,
+        ));
+    }
+    Some(StoredGroup {
+        protocol_type,
+        generation,
+        protocol,
+        leader,
+        members,
+    })
+}
+
+/// Writes the group's record in the background (from places that cannot wait).
+fn store_later(shard: Weak<Shard>, id: String, value: Vec<u8>) {
+    glommio::spawn_local(async move {
+        if let Some(shard) = shard.upgrade() {
+            if let Err(e) = crate::offsets::write_group_record(&shard, &id, Some(value)).await {
+                eprintln!("sluice: storing group {id}: {e}");
+            }
+        }
+    })
+    .detach();
+}
+
+/// Brings back the groups stored in a `__consumer_offsets` partition the core has just opened:
+/// a group with members comes back Stable at its generation, its members with fresh session
+/// deadlines, so that they carry on heartbeating (those that do not come back expire as usual).
+pub fn restore(shard: &Rc<Shard>, records: HashMap<String, Option<Vec<u8>>>) {
+    let now = Instant::now();
+    for (id, value) in records {
+        let Some(stored) = value.as_deref().and_then(decode_group_value) else {
+            shard.groups.borrow_mut().remove(&id);
+            continue;
+        };
+        let group = group_or_new(shard, &id);
+        let mut g = group.borrow_mut();
+        g.generation = stored.generation;
+        g.protocol_type = (!stored.protocol_type.is_empty()).then_some(stored.protocol_type);
+        g.protocol = stored.protocol.clone();
+        g.leader = stored.leader;
+        g.members = stored
+            .members
+            .into_iter()
+            .map(
+                |(
+                    id,
+                    instance_id,
+                    client_id,
+                    client_host,
+                    rebalance,
+                    session,
+                    subscription,
+                    assignment,
+                )| Member {
+                    id,
+                    instance_id,
+                    client_id,
+                    client_host,
+                    session_timeout: Duration::from_millis(session.max(0) as u64),
+                    rebalance_timeout: Duration::from_millis(rebalance.max(0) as u64),
+                    protocols: vec![(stored.protocol.clone().unwrap_or_default(), subscription)],
+                    assignment,
+                    last_heartbeat: now,
+                },
+            )
+            .collect();
+        g.state = if g.members.is_empty() {
+            State::Empty
+        } else {
+            State::Stable
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_records_round_trip_and_reject_damage() {
+        let stored = StoredGroup {
+            protocol_type: "consumer".into(),
+            generation: 7,
+            protocol: Some("range".into()),
+            leader: Some("m-1".into()),
+            members: vec![
+                (
+                    "m-1".into(),
+                    None,
+                    "client".into(),
+                    "/10.0.0.1".into(),
+                    30_000,
+                    10_000,
+                    Bytes::from_static(b"sub"),
+                    Bytes::from_static(b"asg"),
+                ),
+                (
+                    "m-2".into(),
+                    Some("static-2".into()),
+                    "client".into(),
+                    "".into(),
+                    30_000,
+                    10_000,
+                    Bytes::new(),
+                    Bytes::from_static(b"x"),
+                ),
+            ],
+        };
+        let mut b = Vec::new();
+        b.extend_from_slice(&3i16.to_be_bytes());
+        put_str(&mut b, "consumer");
+        b.extend_from_slice(&7i32.to_be_bytes());
+        put_nullable_str(&mut b, Some("range"));
+        put_nullable_str(&mut b, Some("m-1"));
+        b.extend_from_slice(&0i64.to_be_bytes());
+        b.extend_from_slice(&2i32.to_be_bytes());
+        for (id, instance, client, host, rebalance, session, sub, asg) in &stored.members {
+            put_str(&mut b, id);
+            put_nullable_str(&mut b, instance.as_deref());
+            put_str(&mut b, client);
+            put_str(&mut b, host);
+            b.extend_from_slice(&rebalance.to_be_bytes());
+            b.extend_from_slice(&session.to_be_bytes());
+            put_bytes(&mut b, sub);
+            put_bytes(&mut b, asg);
+        }
+        assert_eq!(decode_group_value(&b), Some(stored));
+        for cut in 0..b.len() {
+            assert_eq!(decode_group_value(&b[..cut]), None, "cut at {cut}");
+        }
+        let key = crate::offsets::encode_group_key("g");
+        assert_eq!(crate::offsets::decode_group_key(&key), Some("g".into()));
+        assert_eq!(crate::offsets::decode_key(&key), None, "not an offset key");
     }
 }

@@ -103,6 +103,47 @@ pub fn encode_value(c: &Committed) -> Vec<u8> {
     b.to_vec()
 }
 
+/// The record key of a group's metadata: `GroupMetadataKey`, type 2.
+pub fn encode_group_key(group: &str) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    b.put_i16(2);
+    put_string(&mut b, group);
+    b.to_vec()
+}
+
+/// The group of a `GroupMetadataKey` (type 2); None for other record types.
+pub fn decode_group_key(mut key: &[u8]) -> Option<String> {
+    if key.len() < 2 || key.get_i16() != 2 {
+        return None;
+    }
+    get_string(&mut key)
+}
+
+/// Writes a group's metadata record (None: a tombstone) to the group's partition and waits
+/// until it is durable.
+pub async fn write_group_record(
+    shard: &Rc<Shard>,
+    group: &str,
+    value: Option<Vec<u8>>,
+) -> Result<(), String> {
+    let partitions = shard
+        .topics
+        .borrow()
+        .get(OFFSETS_TOPIC)
+        .map(|m| m.partitions)
+        .ok_or("no __consumer_offsets")?;
+    let tp = TopicPartition::new(OFFSETS_TOPIC.to_string(), partition_for(group, partitions));
+    let log = shard.log(&tp).ok_or("not the coordinator")?;
+    append_records(
+        &log,
+        &shard.flusher,
+        &[(encode_group_key(group), value)],
+        now_ms(),
+    )
+    .await
+    .map(|_| ())
+}
+
 /// (group, topic, partition) of an offset record's key; None for other record types (group
 /// metadata keys are version 2) or damage.
 pub fn decode_key(mut key: &[u8]) -> Option<(String, String, i32)> {
@@ -195,7 +236,14 @@ fn set(table: &mut GroupOffsets, group: String, topic: String, partition: i32, c
 
 /// Rebuilds the table from one `__consumer_offsets` partition, read from its start to its high
 /// watermark.
-pub async fn load(table: &mut GroupOffsets, log: &Rc<PartitionLog>) -> Result<usize, String> {
+/// Rebuilds the offset table from one `__consumer_offsets` partition, read from its start to
+/// its high watermark; the last group-metadata record of each group (key type 2; None for a
+/// tombstone) is put in `group_records`.
+pub async fn load(
+    table: &mut GroupOffsets,
+    group_records: &mut HashMap<String, Option<Vec<u8>>>,
+    log: &Rc<PartitionLog>,
+) -> Result<usize, String> {
     let mut offset = log.log_start_offset();
     let end = log.high_watermark();
     let mut applied = 0;
@@ -214,7 +262,11 @@ pub async fn load(table: &mut GroupOffsets, log: &Rc<PartitionLog>) -> Result<us
             let whole = &bytes[pos..pos + header.total_bytes()];
             for record in batch::records(whole).unwrap_or_default() {
                 if record.offset >= offset {
-                    apply_record(table, record.offset, record.key, record.value);
+                    if let Some(group) = record.key.and_then(decode_group_key) {
+                        group_records.insert(group, record.value.map(<[u8]>::to_vec));
+                    } else {
+                        apply_record(table, record.offset, record.key, record.value);
+                    }
                     applied += 1;
                 }
             }

@@ -386,7 +386,7 @@ impl Shard {
 
     /// Applies a topic change broadcast by core 0: update this core's tables, open the logs of
     /// new partitions this core owns, close and delete those of removed topics.
-    async fn apply_topic(&self, change: TopicChange) {
+    async fn apply_topic(self: &Rc<Self>, change: TopicChange) {
         match change {
             TopicChange::Created {
                 revision,
@@ -411,10 +411,14 @@ impl Shard {
                             Ok(log) => {
                                 if meta.name == crate::offsets::OFFSETS_TOPIC {
                                     let mut table = self.offsets.borrow().clone();
-                                    if let Err(e) = crate::offsets::load(&mut table, &log).await {
+                                    let mut groups = HashMap::new();
+                                    let loaded =
+                                        crate::offsets::load(&mut table, &mut groups, &log).await;
+                                    if let Err(e) = loaded {
                                         eprintln!("sluice: core {}: {e}", self.core_id);
                                     }
                                     *self.offsets.borrow_mut() = table;
+                                    crate::groups::restore(self, groups);
                                 }
                                 self.logs.borrow_mut().insert(tp, log);
                             }

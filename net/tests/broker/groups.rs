@@ -309,6 +309,76 @@ mod raw {
         )
     }
 
+    fn sync(raw: &mut Raw, generation: i32, member: &str) -> SyncGroupResponse {
+        call(
+            raw,
+            ApiKey::SyncGroup,
+            5,
+            &SyncGroupRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("raw-group")))
+                .with_generation_id(generation)
+                .with_member_id(StrBytes::from_string(member.into()))
+                .with_assignments(vec![SyncGroupRequestAssignment::default()
+                    .with_member_id(StrBytes::from_string(member.into()))
+                    .with_assignment(Bytes::from_static(b"partition 0"))]),
+        )
+    }
+
+    /// The group's generation and members are stored in `__consumer_offsets`: after a crash the
+    /// member carries on heartbeating; an emptied group stays empty; a deleted one stays gone.
+    #[test]
+    fn membership_survives_a_restart() {
+        use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
+        let mut broker = Broker::start(&[
+            "group.initial.rebalance.delay.ms=0",
+            "group.min.session.timeout.ms=500",
+        ]);
+        let mut raw = Raw::connect(broker.port);
+        let member = join(&mut raw, 3, "").member_id.to_string();
+        let joined = join(&mut raw, 3, &member);
+        assert_eq!(joined.error_code, 0);
+        let generation = joined.generation_id;
+        assert_eq!(sync(&mut raw, generation, &member).error_code, 0);
+
+        broker.kill9();
+        broker.restart();
+        let mut raw = Raw::connect(broker.port);
+        assert_eq!(
+            heartbeat(&mut raw, generation, &member),
+            0,
+            "known after the crash"
+        );
+        assert_eq!(state(&mut raw), ("Stable".into(), 1));
+        let again = sync(&mut raw, generation, &member);
+        assert_eq!(
+            (again.error_code, again.assignment),
+            (0, Bytes::from_static(b"partition 0"))
+        );
+
+        std::thread::sleep(Duration::from_millis(2000));
+        assert_eq!(state(&mut raw), ("Empty".into(), 0), "the session expired");
+        assert!(broker.terminate().success());
+        broker.restart();
+        let mut raw = Raw::connect(broker.port);
+        assert_eq!(
+            state(&mut raw),
+            ("Empty".into(), 0),
+            "still empty after a restart"
+        );
+        let r: DeleteGroupsResponse = call(
+            &mut raw,
+            ApiKey::DeleteGroups,
+            2,
+            &DeleteGroupsRequest::default()
+                .with_groups_names(vec![GroupId(StrBytes::from_static_str("raw-group"))]),
+        );
+        assert_eq!(r.results[0].error_code, 0);
+        broker.kill9();
+        broker.restart();
+        let mut raw = Raw::connect(broker.port);
+        assert_eq!(state(&mut raw), ("Dead".into(), 0), "deleted for good");
+    }
+
     /// The protocol step by step: MEMBER_ID_REQUIRED (v4+), join, sync, heartbeats, commits
     /// fenced by generation, and a member dropped when its session expires.
     #[test]
