@@ -10,9 +10,10 @@
 //! or joins anew sends the group back to PreparingRebalance. Join and sync metadata pass
 //! through untouched, so every client-side assignor works.
 //!
-//! Not here yet: static membership (a `group.instance.id` is accepted but the member is
-//! treated as dynamic), and persisting group metadata — after a restart members get
-//! UNKNOWN_MEMBER_ID on their next heartbeat and rejoin; committed offsets are durable.
+//! Static members (KIP-345) that restart take their membership back without a rebalance, and
+//! the process they replace is fenced. Each group's generation and members are stored in
+//! `__consumer_offsets` (Kafka's GroupMetadata records) and restored when the partition is
+//! opened. Not here yet: the KIP-848 protocol.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -178,9 +179,13 @@ pub fn validate_commit(
     id: &str,
     generation: i32,
     member_id: &str,
+    instance_id: Option<&str>,
 ) -> Option<ResponseError> {
     let group = group_of(shard, id)?;
     let g = group.borrow();
+    if fenced(&g, member_id, instance_id) {
+        return Some(ResponseError::FencedInstanceId);
+    }
     if g.members.is_empty() {
         return (generation >= 0).then_some(ResponseError::UnknownMemberId);
     }
@@ -194,6 +199,16 @@ pub fn validate_commit(
         return Some(ResponseError::IllegalGeneration);
     }
     (g.state == State::CompletingRebalance).then_some(ResponseError::RebalanceInProgress)
+}
+
+/// KIP-345: a request naming a static member's instance id under another member id comes from
+/// a process that was replaced (FENCED_INSTANCE_ID).
+fn fenced(g: &Group, member_id: &str, instance_id: Option<&str>) -> bool {
+    instance_id.is_some_and(|i| {
+        g.members
+            .iter()
+            .any(|m| m.instance_id.as_deref() == Some(i) && m.id != member_id)
+    })
 }
 
 /// JoinGroup: resolves when the join phase completes (or at once with an error).
@@ -226,9 +241,49 @@ pub async fn join(shard: &Rc<Shard>, settings: Settings, req: JoinRequest) -> Jo
         let now = Instant::now();
         g.pending_ids
             .retain(|(_, at)| now.duration_since(*at) < Duration::from_secs(300));
-        let member_id = if req.member_id.is_empty() {
+        let static_member = req.instance_id.as_ref().and_then(|i| {
+            g.members
+                .iter()
+                .position(|m| m.instance_id.as_ref() == Some(i))
+        });
+        if let (Some(i), false) = (static_member, req.member_id.is_empty()) {
+            if g.members[i].id != req.member_id {
+                return JoinAnswer::error(ResponseError::FencedInstanceId, &req.member_id);
+            }
+        }
+        if let (Some(i), true) = (static_member, req.member_id.is_empty()) {
+            // KIP-345: a static member coming back (a restarted process) takes over its old
+            // membership under a new member id; the old id is fenced. A stable group keeps
+            // its generation and assignment: no rebalance.
+            let new_id = format!("{}-{}", req.client_id, uuid::Uuid::new_v4());
+            let old_id = std::mem::replace(&mut g.members[i].id, new_id.clone());
+            if g.leader.as_deref() == Some(old_id.as_str()) {
+                g.leader = Some(new_id.clone());
+            }
+            if let Some(tx) = g.awaiting_join.remove(&old_id) {
+                let _ = tx.send(JoinAnswer::error(ResponseError::FencedInstanceId, &old_id));
+            }
+            if let Some(tx) = g.awaiting_sync.remove(&old_id) {
+                let _ = tx.send((
+                    ResponseError::FencedInstanceId.code(),
+                    None,
+                    None,
+                    Bytes::new(),
+                ));
+            }
+            g.members[i].last_heartbeat = now;
+            if g.state == State::Stable && g.members[i].protocols == req.protocols {
+                let answer = join_answer(&g, &new_id);
+                store_later(g.shard.clone(), g.id.clone(), encode_group_value(&g));
+                return answer;
+            }
+        }
+        let member_id = if let (Some(i), true) = (static_member, req.member_id.is_empty()) {
+            g.members[i].id.clone()
+        } else if req.member_id.is_empty() {
             let id = format!("{}-{}", req.client_id, uuid::Uuid::new_v4());
-            if req.require_known_member_id {
+            // Static members skip MEMBER_ID_REQUIRED (KIP-345).
+            if req.require_known_member_id && req.instance_id.is_none() {
                 g.pending_ids.push((id.clone(), now));
                 return JoinAnswer::error(ResponseError::MemberIdRequired, &id);
             }
@@ -465,21 +520,26 @@ fn complete_join(group: &Rc<RefCell<Group>>) {
 }
 
 /// SyncGroup: the leader's assignment is handed to every member; followers wait for it.
-pub async fn sync(
-    shard: &Rc<Shard>,
-    id: &str,
-    generation: i32,
-    member_id: &str,
-    protocol_type: Option<String>,
-    protocol: Option<String>,
-    assignments: Vec<(String, Bytes)>,
-) -> SyncAnswer {
+pub async fn sync(shard: &Rc<Shard>, req: SyncRequest) -> SyncAnswer {
+    let SyncRequest {
+        group: id,
+        generation,
+        member_id,
+        instance_id,
+        protocol_type,
+        protocol,
+        assignments,
+    } = req;
+    let (id, member_id, instance_id) = (id.as_str(), member_id.as_str(), instance_id.as_deref());
     let error = |e: ResponseError| (e.code(), None, None, Bytes::new());
     let Some(group) = group_of(shard, id) else {
         return error(ResponseError::UnknownMemberId);
     };
     let rx = {
         let mut g = group.borrow_mut();
+        if fenced(&g, member_id, instance_id) {
+            return error(ResponseError::FencedInstanceId);
+        }
         let Some(member) = g.members.iter_mut().find(|m| m.id == member_id) else {
             return error(ResponseError::UnknownMemberId);
         };
@@ -558,11 +618,20 @@ pub async fn sync(
 
 /// Heartbeat: keeps the member's session; tells it to rejoin while the group rebalances.
 /// Returns the error code (0: carry on).
-pub fn heartbeat(shard: &Shard, id: &str, generation: i32, member_id: &str) -> i16 {
+pub fn heartbeat(
+    shard: &Shard,
+    id: &str,
+    generation: i32,
+    member_id: &str,
+    instance_id: Option<&str>,
+) -> i16 {
     let Some(group) = group_of(shard, id) else {
         return ResponseError::UnknownMemberId.code();
     };
     let mut g = group.borrow_mut();
+    if fenced(&g, member_id, instance_id) {
+        return ResponseError::FencedInstanceId.code();
+    }
     let state = g.state;
     let current = g.generation;
     let Some(member) = g.members.iter_mut().find(|m| m.id == member_id) else {
@@ -578,20 +647,41 @@ pub fn heartbeat(shard: &Shard, id: &str, generation: i32, member_id: &str) -> i
     0
 }
 
-/// LeaveGroup: each member id's error (UNKNOWN_MEMBER_ID for one that is not in the group);
-/// anyone leaving starts a rebalance.
-pub fn leave(shard: &Shard, settings: Settings, id: &str, member_ids: &[String]) -> Vec<i16> {
+/// LeaveGroup: each leaving member's error (UNKNOWN_MEMBER_ID for one that is not in the group,
+/// FENCED_INSTANCE_ID for a static member named under another member id); anyone leaving
+/// starts a rebalance. A static member may leave by its instance id alone.
+pub fn leave(
+    shard: &Shard,
+    settings: Settings,
+    id: &str,
+    leaving: &[(String, Option<String>)],
+) -> Vec<i16> {
     let Some(group) = group_of(shard, id) else {
-        return member_ids
+        return leaving
             .iter()
             .map(|_| ResponseError::UnknownMemberId.code())
             .collect();
     };
-    let mut answers = Vec::with_capacity(member_ids.len());
+    let mut answers = Vec::with_capacity(leaving.len());
     let mut left = false;
     {
         let mut g = group.borrow_mut();
-        for member_id in member_ids {
+        for (member_id, instance_id) in leaving {
+            let by_instance = instance_id.as_ref().and_then(|i| {
+                g.members
+                    .iter()
+                    .find(|m| m.instance_id.as_ref() == Some(i))
+                    .map(|m| m.id.clone())
+            });
+            let member_id = match by_instance {
+                Some(found) if member_id.is_empty() || *member_id == found => found,
+                Some(_) => {
+                    answers.push(ResponseError::FencedInstanceId.code());
+                    continue;
+                }
+                None => member_id.clone(),
+            };
+            let member_id = &member_id;
             let before = g.members.len();
             g.members.retain(|m| m.id != *member_id);
             if g.members.len() < before {
@@ -740,26 +830,34 @@ pub fn settings(broker: &sluice_core::config::BrokerConfig) -> Settings {
     }
 }
 
+/// A SyncGroup request.
+#[derive(Debug)]
+pub struct SyncRequest {
+    pub group: String,
+    pub generation: i32,
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    /// (member id, assignment) from the leader.
+    pub assignments: Vec<(String, Bytes)>,
+}
+
 /// A group request for the coordinating core.
 #[derive(Debug)]
 pub enum GroupCall {
     Join(JoinRequest),
-    Sync {
-        group: String,
-        generation: i32,
-        member_id: String,
-        protocol_type: Option<String>,
-        protocol: Option<String>,
-        assignments: Vec<(String, Bytes)>,
-    },
+    Sync(SyncRequest),
     Heartbeat {
         group: String,
         generation: i32,
         member_id: String,
+        instance_id: Option<String>,
     },
     Leave {
         group: String,
-        member_ids: Vec<String>,
+        /// (member id, group instance id)
+        members: Vec<(String, Option<String>)>,
     },
     Describe {
         group: String,
@@ -794,32 +892,21 @@ pub async fn run(shard: &Rc<Shard>, call: GroupCall) -> GroupReply {
     let settings = settings(&shard.broker);
     match call {
         GroupCall::Join(req) => GroupReply::Join(join(shard, settings, req).await),
-        GroupCall::Sync {
-            group,
-            generation,
-            member_id,
-            protocol_type,
-            protocol,
-            assignments,
-        } => GroupReply::Sync(
-            sync(
-                shard,
-                &group,
-                generation,
-                &member_id,
-                protocol_type,
-                protocol,
-                assignments,
-            )
-            .await,
-        ),
+        GroupCall::Sync(req) => GroupReply::Sync(sync(shard, req).await),
         GroupCall::Heartbeat {
             group,
             generation,
             member_id,
-        } => GroupReply::Heartbeat(heartbeat(shard, &group, generation, &member_id)),
-        GroupCall::Leave { group, member_ids } => {
-            GroupReply::Leave(leave(shard, settings, &group, &member_ids))
+            instance_id,
+        } => GroupReply::Heartbeat(heartbeat(
+            shard,
+            &group,
+            generation,
+            &member_id,
+            instance_id.as_deref(),
+        )),
+        GroupCall::Leave { group, members } => {
+            GroupReply::Leave(leave(shard, settings, &group, &members))
         }
         GroupCall::Describe { group } => GroupReply::Describe(describe(shard, &group)),
         GroupCall::List => GroupReply::List(list(shard)),

@@ -463,6 +463,7 @@ pub async fn commit(
     group: String,
     generation: i32,
     member_id: &str,
+    instance_id: Option<&str>,
     version: i16,
     offsets: Vec<OffsetToCommit>,
 ) -> Vec<(String, i32, i16)> {
@@ -473,7 +474,9 @@ pub async fn commit(
             .collect::<Vec<_>>()
     };
     if crate::groups::has_members(shard, &group) {
-        if let Some(e) = crate::groups::validate_commit(shard, &group, generation, member_id) {
+        if let Some(e) =
+            crate::groups::validate_commit(shard, &group, generation, member_id, instance_id)
+        {
             return all(e);
         }
     } else if generation >= 0 {

@@ -57,6 +57,7 @@ pub enum CoreRequest {
         group: String,
         generation: i32,
         member_id: String,
+        instance_id: Option<String>,
         /// The OffsetCommit version (v9+ answers GROUP_ID_NOT_FOUND where older ones answer
         /// ILLEGAL_GENERATION).
         version: i16,

@@ -139,6 +139,7 @@ impl Shard {
                 group,
                 generation,
                 member_id,
+                instance_id,
                 version,
                 offsets,
             } => {
@@ -146,7 +147,13 @@ impl Shard {
                 async move {
                     CoreResponse::Committed(
                         crate::offsets::commit(
-                            &shard, group, generation, &member_id, version, offsets,
+                            &shard,
+                            group,
+                            generation,
+                            &member_id,
+                            instance_id.as_deref(),
+                            version,
+                            offsets,
                         )
                         .await,
                     )

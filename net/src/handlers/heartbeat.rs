@@ -21,6 +21,7 @@ pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: HeartbeatR
         group: group.clone(),
         generation: request.generation_id,
         member_id: request.member_id.to_string(),
+        instance_id: request.group_instance_id.map(|i| i.to_string()),
     };
     let error = match groups::route(shard, &group, call).await {
         Ok(GroupReply::Heartbeat(code)) => code,

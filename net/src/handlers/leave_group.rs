@@ -33,7 +33,10 @@ pub async fn handle(
     };
     let call = GroupCall::Leave {
         group: group.clone(),
-        member_ids: identities.iter().map(|(id, _)| id.clone()).collect(),
+        members: identities
+            .iter()
+            .map(|(id, instance)| (id.clone(), instance.as_ref().map(|i| i.to_string())))
+            .collect(),
     };
     let codes: Vec<i16> = match groups::route(shard, &group, call).await {
         Ok(GroupReply::Leave(codes)) => codes,

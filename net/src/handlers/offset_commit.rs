@@ -61,6 +61,7 @@ pub async fn handle(
                     group,
                     generation: request.generation_id_or_member_epoch,
                     member_id: request.member_id.to_string(),
+                    instance_id: request.group_instance_id.map(|i| i.to_string()),
                     version: ctx.api_version,
                     offsets: wanted.clone(),
                 };

@@ -6,7 +6,7 @@ use kafka_protocol::messages::{ApiKey, SyncGroupRequest, SyncGroupResponse};
 
 use super::{str_bytes, Api, Outcome};
 use crate::connection::{encode_response, RequestContext};
-use crate::groups::{self, GroupCall, GroupReply};
+use crate::groups::{self, GroupCall, GroupReply, SyncRequest};
 use crate::shard::Shard;
 
 pub const API: Api = Api {
@@ -17,10 +17,11 @@ pub const API: Api = Api {
 
 pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: SyncGroupRequest) -> Outcome {
     let group = request.group_id.0.to_string();
-    let call = GroupCall::Sync {
+    let call = GroupCall::Sync(SyncRequest {
         group: group.clone(),
         generation: request.generation_id,
         member_id: request.member_id.to_string(),
+        instance_id: request.group_instance_id.map(|i| i.to_string()),
         protocol_type: request.protocol_type.map(|p| p.to_string()),
         protocol: request.protocol_name.map(|p| p.to_string()),
         assignments: request
@@ -28,7 +29,7 @@ pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: SyncGroupR
             .into_iter()
             .map(|a| (a.member_id.to_string(), a.assignment))
             .collect(),
-    };
+    });
     let response = match groups::route(shard, &group, call).await {
         Ok(GroupReply::Sync((error, protocol_type, protocol, assignment))) => {
             SyncGroupResponse::default()

@@ -379,6 +379,84 @@ mod raw {
         assert_eq!(state(&mut raw), ("Dead".into(), 0), "deleted for good");
     }
 
+    /// KIP-345: a static member that comes back (same `group.instance.id`, no member id) takes
+    /// over its membership with no rebalance; its old id is fenced; it may leave by instance id.
+    #[test]
+    fn static_members_come_back_without_a_rebalance() {
+        use kafka_protocol::messages::leave_group_request::MemberIdentity;
+        use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
+        let broker = Broker::start(&[
+            "group.initial.rebalance.delay.ms=0",
+            "group.min.session.timeout.ms=500",
+        ]);
+        let mut raw = Raw::connect(broker.port);
+        let join_static = |raw: &mut Raw, member: &str| -> JoinGroupResponse {
+            let request = JoinGroupRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("raw-group")))
+                .with_session_timeout_ms(10_000)
+                .with_rebalance_timeout_ms(10_000)
+                .with_member_id(StrBytes::from_string(member.into()))
+                .with_group_instance_id(Some(StrBytes::from_static_str("instance-1")))
+                .with_protocol_type(StrBytes::from_static_str("consumer"))
+                .with_protocols(vec![JoinGroupRequestProtocol::default()
+                    .with_name(StrBytes::from_static_str("range"))
+                    .with_metadata(Bytes::from_static(b"subscription"))]);
+            call(raw, ApiKey::JoinGroup, 9, &request)
+        };
+        let first = join_static(&mut raw, "");
+        assert_eq!(
+            first.error_code, 0,
+            "static members skip MEMBER_ID_REQUIRED"
+        );
+        let old_id = first.member_id.to_string();
+        assert_eq!(sync(&mut raw, first.generation_id, &old_id).error_code, 0);
+
+        let back = join_static(&mut raw, "");
+        assert_eq!(back.error_code, 0);
+        let new_id = back.member_id.to_string();
+        assert_ne!(new_id, old_id);
+        assert_eq!(back.generation_id, first.generation_id, "no new generation");
+        assert_eq!(state(&mut raw), ("Stable".into(), 1));
+        let hb = |raw: &mut Raw, member: &str| -> i16 {
+            let r: HeartbeatResponse = call(
+                raw,
+                ApiKey::Heartbeat,
+                4,
+                &HeartbeatRequest::default()
+                    .with_group_id(GroupId(StrBytes::from_static_str("raw-group")))
+                    .with_generation_id(first.generation_id)
+                    .with_member_id(StrBytes::from_string(member.into()))
+                    .with_group_instance_id(Some(StrBytes::from_static_str("instance-1"))),
+            );
+            r.error_code
+        };
+        assert_eq!(hb(&mut raw, &old_id), 82, "FENCED_INSTANCE_ID");
+        assert_eq!(hb(&mut raw, &new_id), 0);
+        let synced = sync(&mut raw, first.generation_id, &new_id);
+        assert_eq!(
+            (synced.error_code, synced.assignment),
+            (0, Bytes::from_static(b"partition 0"))
+        );
+        assert_eq!(
+            join_static(&mut raw, &old_id).error_code,
+            82,
+            "the old process is fenced"
+        );
+
+        let r: LeaveGroupResponse = call(
+            &mut raw,
+            ApiKey::LeaveGroup,
+            5,
+            &LeaveGroupRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("raw-group")))
+                .with_members(vec![MemberIdentity::default().with_group_instance_id(
+                    Some(StrBytes::from_static_str("instance-1")),
+                )]),
+        );
+        assert_eq!(r.members[0].error_code, 0, "left by instance id");
+        assert_eq!(state(&mut raw), ("Empty".into(), 0));
+    }
+
     /// The protocol step by step: MEMBER_ID_REQUIRED (v4+), join, sync, heartbeats, commits
     /// fenced by generation, and a member dropped when its session expires.
     #[test]
