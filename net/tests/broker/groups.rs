@@ -542,3 +542,128 @@ mod raw {
         );
     }
 }
+
+fn cooperative_member(broker: &Broker) -> BaseConsumer {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "cooperative")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "300")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .create()
+        .expect("consumer");
+    c.subscribe(&["cooperative"]).expect("subscribe");
+    c
+}
+
+/// Incremental rebalancing (cooperative-sticky, the broker passing the protocol through): when a
+/// member leaves, only its partitions move; the survivors never give one of theirs up.
+#[test]
+fn cooperative_sticky_survivors_keep_their_partitions() {
+    let broker = Broker::start(&["group.initial.rebalance.delay.ms=0"]);
+    create_topic_blocking(&broker, "cooperative", 8);
+    let mut members: Vec<BaseConsumer> = (0..4).map(|_| cooperative_member(&broker)).collect();
+    let mut got = Vec::new();
+    poll_until(&members, &mut got, |cs, _| {
+        let all: Vec<i32> = cs.iter().flat_map(assigned).collect();
+        all.len() == 8 && cs.iter().all(|c| assigned(c).len() == 2)
+    });
+    let before: Vec<BTreeSet<i32>> = members.iter().map(assigned).collect();
+    let leaving = before[0].clone();
+    let gone = members.remove(0);
+    gone.unsubscribe();
+    drop(gone);
+    let survivors_before = before[1..].to_vec();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for c in &members {
+            let _ = c.poll(Duration::from_millis(10));
+        }
+        let now: Vec<BTreeSet<i32>> = members.iter().map(assigned).collect();
+        for (i, (was, is)) in survivors_before.iter().zip(&now).enumerate() {
+            assert!(
+                was.is_subset(is),
+                "survivor {i} gave up a partition: had {was:?}, has {is:?}"
+            );
+        }
+        let all: BTreeSet<i32> = now.iter().flatten().copied().collect();
+        if all.len() == 8 && now.iter().map(BTreeSet::len).sum::<usize>() == 8 {
+            let moved: BTreeSet<i32> = now
+                .iter()
+                .zip(&survivors_before)
+                .flat_map(|(is, was)| is.difference(was).copied().collect::<Vec<_>>())
+                .collect();
+            assert_eq!(moved, leaving, "exactly the leaver's partitions moved");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group did not settle: {now:?}"
+        );
+    }
+}
+
+/// At-least-once: a consumer that commits after processing and dies mid-batch is replaced by
+/// one that resumes from the last commit — nothing skipped.
+#[test]
+fn a_replacement_consumer_resumes_from_the_last_commit() {
+    use rdkafka::consumer::CommitMode;
+    let broker = Broker::start(&["group.initial.rebalance.delay.ms=0"]);
+    create_topic_blocking(&broker, "grouped", 6);
+    produce(&broker, 0, 60);
+    let make = || -> BaseConsumer {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap())
+            .set("group.id", "at-least-once")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "300")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        c.subscribe(&["grouped"]).expect("subscribe");
+        c
+    };
+    let first = make();
+    let mut processed: BTreeSet<String> = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Process 30 records, committing after each; then read 5 more without committing and "die".
+    while processed.len() < 30 {
+        assert!(Instant::now() < deadline, "timed out");
+        if let Some(m) = first.poll(Duration::from_millis(100)) {
+            let m = m.expect("message");
+            processed.insert(String::from_utf8_lossy(m.payload().unwrap_or_default()).into());
+            first.commit_message(&m, CommitMode::Sync).expect("commit");
+        }
+    }
+    let mut uncommitted = 0;
+    while uncommitted < 5 {
+        assert!(Instant::now() < deadline, "timed out");
+        if first.poll(Duration::from_millis(100)).is_some() {
+            uncommitted += 1;
+        }
+    }
+    drop(first);
+    let second = make();
+    let mut seen_again: BTreeSet<String> = BTreeSet::new();
+    while processed.len() < 60 {
+        assert!(
+            Instant::now() < deadline,
+            "timed out with {} records",
+            processed.len()
+        );
+        if let Some(m) = second.poll(Duration::from_millis(100)) {
+            let value: String =
+                String::from_utf8_lossy(m.expect("message").payload().unwrap_or_default()).into();
+            if !processed.insert(value.clone()) {
+                seen_again.insert(value);
+            }
+        }
+    }
+    assert!(
+        seen_again.is_empty(),
+        "committed records came again: {seen_again:?}"
+    );
+    assert_eq!(processed.len(), 60, "nothing skipped");
+}
