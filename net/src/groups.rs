@@ -1214,6 +1214,32 @@ pub fn decode_group_value(value: &[u8]) -> Option<StoredGroup> {
     })
 }
 
+/// Forgets groups that are empty and have no committed offsets left (they expired), with a
+/// tombstone for their stored metadata, as Kafka's periodic cleanup does.
+pub async fn forget_empty(shard: &Rc<Shard>) {
+    let doomed: Vec<String> = shard
+        .groups
+        .borrow()
+        .iter()
+        .filter(|(id, g)| {
+            let g = g.borrow();
+            g.members.is_empty()
+                && g.state == State::Empty
+                && !shard.offsets.borrow().contains_key(*id)
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in doomed {
+        match crate::offsets::write_group_record(shard, &id, None).await {
+            Ok(()) if !has_members(shard, &id) => {
+                shard.groups.borrow_mut().remove(&id);
+            }
+            Ok(()) => {}
+            Err(e) => eprintln!("sluice: forgetting empty group {id}: {e}"),
+        }
+    }
+}
+
 /// Writes the group's record in the background (from places that cannot wait).
 fn store_later(shard: Weak<Shard>, id: String, value: Vec<u8>) {
     glommio::spawn_local(async move {

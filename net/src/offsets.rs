@@ -408,6 +408,7 @@ pub async fn expiry_loop(shard: Rc<Shard>) {
                 eprintln!("sluice: expiring offsets of group {group}: {e}");
             }
         }
+        crate::groups::forget_empty(&shard).await;
     }
 }
 

@@ -457,6 +457,31 @@ mod raw {
         assert_eq!(state(&mut raw), ("Empty".into(), 0));
     }
 
+    /// An empty group without committed offsets is forgotten at the next offsets cleanup.
+    #[test]
+    fn empty_groups_without_offsets_are_forgotten() {
+        let broker = Broker::start(&[
+            "group.initial.rebalance.delay.ms=0",
+            "group.min.session.timeout.ms=500",
+            "offsets.retention.check.interval.ms=300",
+        ]);
+        let mut raw = Raw::connect(broker.port);
+        let member = join(&mut raw, 3, "").member_id.to_string();
+        let joined = join(&mut raw, 3, &member);
+        assert_eq!(sync(&mut raw, joined.generation_id, &member).error_code, 0);
+        assert_eq!(state(&mut raw), ("Stable".into(), 1));
+        // The session (1 s) expires, the group empties, the next cleanup forgets it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while state(&mut raw).0 != "Dead" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still {:?}",
+                state(&mut raw)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The protocol step by step: MEMBER_ID_REQUIRED (v4+), join, sync, heartbeats, commits
     /// fenced by generation, and a member dropped when its session expires.
     #[test]
