@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Client-compatibility check: starts a fresh sluice broker for each client
-# (Java kafka-clients, kafka-python, kcat/librdkafka, franz-go) and asserts that
-# records round-trip. Ends with "compat: N passed, M failed" and exits 1 on any failure.
+# (Java kafka-clients, kafka-python, kcat/librdkafka, franz-go, Apache Kafka's own
+# command-line tools) and asserts that records round-trip. Ends with
+# "compat: N passed, M failed" and exits 1 on any failure.
 #
-# usage: scripts/compat.sh [java] [python] [kcat] [go]     (default: all four)
+# usage: scripts/compat.sh [java] [python] [kcat] [go] [cli]     (default: all five)
 #
 # env:
 #   SLUICE_BIN      broker binary (default target/release/sluice, then
@@ -18,6 +19,8 @@ export DEBIAN_FRONTEND=noninteractive
 COMPAT_TIMEOUT=${COMPAT_TIMEOUT:-180}
 JAVA_DIR="$ROOT/scripts/compat/java"
 JAVA_JAR="$ROOT/target/compat-java/sluice-compat.jar" # see <directory> in the pom
+CLI_DIR="$ROOT/scripts/compat/kafka-cli"
+CLI_LIB="$ROOT/target/compat-kafka-cli/lib"
 GO_DIR="$ROOT/scripts/compat/go"
 GO_BIN="$ROOT/target/compat-go/franz-compat"
 KAFKA_PYTHON_SPEC='kafka-python>=3,<4'
@@ -192,6 +195,85 @@ check_java() {
     timeout --kill-after=10 "$COMPAT_TIMEOUT" java -jar "$JAVA_JAR" "$BOOTSTRAP" </dev/null
 }
 
+# Apache Kafka's command-line tools (kafka-tools from Maven Central, scripts/compat/kafka-cli).
+build_cli() {
+    local log stamp
+    ensure_maven
+    stamp=$(sha256sum "$CLI_DIR/pom.xml" | cut -d' ' -f1)
+    if [ -f "$CLI_LIB/.stamp" ] && [ "$(cat "$CLI_LIB/.stamp")" = "$stamp" ]; then
+        return 0
+    fi
+    say "cli: mvn dependency:copy-dependencies (scripts/compat/kafka-cli)"
+    log=$(mktemp)
+    rm -rf "$CLI_LIB"
+    if (cd "$CLI_DIR" && mvn -B -q -Dstyle.color=never dependency:copy-dependencies \
+        -DoutputDirectory="$CLI_LIB" </dev/null >"$log" 2>&1); then
+        rm -f "$log"
+        echo "$stamp" >"$CLI_LIB/.stamp"
+        return 0
+    fi
+    tail -n 40 "$log"
+    rm -f "$log"
+    return 1
+}
+
+# kafka_tool CLASS ARGS...: one of Kafka's command-line tools, as kafka-*.sh would run it.
+kafka_tool() {
+    local class=$1
+    shift
+    timeout --kill-after=10 "$COMPAT_TIMEOUT" java -cp "$CLI_LIB/*" "$class" --bootstrap-server "$BOOTSTRAP" "$@"
+}
+
+# kafka-topics, kafka-console-producer/-consumer (in a group) and kafka-consumer-groups
+# (--list, --describe with lag, --reset-offsets, --delete), each checked on what it prints.
+check_cli() {
+    local dir=$BROKER_DIR/cli ok=0 version
+    mkdir -p "$dir"
+    version=$(basename "$(ls "$CLI_LIB"/kafka-tools-[0-9]*.jar)" .jar)
+    say "cli: Apache Kafka command-line tools (${version#kafka-tools-})"
+    kafka_tool org.apache.kafka.tools.TopicCommand --create --topic cli-compat --partitions 3 \
+        </dev/null >"$dir/create.out" 2>&1 || { cat "$dir/create.out"; return 1; }
+    kafka_tool org.apache.kafka.tools.TopicCommand --list </dev/null >"$dir/list.out" 2>&1
+    grep -qx cli-compat "$dir/list.out" || { say "cli: kafka-topics --list lacks cli-compat:"; cat "$dir/list.out"; ok=1; }
+    for i in $(seq 1 100); do echo "cli line $i"; done >"$dir/in.txt"
+    kafka_tool org.apache.kafka.tools.ConsoleProducer --topic cli-compat <"$dir/in.txt" >"$dir/produce.out" 2>&1 \
+        || { say "cli: kafka-console-producer failed:"; cat "$dir/produce.out"; return 1; }
+    kafka_tool org.apache.kafka.tools.consumer.ConsoleConsumer --topic cli-compat --group cli-group \
+        --from-beginning --max-messages 100 --timeout-ms 30000 </dev/null >"$dir/out.txt" 2>"$dir/consume.err" || true
+    if [ "$(sort "$dir/in.txt")" = "$(sort "$dir/out.txt")" ]; then
+        say "cli: kafka-topics --create/--list, 100 lines through kafka-console-producer and a kafka-console-consumer group"
+    else
+        say "cli: kafka-console-consumer read $(wc -l <"$dir/out.txt") of 100 lines:"
+        tail -n 20 "$dir/consume.err"
+        ok=1
+    fi
+    local groups=org.apache.kafka.tools.consumer.group.ConsumerGroupCommand
+    kafka_tool "$groups" --list </dev/null >"$dir/groups.out" 2>&1
+    grep -qx cli-group "$dir/groups.out" || { say "cli: kafka-consumer-groups --list lacks cli-group:"; cat "$dir/groups.out"; ok=1; }
+    # --describe: committed offset = log end on every partition, so the lag column is all 0.
+    kafka_tool "$groups" --describe --group cli-group </dev/null >"$dir/describe.out" 2>&1
+    if awk '$1 == "cli-group" && $2 == "cli-compat" { n++; if ($4 != $5 || $6 != 0) bad++ } END { exit !(n == 3 && bad == 0) }' "$dir/describe.out"; then
+        say "cli: kafka-consumer-groups --describe: 3 partitions, committed = log end, lag 0"
+    else
+        say "cli: kafka-consumer-groups --describe:"; cat "$dir/describe.out"; ok=1
+    fi
+    kafka_tool "$groups" --reset-offsets --to-earliest --execute --group cli-group --topic cli-compat \
+        </dev/null >"$dir/reset.out" 2>&1 || { cat "$dir/reset.out"; ok=1; }
+    kafka_tool "$groups" --describe --group cli-group </dev/null >"$dir/describe2.out" 2>&1
+    if awk '$1 == "cli-group" && $2 == "cli-compat" { n++; lag += $6; if ($4 != 0) bad++ } END { exit !(n == 3 && bad == 0 && lag == 100) }' "$dir/describe2.out"; then
+        say "cli: kafka-consumer-groups --reset-offsets --to-earliest: lag 100 again"
+    else
+        say "cli: after --reset-offsets:"; cat "$dir/describe2.out"; ok=1
+    fi
+    kafka_tool "$groups" --delete --group cli-group </dev/null >"$dir/delete.out" 2>&1
+    if grep -q "successful" "$dir/delete.out"; then
+        say "cli: kafka-consumer-groups --delete: done"
+    else
+        say "cli: kafka-consumer-groups --delete:"; cat "$dir/delete.out"; ok=1
+    fi
+    return "$ok"
+}
+
 # franz-go's version is pinned by scripts/compat/go/go.mod (modules from the Go proxy).
 build_go() {
     local log t0=$SECONDS
@@ -337,9 +419,9 @@ record_failure() {
 
 main() {
     local checks=("$@") c t0=$SECONDS
-    [ "${#checks[@]}" -gt 0 ] || checks=(java python kcat go)
+    [ "${#checks[@]}" -gt 0 ] || checks=(java python kcat go cli)
     for c in "${checks[@]}"; do
-        case "$c" in java | python | kcat | go) ;; *) say "unknown check '$c' (java, python, kcat, go)"; exit 2 ;; esac
+        case "$c" in java | python | kcat | go | cli) ;; *) say "unknown check '$c' (java, python, kcat, go, cli)"; exit 2 ;; esac
     done
     command -v python3 >/dev/null 2>&1 || apt_install python3 # free_port needs it
     resolve_broker
@@ -358,6 +440,9 @@ main() {
                 ;;
             go)
                 if build_go; then run_check go; else record_failure go "go build failed"; fi
+                ;;
+            cli)
+                if build_cli; then run_check cli; else record_failure cli "mvn (kafka-tools) failed"; fi
                 ;;
         esac
     done
