@@ -6,6 +6,7 @@
 //! - [`report`]: what a run measured, as Markdown and as JSON;
 //! - [`compare`]: one workload against several brokers, alternating runs ([`brokers`] starts
 //!   and stops them), summarized by [`summary`] (medians and ratios);
+//! - [`groups`]: a group coordinator's rebalance times and commit throughput;
 //! - [`charts`], [`procfs`], [`subprocess`]: SVG charts, /proc figures, child processes.
 //!
 //! It must never leave a process running: every child (load generator, broker) is stopped on
@@ -14,6 +15,7 @@
 pub mod brokers;
 pub mod charts;
 pub mod compare;
+pub mod groups;
 pub mod load;
 pub mod processes;
 pub mod procfs;

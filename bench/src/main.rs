@@ -6,6 +6,7 @@
 //!              [--rate-mb 0 (as fast as possible)] [--seconds 20] [--warmup-seconds 3]
 //!              [--producers 1] [--processes 1] [--consume] [--pid BROKER_PID] [--json FILE]
 //! sluice-bench compare [--runs 3] [--brokers sluice,kafka-default,kafka-flush] ... -- LOAD FLAGS
+//! sluice-bench groups --bootstrap 127.0.0.1:9092 [--repeat 5] [--commit-seconds 5] [--json FILE]
 //! ```
 //!
 //! Publish latency is send → acknowledgement; with `--consume`, end-to-end latency is send →
@@ -24,7 +25,33 @@
 //! `compare` runs one workload against several brokers, alternating, each started fresh for each
 //! run, and prints medians and ratios (see `compare.rs`, `compare --help`).
 
-use sluice_bench::{compare, load, processes};
+use sluice_bench::{compare, groups, load, processes};
+
+fn groups_main(args: &[String]) -> i32 {
+    let o = match groups::Options::parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("sluice-bench groups: {e}\n{}", groups::USAGE);
+            return 2;
+        }
+    };
+    match groups::run(&o) {
+        Ok((markdown, json)) => {
+            println!("{markdown}");
+            if let Some(path) = &o.json {
+                if let Err(e) = std::fs::write(path, json) {
+                    eprintln!("sluice-bench groups: cannot write {path}: {e}");
+                    return 1;
+                }
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("sluice-bench groups: {e}");
+            1
+        }
+    }
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -36,6 +63,13 @@ fn main() {
                 return;
             }
             std::process::exit(compare::main(&args[1..]));
+        }
+        Some("groups") => {
+            if args.iter().any(|a| a == "--help" || a == "-h") {
+                println!("{}", groups::USAGE);
+                return;
+            }
+            std::process::exit(groups_main(&args[1..]));
         }
         Some("run") => run(&args[1..]),
         _ => run(&args),

@@ -426,3 +426,38 @@ fn compare_fails_loudly_when_a_run_loses_a_record() {
         "CPU from the PID given"
     );
 }
+
+/// `sluice-bench groups` against a real sluice: both rebalances complete and commits flow.
+#[test]
+fn the_groups_benchmark_measures_rebalances_and_commits() {
+    let broker = Broker::start(&["group.initial.rebalance.delay.ms=0"]);
+    let o = sluice_bench::groups::Options::parse(&[
+        "--bootstrap".to_string(),
+        broker.bootstrap(),
+        "--repeat".to_string(),
+        "1".to_string(),
+        "--commit-seconds".to_string(),
+        "1".to_string(),
+    ])
+    .expect("options");
+    let (markdown, json) = sluice_bench::groups::run(&o).expect("groups benchmark");
+    assert!(
+        markdown.contains("rebalance after 1 of 4 members leaves"),
+        "{markdown}"
+    );
+    let value: serde_json::Value = serde_json::from_str(&json).expect("json");
+    for key in [
+        "leave_rebalance_ms",
+        "join_rebalance_ms",
+        "commits_per_second",
+    ] {
+        let median = value[key]["median"].as_f64().expect("a median");
+        assert!(median > 0.0, "{key}: {median}");
+    }
+    assert!(
+        value["commits_per_second"]["median"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 10.0
+    );
+}
