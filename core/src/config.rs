@@ -92,6 +92,10 @@ pub struct BrokerConfig {
     /// `offsets.retention.check.interval.ms`.
     pub offsets_retention_minutes: i64,
     pub offsets_retention_check_interval_ms: u64,
+    /// KIP-848 consumer groups: the heartbeat interval the broker tells members, and the session
+    /// timeout after which a silent member is dropped.
+    pub group_consumer_heartbeat_interval_ms: i32,
+    pub group_consumer_session_timeout_ms: i32,
     /// Partitions of `__consumer_offsets`, created at the first FindCoordinator for a group
     /// (`offsets.topic.num.partitions`, Kafka's 50).
     pub offsets_topic_num_partitions: i32,
@@ -135,6 +139,8 @@ impl Default for BrokerConfig {
             group_min_session_timeout_ms: 6_000,
             group_max_session_timeout_ms: 1_800_000,
             group_initial_rebalance_delay_ms: 3_000,
+            group_consumer_heartbeat_interval_ms: 5_000,
+            group_consumer_session_timeout_ms: 45_000,
             offsets_retention_minutes: 10_080,
             offsets_retention_check_interval_ms: 600_000,
             offsets_topic_num_partitions: 50,
@@ -285,6 +291,12 @@ impl BrokerConfig {
                     config.group_initial_rebalance_delay_ms = parse_i64(k, v)?.max(0)
                 }
                 "offsets.retention.minutes" => config.offsets_retention_minutes = positive(k, v)?,
+                "group.consumer.heartbeat.interval.ms" => {
+                    config.group_consumer_heartbeat_interval_ms = positive(k, v)? as i32
+                }
+                "group.consumer.session.timeout.ms" => {
+                    config.group_consumer_session_timeout_ms = positive(k, v)? as i32
+                }
                 "offsets.retention.check.interval.ms" => {
                     config.offsets_retention_check_interval_ms = positive(k, v)? as u64
                 }
@@ -396,6 +408,14 @@ impl BrokerConfig {
             (
                 "group.initial.rebalance.delay.ms",
                 self.group_initial_rebalance_delay_ms.to_string(),
+            ),
+            (
+                "group.consumer.heartbeat.interval.ms",
+                self.group_consumer_heartbeat_interval_ms.to_string(),
+            ),
+            (
+                "group.consumer.session.timeout.ms",
+                self.group_consumer_session_timeout_ms.to_string(),
             ),
             (
                 "offsets.retention.minutes",

@@ -813,8 +813,17 @@ pub fn list(shard: &Shard) -> Vec<(String, String, &'static str)> {
             )
         })
         .collect();
+    let consumer_groups = shard.consumer_groups.borrow();
+    for (id, g) in consumer_groups.iter() {
+        let state = if g.borrow().members.is_empty() {
+            "Empty"
+        } else {
+            "Stable"
+        };
+        out.push((id.clone(), "consumer".to_string(), state));
+    }
     for id in shard.offsets.borrow().keys() {
-        if !groups.contains_key(id) {
+        if !groups.contains_key(id) && !consumer_groups.contains_key(id) {
             out.push((id.clone(), String::new(), State::Empty.name()));
         }
     }
@@ -872,6 +881,8 @@ pub enum GroupCall {
         group: String,
         partitions: Vec<(String, i32)>,
     },
+    /// ConsumerGroupHeartbeat (KIP-848).
+    ConsumerHeartbeat(crate::consumer_groups::Heartbeat),
 }
 
 #[derive(Debug)]
@@ -885,6 +896,7 @@ pub enum GroupReply {
     Delete(i16),
     /// Group-level error, then one code per partition asked.
     DeleteOffsets(i16, Vec<i16>),
+    ConsumerHeartbeat(crate::consumer_groups::Answer),
 }
 
 /// Runs a group request on this (the coordinating) core.
@@ -911,6 +923,9 @@ pub async fn run(shard: &Rc<Shard>, call: GroupCall) -> GroupReply {
         GroupCall::Describe { group } => GroupReply::Describe(describe(shard, &group)),
         GroupCall::List => GroupReply::List(list(shard)),
         GroupCall::Delete { group } => GroupReply::Delete(delete_group(shard, &group).await),
+        GroupCall::ConsumerHeartbeat(req) => {
+            GroupReply::ConsumerHeartbeat(crate::consumer_groups::heartbeat(shard, req))
+        }
         GroupCall::DeleteOffsets { group, partitions } => {
             let (error, codes) = delete_offsets(shard, &group, &partitions).await;
             GroupReply::DeleteOffsets(error, codes)
@@ -1028,6 +1043,7 @@ pub async fn session_loop(shard: Rc<Shard>) {
     while !shard.stopping.get() {
         glommio::timer::sleep(Duration::from_millis(500)).await;
         expire_sessions(&shard, settings);
+        crate::consumer_groups::expire_sessions(&shard);
     }
 }
 

@@ -474,7 +474,13 @@ pub async fn commit(
             .map(|o| (o.topic.clone(), o.partition, code.code()))
             .collect::<Vec<_>>()
     };
-    if crate::groups::has_members(shard, &group) {
+    if let Some(verdict) =
+        crate::consumer_groups::validate_commit(shard, &group, member_id, generation)
+    {
+        if let Some(e) = verdict {
+            return all(e);
+        }
+    } else if crate::groups::has_members(shard, &group) {
         if let Some(e) =
             crate::groups::validate_commit(shard, &group, generation, member_id, instance_id)
         {

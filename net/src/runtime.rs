@@ -181,6 +181,7 @@ async fn core_main(
         next_revision: Cell::new(revision),
         offsets: RefCell::new(Default::default()),
         groups: RefCell::new(Default::default()),
+        consumer_groups: RefCell::new(Default::default()),
         producer_ids: if core == 0 {
             Some(ProducerIds::load(&config.log_dirs).map_err(|e| format!("core 0: {e}"))?)
         } else {

@@ -53,6 +53,8 @@ pub struct Shard {
     pub offsets: RefCell<crate::offsets::GroupOffsets>,
     /// Membership of the groups this core coordinates.
     pub groups: RefCell<crate::groups::Groups>,
+    /// KIP-848 consumer groups this core coordinates.
+    pub consumer_groups: RefCell<crate::consumer_groups::Groups>,
     pub stopping: Cell<bool>,
     /// Requests read from clients of this core and not yet answered.
     pub inflight: Cell<usize>,

@@ -13,6 +13,7 @@ use crate::connection::RequestContext;
 use crate::shard::Shard;
 
 pub mod api_versions;
+pub mod consumer_group_heartbeat;
 pub mod create_topics;
 pub mod delete_groups;
 pub mod delete_topics;
@@ -75,6 +76,7 @@ pub const APIS: &[Api] = &[
     describe_groups::API,
     delete_groups::API,
     offset_delete::API,
+    consumer_group_heartbeat::API,
 ];
 
 pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
@@ -111,6 +113,7 @@ pub enum Request {
     DescribeGroups(kafka_protocol::messages::DescribeGroupsRequest),
     DeleteGroups(kafka_protocol::messages::DeleteGroupsRequest),
     OffsetDelete(kafka_protocol::messages::OffsetDeleteRequest),
+    ConsumerGroupHeartbeat(kafka_protocol::messages::ConsumerGroupHeartbeatRequest),
 }
 
 /// Decodes a request body (after the header); None when it does not decode — the connection is
@@ -141,6 +144,7 @@ pub fn decode_body(ctx: &RequestContext, mut body: Bytes) -> Option<Request> {
         ApiKey::DescribeGroups => Request::DescribeGroups(decode(&mut body, v)?),
         ApiKey::DeleteGroups => Request::DeleteGroups(decode(&mut body, v)?),
         ApiKey::OffsetDelete => Request::OffsetDelete(decode(&mut body, v)?),
+        ApiKey::ConsumerGroupHeartbeat => Request::ConsumerGroupHeartbeat(decode(&mut body, v)?),
         _ => return None,
     })
 }
@@ -209,6 +213,9 @@ pub fn start(
         }
         Request::OffsetDelete(r) => {
             async move { offset_delete::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::ConsumerGroupHeartbeat(r) => {
+            async move { consumer_group_heartbeat::handle(&shard, &ctx, r).await }.boxed_local()
         }
     }
 }

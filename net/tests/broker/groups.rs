@@ -737,3 +737,121 @@ fn consumers_carry_on_across_a_broker_crash() {
         "at most the uncommitted tail is read again ({replayed})"
     );
 }
+
+mod kip848 {
+    use bytes::Bytes;
+    use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
+    use kafka_protocol::messages::{
+        ApiKey, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, GroupId,
+        ResponseHeader, TopicName,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+    use crate::common::{create_topic_blocking, request_frame, Broker, Raw};
+
+    fn call<Req: Encodable, Resp: Decodable>(
+        raw: &mut Raw,
+        key: ApiKey,
+        version: i16,
+        body: &Req,
+    ) -> Resp {
+        raw.send(&request_frame(key, version, 3, body));
+        let mut answer = Bytes::from(raw.recv().expect("answered"));
+        ResponseHeader::decode(&mut answer, key.response_header_version(version)).expect("header");
+        Resp::decode(&mut answer, version).expect("body")
+    }
+
+    fn beat(
+        raw: &mut Raw,
+        member: &str,
+        epoch: i32,
+        subscribe: bool,
+        owned: Option<Vec<TopicPartitions>>,
+    ) -> ConsumerGroupHeartbeatResponse {
+        let request = ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("new-protocol")))
+            .with_member_id(StrBytes::from_string(member.into()))
+            .with_member_epoch(epoch)
+            .with_rebalance_timeout_ms(30_000)
+            .with_subscribed_topic_names(
+                subscribe.then(|| vec![TopicName(StrBytes::from_static_str("k"))]),
+            )
+            .with_topic_partitions(owned);
+        call(raw, ApiKey::ConsumerGroupHeartbeat, 1, &request)
+    }
+
+    fn partitions(r: &ConsumerGroupHeartbeatResponse) -> Vec<i32> {
+        let mut p: Vec<i32> = r
+            .assignment
+            .as_ref()
+            .map(|a| {
+                a.topic_partitions
+                    .iter()
+                    .flat_map(|t| t.partitions.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        p.sort();
+        p
+    }
+
+    /// The KIP-848 reconciliation step by step: a join gets everything; a second member gets
+    /// nothing until the first has revoked; stale epochs are fenced; leaving hands all back.
+    #[test]
+    fn members_are_reconciled_one_heartbeat_at_a_time() {
+        let broker = Broker::start(&[]);
+        create_topic_blocking(&broker, "k", 4);
+        let mut raw = Raw::connect(broker.port);
+
+        let a1 = beat(&mut raw, "member-a", 0, true, None);
+        assert_eq!(a1.error_code, 0);
+        assert_eq!(
+            partitions(&a1),
+            vec![0, 1, 2, 3],
+            "the only member gets everything"
+        );
+        let topic_id = a1.assignment.as_ref().expect("assignment").topic_partitions[0].topic_id;
+        let epoch_a = a1.member_epoch;
+        assert!(epoch_a > 0);
+
+        let b1 = beat(&mut raw, "member-b", 0, true, None);
+        assert_eq!(b1.error_code, 0);
+        assert_eq!(partitions(&b1), Vec::<i32>::new(), "nothing is free yet");
+
+        // a is asked to give two partitions up, and keeps its epoch until it does.
+        let owned_all = vec![TopicPartitions::default()
+            .with_topic_id(topic_id)
+            .with_partitions(vec![0, 1, 2, 3])];
+        let a2 = beat(&mut raw, "member-a", epoch_a, false, Some(owned_all));
+        assert_eq!(a2.member_epoch, epoch_a);
+        let kept = partitions(&a2);
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert_eq!(
+            beat(&mut raw, "member-a", epoch_a + 10, false, None).error_code,
+            110,
+            "FENCED_MEMBER_EPOCH"
+        );
+        assert_eq!(
+            beat(&mut raw, "nobody", 5, false, None).error_code,
+            25,
+            "UNKNOWN_MEMBER_ID"
+        );
+
+        // a reports the revocation: it moves to the new epoch, and b gets the freed partitions.
+        let owned_kept = vec![TopicPartitions::default()
+            .with_topic_id(topic_id)
+            .with_partitions(kept.clone())];
+        let a3 = beat(&mut raw, "member-a", epoch_a, false, Some(owned_kept));
+        assert!(a3.member_epoch > epoch_a);
+        let b2 = beat(&mut raw, "member-b", b1.member_epoch, false, None);
+        let mut all = kept.clone();
+        all.extend(partitions(&b2));
+        all.sort();
+        assert_eq!(all, vec![0, 1, 2, 3], "every partition held once");
+
+        // a leaves: b is given everything.
+        assert_eq!(beat(&mut raw, "member-a", -1, false, None).error_code, 0);
+        let b3 = beat(&mut raw, "member-b", b2.member_epoch, false, None);
+        assert_eq!(partitions(&b3), vec![0, 1, 2, 3]);
+    }
+}

@@ -109,6 +109,16 @@ public final class Compat {
             }
             System.out.printf("java: consumer group (2 members subscribe, share %d partitions, every record once; describeConsumerGroups): %s%n",
                     PARTITIONS, failures.size() == before ? "ok" : "FAILED");
+            before = failures.size();
+            long t0 = System.nanoTime();
+            try {
+                kip848Consume(bootstrap, topicFor(CODECS[0]));
+            } catch (Throwable e) {
+                fail("kip848: unexpected exception: " + describe(e));
+                e.printStackTrace(System.out);
+            }
+            System.out.printf("java: KIP-848 consumer group (group.protocol=consumer: 2 members share %d partitions, every record once; one leaves, the other takes all) in %d ms: %s%n",
+                    PARTITIONS, (System.nanoTime() - t0) / 1_000_000, failures.size() == before ? "ok" : "FAILED");
         }
         long ms = (System.nanoTime() - start) / 1_000_000;
         if (failures.isEmpty()) {
@@ -503,6 +513,44 @@ public final class Compat {
                 check(described != null && "STABLE".equals(String.valueOf(described.groupState()).toUpperCase()),
                         "group: describeConsumerGroups state = " + (described == null ? null : described.groupState()));
             }
+        }
+    }
+
+    /**
+     * The new consumer group protocol (KIP-848, group.protocol=consumer): the broker assigns the
+     * partitions; two members split them and read every record once; when one leaves, the
+     * other is given all of them.
+     */
+    private static void kip848Consume(String bootstrap, String topic) throws Exception {
+        Map<String, String> grouped = Map.of(ConsumerConfig.GROUP_ID_CONFIG, "java-compat-kip848",
+                ConsumerConfig.GROUP_PROTOCOL_CONFIG, "consumer");
+        KafkaConsumer<byte[], byte[]> a = newConsumer(bootstrap, "kip848-a", grouped);
+        try (KafkaConsumer<byte[], byte[]> b = newConsumer(bootstrap, "kip848-b", grouped)) {
+            a.subscribe(List.of(topic));
+            b.subscribe(List.of(topic));
+            Set<String> seen = new HashSet<>();
+            int received = 0;
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(TIMEOUT_S);
+            while ((received < RECORDS || a.assignment().isEmpty() || b.assignment().isEmpty()
+                    || a.assignment().size() + b.assignment().size() != PARTITIONS)
+                    && System.nanoTime() < deadline) {
+                for (KafkaConsumer<byte[], byte[]> c : List.of(a, b)) {
+                    for (ConsumerRecord<byte[], byte[]> r : c.poll(Duration.ofMillis(100))) {
+                        received++;
+                        check(seen.add(r.partition() + "@" + r.offset()), "kip848: record " + r.partition() + "@" + r.offset() + " delivered twice");
+                    }
+                }
+            }
+            check(received == RECORDS, "kip848: received " + received + " records, expected " + RECORDS);
+            check(!a.assignment().isEmpty() && !b.assignment().isEmpty()
+                    && a.assignment().size() + b.assignment().size() == PARTITIONS,
+                    "kip848: assignments " + a.assignment() + " and " + b.assignment());
+            a.close();
+            deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(TIMEOUT_S);
+            while (b.assignment().size() != PARTITIONS && System.nanoTime() < deadline) {
+                b.poll(Duration.ofMillis(100));
+            }
+            check(b.assignment().size() == PARTITIONS, "kip848: after a left, b has " + b.assignment());
         }
     }
 

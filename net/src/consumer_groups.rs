@@ -1,0 +1,428 @@
+//! The new consumer group protocol (KIP-848): ConsumerGroupHeartbeat, with the assignment
+//! computed by the broker, on the core that owns the group's `__consumer_offsets` partition.
+//!
+//! A group has an epoch, bumped whenever its members or their subscriptions change; a target
+//! assignment computed for that epoch by the `uniform` assignor (every subscribed partition to
+//! one member, balanced, keeping each member's current partitions where it can); and members,
+//! each reconciled towards its target one heartbeat at a time, as KIP-848 prescribes: a member
+//! that must give partitions up first gets its assignment without them and keeps its epoch until
+//! it reports (in `TopicPartitions`) that it let them go; only then does it move to the target
+//! epoch, and it receives a partition only once no other member holds it any more.
+//!
+//! Not here yet: server-side regular-expression subscriptions (v1 `SubscribedTopicRegex`), the
+//! `range` assignor, persisting these groups (after a restart the members are unknown and
+//! rejoin), ConsumerGroupDescribe, and a rebalance timeout for members that never revoke.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use kafka_protocol::error::ResponseError;
+use uuid::Uuid;
+
+use crate::shard::Shard;
+
+/// A partition as the protocol names it: topic id and index.
+pub type Tp = (Uuid, i32);
+
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub id: String,
+    pub epoch: i32,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub subscribed: Vec<String>,
+    /// What the member has been given (it owns these once it has acknowledged them).
+    pub assigned: BTreeSet<Tp>,
+    /// Partitions it was asked to give up and has not yet reported as gone.
+    pub revoking: BTreeSet<Tp>,
+    /// The assignment last sent, so that an unchanged one is not sent again.
+    last_sent: Option<BTreeSet<Tp>>,
+    last_heartbeat: Instant,
+    session_timeout: Duration,
+}
+
+#[derive(Debug, Default)]
+pub struct Group {
+    pub epoch: i32,
+    pub target_epoch: i32,
+    pub target: HashMap<String, BTreeSet<Tp>>,
+    pub members: BTreeMap<String, Member>,
+}
+
+pub type Groups = HashMap<String, Rc<RefCell<Group>>>;
+
+#[derive(Debug)]
+pub struct Heartbeat {
+    pub group: String,
+    pub member_id: String,
+    pub member_epoch: i32,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub subscribed: Option<Vec<String>>,
+    pub owned: Option<BTreeSet<Tp>>,
+}
+
+#[derive(Debug)]
+pub struct Answer {
+    pub error: i16,
+    pub message: Option<String>,
+    pub member_id: String,
+    pub member_epoch: i32,
+    pub heartbeat_interval_ms: i32,
+    /// Sent when it changed (always after a join).
+    pub assignment: Option<BTreeSet<Tp>>,
+}
+
+fn error(e: ResponseError, message: &str, member_id: &str) -> Answer {
+    Answer {
+        error: e.code(),
+        message: Some(message.to_string()),
+        member_id: member_id.to_string(),
+        member_epoch: -1,
+        heartbeat_interval_ms: 0,
+        assignment: None,
+    }
+}
+
+/// Every partition of the topics any member subscribes to, by topic id (topics that do not
+/// exist are skipped, as Kafka does until they appear).
+fn subscribed_partitions(
+    shard: &Shard,
+    members: &BTreeMap<String, Member>,
+) -> BTreeMap<String, Vec<Tp>> {
+    let topics = shard.topics.borrow();
+    let mut out = BTreeMap::new();
+    for m in members.values() {
+        for t in &m.subscribed {
+            if out.contains_key(t) {
+                continue;
+            }
+            if let Some(meta) = topics.get(t) {
+                let id = Uuid::from_bytes(meta.id);
+                out.insert(t.clone(), (0..meta.partitions).map(|p| (id, p)).collect());
+            }
+        }
+    }
+    out
+}
+
+/// The `uniform` assignor: each partition to one of the members subscribed to its topic,
+/// balanced, a member keeping what it already has up to its fair share.
+fn assign(
+    members: &BTreeMap<String, Member>,
+    partitions: &BTreeMap<String, Vec<Tp>>,
+) -> HashMap<String, BTreeSet<Tp>> {
+    let mut target: HashMap<String, BTreeSet<Tp>> = members
+        .keys()
+        .map(|id| (id.clone(), BTreeSet::new()))
+        .collect();
+    for (topic, tps) in partitions {
+        let eligible: Vec<&Member> = members
+            .values()
+            .filter(|m| m.subscribed.contains(topic))
+            .collect();
+        if eligible.is_empty() {
+            continue;
+        }
+        let quota = tps.len().div_ceil(eligible.len());
+        let mut free: Vec<Tp> = Vec::new();
+        for tp in tps {
+            let keeper = eligible.iter().find(|m| {
+                m.assigned.contains(tp)
+                    && target[&m.id].iter().filter(|x| x.0 == tp.0).count() < quota
+            });
+            match keeper {
+                Some(m) => {
+                    target.get_mut(&m.id).expect("every member").insert(*tp);
+                }
+                None => free.push(*tp),
+            }
+        }
+        for tp in free {
+            let least = eligible
+                .iter()
+                .min_by_key(|m| {
+                    (
+                        target[&m.id].iter().filter(|x| x.0 == tp.0).count(),
+                        m.id.clone(),
+                    )
+                })
+                .expect("eligible is not empty");
+            target.get_mut(&least.id).expect("every member").insert(tp);
+        }
+    }
+    target
+}
+
+fn bump(g: &mut Group) {
+    g.epoch += 1;
+}
+
+/// One heartbeat, on the coordinating core.
+pub fn heartbeat(shard: &Rc<Shard>, req: Heartbeat) -> Answer {
+    if req.group.is_empty() {
+        return error(
+            ResponseError::InvalidRequest,
+            "the group id is empty",
+            &req.member_id,
+        );
+    }
+    if crate::groups::has_members(shard, &req.group) {
+        return error(
+            ResponseError::GroupIdNotFound,
+            "the group is a classic group with members",
+            &req.member_id,
+        );
+    }
+    let interval = shard.broker.group_consumer_heartbeat_interval_ms;
+    let session = Duration::from_millis(shard.broker.group_consumer_session_timeout_ms as u64);
+    let group = shard
+        .consumer_groups
+        .borrow_mut()
+        .entry(req.group.clone())
+        .or_default()
+        .clone();
+    let mut g = group.borrow_mut();
+    let now = Instant::now();
+    let member_id = match req.member_epoch {
+        -1 | -2 => {
+            if g.members.remove(&req.member_id).is_some() {
+                g.target.remove(&req.member_id);
+                bump(&mut g);
+            }
+            return Answer {
+                error: 0,
+                message: None,
+                member_id: req.member_id,
+                member_epoch: req.member_epoch,
+                heartbeat_interval_ms: 0,
+                assignment: None,
+            };
+        }
+        0 => {
+            let Some(subscribed) = req.subscribed.clone() else {
+                return error(
+                    ResponseError::InvalidRequest,
+                    "a joining member must subscribe",
+                    &req.member_id,
+                );
+            };
+            let id = if req.member_id.is_empty() {
+                Uuid::new_v4().to_string()
+            } else {
+                req.member_id.clone()
+            };
+            g.members.insert(
+                id.clone(),
+                Member {
+                    id: id.clone(),
+                    epoch: 0,
+                    instance_id: req.instance_id.clone(),
+                    client_id: req.client_id.clone(),
+                    subscribed,
+                    assigned: BTreeSet::new(),
+                    revoking: BTreeSet::new(),
+                    last_sent: None,
+                    last_heartbeat: now,
+                    session_timeout: session,
+                },
+            );
+            bump(&mut g);
+            id
+        }
+        epoch => {
+            let Some(m) = g.members.get_mut(&req.member_id) else {
+                return error(
+                    ResponseError::UnknownMemberId,
+                    "unknown member",
+                    &req.member_id,
+                );
+            };
+            if epoch != m.epoch {
+                return error(
+                    ResponseError::FencedMemberEpoch,
+                    "the member epoch is not current",
+                    &req.member_id,
+                );
+            }
+            m.last_heartbeat = now;
+            let mut changed = false;
+            if let Some(subscribed) = req.subscribed.clone() {
+                if subscribed != m.subscribed {
+                    m.subscribed = subscribed;
+                    changed = true;
+                }
+            }
+            if let Some(owned) = &req.owned {
+                m.revoking.retain(|tp| owned.contains(tp));
+            }
+            if changed {
+                bump(&mut g);
+            }
+            req.member_id.clone()
+        }
+    };
+    if g.epoch > g.target_epoch {
+        let partitions = subscribed_partitions(shard, &g.members);
+        g.target = assign(&g.members, &partitions);
+        g.target_epoch = g.epoch;
+    }
+    reconcile(&mut g, &member_id, interval)
+}
+
+/// Moves one member towards its target: first give up what is no longer its own, then take
+/// what is free.
+fn reconcile(g: &mut Group, member_id: &str, interval: i32) -> Answer {
+    let target = g.target.get(member_id).cloned().unwrap_or_default();
+    let held_by_others: BTreeSet<Tp> = g
+        .members
+        .values()
+        .filter(|m| m.id != member_id)
+        .flat_map(|m| m.assigned.iter().chain(m.revoking.iter()).copied())
+        .collect();
+    let target_epoch = g.target_epoch;
+    let m = g
+        .members
+        .get_mut(member_id)
+        .expect("the member was just found or added");
+    let revoke: BTreeSet<Tp> = m.assigned.difference(&target).copied().collect();
+    if !revoke.is_empty() {
+        m.assigned.retain(|tp| target.contains(tp));
+        m.revoking.extend(revoke);
+    }
+    if m.revoking.is_empty() {
+        m.epoch = target_epoch;
+        for tp in &target {
+            if !held_by_others.contains(tp) {
+                m.assigned.insert(*tp);
+            }
+        }
+    }
+    let assignment = (m.last_sent.as_ref() != Some(&m.assigned)).then(|| m.assigned.clone());
+    if assignment.is_some() {
+        m.last_sent = Some(m.assigned.clone());
+    }
+    Answer {
+        error: 0,
+        message: None,
+        member_id: member_id.to_string(),
+        member_epoch: m.epoch,
+        heartbeat_interval_ms: interval,
+        assignment,
+    }
+}
+
+/// Checks an OffsetCommit from a member of a consumer group (its member epoch in the
+/// generation field); None if it may commit, or if the group is not a consumer group.
+pub fn validate_commit(
+    shard: &Shard,
+    group: &str,
+    member_id: &str,
+    epoch: i32,
+) -> Option<Option<ResponseError>> {
+    let groups = shard.consumer_groups.borrow();
+    let g = groups.get(group)?.borrow();
+    if g.members.is_empty() {
+        return None;
+    }
+    Some(match g.members.get(member_id) {
+        None => Some(ResponseError::UnknownMemberId),
+        Some(m) if epoch != m.epoch => Some(ResponseError::StaleMemberEpoch),
+        Some(_) => None,
+    })
+}
+
+/// Drops members whose session expired; run periodically on each core.
+pub fn expire_sessions(shard: &Shard) {
+    let now = Instant::now();
+    for group in shard.consumer_groups.borrow().values() {
+        let mut g = group.borrow_mut();
+        let before = g.members.len();
+        g.members
+            .retain(|_, m| now.duration_since(m.last_heartbeat) <= m.session_timeout);
+        if g.members.len() < before {
+            let members: BTreeSet<String> = g.members.keys().cloned().collect();
+            g.target.retain(|id, _| members.contains(id));
+            bump(&mut g);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, topics: &[&str], assigned: &[Tp]) -> Member {
+        Member {
+            id: id.into(),
+            epoch: 1,
+            instance_id: None,
+            client_id: String::new(),
+            subscribed: topics.iter().map(|t| t.to_string()).collect(),
+            assigned: assigned.iter().copied().collect(),
+            revoking: BTreeSet::new(),
+            last_sent: None,
+            last_heartbeat: Instant::now(),
+            session_timeout: Duration::from_secs(45),
+        }
+    }
+
+    #[test]
+    fn the_uniform_assignor_balances_and_keeps_what_it_can() {
+        let t = Uuid::from_bytes([1; 16]);
+        let parts: BTreeMap<String, Vec<Tp>> =
+            [("t".to_string(), (0..6).map(|p| (t, p)).collect())].into();
+        let mut members = BTreeMap::new();
+        members.insert(
+            "a".to_string(),
+            member("a", &["t"], &[(t, 0), (t, 1), (t, 2), (t, 3)]),
+        );
+        members.insert("b".to_string(), member("b", &["t"], &[(t, 4), (t, 5)]));
+        members.insert("c".to_string(), member("c", &["t"], &[]));
+        let target = assign(&members, &parts);
+        let all: BTreeSet<Tp> = target.values().flatten().copied().collect();
+        assert_eq!(all.len(), 6, "every partition assigned once");
+        assert!(target.values().all(|s| s.len() == 2), "{target:?}");
+        assert!(
+            target["b"].contains(&(t, 4)) && target["b"].contains(&(t, 5)),
+            "b keeps its own"
+        );
+        assert_eq!(target["a"].len(), 2);
+        assert!(
+            target["a"].iter().all(|tp| tp.1 < 4),
+            "a keeps two of its own"
+        );
+    }
+
+    #[test]
+    fn partitions_move_only_after_they_are_revoked() {
+        let t = Uuid::from_bytes([2; 16]);
+        let mut g = Group::default();
+        g.members
+            .insert("a".into(), member("a", &["t"], &[(t, 0), (t, 1)]));
+        g.members.insert("b".into(), member("b", &["t"], &[]));
+        g.epoch = 2;
+        g.target_epoch = 2;
+        g.target.insert("a".into(), [(t, 0)].into());
+        g.target.insert("b".into(), [(t, 1)].into());
+        // b cannot have partition 1 while a still holds it.
+        let b = reconcile(&mut g, "b", 500);
+        assert_eq!(b.member_epoch, 2);
+        assert_eq!(b.assignment, Some(BTreeSet::new()));
+        // a is told to give it up and stays at its epoch until it reports it gone.
+        let a = reconcile(&mut g, "a", 500);
+        assert_eq!((a.member_epoch, a.assignment), (1, Some([(t, 0)].into())));
+        assert_eq!(
+            reconcile(&mut g, "b", 500).assignment,
+            None,
+            "still revoking: nothing new"
+        );
+        g.members.get_mut("a").expect("a").revoking.clear();
+        let a = reconcile(&mut g, "a", 500);
+        assert_eq!(a.member_epoch, 2);
+        let b = reconcile(&mut g, "b", 500);
+        assert_eq!(b.assignment, Some([(t, 1)].into()));
+    }
+}
