@@ -9,9 +9,12 @@
 //! it reports (in `TopicPartitions`) that it let them go; only then does it move to the target
 //! epoch, and it receives a partition only once no other member holds it any more.
 //!
-//! Not here yet: server-side regular-expression subscriptions (v1 `SubscribedTopicRegex`), the
-//! `range` assignor, persisting these groups (after a restart the members are unknown and
-//! rejoin), ConsumerGroupDescribe, and a rebalance timeout for members that never revoke.
+//! The `range` assignor is used when the members ask for it (`server_assignor`). A member that
+//! does not give partitions up within its rebalance timeout is dropped.
+//!
+//! Not here yet: server-side regular-expression subscriptions (v1 `SubscribedTopicRegex`),
+//! persisting these groups (after a restart the members are unknown and rejoin), and
+//! ConsumerGroupDescribe.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -41,10 +44,16 @@ pub struct Member {
     last_sent: Option<BTreeSet<Tp>>,
     last_heartbeat: Instant,
     session_timeout: Duration,
+    /// How long the member may take to revoke partitions before it is dropped.
+    rebalance_timeout: Duration,
+    /// Since when it has had partitions to revoke.
+    revoking_since: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
 pub struct Group {
+    /// `uniform` (the default) or `range`, as the members ask (`server_assignor`).
+    pub assignor: Option<String>,
     pub epoch: i32,
     pub target_epoch: i32,
     pub target: HashMap<String, BTreeSet<Tp>>,
@@ -62,6 +71,8 @@ pub struct Heartbeat {
     pub client_id: String,
     pub subscribed: Option<Vec<String>>,
     pub owned: Option<BTreeSet<Tp>>,
+    pub rebalance_timeout_ms: i32,
+    pub server_assignor: Option<String>,
 }
 
 #[derive(Debug)]
@@ -106,6 +117,39 @@ fn subscribed_partitions(
         }
     }
     out
+}
+
+/// The `range` assignor: per topic, the members subscribed to it (by member id) each take a
+/// contiguous range of its partitions, the first ones one more when they do not divide evenly.
+fn assign_range(
+    members: &BTreeMap<String, Member>,
+    partitions: &BTreeMap<String, Vec<Tp>>,
+) -> HashMap<String, BTreeSet<Tp>> {
+    let mut target: HashMap<String, BTreeSet<Tp>> = members
+        .keys()
+        .map(|id| (id.clone(), BTreeSet::new()))
+        .collect();
+    for (topic, tps) in partitions {
+        let eligible: Vec<&String> = members
+            .values()
+            .filter(|m| m.subscribed.contains(topic))
+            .map(|m| &m.id)
+            .collect();
+        if eligible.is_empty() {
+            continue;
+        }
+        let (each, extra) = (tps.len() / eligible.len(), tps.len() % eligible.len());
+        let mut next = 0;
+        for (i, id) in eligible.iter().enumerate() {
+            let n = each + usize::from(i < extra);
+            target
+                .get_mut(*id)
+                .expect("every member")
+                .extend(tps[next..next + n].iter().copied());
+            next += n;
+        }
+    }
+    target
 }
 
 /// The `uniform` assignor: each partition to one of the members subscribed to its topic,
@@ -169,6 +213,15 @@ pub fn heartbeat(shard: &Rc<Shard>, req: Heartbeat) -> Answer {
             &req.member_id,
         );
     }
+    if let Some(assignor) = &req.server_assignor {
+        if !["uniform", "range"].contains(&assignor.as_str()) {
+            return error(
+                ResponseError::UnsupportedAssignor,
+                "assignors: uniform, range",
+                &req.member_id,
+            );
+        }
+    }
     if crate::groups::has_members(shard, &req.group) {
         return error(
             ResponseError::GroupIdNotFound,
@@ -227,8 +280,13 @@ pub fn heartbeat(shard: &Rc<Shard>, req: Heartbeat) -> Answer {
                     last_sent: None,
                     last_heartbeat: now,
                     session_timeout: session,
+                    rebalance_timeout: Duration::from_millis(req.rebalance_timeout_ms.max(0) as u64),
+                    revoking_since: None,
                 },
             );
+            if let Some(assignor) = &req.server_assignor {
+                g.assignor = Some(assignor.clone());
+            }
             bump(&mut g);
             id
         }
@@ -266,7 +324,10 @@ pub fn heartbeat(shard: &Rc<Shard>, req: Heartbeat) -> Answer {
     };
     if g.epoch > g.target_epoch {
         let partitions = subscribed_partitions(shard, &g.members);
-        g.target = assign(&g.members, &partitions);
+        g.target = match g.assignor.as_deref() {
+            Some("range") => assign_range(&g.members, &partitions),
+            _ => assign(&g.members, &partitions),
+        };
         g.target_epoch = g.epoch;
     }
     reconcile(&mut g, &member_id, interval)
@@ -291,6 +352,11 @@ fn reconcile(g: &mut Group, member_id: &str, interval: i32) -> Answer {
     if !revoke.is_empty() {
         m.assigned.retain(|tp| target.contains(tp));
         m.revoking.extend(revoke);
+    }
+    if m.revoking.is_empty() {
+        m.revoking_since = None;
+    } else {
+        m.revoking_since.get_or_insert_with(Instant::now);
     }
     if m.revoking.is_empty() {
         m.epoch = target_epoch;
@@ -334,14 +400,18 @@ pub fn validate_commit(
     })
 }
 
-/// Drops members whose session expired; run periodically on each core.
+/// Drops members whose session expired, and members that did not give up partitions within
+/// their rebalance timeout (so the partitions can move on); run periodically on each core.
 pub fn expire_sessions(shard: &Shard) {
     let now = Instant::now();
     for group in shard.consumer_groups.borrow().values() {
         let mut g = group.borrow_mut();
         let before = g.members.len();
-        g.members
-            .retain(|_, m| now.duration_since(m.last_heartbeat) <= m.session_timeout);
+        g.members.retain(|_, m| {
+            now.duration_since(m.last_heartbeat) <= m.session_timeout
+                && m.revoking_since
+                    .is_none_or(|since| now.duration_since(since) <= m.rebalance_timeout)
+        });
         if g.members.len() < before {
             let members: BTreeSet<String> = g.members.keys().cloned().collect();
             g.target.retain(|id, _| members.contains(id));
@@ -366,7 +436,22 @@ mod tests {
             last_sent: None,
             last_heartbeat: Instant::now(),
             session_timeout: Duration::from_secs(45),
+            rebalance_timeout: Duration::from_secs(45),
+            revoking_since: None,
         }
+    }
+
+    #[test]
+    fn the_range_assignor_gives_contiguous_ranges() {
+        let t = Uuid::from_bytes([3; 16]);
+        let parts: BTreeMap<String, Vec<Tp>> =
+            [("t".to_string(), (0..5).map(|p| (t, p)).collect())].into();
+        let mut members = BTreeMap::new();
+        members.insert("a".to_string(), member("a", &["t"], &[]));
+        members.insert("b".to_string(), member("b", &["t"], &[]));
+        let target = assign_range(&members, &parts);
+        assert_eq!(target["a"], [(t, 0), (t, 1), (t, 2)].into());
+        assert_eq!(target["b"], [(t, 3), (t, 4)].into());
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub async fn handle(
         subscribed: request
             .subscribed_topic_names
             .map(|names| names.into_iter().map(|n| n.0.to_string()).collect()),
+        rebalance_timeout_ms: request.rebalance_timeout_ms,
+        server_assignor: request.server_assignor.map(|a| a.to_string()),
         owned: request.topic_partitions.map(|tps| {
             tps.into_iter()
                 .flat_map(|t| t.partitions.into_iter().map(move |p| (t.topic_id, p)))

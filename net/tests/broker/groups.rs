@@ -795,6 +795,59 @@ mod kip848 {
         p
     }
 
+    fn beat_with(
+        raw: &mut Raw,
+        member: &str,
+        epoch: i32,
+        assignor: Option<&str>,
+        rebalance_timeout_ms: i32,
+    ) -> ConsumerGroupHeartbeatResponse {
+        let request = ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("ranged")))
+            .with_member_id(StrBytes::from_string(member.into()))
+            .with_member_epoch(epoch)
+            .with_rebalance_timeout_ms(rebalance_timeout_ms)
+            .with_server_assignor(assignor.map(|a| StrBytes::from_string(a.into())))
+            .with_subscribed_topic_names(
+                (epoch == 0).then(|| vec![TopicName(StrBytes::from_static_str("k"))]),
+            );
+        call(raw, ApiKey::ConsumerGroupHeartbeat, 1, &request)
+    }
+
+    /// The `range` assignor on request, an unknown assignor refused, and a member that never
+    /// gives up its partitions dropped after its rebalance timeout so that they move on.
+    #[test]
+    fn range_assignor_unknown_assignors_and_the_rebalance_timeout() {
+        let broker = Broker::start(&[]);
+        create_topic_blocking(&broker, "k", 4);
+        let mut raw = Raw::connect(broker.port);
+        assert_eq!(
+            beat_with(&mut raw, "x", 0, Some("mystery"), 500).error_code,
+            112,
+            "UNSUPPORTED_ASSIGNOR"
+        );
+        let a = beat_with(&mut raw, "a", 0, Some("range"), 500);
+        assert_eq!(partitions(&a), vec![0, 1, 2, 3]);
+        let b = beat_with(&mut raw, "b", 0, Some("range"), 500);
+        assert_eq!(b.error_code, 0);
+        // a is told to give up 2 and 3 (range: a keeps 0-1, b gets 2-3) but never reports back.
+        let a2 = beat_with(&mut raw, "a", a.member_epoch, None, 500);
+        assert_eq!(partitions(&a2), vec![0, 1]);
+        std::thread::sleep(std::time::Duration::from_millis(1600));
+        // a was dropped at its rebalance timeout; b now gets everything.
+        assert_eq!(
+            beat_with(&mut raw, "a", a.member_epoch, None, 500).error_code,
+            25
+        );
+        let b2 = beat_with(&mut raw, "b", b.member_epoch, None, 500);
+        let b3 = if b2.assignment.is_some() {
+            b2
+        } else {
+            beat_with(&mut raw, "b", b2.member_epoch, None, 500)
+        };
+        assert_eq!(partitions(&b3), vec![0, 1, 2, 3]);
+    }
+
     /// The KIP-848 reconciliation step by step: a join gets everything; a second member gets
     /// nothing until the first has revoked; stale epochs are fenced; leaving hands all back.
     #[test]
