@@ -12,9 +12,8 @@
 //! The `range` assignor is used when the members ask for it (`server_assignor`). A member that
 //! does not give partitions up within its rebalance timeout is dropped.
 //!
-//! Not here yet: server-side regular-expression subscriptions (v1 `SubscribedTopicRegex`),
-//! persisting these groups (after a restart the members are unknown and rejoin), and
-//! ConsumerGroupDescribe.
+//! Not here yet: server-side regular-expression subscriptions (v1 `SubscribedTopicRegex`), and
+//! persisting these groups (after a restart the members are unknown and rejoin).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -378,6 +377,79 @@ fn reconcile(g: &mut Group, member_id: &str, interval: i32) -> Answer {
         heartbeat_interval_ms: interval,
         assignment,
     }
+}
+
+/// One KIP-848 group, described (ConsumerGroupDescribe).
+#[derive(Debug)]
+pub struct Described {
+    pub state: &'static str,
+    pub epoch: i32,
+    pub target_epoch: i32,
+    pub assignor: String,
+    pub members: Vec<DescribedMember>,
+}
+
+/// Partitions grouped by topic: (topic id, partitions, topic name).
+pub type ByTopic = Vec<(Uuid, Vec<i32>, String)>;
+
+#[derive(Debug)]
+pub struct DescribedMember {
+    pub id: String,
+    pub instance_id: Option<String>,
+    pub epoch: i32,
+    pub client_id: String,
+    pub subscribed: Vec<String>,
+    pub assigned: ByTopic,
+    pub target: ByTopic,
+}
+
+fn by_topic(shard: &Shard, set: &BTreeSet<Tp>) -> ByTopic {
+    let names: HashMap<Uuid, String> = shard
+        .topics
+        .borrow()
+        .values()
+        .map(|m| (Uuid::from_bytes(m.id), m.name.clone()))
+        .collect();
+    let mut out: BTreeMap<Uuid, Vec<i32>> = BTreeMap::new();
+    for (t, p) in set {
+        out.entry(*t).or_default().push(*p);
+    }
+    out.into_iter()
+        .map(|(t, ps)| (t, ps, names.get(&t).cloned().unwrap_or_default()))
+        .collect()
+}
+
+/// A KIP-848 group as ConsumerGroupDescribe reports it; None for any other group.
+pub fn describe(shard: &Shard, group: &str) -> Option<Described> {
+    let groups = shard.consumer_groups.borrow();
+    let g = groups.get(group)?.borrow();
+    let reconciling = g
+        .members
+        .values()
+        .any(|m| m.epoch != g.target_epoch || !m.revoking.is_empty());
+    Some(Described {
+        state: match (g.members.is_empty(), reconciling) {
+            (true, _) => "Empty",
+            (false, true) => "Reconciling",
+            (false, false) => "Stable",
+        },
+        epoch: g.epoch,
+        target_epoch: g.target_epoch,
+        assignor: g.assignor.clone().unwrap_or_else(|| "uniform".into()),
+        members: g
+            .members
+            .values()
+            .map(|m| DescribedMember {
+                id: m.id.clone(),
+                instance_id: m.instance_id.clone(),
+                epoch: m.epoch,
+                client_id: m.client_id.clone(),
+                subscribed: m.subscribed.clone(),
+                assigned: by_topic(shard, &m.assigned),
+                target: by_topic(shard, g.target.get(&m.id).unwrap_or(&BTreeSet::new())),
+            })
+            .collect(),
+    })
 }
 
 /// Checks an OffsetCommit from a member of a consumer group (its member epoch in the

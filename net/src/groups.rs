@@ -883,6 +883,10 @@ pub enum GroupCall {
     },
     /// ConsumerGroupHeartbeat (KIP-848).
     ConsumerHeartbeat(crate::consumer_groups::Heartbeat),
+    /// ConsumerGroupDescribe (KIP-848).
+    ConsumerDescribe {
+        group: String,
+    },
 }
 
 #[derive(Debug)]
@@ -897,6 +901,7 @@ pub enum GroupReply {
     /// Group-level error, then one code per partition asked.
     DeleteOffsets(i16, Vec<i16>),
     ConsumerHeartbeat(crate::consumer_groups::Answer),
+    ConsumerDescribe(Option<crate::consumer_groups::Described>),
 }
 
 /// Runs a group request on this (the coordinating) core.
@@ -923,6 +928,9 @@ pub async fn run(shard: &Rc<Shard>, call: GroupCall) -> GroupReply {
         GroupCall::Describe { group } => GroupReply::Describe(describe(shard, &group)),
         GroupCall::List => GroupReply::List(list(shard)),
         GroupCall::Delete { group } => GroupReply::Delete(delete_group(shard, &group).await),
+        GroupCall::ConsumerDescribe { group } => {
+            GroupReply::ConsumerDescribe(crate::consumer_groups::describe(shard, &group))
+        }
         GroupCall::ConsumerHeartbeat(req) => {
             GroupReply::ConsumerHeartbeat(crate::consumer_groups::heartbeat(shard, req))
         }

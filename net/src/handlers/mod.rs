@@ -13,6 +13,7 @@ use crate::connection::RequestContext;
 use crate::shard::Shard;
 
 pub mod api_versions;
+pub mod consumer_group_describe;
 pub mod consumer_group_heartbeat;
 pub mod create_topics;
 pub mod delete_groups;
@@ -77,6 +78,7 @@ pub const APIS: &[Api] = &[
     delete_groups::API,
     offset_delete::API,
     consumer_group_heartbeat::API,
+    consumer_group_describe::API,
 ];
 
 pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
@@ -114,6 +116,7 @@ pub enum Request {
     DeleteGroups(kafka_protocol::messages::DeleteGroupsRequest),
     OffsetDelete(kafka_protocol::messages::OffsetDeleteRequest),
     ConsumerGroupHeartbeat(kafka_protocol::messages::ConsumerGroupHeartbeatRequest),
+    ConsumerGroupDescribe(kafka_protocol::messages::ConsumerGroupDescribeRequest),
 }
 
 /// Decodes a request body (after the header); None when it does not decode — the connection is
@@ -145,6 +148,7 @@ pub fn decode_body(ctx: &RequestContext, mut body: Bytes) -> Option<Request> {
         ApiKey::DeleteGroups => Request::DeleteGroups(decode(&mut body, v)?),
         ApiKey::OffsetDelete => Request::OffsetDelete(decode(&mut body, v)?),
         ApiKey::ConsumerGroupHeartbeat => Request::ConsumerGroupHeartbeat(decode(&mut body, v)?),
+        ApiKey::ConsumerGroupDescribe => Request::ConsumerGroupDescribe(decode(&mut body, v)?),
         _ => return None,
     })
 }
@@ -216,6 +220,9 @@ pub fn start(
         }
         Request::ConsumerGroupHeartbeat(r) => {
             async move { consumer_group_heartbeat::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::ConsumerGroupDescribe(r) => {
+            async move { consumer_group_describe::handle(&shard, &ctx, r).await }.boxed_local()
         }
     }
 }

@@ -117,7 +117,7 @@ public final class Compat {
                 fail("kip848: unexpected exception: " + describe(e));
                 e.printStackTrace(System.out);
             }
-            System.out.printf("java: KIP-848 consumer group (group.protocol=consumer: 2 members share %d partitions, every record once; one leaves, the other takes all) in %d ms: %s%n",
+            System.out.printf("java: KIP-848 consumer group (group.protocol=consumer: 2 members share %d partitions, every record once; describeConsumerGroups; one leaves, the other takes all) in %d ms: %s%n",
                     PARTITIONS, (System.nanoTime() - t0) / 1_000_000, failures.size() == before ? "ok" : "FAILED");
         }
         long ms = (System.nanoTime() - start) / 1_000_000;
@@ -522,8 +522,11 @@ public final class Compat {
      * other is given all of them.
      */
     private static void kip848Consume(String bootstrap, String topic) throws Exception {
+        // Auto-commit: a member commits what it read before it gives a partition up (with its
+        // member epoch, OffsetCommit v9), so the next owner goes on from there.
         Map<String, String> grouped = Map.of(ConsumerConfig.GROUP_ID_CONFIG, "java-compat-kip848",
-                ConsumerConfig.GROUP_PROTOCOL_CONFIG, "consumer");
+                ConsumerConfig.GROUP_PROTOCOL_CONFIG, "consumer",
+                ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, "true");
         KafkaConsumer<byte[], byte[]> a = newConsumer(bootstrap, "kip848-a", grouped);
         try (KafkaConsumer<byte[], byte[]> b = newConsumer(bootstrap, "kip848-b", grouped)) {
             a.subscribe(List.of(topic));
@@ -545,6 +548,15 @@ public final class Compat {
             check(!a.assignment().isEmpty() && !b.assignment().isEmpty()
                     && a.assignment().size() + b.assignment().size() == PARTITIONS,
                     "kip848: assignments " + a.assignment() + " and " + b.assignment());
+            Properties ap = new Properties();
+            ap.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+            try (Admin admin = Admin.create(ap)) {
+                var described = admin.describeConsumerGroups(List.of("java-compat-kip848")).all()
+                        .get(TIMEOUT_S, TimeUnit.SECONDS).get("java-compat-kip848");
+                check(described != null && described.members().size() == 2
+                        && "consumer".equalsIgnoreCase(String.valueOf(described.type())),
+                        "kip848: describeConsumerGroups = " + described);
+            }
             a.close();
             deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(TIMEOUT_S);
             while (b.assignment().size() != PARTITIONS && System.nanoTime() < deadline) {
