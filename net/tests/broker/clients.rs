@@ -387,6 +387,20 @@ async fn kill_9_during_produce(acks: &str, settings: &[&str]) {
             ("retries", "0"),
         ],
     );
+    // One record acknowledged for certain before the storm, so that the check below never
+    // depends on how fast a loaded machine acknowledges within the few milliseconds before the
+    // kill.
+    let probe = "crash-probe".to_string();
+    let first = p
+        .send(
+            FutureRecord::<(), _>::to("crash")
+                .payload(&probe)
+                .partition(0),
+            TIMEOUT,
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("the probe is acknowledged");
     let mut pending = Vec::new();
     for i in 0..3000 {
         let v = format!("crash-{i}");
@@ -406,7 +420,7 @@ async fn kill_9_during_produce(acks: &str, settings: &[&str]) {
             broker.kill9();
         }
     }
-    let mut acked: Vec<(i32, i64, String)> = Vec::new();
+    let mut acked: Vec<(i32, i64, String)> = vec![(first.partition, first.offset, probe)];
     for (v, _, fut) in pending {
         if let Some(fut) = fut {
             if let Ok(Ok(d)) = fut.await {
