@@ -118,16 +118,21 @@ fn subscribed_partitions(
     out
 }
 
+/// An empty assignment for every member.
+fn empty_target(members: &BTreeMap<String, Member>) -> HashMap<String, BTreeSet<Tp>> {
+    members
+        .keys()
+        .map(|id| (id.clone(), BTreeSet::new()))
+        .collect()
+}
+
 /// The `range` assignor: per topic, the members subscribed to it (by member id) each take a
 /// contiguous range of its partitions, the first ones one more when they do not divide evenly.
 fn assign_range(
     members: &BTreeMap<String, Member>,
     partitions: &BTreeMap<String, Vec<Tp>>,
 ) -> HashMap<String, BTreeSet<Tp>> {
-    let mut target: HashMap<String, BTreeSet<Tp>> = members
-        .keys()
-        .map(|id| (id.clone(), BTreeSet::new()))
-        .collect();
+    let mut target = empty_target(members);
     for (topic, tps) in partitions {
         let eligible: Vec<&String> = members
             .values()
@@ -157,10 +162,7 @@ fn assign(
     members: &BTreeMap<String, Member>,
     partitions: &BTreeMap<String, Vec<Tp>>,
 ) -> HashMap<String, BTreeSet<Tp>> {
-    let mut target: HashMap<String, BTreeSet<Tp>> = members
-        .keys()
-        .map(|id| (id.clone(), BTreeSet::new()))
-        .collect();
+    let mut target = empty_target(members);
     for (topic, tps) in partitions {
         let eligible: Vec<&Member> = members
             .values()

@@ -384,9 +384,8 @@ fn join_answer(g: &Group, member_id: &str) -> JoinAnswer {
     }
 }
 
-/// Enters PreparingRebalance: pending syncs are told to rejoin, and the join phase gets its
-/// deadline (the longest rebalance timeout, or the initial delay for a group that was empty).
-fn prepare_rebalance(g: &mut Group, group: &Rc<RefCell<Group>>, settings: Settings) {
+/// Answers every waiting SyncGroup with REBALANCE_IN_PROGRESS: its generation is over.
+fn send_syncs_to_rejoin(g: &mut Group) {
     for (_, tx) in g.awaiting_sync.drain() {
         let _ = tx.send((
             ResponseError::RebalanceInProgress.code(),
@@ -395,6 +394,12 @@ fn prepare_rebalance(g: &mut Group, group: &Rc<RefCell<Group>>, settings: Settin
             Bytes::new(),
         ));
     }
+}
+
+/// Enters PreparingRebalance: pending syncs are told to rejoin, and the join phase gets its
+/// deadline (the longest rebalance timeout, or the initial delay for a group that was empty).
+fn prepare_rebalance(g: &mut Group, group: &Rc<RefCell<Group>>, settings: Settings) {
+    send_syncs_to_rejoin(g);
     let was_empty = g.state == State::Empty;
     g.state = State::PreparingRebalance;
     g.join_round += 1;
@@ -715,14 +720,7 @@ fn members_left(g: &mut Group, group: &Rc<RefCell<Group>>, settings: Settings) {
         g.protocol = None;
         g.protocol_type = None;
         g.join_round += 1;
-        for (_, tx) in g.awaiting_sync.drain() {
-            let _ = tx.send((
-                ResponseError::RebalanceInProgress.code(),
-                None,
-                None,
-                Bytes::new(),
-            ));
-        }
+        send_syncs_to_rejoin(g);
         store_later(g.shard.clone(), g.id.clone(), encode_group_value(g));
     } else if g.state != State::PreparingRebalance {
         prepare_rebalance(g, group, settings);

@@ -126,14 +126,7 @@ pub async fn write_group_record(
     group: &str,
     value: Option<Vec<u8>>,
 ) -> Result<(), String> {
-    let partitions = shard
-        .topics
-        .borrow()
-        .get(OFFSETS_TOPIC)
-        .map(|m| m.partitions)
-        .ok_or("no __consumer_offsets")?;
-    let tp = TopicPartition::new(OFFSETS_TOPIC.to_string(), partition_for(group, partitions));
-    let log = shard.log(&tp).ok_or("not the coordinator")?;
+    let log = group_log(shard, group).map_err(|e| e.to_string())?;
     append_records(
         &log,
         &shard.flusher,
@@ -334,14 +327,7 @@ pub async fn delete(
     if doomed.is_empty() {
         return Ok(());
     }
-    let partitions = shard
-        .topics
-        .borrow()
-        .get(OFFSETS_TOPIC)
-        .map(|m| m.partitions)
-        .ok_or("no __consumer_offsets")?;
-    let tp = TopicPartition::new(OFFSETS_TOPIC.to_string(), partition_for(group, partitions));
-    let log = shard.log(&tp).ok_or("not the coordinator")?;
+    let log = group_log(shard, group).map_err(|e| e.to_string())?;
     let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = doomed
         .iter()
         .map(|(t, p)| (encode_key(group, t, *p), None))
@@ -447,11 +433,26 @@ pub async fn ensure_topic(shard: &Rc<Shard>) -> bool {
     }
 }
 
+/// The `__consumer_offsets` partition of `group`, once the topic exists.
+fn group_partition(shard: &Shard, group: &str) -> Option<TopicPartition> {
+    let partitions = shard.topics.borrow().get(OFFSETS_TOPIC)?.partitions;
+    Some(TopicPartition::new(
+        OFFSETS_TOPIC.to_string(),
+        partition_for(group, partitions),
+    ))
+}
+
+/// The log of `group`'s partition on this (the coordinating) core: COORDINATOR_NOT_AVAILABLE
+/// before `__consumer_offsets` exists, NOT_COORDINATOR on another core.
+fn group_log(shard: &Shard, group: &str) -> Result<Rc<PartitionLog>, ResponseError> {
+    let tp = group_partition(shard, group).ok_or(ResponseError::CoordinatorNotAvailable)?;
+    shard.log(&tp).ok_or(ResponseError::NotCoordinator)
+}
+
 /// The core that coordinates `group`, once `__consumer_offsets` exists.
 pub fn coordinator_core(shard: &Shard, group: &str) -> Option<usize> {
-    let partitions = shard.topics.borrow().get(OFFSETS_TOPIC)?.partitions;
-    let partition = partition_for(group, partitions);
-    shard.table.borrow().core_of(OFFSETS_TOPIC, partition)
+    let tp = group_partition(shard, group)?;
+    shard.table.borrow().core_of(&tp.topic, tp.partition)
 }
 
 /// A commit, on the coordinating core. A group with members takes it only from a current
@@ -497,13 +498,9 @@ pub async fn commit(
             ResponseError::IllegalGeneration
         });
     }
-    let partitions = match shard.topics.borrow().get(OFFSETS_TOPIC) {
-        Some(meta) => meta.partitions,
-        None => return all(ResponseError::CoordinatorNotAvailable),
-    };
-    let tp = TopicPartition::new(OFFSETS_TOPIC.to_string(), partition_for(&group, partitions));
-    let Some(log) = shard.log(&tp) else {
-        return all(ResponseError::NotCoordinator);
+    let log = match group_log(shard, &group) {
+        Ok(log) => log,
+        Err(e) => return all(e),
     };
     let now = now_ms();
     let mut answers = Vec::with_capacity(offsets.len());

@@ -419,14 +419,16 @@ impl Shard {
                         match self.open_log(&meta, partition as i32).await {
                             Ok(log) => {
                                 if meta.name == crate::offsets::OFFSETS_TOPIC {
-                                    let mut table = self.offsets.borrow().clone();
+                                    // Groups belong to one partition each: the tables of
+                                    // the partitions are disjoint and simply merge.
+                                    let mut table = crate::offsets::GroupOffsets::new();
                                     let mut groups = HashMap::new();
                                     let loaded =
                                         crate::offsets::load(&mut table, &mut groups, &log).await;
                                     if let Err(e) = loaded {
                                         eprintln!("sluice: core {}: {e}", self.core_id);
                                     }
-                                    *self.offsets.borrow_mut() = table;
+                                    self.offsets.borrow_mut().extend(table);
                                     crate::groups::restore(self, groups);
                                 }
                                 self.logs.borrow_mut().insert(tp, log);
