@@ -293,3 +293,26 @@ pub fn request_frame<R: kafka_protocol::protocol::Encodable>(
     buf[..4].copy_from_slice(&size.to_be_bytes());
     buf.to_vec()
 }
+
+/// Sends one request on a raw connection and decodes its answer, checking the correlation id.
+pub fn call<Req, Resp>(
+    raw: &mut Raw,
+    key: kafka_protocol::messages::ApiKey,
+    version: i16,
+    body: &Req,
+) -> Resp
+where
+    Req: kafka_protocol::protocol::Encodable,
+    Resp: kafka_protocol::protocol::Decodable,
+{
+    use kafka_protocol::protocol::Decodable;
+    raw.send(&request_frame(key, version, 11, body));
+    let mut answer = bytes::Bytes::from(raw.recv().expect("answered"));
+    let header = kafka_protocol::messages::ResponseHeader::decode(
+        &mut answer,
+        key.response_header_version(version),
+    )
+    .expect("response header");
+    assert_eq!(header.correlation_id, 11);
+    Resp::decode(&mut answer, version).expect("response body")
+}

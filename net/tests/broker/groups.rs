@@ -221,24 +221,12 @@ mod raw {
     use kafka_protocol::messages::{
         ApiKey, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
         FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
-        JoinGroupResponse, OffsetCommitRequest, OffsetCommitResponse, ResponseHeader,
-        SyncGroupRequest, SyncGroupResponse, TopicName,
+        JoinGroupResponse, OffsetCommitRequest, OffsetCommitResponse, SyncGroupRequest,
+        SyncGroupResponse, TopicName,
     };
-    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    use kafka_protocol::protocol::StrBytes;
 
-    use crate::common::{create_topic_blocking, request_frame, Broker, Raw};
-
-    fn call<Req: Encodable, Resp: Decodable>(
-        raw: &mut Raw,
-        key: ApiKey,
-        version: i16,
-        body: &Req,
-    ) -> Resp {
-        raw.send(&request_frame(key, version, 9, body));
-        let mut answer = Bytes::from(raw.recv().expect("answered"));
-        ResponseHeader::decode(&mut answer, key.response_header_version(version)).expect("header");
-        Resp::decode(&mut answer, version).expect("body")
-    }
+    use crate::common::{call, create_topic_blocking, Broker, Raw};
 
     fn join(raw: &mut Raw, version: i16, member: &str) -> JoinGroupResponse {
         let request = JoinGroupRequest::default()
@@ -739,27 +727,13 @@ fn consumers_carry_on_across_a_broker_crash() {
 }
 
 mod kip848 {
-    use bytes::Bytes;
     use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
     use kafka_protocol::messages::{
-        ApiKey, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, GroupId,
-        ResponseHeader, TopicName,
+        ApiKey, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, GroupId, TopicName,
     };
-    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    use kafka_protocol::protocol::StrBytes;
 
-    use crate::common::{create_topic_blocking, request_frame, Broker, Raw};
-
-    fn call<Req: Encodable, Resp: Decodable>(
-        raw: &mut Raw,
-        key: ApiKey,
-        version: i16,
-        body: &Req,
-    ) -> Resp {
-        raw.send(&request_frame(key, version, 3, body));
-        let mut answer = Bytes::from(raw.recv().expect("answered"));
-        ResponseHeader::decode(&mut answer, key.response_header_version(version)).expect("header");
-        Resp::decode(&mut answer, version).expect("body")
-    }
+    use crate::common::{call, create_topic_blocking, Broker, Raw};
 
     fn beat(
         raw: &mut Raw,

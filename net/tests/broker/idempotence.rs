@@ -9,9 +9,9 @@ use bytes::Bytes;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
-    ResponseHeader, TopicName, TransactionalId,
+    TopicName, TransactionalId,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -19,26 +19,12 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use sluice_storage::batch::{build_batch, set_producer};
 
-use crate::common::{create_topic_blocking, request_frame, Broker, Raw};
+use crate::common::{call, create_topic_blocking, Broker, Raw};
 
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 const INVALID_PRODUCER_EPOCH: i16 = 47;
 const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
 const INVALID_REQUEST: i16 = 42;
-
-fn call<Req: Encodable, Resp: Decodable>(
-    raw: &mut Raw,
-    key: ApiKey,
-    version: i16,
-    body: &Req,
-) -> Resp {
-    raw.send(&request_frame(key, version, 11, body));
-    let mut answer = Bytes::from(raw.recv().expect("answered"));
-    let header = ResponseHeader::decode(&mut answer, key.response_header_version(version))
-        .expect("response header");
-    assert_eq!(header.correlation_id, 11);
-    Resp::decode(&mut answer, version).expect("response body")
-}
 
 fn init_producer_id(raw: &mut Raw, transactional_id: Option<&str>) -> InitProducerIdResponse {
     let request = InitProducerIdRequest::default()

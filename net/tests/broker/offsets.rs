@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
@@ -14,16 +13,16 @@ use kafka_protocol::messages::offset_fetch_request::{
 };
 use kafka_protocol::messages::{
     ApiKey, FindCoordinatorRequest, FindCoordinatorResponse, GroupId, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ResponseHeader, TopicName,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::common::{create_topic_blocking, request_frame, Broker, Raw};
+use crate::common::{call, create_topic_blocking, Broker, Raw};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -135,18 +134,6 @@ fn committed_offsets_are_kept_per_group_resumed_from_and_survive_kill_9() {
     assert_eq!(after[0], expected[0]);
     assert_eq!(after[1].0, Offset::Offset(9));
     assert_eq!(after[2], expected[2]);
-}
-
-fn call<Req: Encodable, Resp: Decodable>(
-    raw: &mut Raw,
-    key: ApiKey,
-    version: i16,
-    body: &Req,
-) -> Resp {
-    raw.send(&request_frame(key, version, 5, body));
-    let mut answer = Bytes::from(raw.recv().expect("answered"));
-    ResponseHeader::decode(&mut answer, key.response_header_version(version)).expect("header");
-    Resp::decode(&mut answer, version).expect("body")
 }
 
 fn commit_request(
