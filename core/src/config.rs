@@ -99,6 +99,9 @@ pub struct BrokerConfig {
     /// Partitions of `__consumer_offsets`, created at the first FindCoordinator for a group
     /// (`offsets.topic.num.partitions`, Kafka's 50).
     pub offsets_topic_num_partitions: i32,
+    /// `segment.bytes` of `__consumer_offsets` when it is created (`offsets.topic.segment.bytes`,
+    /// Kafka's 100 MiB): only closed segments are compacted.
+    pub offsets_topic_segment_bytes: u64,
     /// Longest metadata string a committed offset may carry (`offset.metadata.max.bytes`).
     pub offset_metadata_max_bytes: usize,
     /// How long a partition remembers an idempotent producer after its last batch's timestamp
@@ -107,6 +110,20 @@ pub struct BrokerConfig {
     /// Send fetch responses with io_uring SENDMSG_ZC instead of vectored `sendmsg(2)`
     /// (`sluice.socket.send.zerocopy`, default false: see docs/BENCHMARKS.md for why).
     pub socket_send_zerocopy: bool,
+    /// Log compaction: the default `cleanup.policy` of new topics (`log.cleanup.policy`), whether
+    /// each core runs a cleaner, how long a cleaner sleeps when no log needs cleaning, the memory
+    /// for its key map (`log.cleaner.dedupe.buffer.size`, for the whole broker, split evenly
+    /// between cores), its read+write budget in bytes per second, and the topic defaults of
+    /// the compaction settings.
+    pub log_cleanup_policy: String,
+    pub log_cleaner_enable: bool,
+    pub log_cleaner_backoff_ms: u64,
+    pub log_cleaner_dedupe_buffer_size: u64,
+    pub log_cleaner_io_max_bytes_per_second: f64,
+    pub log_cleaner_delete_retention_ms: i64,
+    pub log_cleaner_min_cleanable_ratio_ppm: u32,
+    pub log_cleaner_min_compaction_lag_ms: i64,
+    pub log_cleaner_max_compaction_lag_ms: i64,
     /// Settings that were given but have no effect in sluice, reported once at start.
     pub ignored: Vec<String>,
 }
@@ -144,8 +161,18 @@ impl Default for BrokerConfig {
             offsets_retention_minutes: 10_080,
             offsets_retention_check_interval_ms: 600_000,
             offsets_topic_num_partitions: 50,
+            offsets_topic_segment_bytes: 104_857_600,
             offset_metadata_max_bytes: 4096,
             socket_send_zerocopy: false,
+            log_cleanup_policy: "delete".into(),
+            log_cleaner_enable: true,
+            log_cleaner_backoff_ms: 15_000,
+            log_cleaner_dedupe_buffer_size: 128 << 20,
+            log_cleaner_io_max_bytes_per_second: f64::MAX,
+            log_cleaner_delete_retention_ms: 86_400_000,
+            log_cleaner_min_cleanable_ratio_ppm: 500_000,
+            log_cleaner_min_compaction_lag_ms: 0,
+            log_cleaner_max_compaction_lag_ms: i64::MAX,
             ignored: Vec::new(),
         }
     }
@@ -171,6 +198,7 @@ const IGNORED_KEYS: &[&str] = &[
     "share.coordinator.state.topic.replication.factor",
     "share.coordinator.state.topic.min.isr",
     "min.insync.replicas",
+    "log.cleaner.threads",
 ];
 
 impl BrokerConfig {
@@ -303,8 +331,38 @@ impl BrokerConfig {
                 "offsets.topic.num.partitions" => {
                     config.offsets_topic_num_partitions = positive(k, v)? as i32
                 }
+                "offsets.topic.segment.bytes" => {
+                    config.offsets_topic_segment_bytes = positive(k, v)?.max(14) as u64
+                }
                 "offset.metadata.max.bytes" => {
                     config.offset_metadata_max_bytes = positive(k, v)? as usize
+                }
+                "log.cleanup.policy" => {
+                    config.log_cleanup_policy = crate::topic::parse_cleanup_policy(k, v)?
+                }
+                "log.cleaner.enable" => config.log_cleaner_enable = parse_bool(k, v)?,
+                "log.cleaner.backoff.ms" => config.log_cleaner_backoff_ms = positive(k, v)? as u64,
+                "log.cleaner.dedupe.buffer.size" => {
+                    config.log_cleaner_dedupe_buffer_size = positive(k, v)? as u64
+                }
+                "log.cleaner.io.max.bytes.per.second" => {
+                    config.log_cleaner_io_max_bytes_per_second = match v.parse::<f64>() {
+                        Ok(r) if r > 0.0 => r,
+                        _ => return Err(ConfigError::invalid(k, v, "must be positive")),
+                    }
+                }
+                "log.cleaner.delete.retention.ms" => {
+                    config.log_cleaner_delete_retention_ms = parse_i64(k, v)?.max(0)
+                }
+                "log.cleaner.min.cleanable.ratio" => {
+                    config.log_cleaner_min_cleanable_ratio_ppm =
+                        crate::topic::parse_ratio_ppm(k, v)?
+                }
+                "log.cleaner.min.compaction.lag.ms" => {
+                    config.log_cleaner_min_compaction_lag_ms = parse_i64(k, v)?.max(0)
+                }
+                "log.cleaner.max.compaction.lag.ms" => {
+                    config.log_cleaner_max_compaction_lag_ms = positive(k, v)?
                 }
                 "cores" => config.cores = parse_i64(k, v)?.max(0) as usize,
                 "sluice.io.memory.bytes" => config.io_memory_bytes = positive(k, v)? as usize,
@@ -430,12 +488,46 @@ impl BrokerConfig {
                 self.offsets_topic_num_partitions.to_string(),
             ),
             (
+                "offsets.topic.segment.bytes",
+                self.offsets_topic_segment_bytes.to_string(),
+            ),
+            (
                 "offset.metadata.max.bytes",
                 self.offset_metadata_max_bytes.to_string(),
             ),
             (
                 "producer.id.expiration.ms",
                 self.producer_id_expiration_ms.to_string(),
+            ),
+            ("log.cleanup.policy", self.log_cleanup_policy.clone()),
+            ("log.cleaner.enable", self.log_cleaner_enable.to_string()),
+            (
+                "log.cleaner.backoff.ms",
+                self.log_cleaner_backoff_ms.to_string(),
+            ),
+            (
+                "log.cleaner.dedupe.buffer.size",
+                self.log_cleaner_dedupe_buffer_size.to_string(),
+            ),
+            (
+                "log.cleaner.io.max.bytes.per.second",
+                format!("{:?}", self.log_cleaner_io_max_bytes_per_second),
+            ),
+            (
+                "log.cleaner.delete.retention.ms",
+                self.log_cleaner_delete_retention_ms.to_string(),
+            ),
+            (
+                "log.cleaner.min.cleanable.ratio",
+                crate::topic::format_ratio_ppm(self.log_cleaner_min_cleanable_ratio_ppm),
+            ),
+            (
+                "log.cleaner.min.compaction.lag.ms",
+                self.log_cleaner_min_compaction_lag_ms.to_string(),
+            ),
+            (
+                "log.cleaner.max.compaction.lag.ms",
+                self.log_cleaner_max_compaction_lag_ms.to_string(),
             ),
         ]
     }

@@ -45,3 +45,11 @@ pub const batch_cache_bytes_per_core: usize = 64 << 20;
 
 /// Upper bound on the bytes of one partition's tail kept in the batch cache.
 pub const batch_cache_bytes_per_partition_max: usize = 4 << 20;
+
+/// Largest decompressed records section the broker inflates (the key check of compacted topics
+/// and the cleaner); a batch that inflates past it is refused at produce and left as it is by
+/// the cleaner. Bounds what a decompression bomb can cost.
+pub const decompressed_batch_bytes_max: usize = 64 << 20;
+
+/// Bytes the cleaner gathers before one DMA write of a cleaned segment.
+pub const cleaner_write_chunk_bytes: usize = 1 << 20;

@@ -53,6 +53,14 @@ pub struct TopicConfig {
     pub flush_messages: i64,
     pub flush_ms: i64,
     pub cleanup_policy: String,
+    /// Compaction (`cleanup.policy` holds `compact`): how long tombstones stay readable after
+    /// the cleaner first saw them, the dirty share of the log that triggers a clean, and the
+    /// age bounds within which a record is (not yet / at the latest) compacted.
+    pub delete_retention_ms: i64,
+    /// `min.cleanable.dirty.ratio` in millionths, so the config stays comparable for equality.
+    pub min_cleanable_dirty_ratio_ppm: u32,
+    pub min_compaction_lag_ms: i64,
+    pub max_compaction_lag_ms: i64,
     /// The overrides given at creation, exactly as given: persisted and reported by
     /// DescribeConfigs as dynamic topic configs.
     pub overrides: BTreeMap<String, String>,
@@ -69,6 +77,10 @@ pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "flush.messages",
     "flush.ms",
     "cleanup.policy",
+    "delete.retention.ms",
+    "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms",
+    "max.compaction.lag.ms",
 ];
 
 impl TopicConfig {
@@ -83,7 +95,11 @@ impl TopicConfig {
             timestamp_type: broker.log_message_timestamp_type,
             flush_messages: broker.log_flush_interval_messages,
             flush_ms: broker.log_flush_interval_ms,
-            cleanup_policy: "delete".into(),
+            cleanup_policy: broker.log_cleanup_policy.clone(),
+            delete_retention_ms: broker.log_cleaner_delete_retention_ms,
+            min_cleanable_dirty_ratio_ppm: broker.log_cleaner_min_cleanable_ratio_ppm,
+            min_compaction_lag_ms: broker.log_cleaner_min_compaction_lag_ms,
+            max_compaction_lag_ms: broker.log_cleaner_max_compaction_lag_ms,
             overrides: BTreeMap::new(),
         }
     }
@@ -126,15 +142,14 @@ impl TopicConfig {
             "message.timestamp.type" => self.timestamp_type = parse_timestamp_type(key, value)?,
             "flush.messages" => self.flush_messages = positive(parse_i64(key, value)?)?,
             "flush.ms" => self.flush_ms = at_least_minus_one(key, value)?,
-            "cleanup.policy" => {
-                if value != "delete" {
-                    return Err(ConfigError::invalid(
-                        key,
-                        value,
-                        "only 'delete' is supported (log compaction is not implemented yet)",
-                    ));
-                }
-                self.cleanup_policy = value.into();
+            "cleanup.policy" => self.cleanup_policy = parse_cleanup_policy(key, value)?,
+            "delete.retention.ms" => self.delete_retention_ms = non_negative(key, value)?,
+            "min.cleanable.dirty.ratio" => {
+                self.min_cleanable_dirty_ratio_ppm = parse_ratio_ppm(key, value)?
+            }
+            "min.compaction.lag.ms" => self.min_compaction_lag_ms = non_negative(key, value)?,
+            "max.compaction.lag.ms" => {
+                self.max_compaction_lag_ms = positive(parse_i64(key, value)?)?
             }
             _ => return Err(ConfigError::Unknown(key.into())),
         }
@@ -159,8 +174,83 @@ impl TopicConfig {
             ("flush.messages", self.flush_messages.to_string()),
             ("flush.ms", self.flush_ms.to_string()),
             ("cleanup.policy", self.cleanup_policy.clone()),
+            ("delete.retention.ms", self.delete_retention_ms.to_string()),
+            (
+                "min.cleanable.dirty.ratio",
+                format_ratio_ppm(self.min_cleanable_dirty_ratio_ppm),
+            ),
+            (
+                "min.compaction.lag.ms",
+                self.min_compaction_lag_ms.to_string(),
+            ),
+            (
+                "max.compaction.lag.ms",
+                self.max_compaction_lag_ms.to_string(),
+            ),
         ]
     }
+
+    /// True when the cleaner keeps only the latest record per key (`compact` in the policy).
+    pub fn compacted(&self) -> bool {
+        self.cleanup_policy
+            .split(',')
+            .any(|p| p.trim() == "compact")
+    }
+
+    /// True when retention deletes old segments (`delete` in the policy).
+    pub fn deletes(&self) -> bool {
+        self.cleanup_policy.split(',').any(|p| p.trim() == "delete")
+    }
+}
+
+/// Validates `cleanup.policy`: `delete`, `compact`, or both (comma-separated, either order).
+pub fn parse_cleanup_policy(key: &str, value: &str) -> Result<String, ConfigError> {
+    let mut parts: Vec<&str> = value.split(',').map(str::trim).collect();
+    parts.sort_unstable();
+    parts.dedup();
+    let known = |p: &&str| *p == "delete" || *p == "compact";
+    if parts.is_empty() || parts.iter().any(|p| !known(p)) {
+        return Err(ConfigError::invalid(
+            key,
+            value,
+            "must be delete, compact or compact,delete",
+        ));
+    }
+    Ok(value
+        .split(',')
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
+/// Parses a ratio in [0, 1] into millionths.
+pub fn parse_ratio_ppm(key: &str, value: &str) -> Result<u32, ConfigError> {
+    match value.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok((r * 1_000_000.0).round() as u32),
+        _ => Err(ConfigError::invalid(
+            key,
+            value,
+            "must be a number in [0, 1]",
+        )),
+    }
+}
+
+/// A ratio in millionths the way Kafka prints a double (0.5, 0.01, 1.0).
+pub fn format_ratio_ppm(ppm: u32) -> String {
+    let r = f64::from(ppm) / 1_000_000.0;
+    if r.fract() == 0.0 {
+        format!("{r:.1}")
+    } else {
+        format!("{r}")
+    }
+}
+
+fn non_negative(key: &str, value: &str) -> Result<i64, ConfigError> {
+    let v = parse_i64(key, value)?;
+    if v < 0 {
+        return Err(ConfigError::invalid(key, value, "must be 0 or more"));
+    }
+    Ok(v)
 }
 
 fn at_least_minus_one(key: &str, value: &str) -> Result<i64, ConfigError> {
@@ -216,6 +306,20 @@ mod tests {
         assert!(TopicConfig::with_overrides(&broker, &o).is_err());
         let mut bad = BTreeMap::new();
         bad.insert("no.such.config".to_string(), "1".to_string());
+        let mut compact = BTreeMap::new();
+        compact.insert("cleanup.policy".to_string(), "compact, delete".to_string());
+        compact.insert("min.cleanable.dirty.ratio".to_string(), "0.01".to_string());
+        let c = TopicConfig::with_overrides(&broker, &compact).expect("valid");
+        assert!(c.compacted() && c.deletes());
+        assert_eq!(c.min_cleanable_dirty_ratio_ppm, 10_000);
+        assert_eq!(format_ratio_ppm(c.min_cleanable_dirty_ratio_ppm), "0.01");
+        assert_eq!(format_ratio_ppm(500_000), "0.5");
+        assert_eq!(format_ratio_ppm(1_000_000), "1.0");
+        compact.insert("cleanup.policy".to_string(), "shred".to_string());
+        assert!(TopicConfig::with_overrides(&broker, &compact).is_err());
+        compact.insert("cleanup.policy".to_string(), "compact".to_string());
+        compact.insert("min.cleanable.dirty.ratio".to_string(), "1.5".to_string());
+        assert!(TopicConfig::with_overrides(&broker, &compact).is_err());
         assert!(matches!(
             TopicConfig::with_overrides(&broker, &bad),
             Err(ConfigError::Unknown(_))

@@ -15,6 +15,7 @@ pub mod consumer_groups;
 pub mod error;
 pub mod groups;
 pub mod handlers;
+pub mod log_cleaner;
 pub mod metadata;
 pub mod offsets;
 pub mod producer_ids;

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
 use kafka_protocol::error::ResponseError;
+use sluice_core::config::BrokerConfig;
 use sluice_core::TopicPartition;
 use sluice_storage::{batch, Durability, PartitionLog};
 
@@ -26,14 +27,19 @@ use crate::shard::{now_ms, Shard};
 /// The internal topic holding committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
-/// Settings of `__consumer_offsets` when sluice creates it: nothing is deleted by retention
-/// (Kafka compacts the topic; until log compaction exists, sluice keeps it whole) and segments
-/// are Kafka's `offsets.topic.segment.bytes`.
-pub const OFFSETS_TOPIC_CONFIGS: &[(&str, &str)] = &[
-    ("retention.ms", "-1"),
-    ("retention.bytes", "-1"),
-    ("segment.bytes", "104857600"),
-];
+/// Settings of `__consumer_offsets` when sluice creates it, Kafka's: compacted (the latest
+/// commit per group and partition is kept, tombstones of expired offsets and deleted groups go
+/// after `delete.retention.ms`), never deleted by retention, in segments of
+/// `offsets.topic.segment.bytes`.
+pub fn offsets_topic_configs(broker: &BrokerConfig) -> Vec<(String, Option<String>)> {
+    vec![
+        ("cleanup.policy".into(), Some("compact".into())),
+        (
+            "segment.bytes".into(),
+            Some(broker.offsets_topic_segment_bytes.to_string()),
+        ),
+    ]
+}
 
 /// A committed offset as the coordinator keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,7 +255,7 @@ pub async fn load(
         if bytes.is_empty() {
             break;
         }
-        let batches = batch::split_and_validate(&bytes)
+        let batches = batch::split_stored(&bytes)
             .map_err(|e| format!("{}-{} at {offset}: {e}", log.topic, log.partition))?;
         for (pos, header) in batches {
             let whole = &bytes[pos..pos + header.total_bytes()];
@@ -407,10 +413,7 @@ pub async fn ensure_topic(shard: &Rc<Shard>) -> bool {
         name: OFFSETS_TOPIC.to_string(),
         partitions: shard.broker.offsets_topic_num_partitions,
         replication_factor: 1,
-        configs: OFFSETS_TOPIC_CONFIGS
-            .iter()
-            .map(|(k, v)| (k.to_string(), Some(v.to_string())))
-            .collect(),
+        configs: offsets_topic_configs(&shard.broker),
         has_assignments: false,
     };
     let created = shard

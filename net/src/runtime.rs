@@ -232,6 +232,7 @@ async fn core_main(
     let flusher_task =
         glommio::spawn_local(flusher.clone().run(now_ms, Duration::from_millis(100)));
     glommio::spawn_local(retention_loop(shard.clone())).detach();
+    crate::log_cleaner::start(shard.clone());
     glommio::spawn_local(crate::groups::session_loop(shard.clone())).detach();
     glommio::spawn_local(crate::offsets::expiry_loop(shard.clone())).detach();
     let listener = bind_listener(config.listener)

@@ -104,6 +104,16 @@ impl BatchHeader {
 /// Costs one pass of CRC-32C over the batch (hardware accelerated, ~20 GB/s); nothing is
 /// decompressed.
 pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = validate_stored(batch)?;
+    if header.records_count <= 0 || header.last_offset_delta != header.records_count - 1 {
+        return Err(BatchError::RecordCount);
+    }
+    Ok(header)
+}
+
+/// [`validate`] for batches read back from a segment: compaction may have removed records from
+/// a batch, so its record count may be below `last_offset_delta + 1` (never above).
+pub fn validate_stored(batch: &[u8]) -> Result<BatchHeader, BatchError> {
     if batch.len() < HEADER_BYTES {
         if batch.len() > MAGIC_OFFSET && batch[MAGIC_OFFSET] < 2 {
             return Err(BatchError::UnsupportedMagic(batch[MAGIC_OFFSET] as i8));
@@ -122,7 +132,10 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
     if crc32c::crc32c(&batch[ATTRIBUTES_OFFSET..]) != header.crc {
         return Err(BatchError::CrcMismatch);
     }
-    if header.records_count <= 0 || header.last_offset_delta != header.records_count - 1 {
+    if header.records_count < 0
+        || header.last_offset_delta < 0
+        || i64::from(header.records_count) > i64::from(header.last_offset_delta) + 1
+    {
         return Err(BatchError::RecordCount);
     }
     Ok(header)
@@ -130,6 +143,18 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
 
 /// Splits a produce payload (`records` of one partition) into batches and validates each.
 pub fn split_and_validate(records: &[u8]) -> Result<Vec<(usize, BatchHeader)>, BatchError> {
+    split_with(records, validate)
+}
+
+/// [`split_and_validate`] for batches read back from a log (see [`validate_stored`]).
+pub fn split_stored(records: &[u8]) -> Result<Vec<(usize, BatchHeader)>, BatchError> {
+    split_with(records, validate_stored)
+}
+
+fn split_with(
+    records: &[u8],
+    validate: fn(&[u8]) -> Result<BatchHeader, BatchError>,
+) -> Result<Vec<(usize, BatchHeader)>, BatchError> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < records.len() {
@@ -198,6 +223,13 @@ pub fn set_log_append_time_split(header: &mut [u8], body: &[u8], now_ms: i64) {
     (&mut header[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8]).put_i64(now_ms);
     let crc = crc32c::crc32c_append(crc32c::crc32c(&header[ATTRIBUTES_OFFSET..]), body);
     (&mut header[CRC_OFFSET..CRC_OFFSET + 4]).put_u32(crc);
+}
+
+/// Recomputes the CRC-32C of a whole batch whose attributes or records were changed (the
+/// cleaner's rewritten batches).
+pub fn reseal_crc(batch: &mut [u8]) {
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES_OFFSET..]);
+    batch[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Builds a valid uncompressed batch holding `values` (no keys, no headers). Used by tests and
@@ -294,7 +326,7 @@ pub fn records(batch: &[u8]) -> Option<Vec<Record<'_>>> {
     Some(out)
 }
 
-fn get_varint(buf: &mut &[u8]) -> Option<i64> {
+pub(crate) fn get_varint(buf: &mut &[u8]) -> Option<i64> {
     let mut v: u64 = 0;
     for shift in (0..64).step_by(7) {
         let (&b, rest) = buf.split_first()?;
@@ -308,7 +340,7 @@ fn get_varint(buf: &mut &[u8]) -> Option<i64> {
 }
 
 /// A varint-length-prefixed byte string; Some(None) for null (-1).
-fn get_bytes<'a>(buf: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
+pub(crate) fn get_bytes<'a>(buf: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
     let len = get_varint(buf)?;
     if len < 0 {
         return Some(None);
@@ -318,7 +350,7 @@ fn get_bytes<'a>(buf: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
     Some(Some(bytes))
 }
 
-fn put_varint(buf: &mut BytesMut, value: i64) {
+pub(crate) fn put_varint(buf: &mut BytesMut, value: i64) {
     let mut v = ((value << 1) ^ (value >> 63)) as u64;
     while v >= 0x80 {
         buf.put_u8((v as u8) | 0x80);

@@ -6,10 +6,13 @@
 //! docs/FORMATS.md.
 //!
 //! It must never: share a log between cores (a log is `!Send` and lives on its owning core),
-//! decode records on the produce path, or acknowledge bytes before they are durable at the
+//! decode records on the produce path (except the key check of compacted topics, which Kafka
+//! makes too), or acknowledge bytes before they are durable at the
 //! level the caller asked for.
 
 pub mod batch;
+pub mod codec;
+pub mod compaction;
 pub mod error;
 pub mod flusher;
 pub mod index;
@@ -21,4 +24,7 @@ pub mod segment;
 
 pub use error::{BatchError, StorageError};
 pub use flusher::Flusher;
-pub use log::{AppendInfo, Durability, LogConfig, PartitionLog, ReadResult, Records, SyncPolicy};
+pub use log::{
+    AppendInfo, CleanBudget, CleanCrashPoint, CleanStats, Durability, LogConfig, PartitionLog,
+    ReadResult, Records, SyncPolicy,
+};

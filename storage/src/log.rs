@@ -51,6 +51,13 @@ pub struct LogConfig {
     pub timestamp_type: TimestampType,
     pub index_interval_bytes: u32,
     pub sync: SyncPolicy,
+    /// `cleanup.policy`: retention deletes old segments, the cleaner compacts, or both.
+    pub delete: bool,
+    pub compact: bool,
+    pub delete_retention_ms: i64,
+    pub min_cleanable_dirty_ratio_ppm: u32,
+    pub min_compaction_lag_ms: i64,
+    pub max_compaction_lag_ms: i64,
 }
 
 impl LogConfig {
@@ -72,6 +79,12 @@ impl LogConfig {
             timestamp_type: topic.timestamp_type,
             index_interval_bytes,
             sync,
+            delete: topic.deletes(),
+            compact: topic.compacted(),
+            delete_retention_ms: topic.delete_retention_ms,
+            min_cleanable_dirty_ratio_ppm: topic.min_cleanable_dirty_ratio_ppm,
+            min_compaction_lag_ms: topic.min_compaction_lag_ms,
+            max_compaction_lag_ms: topic.max_compaction_lag_ms,
         }
     }
 }
@@ -179,7 +192,18 @@ pub struct PartitionLog {
     flushed: Notify,
     /// Bytes of tail kept in memory for fetches.
     cache_bytes_max: Cell<u64>,
+    /// Compaction: the first offset the cleaner has not cleaned yet, the earliest delete horizon
+    /// of tombstones it kept, whether it is cleaning now, and how many segments it has swapped
+    /// (a read that planned against a swapped segment starts over).
+    first_dirty: Cell<i64>,
+    tombstone_horizon_ms: Cell<Option<i64>>,
+    cleaning: Cell<bool>,
+    swaps: Cell<u64>,
+    clean_crash: Cell<Option<CleanCrashPoint>>,
 }
+
+mod cleaner;
+pub use cleaner::{CleanBudget, CleanCrashPoint, CleanStats};
 
 impl PartitionLog {
     /// Opens (recovering) or creates the log in `dir`.
@@ -195,6 +219,7 @@ impl PartitionLog {
         now_ms: i64,
     ) -> Result<Rc<PartitionLog>> {
         std::fs::create_dir_all(dir)?;
+        cleaner::remove_unfinished(dir)?;
         let mut bases = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let name = entry?.file_name();
@@ -251,6 +276,11 @@ impl PartitionLog {
             high_watermark_changed: Notify::new(),
             flushed: Notify::new(),
             cache_bytes_max: Cell::new(limits::batch_cache_bytes_per_partition_max as u64),
+            first_dirty: Cell::new(cleaner::read_checkpoint(dir).unwrap_or(log_start)),
+            tombstone_horizon_ms: Cell::new(None),
+            cleaning: Cell::new(false),
+            swaps: Cell::new(0),
+            clean_crash: Cell::new(None),
         });
         log.write_pending_snapshots().await?;
         Ok(log)
@@ -342,6 +372,12 @@ impl PartitionLog {
                 return Err(StorageError::InvalidRecord(
                     "transactional batches need a transaction, which sluice does not support yet",
                 ));
+            }
+        }
+        if config.compact {
+            for (pos, h) in &batches {
+                crate::compaction::check_keys(&records[*pos..*pos + h.total_bytes()])
+                    .map_err(StorageError::InvalidRecord)?;
             }
         }
         if let Verdict::Duplicate(meta) = state
@@ -740,6 +776,18 @@ impl PartitionLog {
     /// Reads whole batches starting at the batch that holds `offset`, up to `max_bytes` (at least
     /// one batch when `min_one`), never past the high watermark.
     pub async fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadResult> {
+        loop {
+            let swaps = self.swaps.get();
+            let result = self.read_once(offset, max_bytes, min_one).await;
+            // A segment was swapped for its cleaned copy while the read was planned against
+            // the old one: read again.
+            if self.swaps.get() == swaps {
+                return result;
+            }
+        }
+    }
+
+    async fn read_once(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadResult> {
         let (hw, log_start, log_end) = {
             let s = self.state.borrow();
             (s.high_watermark, s.log_start, s.log_end)
@@ -772,11 +820,11 @@ impl PartitionLog {
                         .await?,
                 ),
             };
-            if !records.is_empty() || plan.next_offset >= hw {
+            if !records.is_empty() || plan.next_offset >= hw || plan.next_offset <= offset {
                 return Ok(outcome(records));
             }
             // `offset` lies past this segment's batches (e.g. exactly its end): try the next.
-            offset = offset.max(plan.next_offset);
+            offset = plan.next_offset;
         }
     }
 
@@ -945,6 +993,16 @@ impl PartitionLog {
     /// The first batch whose max timestamp is ≥ `timestamp`, for ListOffsets by time. Returns
     /// the batch so the caller can find the exact record inside it.
     pub async fn batch_for_timestamp(&self, timestamp: i64) -> Result<Option<Bytes>> {
+        loop {
+            let swaps = self.swaps.get();
+            let result = self.batch_for_timestamp_once(timestamp).await;
+            if self.swaps.get() == swaps {
+                return result;
+            }
+        }
+    }
+
+    async fn batch_for_timestamp_once(&self, timestamp: i64) -> Result<Option<Bytes>> {
         let hw = self.high_watermark();
         let candidates: Vec<(i64, u64, u64)> = {
             let s = self.state.borrow();
@@ -1000,6 +1058,16 @@ impl PartitionLog {
 
     /// The batch holding the largest timestamp below the high watermark (ListOffsets -3).
     pub async fn batch_with_max_timestamp(&self) -> Result<Option<Bytes>> {
+        loop {
+            let swaps = self.swaps.get();
+            let result = self.batch_with_max_timestamp_once().await;
+            if self.swaps.get() == swaps {
+                return result;
+            }
+        }
+    }
+
+    async fn batch_with_max_timestamp_once(&self) -> Result<Option<Bytes>> {
         let hw = self.high_watermark();
         let best = {
             let s = self.state.borrow();
@@ -1032,6 +1100,9 @@ impl PartitionLog {
     /// is never deleted. Returns the number of segments deleted.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
         let config = self.config();
+        if !config.delete {
+            return Ok(0);
+        }
         let doomed: Vec<Segment> = {
             let mut s = self.state.borrow_mut();
             let mut total: i64 = s.segments.iter().map(|seg| seg.size as i64).sum();
@@ -1319,7 +1390,13 @@ async fn scan_into(
     seg.size = scanned.valid_bytes;
     seg.written = scanned.valid_bytes;
     seg.preallocated = scanned.valid_bytes;
-    seg.next_offset = scanned.next_offset;
+    // A sealed segment reaches to the next one's base: compaction may have removed the records
+    // at its end, but never their offsets.
+    seg.next_offset = if last {
+        scanned.next_offset
+    } else {
+        next_base_or_scan(&seg.dir, base).unwrap_or(scanned.next_offset)
+    };
     seg.max_timestamp = scanned.max_timestamp;
     seg.max_timestamp_position = scanned.max_timestamp_position;
     seg.index = scanned.index;

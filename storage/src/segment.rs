@@ -230,6 +230,17 @@ impl Segment {
         self.cache_start
     }
 
+    /// Forgets the cache: every byte of the segment is read from its file (a sealed segment
+    /// whose file the cleaner replaced).
+    pub fn clear_cache(&mut self) {
+        assert!(
+            self.sealed,
+            "only a sealed segment reads everything from its file"
+        );
+        self.cache.clear();
+        self.cache_start = self.size;
+    }
+
     /// Places the recovered partial last block in the cache so the next flush can rewrite it.
     pub fn seed_tail(&mut self, aligned_start: u64, tail: Bytes) {
         assert!(self.cache.is_empty() && aligned_start + tail.len() as u64 == self.size);
@@ -306,7 +317,7 @@ pub struct ScanResult {
     pub garbage_after: bool,
 }
 
-/// Walks every batch of `file` from position 0, checking header sanity, offset continuity and
+/// Walks every batch of `file` from position 0, checking header sanity, that offsets grow, and
 /// CRC, and stops at the first batch that fails: that is where a torn or corrupt tail begins.
 ///
 /// `on_batch` sees the header of every valid batch, with its offset, in log order.
@@ -347,7 +358,8 @@ pub async fn scan(
         let total = header.total_bytes() as u64;
         let sane = header.magic == 2
             && header.batch_length >= (HEADER_BYTES - batch::LOG_OVERHEAD) as i32
-            && header.base_offset == result.next_offset
+            // Offsets only grow; compaction leaves gaps between batches.
+            && header.base_offset >= result.next_offset
             && pos + total <= file_size;
         if !sane {
             result.garbage_after = window[at..].iter().take(HEADER_BYTES).any(|b| *b != 0);
@@ -362,7 +374,7 @@ pub async fn scan(
         }
         let at = (pos - window_start) as usize;
         let bytes = &window[at..at + total as usize];
-        if batch::validate(bytes).is_err() {
+        if batch::validate_stored(bytes).is_err() {
             result.garbage_after = true;
             break;
         }

@@ -4,6 +4,7 @@
 mod bad_input;
 mod clients;
 mod common;
+mod compaction;
 mod groups;
 mod harness;
 mod idempotence;

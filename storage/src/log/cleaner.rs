@@ -1,0 +1,607 @@
+//! Log compaction's I/O half (the rules are in `compaction.rs`): deciding when a compacted log
+//! is due, streaming its sealed segments through the filter into `<base>.cleaned` files, and
+//! swapping those in crash-safely.
+//!
+//! A clean works like Kafka's: the *dirty* segments (those past the cleaner checkpoint) are
+//! read once to build a map of each key's latest offset, then every segment from the log start
+//! to the end of what the map covers is rewritten through the filter. Only sealed segments below
+//! the high watermark and older than `min.compaction.lag.ms` are touched; the active segment
+//! never is. Offsets never change: a segment keeps its base offset, batches keep theirs.
+//!
+//! Crash safety of a swap, step by step (each step durable before the next):
+//! 1. write and fdatasync `<base>.cleaned`;
+//! 2. remove the segment's index files, then rename `<base>.cleaned` over `<base>.log`
+//!    (an atomic replace), and sync the directory;
+//! 3. write the new index files.
+//!
+//! A crash before 2 leaves the old segment (and a stale `.cleaned`, deleted at start); a crash
+//! after it leaves the new one. Either way a segment without index files is rescanned at
+//! start, so an index can never describe the other file.
+//!
+//! Cost: reads every cleanable byte once or twice and writes what survives, paced to
+//! `log.cleaner.io.max.bytes.per.second`, yielding to the reactor between batches. Memory: the
+//! key map (`log.cleaner.dedupe.buffer.size` split between cores), one read window
+//! (`dma_read_chunk_bytes`) and one write chunk (`cleaner_write_chunk_bytes`).
+
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glommio::io::DmaFile;
+
+use super::{sync_dir, write_all_at, write_small_file, PartitionLog};
+use crate::batch::{self, BatchHeader, HEADER_BYTES};
+use crate::compaction::{self, Filtered, KeyMap};
+use crate::error::{Result, StorageError};
+use crate::index::SegmentIndex;
+use crate::segment::{self, align_down, align_up};
+use sluice_core::limits;
+
+/// The file holding the cleaner checkpoint: the first offset not cleaned yet.
+const CHECKPOINT_FILE: &str = "cleaner-offset-checkpoint";
+const CHECKPOINT_MAGIC: &[u8; 4] = b"SLCC";
+const CHECKPOINT_VERSION: u8 = 1;
+const CHECKPOINT_BYTES: usize = 4 + 1 + 8 + 4;
+
+/// What one clean may use.
+#[derive(Debug, Clone, Copy)]
+pub struct CleanBudget {
+    pub key_map_bytes: usize,
+    pub io_bytes_per_second: f64,
+}
+
+/// What one clean did.
+#[derive(Debug, Clone, Default)]
+pub struct CleanStats {
+    pub segments_rewritten: usize,
+    pub segments_removed: usize,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub records_removed: u64,
+    /// The new cleaner checkpoint.
+    pub cleaned_to: i64,
+}
+
+/// Where a test makes a clean stop as if the process had died there, leaving the files as
+/// they are (the deterministic crash injection of the swap's steps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CleanCrashPoint {
+    /// `<base>.cleaned` written and synced; nothing else changed.
+    CleanedWritten,
+    /// The old segment's index files removed.
+    IndexesRemoved,
+    /// `<base>.cleaned` renamed over `<base>.log`; no index files yet.
+    Renamed,
+}
+
+/// A sealed segment as the cleaner saw it when it planned the clean.
+#[derive(Clone)]
+struct Planned {
+    base: i64,
+    file: Rc<DmaFile>,
+    size: u64,
+    next_offset: i64,
+    first_timestamp: i64,
+}
+
+/// A rewritten segment, written and synced, waiting to be swapped in.
+struct Cleaned {
+    file: Option<Rc<DmaFile>>,
+    size: u64,
+    index: SegmentIndex,
+    max_timestamp: i64,
+    max_timestamp_position: u64,
+}
+
+impl PartitionLog {
+    /// The dirty share of the log in millionths, when it is due for cleaning: compacted, and
+    /// dirtier than `min.cleanable.dirty.ratio`, or holding a record older than
+    /// `max.compaction.lag.ms` that was never cleaned, or holding tombstones whose delete
+    /// horizon has passed. None when not due.
+    pub fn cleaning_due(&self, now_ms: i64) -> Option<u32> {
+        let config = self.config();
+        if !config.compact || self.retired.get() {
+            return None;
+        }
+        let segments = self.cleanable_segments(now_ms, config.min_compaction_lag_ms);
+        let first_dirty = self.first_dirty.get().max(self.log_start_offset());
+        let mut clean_bytes = 0u64;
+        let mut dirty_bytes = 0u64;
+        let mut oldest_dirty = None;
+        for seg in &segments {
+            if seg.next_offset <= first_dirty {
+                clean_bytes += seg.size;
+            } else {
+                dirty_bytes += seg.size;
+                oldest_dirty.get_or_insert(seg.first_timestamp);
+            }
+        }
+        let horizon_passed = self.tombstone_horizon_ms.get().is_some_and(|h| now_ms >= h);
+        if dirty_bytes == 0 && !horizon_passed {
+            return None;
+        }
+        let ratio_ppm =
+            (dirty_bytes.saturating_mul(1_000_000) / (clean_bytes + dirty_bytes).max(1)) as u32;
+        let overdue = oldest_dirty
+            .is_some_and(|t| t >= 0 && now_ms.saturating_sub(t) > config.max_compaction_lag_ms);
+        let due = ratio_ppm >= config.min_cleanable_dirty_ratio_ppm || overdue || horizon_passed;
+        due.then_some(ratio_ppm)
+    }
+
+    /// Makes the next clean stop at `point` as if the process died there (tests only).
+    pub fn inject_clean_crash(&self, point: Option<CleanCrashPoint>) {
+        self.clean_crash.set(point);
+    }
+
+    fn crash_if(&self, point: CleanCrashPoint) -> Result<()> {
+        if self.clean_crash.get() == Some(point) {
+            self.retired.set(true); // a dead process writes nothing more
+            return Err(StorageError::Corrupt(format!(
+                "injected crash at {point:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The first offset the cleaner has not cleaned (its checkpoint).
+    pub fn cleaner_checkpoint(&self) -> i64 {
+        self.first_dirty.get()
+    }
+
+    /// Sealed segments from the start of the log that the cleaner may rewrite: below the high
+    /// watermark, not the active segment, and older than `min.compaction.lag.ms`.
+    fn cleanable_segments(&self, now_ms: i64, min_lag_ms: i64) -> Vec<Planned> {
+        let s = self.state.borrow();
+        let mut out = Vec::new();
+        for seg in s.segments.iter().take(s.segments.len().saturating_sub(1)) {
+            let young = min_lag_ms > 0 && now_ms.saturating_sub(seg.max_timestamp) < min_lag_ms;
+            if !seg.sealed || seg.next_offset > s.high_watermark || young {
+                break;
+            }
+            let Some(file) = seg.file.clone() else {
+                break;
+            };
+            out.push(Planned {
+                base: seg.base_offset,
+                file,
+                size: seg.size,
+                next_offset: seg.next_offset,
+                first_timestamp: seg.index.times.first().map_or(-1, |t| t.timestamp),
+            });
+        }
+        out
+    }
+
+    /// Cleans the log once: builds the key map from the dirty segments, rewrites the segments
+    /// it covers and swaps them in, then advances the checkpoint. None when there was nothing
+    /// to do (not compacted, no cleanable segment, another clean running, partition deleted).
+    pub async fn clean(&self, now_ms: i64, budget: CleanBudget) -> Result<Option<CleanStats>> {
+        let config = self.config();
+        if !config.compact || self.retired.get() || self.cleaning.replace(true) {
+            return Ok(None);
+        }
+        let result = self.clean_inner(now_ms, budget, &config).await;
+        self.cleaning.set(false);
+        result
+    }
+
+    async fn clean_inner(
+        &self,
+        now_ms: i64,
+        budget: CleanBudget,
+        config: &super::LogConfig,
+    ) -> Result<Option<CleanStats>> {
+        let segments = self.cleanable_segments(now_ms, config.min_compaction_lag_ms);
+        if segments.is_empty() {
+            return Ok(None);
+        }
+        let first_dirty = self.first_dirty.get().max(self.log_start_offset());
+        let mut pace = Pace::new(budget.io_bytes_per_second);
+        let mut stats = CleanStats::default();
+        let mut map = KeyMap::new(budget.key_map_bytes);
+        let mut map_end = first_dirty;
+        'segments: for seg in segments.iter().filter(|s| s.next_offset > first_dirty) {
+            let mut reader = BatchReader::new(seg);
+            while let Some(bytes) = reader.next(&mut pace, &mut stats).await? {
+                let Some(header) = BatchHeader::parse(&bytes) else {
+                    break;
+                };
+                if header.last_offset() < first_dirty {
+                    continue;
+                }
+                if !compaction::add_keys(&mut map, &bytes) {
+                    map_end = map_end.max(header.base_offset);
+                    break 'segments;
+                }
+                glommio::yield_if_needed().await;
+            }
+            map_end = seg.next_offset;
+        }
+        let horizon_passed = self.tombstone_horizon_ms.get().is_some_and(|h| now_ms >= h);
+        if map_end <= first_dirty && !horizon_passed {
+            return Err(StorageError::Corrupt(format!(
+                "{}-{}: log.cleaner.dedupe.buffer.size is too small for one batch of keys",
+                self.topic, self.partition
+            )));
+        }
+        let mut horizon: Option<i64> = None;
+        for seg in segments.iter().filter(|s| s.base < map_end) {
+            if self.retired.get() {
+                return Ok(None);
+            }
+            let cleaned = self
+                .rewrite_segment(
+                    seg,
+                    &map,
+                    map_end,
+                    now_ms,
+                    config,
+                    &mut pace,
+                    &mut stats,
+                    &mut horizon,
+                )
+                .await?;
+            if let Some(cleaned) = cleaned {
+                self.swap_in(seg, cleaned, &mut stats).await?;
+            }
+        }
+        self.first_dirty.set(map_end);
+        self.tombstone_horizon_ms.set(horizon);
+        write_checkpoint(&self.dir, map_end).await?;
+        stats.cleaned_to = map_end;
+        Ok(Some(stats))
+    }
+
+    /// Streams one segment through the filter into `<base>.cleaned`. None when nothing in it
+    /// changed (no rewrite needed).
+    #[allow(clippy::too_many_arguments)]
+    async fn rewrite_segment(
+        &self,
+        seg: &Planned,
+        map: &KeyMap,
+        map_end: i64,
+        now_ms: i64,
+        config: &super::LogConfig,
+        pace: &mut Pace,
+        stats: &mut CleanStats,
+        horizon: &mut Option<i64>,
+    ) -> Result<Option<Cleaned>> {
+        let path = segment::segment_path(&self.dir, seg.base, "cleaned");
+        let _ = std::fs::remove_file(&path);
+        let file = segment::open_file(&path, true).await?;
+        let mut out = CleanedWriter::new(file, seg.base, config.index_interval_bytes);
+        let mut changed = false;
+        let mut removed = 0u64;
+        let mut reader = BatchReader::new(seg);
+        while let Some(bytes) = reader.next(pace, stats).await? {
+            let outcome =
+                compaction::filter_batch(&bytes, map, map_end, now_ms, config.delete_retention_ms);
+            removed += u64::from(outcome.records_removed);
+            if let Some(h) = outcome.horizon_ms {
+                *horizon = Some(horizon.map_or(h, |old| old.min(h)));
+            }
+            match outcome.filtered {
+                Filtered::Keep => out.push(&bytes, pace, stats).await?,
+                Filtered::Drop => changed = true,
+                Filtered::Rewrite(new) => {
+                    changed = true;
+                    out.push(&new, pace, stats).await?;
+                }
+            }
+            glommio::yield_if_needed().await;
+        }
+        if !changed {
+            out.abandon(&path).await;
+            return Ok(None);
+        }
+        stats.records_removed += removed;
+        Ok(Some(out.finish(pace, stats).await?))
+    }
+
+    /// Replaces a segment with its cleaned copy (see the module comment for the steps). A
+    /// segment that retention deleted, or a partition deleted, while it was being cleaned is
+    /// left alone and the copy discarded.
+    async fn swap_in(&self, seg: &Planned, cleaned: Cleaned, stats: &mut CleanStats) -> Result<()> {
+        let cleaned_path = segment::segment_path(&self.dir, seg.base, "cleaned");
+        let position = {
+            let s = self.state.borrow();
+            s.segments.iter().position(|x| {
+                x.base_offset == seg.base
+                    && x.file.as_ref().is_some_and(|f| Rc::ptr_eq(f, &seg.file))
+            })
+        };
+        let Some(position) = position.filter(|_| !self.retired.get()) else {
+            let _ = std::fs::remove_file(&cleaned_path);
+            return Ok(());
+        };
+        self.crash_if(CleanCrashPoint::CleanedWritten)?;
+        for ext in ["index", "timeindex"] {
+            remove_if_present(&segment::segment_path(&self.dir, seg.base, ext))?;
+        }
+        self.crash_if(CleanCrashPoint::IndexesRemoved)?;
+        if cleaned.size == 0 && position > 0 {
+            // Nothing survived: drop the segment; the one before it now reaches to its end
+            // (recovery names a segment's end by the next segment's base).
+            remove_if_present(&segment::segment_path(&self.dir, seg.base, "log"))?;
+            remove_if_present(&cleaned_path)?;
+            sync_dir(&self.dir)?;
+            let mut s = self.state.borrow_mut();
+            let gone = s.segments.remove(position);
+            s.segments[position - 1].next_offset = gone.next_offset;
+            stats.segments_removed += 1;
+        } else {
+            sync_dir(&self.dir)?;
+            std::fs::rename(
+                &cleaned_path,
+                segment::segment_path(&self.dir, seg.base, "log"),
+            )?;
+            sync_dir(&self.dir)?;
+            self.crash_if(CleanCrashPoint::Renamed)?;
+            let offsets = cleaned.index.encode_offsets(seg.base);
+            let times = cleaned.index.encode_times(seg.base);
+            write_small_file(
+                &segment::segment_path(&self.dir, seg.base, "index"),
+                &offsets,
+            )
+            .await?;
+            write_small_file(
+                &segment::segment_path(&self.dir, seg.base, "timeindex"),
+                &times,
+            )
+            .await?;
+            let mut s = self.state.borrow_mut();
+            if let Some(x) = s.segments.iter_mut().find(|x| x.base_offset == seg.base) {
+                x.file = cleaned.file;
+                x.size = cleaned.size;
+                x.written = cleaned.size;
+                x.preallocated = cleaned.size;
+                x.index = cleaned.index;
+                x.max_timestamp = cleaned.max_timestamp;
+                x.max_timestamp_position = cleaned.max_timestamp_position;
+                x.clear_cache();
+            }
+            stats.segments_rewritten += 1;
+        }
+        self.swaps.set(self.swaps.get() + 1);
+        Ok(())
+    }
+}
+
+/// Reads a sealed segment batch by batch through one window, checking each batch's CRC.
+struct BatchReader {
+    file: Rc<DmaFile>,
+    size: u64,
+    pos: u64,
+    window: Bytes,
+    window_start: u64,
+}
+
+impl BatchReader {
+    fn new(seg: &Planned) -> BatchReader {
+        BatchReader {
+            file: seg.file.clone(),
+            size: seg.size,
+            pos: 0,
+            window: Bytes::new(),
+            window_start: 0,
+        }
+    }
+
+    async fn next(&mut self, pace: &mut Pace, stats: &mut CleanStats) -> Result<Option<Bytes>> {
+        if self.pos + HEADER_BYTES as u64 > self.size {
+            return Ok(None);
+        }
+        self.cover(HEADER_BYTES as u64, pace, stats).await?;
+        let at = (self.pos - self.window_start) as usize;
+        let header = BatchHeader::parse(&self.window[at..])
+            .ok_or_else(|| StorageError::Corrupt("short batch header".into()))?;
+        let total = header.total_bytes() as u64;
+        if total < HEADER_BYTES as u64 || self.pos + total > self.size {
+            return Err(StorageError::Corrupt(format!(
+                "batch at position {} runs past the segment end",
+                self.pos
+            )));
+        }
+        self.cover(total, pace, stats).await?;
+        let at = (self.pos - self.window_start) as usize;
+        let bytes = self.window.slice(at..at + total as usize);
+        batch::validate_stored(&bytes)
+            .map_err(|e| StorageError::Corrupt(format!("batch at position {}: {e}", self.pos)))?;
+        self.pos += total;
+        Ok(Some(bytes))
+    }
+
+    /// Makes the window hold `[pos, pos + len)`.
+    async fn cover(&mut self, len: u64, pace: &mut Pace, stats: &mut CleanStats) -> Result<()> {
+        let end = self.window_start + self.window.len() as u64;
+        if self.pos >= self.window_start && self.pos + len <= end {
+            return Ok(());
+        }
+        let want = len
+            .max(limits::dma_read_chunk_bytes as u64)
+            .min(self.size - self.pos);
+        let mut buf = Vec::with_capacity(want as usize);
+        while (buf.len() as u64) < want {
+            let at = self.pos + buf.len() as u64;
+            let n = ((want - buf.len() as u64) as usize).min(limits::dma_read_chunk_bytes);
+            let chunk = self.file.read_at(at, n).await?;
+            if chunk.is_empty() {
+                return Err(StorageError::Corrupt(format!("short read at {at}")));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        stats.bytes_read += want;
+        pace.charge(want).await;
+        self.window = Bytes::from(buf);
+        self.window_start = self.pos;
+        Ok(())
+    }
+}
+
+/// Gathers a cleaned segment's batches and writes them with O_DIRECT in aligned chunks,
+/// building its indexes as it goes.
+struct CleanedWriter {
+    file: DmaFile,
+    base: i64,
+    interval: u32,
+    pending: Vec<u8>,
+    flushed: u64,
+    size: u64,
+    index: SegmentIndex,
+    max_timestamp: i64,
+    max_timestamp_position: u64,
+}
+
+impl CleanedWriter {
+    fn new(file: DmaFile, base: i64, interval: u32) -> CleanedWriter {
+        CleanedWriter {
+            file,
+            base,
+            interval,
+            pending: Vec::new(),
+            flushed: 0,
+            size: 0,
+            index: SegmentIndex::default(),
+            max_timestamp: -1,
+            max_timestamp_position: 0,
+        }
+    }
+
+    async fn push(&mut self, bytes: &[u8], pace: &mut Pace, stats: &mut CleanStats) -> Result<()> {
+        let header = BatchHeader::parse(bytes).expect("the reader yields whole batches");
+        let relative = (header.base_offset - self.base) as u32;
+        self.index.on_append(
+            relative,
+            self.size as u32,
+            bytes.len() as u32,
+            header.max_timestamp,
+            self.interval,
+        );
+        if header.max_timestamp > self.max_timestamp {
+            self.max_timestamp = header.max_timestamp;
+            self.max_timestamp_position = self.size;
+        }
+        self.pending.extend_from_slice(bytes);
+        self.size += bytes.len() as u64;
+        if self.pending.len() >= limits::cleaner_write_chunk_bytes {
+            let len = align_down(self.pending.len() as u64) as usize;
+            self.write(len, pace, stats).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the first `len` pending bytes (a multiple of the alignment, or everything,
+    /// zero-padded, at the end).
+    async fn write(&mut self, len: usize, pace: &mut Pace, stats: &mut CleanStats) -> Result<()> {
+        let padded = align_up(len as u64) as usize;
+        let mut buffer = self.file.alloc_dma_buffer(padded);
+        let out = buffer.as_bytes_mut();
+        out[..len].copy_from_slice(&self.pending[..len]);
+        out[len..].fill(0);
+        write_all_at(&self.file, buffer, self.flushed).await?;
+        self.pending.drain(..len);
+        self.flushed += len as u64;
+        stats.bytes_written += padded as u64;
+        pace.charge(padded as u64).await;
+        Ok(())
+    }
+
+    async fn finish(mut self, pace: &mut Pace, stats: &mut CleanStats) -> Result<Cleaned> {
+        if !self.pending.is_empty() {
+            let len = self.pending.len();
+            self.write(len, pace, stats).await?;
+        }
+        self.file.truncate(self.size).await?;
+        self.file.fdatasync().await?;
+        Ok(Cleaned {
+            file: Some(Rc::new(self.file)),
+            size: self.size,
+            index: self.index,
+            max_timestamp: self.max_timestamp,
+            max_timestamp_position: self.max_timestamp_position,
+        })
+    }
+
+    async fn abandon(self, path: &Path) {
+        let _ = self.file.close().await;
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Paces the cleaner's I/O to `log.cleaner.io.max.bytes.per.second`.
+struct Pace {
+    started: Instant,
+    bytes: u64,
+    bytes_per_second: f64,
+}
+
+impl Pace {
+    fn new(bytes_per_second: f64) -> Pace {
+        Pace {
+            started: Instant::now(),
+            bytes: 0,
+            bytes_per_second,
+        }
+    }
+
+    async fn charge(&mut self, bytes: u64) {
+        self.bytes += bytes;
+        if !self.bytes_per_second.is_finite() || self.bytes_per_second >= f64::MAX / 2.0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(self.bytes as f64 / self.bytes_per_second);
+        let elapsed = self.started.elapsed();
+        if due > elapsed {
+            glommio::timer::sleep(due - elapsed).await;
+        }
+    }
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes `.cleaned` files a crash left behind (the swap never began for them).
+pub(super) fn remove_unfinished(dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "cleaned") {
+            remove_if_present(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The cleaner checkpoint: magic `SLCC`, version 1, the first uncleaned offset (i64), and a
+/// CRC-32C of the bytes before it (all big-endian). None when absent or damaged: the whole log
+/// then counts as dirty, which costs one extra clean and loses nothing.
+pub(super) fn read_checkpoint(dir: &Path) -> Option<i64> {
+    let bytes = std::fs::read(dir.join(CHECKPOINT_FILE)).ok()?;
+    let bytes: &[u8; CHECKPOINT_BYTES] = bytes.as_slice().try_into().ok()?;
+    let (body, crc) = bytes.split_at(CHECKPOINT_BYTES - 4);
+    if &body[..4] != CHECKPOINT_MAGIC
+        || body[4] != CHECKPOINT_VERSION
+        || crc32c::crc32c(body).to_be_bytes() != crc
+    {
+        return None;
+    }
+    Some(i64::from_be_bytes(body[5..13].try_into().ok()?))
+}
+
+async fn write_checkpoint(dir: &Path, offset: i64) -> Result<()> {
+    let mut bytes = Vec::with_capacity(CHECKPOINT_BYTES);
+    bytes.extend_from_slice(CHECKPOINT_MAGIC);
+    bytes.push(CHECKPOINT_VERSION);
+    bytes.extend_from_slice(&offset.to_be_bytes());
+    let crc = crc32c::crc32c(&bytes);
+    bytes.extend_from_slice(&crc.to_be_bytes());
+    write_small_file(&dir.join(CHECKPOINT_FILE), &bytes).await
+}

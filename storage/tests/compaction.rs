@@ -1,0 +1,277 @@
+//! Log compaction on a real disk: the latest value per key survives with its offset, tombstones
+//! outlive `delete.retention.ms` and then go, the result survives a restart, and a crash at any
+//! step of a segment swap loses nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::LocalExecutorBuilder;
+use sluice_core::config::BrokerConfig;
+use sluice_core::topic::TopicConfig;
+use sluice_storage::batch::{self, build_keyed_batch, BatchHeader};
+use sluice_storage::{CleanBudget, CleanCrashPoint, LogConfig, PartitionLog, StorageError};
+
+fn run<F, Fut>(f: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    LocalExecutorBuilder::default()
+        .io_memory(1 << 20)
+        .spawn(f)
+        .expect("executor")
+        .join()
+        .expect("test body");
+}
+
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("tempdir")
+}
+
+const DELETE_RETENTION_MS: i64 = 1_000;
+const BUDGET: CleanBudget = CleanBudget {
+    key_map_bytes: 1 << 20,
+    io_bytes_per_second: f64::MAX,
+};
+
+fn compacted_config() -> LogConfig {
+    let mut overrides = BTreeMap::new();
+    for (k, v) in [
+        ("cleanup.policy", "compact"),
+        ("segment.bytes", "2000"),
+        ("min.cleanable.dirty.ratio", "0.01"),
+        ("delete.retention.ms", "1000"),
+    ] {
+        overrides.insert(k.to_string(), v.to_string());
+    }
+    let topic = TopicConfig::with_overrides(&BrokerConfig::default(), &overrides).expect("valid");
+    LogConfig::from_topic(&topic, 4096, true)
+}
+
+/// Every record below the high watermark: (offset, key, value).
+type Row = (i64, String, Option<String>);
+
+async fn read_all(log: &PartitionLog) -> Vec<Row> {
+    let mut out = Vec::new();
+    let mut offset = log.log_start_offset();
+    while offset < log.high_watermark() {
+        let read = log.read(offset, 1 << 20, true).await.expect("read");
+        let bytes = read.records.to_bytes();
+        if bytes.is_empty() {
+            break;
+        }
+        let mut at = 0;
+        while let Some(h) = bytes.get(at..).and_then(BatchHeader::parse) {
+            let whole = &bytes[at..at + h.total_bytes()];
+            batch::validate_stored(whole).expect("a valid batch");
+            for r in batch::records(whole).expect("uncompressed records") {
+                if r.offset >= offset {
+                    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                    out.push((r.offset, text(r.key.expect("keyed")), r.value.map(text)));
+                }
+            }
+            offset = offset.max(h.last_offset() + 1);
+            at += h.total_bytes();
+        }
+    }
+    out
+}
+
+async fn put(log: &PartitionLog, key: &str, value: Option<&str>, now_ms: i64) -> i64 {
+    let b = build_keyed_batch(
+        0,
+        now_ms,
+        &[(Some(key.as_bytes()), value.map(str::as_bytes))],
+    );
+    log.append(&b.freeze(), now_ms).expect("append").base_offset
+}
+
+/// 10 keys written 5 times over, then 3 deleted, then one more record so that everything
+/// before it sits in sealed segments. Returns what a compacted log must hold: the latest
+/// record of each key, with its offset.
+async fn fill(log: &PartitionLog, now_ms: i64) -> BTreeMap<String, (i64, Option<String>)> {
+    let mut latest = BTreeMap::new();
+    for round in 0..5 {
+        for k in 0..10 {
+            let (key, value) = (format!("key-{k}"), format!("value-{k}-{round}"));
+            let offset = put(log, &key, Some(&value), now_ms).await;
+            latest.insert(key, (offset, Some(value)));
+        }
+        log.flush(now_ms).await.expect("flush");
+    }
+    for k in 0..3 {
+        let key = format!("key-{k}");
+        let offset = put(log, &key, None, now_ms).await;
+        latest.insert(key, (offset, None));
+    }
+    // Fill the active segment so the tombstones' segment rolls and seals.
+    for i in 0..40 {
+        put(log, "filler", Some(&format!("f{i}")), now_ms).await;
+    }
+    log.flush(now_ms).await.expect("flush");
+    log.flush(now_ms).await.expect("seal");
+    latest
+}
+
+/// What `rows` say each key's latest record is.
+fn latest_of(rows: &[Row]) -> BTreeMap<String, (i64, Option<String>)> {
+    rows.iter()
+        .filter(|(_, k, _)| k != "filler")
+        .map(|(o, k, v)| (k.clone(), (*o, v.clone())))
+        .collect()
+}
+
+#[test]
+fn compaction_keeps_the_latest_value_per_key_at_its_offset_and_tombstones_expire() {
+    let dir = scratch();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        sluice_storage::io_probe::prepare(&path).expect("probe file");
+        sluice_storage::io_probe::guard(&path).await.expect("probe");
+        let now = 1_000_000;
+        let log = PartitionLog::open(&path.join("c-0"), "c", 0, compacted_config(), now)
+            .await
+            .expect("open");
+        let latest = fill(&log, now).await;
+        let before = read_all(&log).await;
+        assert!(log.segment_count() > 3, "the fill rolled several segments");
+        assert!(
+            log.cleaning_due(now).is_some(),
+            "a dirty compacted log is due"
+        );
+
+        let stats = log
+            .clean(now, BUDGET)
+            .await
+            .expect("clean")
+            .expect("did work");
+        assert!(stats.records_removed >= 40, "{stats:?}");
+        let after = read_all(&log).await;
+        assert_eq!(
+            latest_of(&after),
+            latest,
+            "the latest record of every key, at its offset"
+        );
+        let keyed: Vec<&Row> = after.iter().filter(|r| r.1 != "filler").collect();
+        assert_eq!(keyed.len(), 10, "one record per key: {keyed:?}");
+        assert!(after.len() < before.len());
+        assert_eq!(
+            log.log_start_offset(),
+            0,
+            "compaction never moves the log start"
+        );
+        let mut sorted = after.clone();
+        sorted.sort();
+        assert_eq!(sorted, after, "offsets stay in order");
+        assert!(
+            log.cleaning_due(now).is_none(),
+            "nothing dirty is left and the tombstones' horizon is ahead"
+        );
+
+        // Tombstones are readable until delete.retention.ms after the clean that kept them...
+        let tombstones = |rows: &[Row]| rows.iter().filter(|r| r.2.is_none()).count();
+        assert_eq!(tombstones(&after), 3);
+        let later = now + DELETE_RETENTION_MS;
+        assert!(
+            log.cleaning_due(later).is_some(),
+            "a passed horizon makes the log due"
+        );
+        log.clean(later, BUDGET)
+            .await
+            .expect("clean")
+            .expect("did work");
+        let expired = read_all(&log).await;
+        assert_eq!(tombstones(&expired), 0, "then they are gone");
+        let live: BTreeMap<_, _> = latest
+            .into_iter()
+            .filter(|(_, (_, v))| v.is_some())
+            .collect();
+        assert_eq!(latest_of(&expired), live);
+
+        // ... and all of it survives a restart, checkpoint included.
+        let checkpoint = log.cleaner_checkpoint();
+        log.close().await.expect("close");
+        drop(log);
+        let log = PartitionLog::open(&path.join("c-0"), "c", 0, compacted_config(), later)
+            .await
+            .expect("reopen");
+        assert_eq!(read_all(&log).await, expired);
+        assert_eq!(log.cleaner_checkpoint(), checkpoint);
+        assert!(log.cleaning_due(later).is_none());
+
+        // Compacted topics refuse records without a key (INVALID_RECORD on the wire).
+        let keyless = batch::build_batch(0, later, &[b"no key"]);
+        assert!(matches!(
+            log.append(&keyless.freeze(), later),
+            Err(StorageError::InvalidRecord(_))
+        ));
+    });
+}
+
+fn crash_and_recover(point: CleanCrashPoint) {
+    let dir = scratch();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        sluice_storage::io_probe::prepare(&path).expect("probe file");
+        sluice_storage::io_probe::guard(&path).await.expect("probe");
+        let now = 1_000_000;
+        let log_dir = path.join("c-0");
+        let log = PartitionLog::open(&log_dir, "c", 0, compacted_config(), now)
+            .await
+            .expect("open");
+        let latest = fill(&log, now).await;
+        let before = read_all(&log).await;
+        log.inject_clean_crash(Some(point));
+        assert!(
+            log.clean(now, BUDGET).await.is_err(),
+            "the injected crash stops the clean"
+        );
+        drop(log); // no close: the process died
+
+        let log = PartitionLog::open(&log_dir, "c", 0, compacted_config(), now)
+            .await
+            .expect("recover");
+        let recovered = read_all(&log).await;
+        assert_eq!(latest_of(&recovered), latest, "after a crash at {point:?}");
+        assert_eq!(
+            recovered.iter().filter(|r| r.1 == "filler").count(),
+            40,
+            "nothing past the cleaned range is touched"
+        );
+        assert!(recovered.len() <= before.len());
+        assert!(
+            no_leftovers(&log_dir),
+            "stale .cleaned files are removed at start"
+        );
+        // The interrupted clean runs again to completion.
+        log.flush(now).await.expect("reseal");
+        let log = Rc::new(log);
+        log.clean(now, BUDGET).await.expect("clean again");
+        assert_eq!(latest_of(&read_all(&log).await), latest);
+    });
+}
+
+fn no_leftovers(dir: &Path) -> bool {
+    std::fs::read_dir(dir).expect("dir").all(|e| {
+        !e.expect("entry")
+            .path()
+            .to_string_lossy()
+            .ends_with(".cleaned")
+    })
+}
+
+#[test]
+fn a_crash_after_the_cleaned_file_is_written_loses_nothing() {
+    crash_and_recover(CleanCrashPoint::CleanedWritten);
+}
+
+#[test]
+fn a_crash_after_the_indexes_are_removed_loses_nothing() {
+    crash_and_recover(CleanCrashPoint::IndexesRemoved);
+}
+
+#[test]
+fn a_crash_after_the_rename_loses_nothing() {
+    crash_and_recover(CleanCrashPoint::Renamed);
+}
