@@ -28,6 +28,7 @@ pub const USAGE: &str = "usage: sluice-bench [run] --bootstrap HOST:PORT [--topi
 [--record-bytes N] [--acks 0|1|all] [--linger-ms N] [--batch-bytes N] [--compression none|gzip|snappy|lz4|zstd] \
 [--rate-mb MB/s (0 = max)] [--seconds N] [--warmup-seconds N] [--producers N (per process)] [--idempotence] [--transactions RECORDS_PER_TXN] \
 [--processes N (load-generator processes, partitions split between them)] [--consume] [--pid PID] \
+[--keys N (records keyed by their sequence modulo N)] [--topic-config KEY=VALUE]... \
 [--json FILE] [--charts PREFIX] [--catch-up-mb N [--drop-caches]] [--workload FILE] \
 [--plant loss|duplicate (harness self-test)]";
 
@@ -110,6 +111,11 @@ pub struct Options {
     /// The executable the children of a multi-process run execute; default: the environment
     /// variable [`BENCH_BIN_ENV`], else this executable.
     pub bench_bin: Option<PathBuf>,
+    /// Key each record with its partition sequence number modulo this (8 bytes, big-endian), so
+    /// a compacted topic has this many live keys per partition; None: no keys.
+    pub keys: Option<u64>,
+    /// Configs of the topic the run creates (`--topic-config cleanup.policy=compact`).
+    pub topic_configs: Vec<(String, String)>,
 }
 
 /// One load-generator process's share of a multi-process run.
@@ -209,6 +215,8 @@ impl Options {
             processes: 1,
             slice: None,
             bench_bin: None,
+            keys: None,
+            topic_configs: Vec::new(),
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -249,6 +257,24 @@ impl Options {
                     o.transaction_records = Some(n);
                 }
                 "--processes" => o.processes = num(value()?)? as usize,
+                "--keys" => {
+                    let n = num(value()?)? as u64;
+                    if n == 0 {
+                        return Err("--keys: how many distinct keys, at least 1".into());
+                    }
+                    o.keys = Some(n);
+                }
+                "--topic-config" => {
+                    let pair = value()?;
+                    let (k, v) = pair
+                        .split_once('=')
+                        .ok_or_else(|| format!("--topic-config KEY=VALUE, not {pair}"))?;
+                    // A later setting of the same key (on the command line after --workload)
+                    // replaces the earlier one.
+                    o.topic_configs.retain(|(key, _)| key != k.trim());
+                    o.topic_configs
+                        .push((k.trim().to_string(), v.trim().to_string()));
+                }
                 "--slice" => o.slice = Some(Slice::parse(&value()?)?),
                 "--plant" => {
                     o.plant = Some(match value()?.as_str() {
@@ -277,6 +303,13 @@ impl Options {
         }
         if o.processes > 1 && o.catch_up_mb.is_some() {
             return Err("--catch-up-mb runs in one process: no --processes".into());
+        }
+        if o.keys.is_some() && o.catch_up_mb.is_some() {
+            return Err(
+                "--keys is for live runs: a catch-up read checks every record, which \
+                        compaction may remove"
+                    .into(),
+            );
         }
         if o.processes > 1 && o.slice.is_some() {
             return Err("--slice is a child's flag: no --processes with it".into());
@@ -314,6 +347,14 @@ impl Options {
         if let Some(n) = self.transaction_records {
             args.push("--transactions".into());
             args.push(n.to_string());
+        }
+        if let Some(n) = self.keys {
+            args.push("--keys".into());
+            args.push(n.to_string());
+        }
+        for (k, v) in &self.topic_configs {
+            args.push("--topic-config".into());
+            args.push(format!("{k}={v}"));
         }
         if let Some(plant) = self.plant {
             args.push("--plant".into());
@@ -393,7 +434,10 @@ pub(crate) fn ensure_topic(o: &Options) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = client_config(o)
         .create()
         .map_err(|e| format!("admin client: {e}"))?;
-    let topic = NewTopic::new(&o.topic, o.partitions, TopicReplication::Fixed(1));
+    let mut topic = NewTopic::new(&o.topic, o.partitions, TopicReplication::Fixed(1));
+    for (k, v) in &o.topic_configs {
+        topic = topic.set(k, v);
+    }
     let results = futures::executor::block_on(admin.create_topics(&[topic], &AdminOptions::new()))
         .map_err(|e| format!("create topic: {e}"))?;
     for r in results {
@@ -553,9 +597,14 @@ fn produce_loop(
         let now = stats.base.elapsed().as_nanos() as u64;
         payload[..8].copy_from_slice(&now.to_be_bytes());
         payload[8..16].copy_from_slice(&sequence[slot].to_be_bytes());
-        let record = BaseRecord::<(), [u8], Box<u64>>::with_opaque_to(&o.topic, Box::new(now))
-            .partition(mine[slot])
-            .payload(&payload[..]);
+        let key = o.keys.map(|n| (sequence[slot] % n).to_be_bytes());
+        let mut record =
+            BaseRecord::<[u8], [u8], Box<u64>>::with_opaque_to(&o.topic, Box::new(now))
+                .partition(mine[slot])
+                .payload(&payload[..]);
+        if let Some(key) = &key {
+            record = record.key(&key[..]);
+        }
         match producer.send(record) {
             Ok(()) => {
                 sent += 1;

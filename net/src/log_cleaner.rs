@@ -7,7 +7,7 @@
 //! (what is kept, the crash-safe swap) lives in sluice-storage.
 
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::{Latency, Shares};
 use sluice_storage::{CleanBudget, PartitionLog};
@@ -46,12 +46,15 @@ async fn run(shard: Rc<Shard>) {
             glommio::timer::sleep(backoff).await;
             continue;
         };
+        let started = Instant::now();
         match log.clean(now_ms(), budget).await {
             Ok(Some(stats)) => {
                 if stats.segments_rewritten + stats.segments_removed > 0 {
+                    let seconds = started.elapsed().as_secs_f64();
                     eprintln!(
                         "sluice: cleaned {}-{}: {} segments rewritten, {} removed, {} records \
-                         removed, {} bytes read, {} written, clean to offset {}",
+                         removed, {} bytes read, {} written, clean to offset {}, in {:.3} s \
+                         ({:.1} MB/s read)",
                         log.topic,
                         log.partition,
                         stats.segments_rewritten,
@@ -59,7 +62,9 @@ async fn run(shard: Rc<Shard>) {
                         stats.records_removed,
                         stats.bytes_read,
                         stats.bytes_written,
-                        stats.cleaned_to
+                        stats.cleaned_to,
+                        seconds,
+                        stats.bytes_read as f64 / 1e6 / seconds.max(1e-9)
                     );
                 }
             }

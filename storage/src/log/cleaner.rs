@@ -214,7 +214,7 @@ impl PartitionLog {
                     map_end = map_end.max(header.base_offset);
                     break 'segments;
                 }
-                glommio::yield_if_needed().await;
+                pace.breathe().await;
             }
             map_end = seg.next_offset;
         }
@@ -289,7 +289,7 @@ impl PartitionLog {
                     out.push(&new, pace, stats).await?;
                 }
             }
-            glommio::yield_if_needed().await;
+            pace.breathe().await;
         }
         if !changed {
             out.abandon(&path).await;
@@ -316,28 +316,66 @@ impl PartitionLog {
             return Ok(());
         };
         self.crash_if(CleanCrashPoint::CleanedWritten)?;
-        for ext in ["index", "timeindex"] {
-            remove_if_present(&segment::segment_path(&self.dir, seg.base, ext))?;
-        }
+        let (dir, base) = (self.dir.clone(), seg.base);
+        off_reactor(move || -> Result<()> {
+            for ext in ["index", "timeindex"] {
+                remove_if_present(&segment::segment_path(&dir, base, ext))?;
+            }
+            Ok(())
+        })
+        .await?;
         self.crash_if(CleanCrashPoint::IndexesRemoved)?;
+        let dir = self.dir.clone();
         if cleaned.size == 0 && position > 0 {
             // Nothing survived: drop the segment; the one before it now reaches to its end
             // (recovery names a segment's end by the next segment's base).
-            remove_if_present(&segment::segment_path(&self.dir, seg.base, "log"))?;
-            remove_if_present(&cleaned_path)?;
-            sync_dir(&self.dir)?;
-            let mut s = self.state.borrow_mut();
-            let gone = s.segments.remove(position);
-            s.segments[position - 1].next_offset = gone.next_offset;
+            let old = off_reactor(move || -> Result<Option<std::fs::File>> {
+                let path = segment::segment_path(&dir, base, "log");
+                let old = hold_inode(&path);
+                remove_if_present(&path)?;
+                remove_if_present(&cleaned_path)?;
+                sync_dir(&dir)?;
+                Ok(old)
+            })
+            .await?;
+            // Found again: retention may have changed the list while the files went.
+            {
+                let mut s = self.state.borrow_mut();
+                if let Some(i) = s.segments.iter().position(|x| x.base_offset == base) {
+                    let gone = s.segments.remove(i);
+                    if let Some(prev) = i.checked_sub(1).and_then(|p| s.segments.get_mut(p)) {
+                        prev.next_offset = gone.next_offset;
+                    }
+                }
+            }
             stats.segments_removed += 1;
+            self.swaps.set(self.swaps.get() + 1);
+            release(old).await;
         } else {
-            sync_dir(&self.dir)?;
-            std::fs::rename(
-                &cleaned_path,
-                segment::segment_path(&self.dir, seg.base, "log"),
-            )?;
-            sync_dir(&self.dir)?;
+            let old = off_reactor(move || -> Result<Option<std::fs::File>> {
+                sync_dir(&dir)?;
+                let path = segment::segment_path(&dir, base, "log");
+                let old = hold_inode(&path);
+                std::fs::rename(&cleaned_path, path)?;
+                sync_dir(&dir)?;
+                Ok(old)
+            })
+            .await?;
             self.crash_if(CleanCrashPoint::Renamed)?;
+            let present = self
+                .state
+                .borrow()
+                .segments
+                .iter()
+                .any(|x| x.base_offset == base);
+            if !present {
+                // Retention deleted the segment while it was being swapped: do not bring its
+                // file back.
+                let dir = self.dir.clone();
+                off_reactor(move || remove_if_present(&segment::segment_path(&dir, base, "log")))
+                    .await?;
+                return Ok(());
+            }
             let offsets = cleaned.index.encode_offsets(seg.base);
             let times = cleaned.index.encode_times(seg.base);
             write_small_file(
@@ -350,8 +388,13 @@ impl PartitionLog {
                 &times,
             )
             .await?;
-            let mut s = self.state.borrow_mut();
-            if let Some(x) = s.segments.iter_mut().find(|x| x.base_offset == seg.base) {
+            if let Some(x) = self
+                .state
+                .borrow_mut()
+                .segments
+                .iter_mut()
+                .find(|x| x.base_offset == seg.base)
+            {
                 x.file = cleaned.file;
                 x.size = cleaned.size;
                 x.written = cleaned.size;
@@ -362,8 +405,9 @@ impl PartitionLog {
                 x.clear_cache();
             }
             stats.segments_rewritten += 1;
+            self.swaps.set(self.swaps.get() + 1);
+            release(old).await;
         }
-        self.swaps.set(self.swaps.get() + 1);
         Ok(())
     }
 }
@@ -529,11 +573,48 @@ impl CleanedWriter {
     }
 }
 
-/// Paces the cleaner's I/O to `log.cleaner.io.max.bytes.per.second`.
+/// A handle on a segment file's inode, taken before the file is unlinked or renamed over, so
+/// that [`release`] can free its blocks off the reactor. None if it cannot be opened (then the
+/// blocks are freed when the last handle closes, as usual).
+fn hold_inode(path: &Path) -> Option<std::fs::File> {
+    std::fs::OpenOptions::new().write(true).open(path).ok()
+}
+
+/// Frees the blocks of a replaced segment file on the blocking pool. The last close of an
+/// unlinked file frees its extents synchronously, and for a segment of many MiB that is
+/// milliseconds of journal work the reactor would otherwise spend when the old `DmaFile` is
+/// dropped. Reads still holding the old file see it shrink, but every such read was planned
+/// before the swap counter moved and starts over.
+async fn release(old: Option<std::fs::File>) {
+    if let Some(file) = old {
+        off_reactor(move || {
+            let _ = file.set_len(0);
+        })
+        .await;
+    }
+}
+
+/// Runs a blocking file-system call (rename, unlink, directory fsync) on glommio's blocking
+/// thread pool: a directory fsync can take milliseconds, which the reactor must not spend.
+async fn off_reactor<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    glommio::executor().spawn_blocking(f).await
+}
+
+/// How long the cleaner computes before it steps aside for the reactor. glommio polls for I/O
+/// completions (new requests, finished writes) only when no task queue is runnable or its
+/// preempt timer fires (100 ms when no queue declares a latency); a queue that merely yields
+/// stays runnable, so a clean that only yielded would delay produce and fetch by up to that
+/// long. Sleeping briefly makes the cleaner not runnable, so the reactor polls.
+const CLEANER_SLICE: Duration = Duration::from_micros(500);
+const CLEANER_PAUSE: Duration = Duration::from_micros(20);
+
+/// Paces the cleaner's I/O to `log.cleaner.io.max.bytes.per.second` and its CPU to slices of
+/// [`CLEANER_SLICE`].
 struct Pace {
     started: Instant,
     bytes: u64,
     bytes_per_second: f64,
+    slice_started: Instant,
 }
 
 impl Pace {
@@ -542,6 +623,15 @@ impl Pace {
             started: Instant::now(),
             bytes: 0,
             bytes_per_second,
+            slice_started: Instant::now(),
+        }
+    }
+
+    /// Lets the reactor poll and the core's other tasks run when this slice is used up.
+    async fn breathe(&mut self) {
+        if self.slice_started.elapsed() >= CLEANER_SLICE {
+            glommio::timer::sleep(CLEANER_PAUSE).await;
+            self.slice_started = Instant::now();
         }
     }
 
