@@ -53,8 +53,8 @@ async fn run(shard: Rc<Shard>) {
                     let seconds = started.elapsed().as_secs_f64();
                     eprintln!(
                         "sluice: cleaned {}-{}: {} segments rewritten, {} removed, {} records \
-                         removed, {} bytes read, {} written, clean to offset {}, in {:.3} s \
-                         ({:.1} MB/s read)",
+                         removed, {} bytes read, {} written, clean to offset {}; {:.1} MB of log \
+                         cleaned in {:.3} s ({:.1} MB/s)",
                         log.topic,
                         log.partition,
                         stats.segments_rewritten,
@@ -63,8 +63,9 @@ async fn run(shard: Rc<Shard>) {
                         stats.bytes_read,
                         stats.bytes_written,
                         stats.cleaned_to,
+                        stats.bytes_cleaned as f64 / 1e6,
                         seconds,
-                        stats.bytes_read as f64 / 1e6 / seconds.max(1e-9)
+                        stats.bytes_cleaned as f64 / 1e6 / seconds.max(1e-9)
                     );
                 }
             }

@@ -653,7 +653,10 @@ impl PartitionLog {
         }
         let path = segment::segment_path(&self.dir, base, "log");
         let file = Rc::new(segment::open_file(&path, true).await?);
-        sync_dir(&self.dir)?;
+        // The new file's directory entry must be durable before anything in it is acknowledged;
+        // the directory fsync runs on the blocking pool, not the reactor (it can take ms).
+        let dir = self.dir.clone();
+        cleaner::off_reactor(move || sync_dir(&dir)).await?;
         self.with_segment(base, |seg| seg.file = Some(file.clone()));
         Ok(file)
     }
@@ -1096,7 +1099,8 @@ impl PartitionLog {
     }
 
     /// Deletes whole sealed segments past `retention.ms` (by their largest timestamp) or beyond
-    /// `retention.bytes`, oldest first, and advances the log start offset. The active segment
+    /// `retention.bytes`, oldest first, and advances the log start offset (only when
+    /// `cleanup.policy` holds `delete`). The active segment
     /// is never deleted. Returns the number of segments deleted.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
         let config = self.config();
@@ -1128,15 +1132,27 @@ impl PartitionLog {
             }
             doomed
         };
-        for seg in &doomed {
-            for ext in ["log", "index", "timeindex"] {
-                match std::fs::remove_file(seg.path(ext)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e.into()),
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        // Reads planned against a deleted segment start over (and find it gone).
+        self.swaps.set(self.swaps.get() + 1);
+        let paths: Vec<PathBuf> = doomed.iter().map(|seg| seg.path("log")).collect();
+        // Unlink and free the blocks on the blocking pool: the last close of a large unlinked
+        // file frees its extents synchronously, which the reactor must not do.
+        cleaner::off_reactor(move || -> Result<()> {
+            for log in paths {
+                let old = cleaner::hold_inode(&log);
+                for ext in ["log", "index", "timeindex"] {
+                    cleaner::remove_if_present(&log.with_extension(ext))?;
+                }
+                if let Some(file) = old {
+                    let _ = file.set_len(0);
                 }
             }
-        }
+            Ok(())
+        })
+        .await?;
         Ok(doomed.len())
     }
 

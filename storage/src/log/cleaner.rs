@@ -59,6 +59,8 @@ pub struct CleanStats {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub records_removed: u64,
+    /// Bytes of the segments passed through the filter (Kafka's "MB of log processed").
+    pub bytes_cleaned: u64,
     /// The new cleaner checkpoint.
     pub cleaned_to: i64,
 }
@@ -273,6 +275,7 @@ impl PartitionLog {
         let mut out = CleanedWriter::new(file, seg.base, config.index_interval_bytes);
         let mut changed = false;
         let mut removed = 0u64;
+        stats.bytes_cleaned += seg.size;
         let mut reader = BatchReader::new(seg);
         while let Some(bytes) = reader.next(pace, stats).await? {
             let outcome =
@@ -576,7 +579,7 @@ impl CleanedWriter {
 /// A handle on a segment file's inode, taken before the file is unlinked or renamed over, so
 /// that [`release`] can free its blocks off the reactor. None if it cannot be opened (then the
 /// blocks are freed when the last handle closes, as usual).
-fn hold_inode(path: &Path) -> Option<std::fs::File> {
+pub(super) fn hold_inode(path: &Path) -> Option<std::fs::File> {
     std::fs::OpenOptions::new().write(true).open(path).ok()
 }
 
@@ -596,7 +599,7 @@ async fn release(old: Option<std::fs::File>) {
 
 /// Runs a blocking file-system call (rename, unlink, directory fsync) on glommio's blocking
 /// thread pool: a directory fsync can take milliseconds, which the reactor must not spend.
-async fn off_reactor<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+pub(super) async fn off_reactor<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
     glommio::executor().spawn_blocking(f).await
 }
 
@@ -648,7 +651,7 @@ impl Pace {
     }
 }
 
-fn remove_if_present(path: &Path) -> Result<()> {
+pub(super) fn remove_if_present(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
