@@ -12,8 +12,11 @@
 //! The `range` assignor is used when the members ask for it (`server_assignor`). A member that
 //! does not give partitions up within its rebalance timeout is dropped.
 //!
-//! Not here yet: server-side regular-expression subscriptions (v1 `SubscribedTopicRegex`), and
-//! persisting these groups (after a restart the members are unknown and rejoin).
+//! Every change is written to `__consumer_offsets` in Kafka's record formats
+//! (`consumer_group_records`) before the heartbeat is answered, and groups are rebuilt from those
+//! records at start: after a restart members carry on at their epochs with their assignments.
+//!
+//! Not here yet: server-side regular-expression subscriptions (v1 `SubscribedTopicRegex`).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -23,6 +26,7 @@ use std::time::{Duration, Instant};
 use kafka_protocol::error::ResponseError;
 use uuid::Uuid;
 
+use crate::consumer_group_records::{self as records, Persisted, Record};
 use crate::shard::Shard;
 
 /// A partition as the protocol names it: topic id and index.
@@ -32,6 +36,8 @@ pub type Tp = (Uuid, i32);
 pub struct Member {
     pub id: String,
     pub epoch: i32,
+    /// The epoch before the last change (-1 for a member that just joined).
+    pub previous_epoch: i32,
     pub instance_id: Option<String>,
     pub client_id: String,
     pub subscribed: Vec<String>,
@@ -44,7 +50,7 @@ pub struct Member {
     last_heartbeat: Instant,
     session_timeout: Duration,
     /// How long the member may take to revoke partitions before it is dropped.
-    rebalance_timeout: Duration,
+    pub rebalance_timeout: Duration,
     /// Since when it has had partitions to revoke.
     revoking_since: Option<Instant>,
 }
@@ -205,8 +211,27 @@ fn bump(g: &mut Group) {
     g.epoch += 1;
 }
 
-/// One heartbeat, on the coordinating core.
-pub fn heartbeat(shard: &Rc<Shard>, req: Heartbeat) -> Answer {
+/// One heartbeat, on the coordinating core: the answer, and the records that store what it
+/// changed (to be durable before the answer is sent).
+pub fn heartbeat(shard: &Rc<Shard>, req: Heartbeat) -> (Answer, Vec<Record>) {
+    let group = req.group.clone();
+    let before = persisted(shard, &group);
+    let answer = heartbeat_inner(shard, req);
+    let after = persisted(shard, &group);
+    (answer, records::changes(&group, &before, &after))
+}
+
+/// The records' view of a group (empty for a group not known).
+fn persisted(shard: &Shard, group: &str) -> Persisted {
+    shard
+        .consumer_groups
+        .borrow()
+        .get(group)
+        .map(|g| records::snapshot(&g.borrow()))
+        .unwrap_or_default()
+}
+
+fn heartbeat_inner(shard: &Rc<Shard>, req: Heartbeat) -> Answer {
     if req.group.is_empty() {
         return error(
             ResponseError::InvalidRequest,
@@ -273,6 +298,7 @@ pub fn heartbeat(shard: &Rc<Shard>, req: Heartbeat) -> Answer {
                 Member {
                     id: id.clone(),
                     epoch: 0,
+                    previous_epoch: -1,
                     instance_id: req.instance_id.clone(),
                     client_id: req.client_id.clone(),
                     subscribed,
@@ -360,6 +386,9 @@ fn reconcile(g: &mut Group, member_id: &str, interval: i32) -> Answer {
         m.revoking_since.get_or_insert_with(Instant::now);
     }
     if m.revoking.is_empty() {
+        if m.epoch != target_epoch {
+            m.previous_epoch = m.epoch;
+        }
         m.epoch = target_epoch;
         for tp in &target {
             if !held_by_others.contains(tp) {
@@ -476,11 +505,14 @@ pub fn validate_commit(
 
 /// Drops members whose session expired, and members that did not give up partitions within
 /// their rebalance timeout (so the partitions can move on); run periodically on each core.
-pub fn expire_sessions(shard: &Shard) {
+/// Returns the records that store the changes, per group.
+pub fn expire_sessions(shard: &Shard) -> Vec<(String, Vec<Record>)> {
     let now = Instant::now();
-    for group in shard.consumer_groups.borrow().values() {
+    let mut out = Vec::new();
+    for (id, group) in shard.consumer_groups.borrow().iter() {
         let mut g = group.borrow_mut();
         let before = g.members.len();
+        let stored = records::snapshot(&g);
         g.members.retain(|_, m| {
             now.duration_since(m.last_heartbeat) <= m.session_timeout
                 && m.revoking_since
@@ -490,7 +522,58 @@ pub fn expire_sessions(shard: &Shard) {
             let members: BTreeSet<String> = g.members.keys().cloned().collect();
             g.target.retain(|id, _| members.contains(id));
             bump(&mut g);
+            out.push((
+                id.clone(),
+                records::changes(id, &stored, &records::snapshot(&g)),
+            ));
         }
+    }
+    out
+}
+
+/// Brings back the KIP-848 groups stored in a `__consumer_offsets` partition the core has just
+/// opened: members at their epochs, with their assignments and targets and fresh session
+/// deadlines, so that they carry on heartbeating (those that do not come back expire as usual).
+pub fn restore(shard: &Shard, loaded: HashMap<String, Persisted>) {
+    let now = Instant::now();
+    let session = Duration::from_millis(shard.broker.group_consumer_session_timeout_ms as u64);
+    let mut groups = shard.consumer_groups.borrow_mut();
+    for (id, p) in loaded {
+        let Some(epoch) = p.epoch else {
+            groups.remove(&id);
+            continue;
+        };
+        let mut g = Group {
+            assignor: p.metadata.values().find_map(|m| m.server_assignor.clone()),
+            epoch,
+            target_epoch: p.target_epoch.unwrap_or(0),
+            target: p.target.clone().into_iter().collect(),
+            members: BTreeMap::new(),
+        };
+        for (member_id, meta) in p.metadata {
+            let current = p.current.get(&member_id).cloned().unwrap_or_default();
+            g.members.insert(
+                member_id.clone(),
+                Member {
+                    id: member_id,
+                    epoch: current.epoch,
+                    previous_epoch: current.previous_epoch,
+                    instance_id: meta.instance_id,
+                    client_id: meta.client_id,
+                    subscribed: meta.subscribed,
+                    assigned: current.assigned,
+                    revoking_since: (!current.revoking.is_empty()).then_some(now),
+                    revoking: current.revoking,
+                    last_sent: None,
+                    last_heartbeat: now,
+                    session_timeout: session,
+                    rebalance_timeout: Duration::from_millis(
+                        meta.rebalance_timeout_ms.max(0) as u64
+                    ),
+                },
+            );
+        }
+        groups.insert(id, Rc::new(RefCell::new(g)));
     }
 }
 
@@ -502,6 +585,7 @@ mod tests {
         Member {
             id: id.into(),
             epoch: 1,
+            previous_epoch: 0,
             instance_id: None,
             client_id: String::new(),
             subscribed: topics.iter().map(|t| t.to_string()).collect(),

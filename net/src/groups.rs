@@ -930,7 +930,15 @@ pub async fn run(shard: &Rc<Shard>, call: GroupCall) -> GroupReply {
             GroupReply::ConsumerDescribe(crate::consumer_groups::describe(shard, &group))
         }
         GroupCall::ConsumerHeartbeat(req) => {
-            GroupReply::ConsumerHeartbeat(crate::consumer_groups::heartbeat(shard, req))
+            let group = req.group.clone();
+            let (answer, records) = crate::consumer_groups::heartbeat(shard, req);
+            // What the heartbeat changed is durable before it is answered, as in Kafka. Should
+            // the write fail, the group goes on in memory; after a restart its members would
+            // be fenced and rejoin.
+            if let Err(e) = crate::offsets::write_records(shard, &group, records).await {
+                eprintln!("sluice: storing consumer group {group}: {e}");
+            }
+            GroupReply::ConsumerHeartbeat(answer)
         }
         GroupCall::DeleteOffsets { group, partitions } => {
             let (error, codes) = delete_offsets(shard, &group, &partitions).await;
@@ -1049,7 +1057,11 @@ pub async fn session_loop(shard: Rc<Shard>) {
     while !shard.stopping.get() {
         glommio::timer::sleep(Duration::from_millis(500)).await;
         expire_sessions(&shard, settings);
-        crate::consumer_groups::expire_sessions(&shard);
+        for (group, records) in crate::consumer_groups::expire_sessions(&shard) {
+            if let Err(e) = crate::offsets::write_records(&shard, &group, records).await {
+                eprintln!("sluice: storing consumer group {group}: {e}");
+            }
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub mod alloc_guard;
 pub mod connection;
+pub mod consumer_group_records;
 pub mod consumer_groups;
 pub mod error;
 pub mod groups;

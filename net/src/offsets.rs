@@ -143,6 +143,22 @@ pub async fn write_group_record(
     .map(|_| ())
 }
 
+/// Appends records of `group` (KIP-848 group records, in order) to the group's partition and
+/// waits until they are durable.
+pub async fn write_records(
+    shard: &Rc<Shard>,
+    group: &str,
+    records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+) -> Result<(), String> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let log = group_log(shard, group).map_err(|e| e.to_string())?;
+    append_records(&log, &shard.flusher, &records, now_ms())
+        .await
+        .map(|_| ())
+}
+
 /// (group, topic, partition) of an offset record's key; None for other record types (group
 /// metadata keys are version 2) or damage.
 pub fn decode_key(mut key: &[u8]) -> Option<(String, String, i32)> {
@@ -241,6 +257,7 @@ fn set(table: &mut GroupOffsets, group: String, topic: String, partition: i32, c
 pub async fn load(
     table: &mut GroupOffsets,
     group_records: &mut HashMap<String, Option<Vec<u8>>>,
+    consumer_groups: &mut HashMap<String, crate::consumer_group_records::Persisted>,
     log: &Rc<PartitionLog>,
 ) -> Result<usize, String> {
     let mut offset = log.log_start_offset();
@@ -261,9 +278,12 @@ pub async fn load(
             let whole = &bytes[pos..pos + header.total_bytes()];
             for record in batch::records(whole).unwrap_or_default() {
                 if record.offset >= offset {
+                    let kip848 = record.key.is_some_and(|k| {
+                        crate::consumer_group_records::replay(consumer_groups, k, record.value)
+                    });
                     if let Some(group) = record.key.and_then(decode_group_key) {
                         group_records.insert(group, record.value.map(<[u8]>::to_vec));
-                    } else {
+                    } else if !kip848 {
                         apply_record(table, record.offset, record.key, record.value);
                     }
                     applied += 1;

@@ -423,13 +423,20 @@ impl Shard {
                                     // the partitions are disjoint and simply merge.
                                     let mut table = crate::offsets::GroupOffsets::new();
                                     let mut groups = HashMap::new();
-                                    let loaded =
-                                        crate::offsets::load(&mut table, &mut groups, &log).await;
+                                    let mut consumer_groups = HashMap::new();
+                                    let loaded = crate::offsets::load(
+                                        &mut table,
+                                        &mut groups,
+                                        &mut consumer_groups,
+                                        &log,
+                                    )
+                                    .await;
                                     if let Err(e) = loaded {
                                         eprintln!("sluice: core {}: {e}", self.core_id);
                                     }
                                     self.offsets.borrow_mut().extend(table);
                                     crate::groups::restore(self, groups);
+                                    crate::consumer_groups::restore(self, consumer_groups);
                                 }
                                 self.logs.borrow_mut().insert(tp, log);
                             }

@@ -881,4 +881,81 @@ mod kip848 {
         let b3 = beat(&mut raw, "member-b", b2.member_epoch, false, None);
         assert_eq!(partitions(&b3), vec![0, 1, 2, 3]);
     }
+
+    /// A KIP-848 group survives `kill -9`: stored in `__consumer_offsets` in Kafka's record
+    /// formats, it is rebuilt at start, and its members carry on at their epochs with their
+    /// partitions (no rejoin, no rebalance); a member that was mid-revocation still owes it.
+    #[test]
+    fn a_consumer_group_survives_a_restart() {
+        let mut broker = Broker::start(&[]);
+        create_topic_blocking(&broker, "k", 4);
+        let mut raw = Raw::connect(broker.port);
+        let a1 = beat(&mut raw, "member-a", 0, true, None);
+        let topic_id = a1.assignment.as_ref().expect("assignment").topic_partitions[0].topic_id;
+        let b1 = beat(&mut raw, "member-b", 0, true, None);
+        let owned_all = vec![TopicPartitions::default()
+            .with_topic_id(topic_id)
+            .with_partitions(vec![0, 1, 2, 3])];
+        let a2 = beat(
+            &mut raw,
+            "member-a",
+            a1.member_epoch,
+            false,
+            Some(owned_all),
+        );
+        let kept = partitions(&a2);
+        assert_eq!(kept.len(), 2);
+
+        // Restart while a still owes two partitions: it must still give them up afterwards.
+        broker.kill9();
+        broker.restart();
+        let mut raw = Raw::connect(broker.port);
+        let a3 = beat(&mut raw, "member-a", a1.member_epoch, false, None);
+        assert_eq!(a3.error_code, 0, "{:?}", a3.error_message);
+        assert_eq!(
+            a3.member_epoch, a1.member_epoch,
+            "still revoking: same epoch"
+        );
+        assert_eq!(
+            partitions(&a3),
+            kept,
+            "the assignment is sent again after a restart"
+        );
+        let owned_kept = vec![TopicPartitions::default()
+            .with_topic_id(topic_id)
+            .with_partitions(kept.clone())];
+        let a4 = beat(
+            &mut raw,
+            "member-a",
+            a1.member_epoch,
+            false,
+            Some(owned_kept),
+        );
+        assert!(a4.member_epoch > a1.member_epoch, "revoked: a moves on");
+        let b2 = beat(&mut raw, "member-b", b1.member_epoch, false, None);
+        assert_eq!(b2.error_code, 0, "{:?}", b2.error_message);
+        let mut all = kept.clone();
+        all.extend(partitions(&b2));
+        all.sort();
+        assert_eq!(all, vec![0, 1, 2, 3], "every partition held once");
+
+        // And a stable group comes back stable.
+        broker.kill9();
+        broker.restart();
+        let mut raw = Raw::connect(broker.port);
+        let a5 = beat(&mut raw, "member-a", a4.member_epoch, false, None);
+        let b3 = beat(&mut raw, "member-b", b2.member_epoch, false, None);
+        assert_eq!((a5.error_code, b3.error_code), (0, 0));
+        assert_eq!(
+            (a5.member_epoch, b3.member_epoch),
+            (a4.member_epoch, b2.member_epoch)
+        );
+        assert_eq!(partitions(&a5), kept);
+        assert_eq!(partitions(&b3), partitions(&b2));
+        assert_eq!(
+            beat(&mut raw, "member-a", a4.member_epoch + 1, false, None).error_code,
+            110,
+            "epochs are still fenced after a restart"
+        );
+    }
 }
