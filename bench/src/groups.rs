@@ -79,6 +79,9 @@ fn member(bootstrap: &str, group: &str, topic: &str) -> Result<BaseConsumer, Str
         .set("group.id", group)
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", "10000")
+        // The rebalance timeout: a member that does not rejoin a rebalance is dropped after
+        // this long (librdkafka's default is 5 minutes, longer than a run may wait).
+        .set("max.poll.interval.ms", "20000")
         .set("heartbeat.interval.ms", "100")
         .set("enable.auto.commit", "false")
         .create()
