@@ -239,6 +239,7 @@ impl PartitionLog {
             let interval = config.index_interval_bytes;
             segments.push(recover_segment(dir, base, last, interval, &mut seen).await?);
         }
+        drop_merged_leftovers(&mut segments)?;
         if segments.is_empty() {
             segments.push(Segment::new(dir, 0));
         }
@@ -1359,6 +1360,26 @@ async fn recover_segment(
     scan_into(seg, Some(file), &path, last, interval, seen).await
 }
 
+/// The cleaner merges consecutive segments into the first one's file and then deletes the
+/// others; a crash in between leaves those behind it, their offsets already in the merged file.
+/// A segment whose records reach past the next segment's base is such a merged one: the
+/// segments it covers are deleted. Then every segment but the last ends where the next begins.
+fn drop_merged_leftovers(segments: &mut Vec<Segment>) -> Result<()> {
+    let mut i = 0;
+    while i + 1 < segments.len() {
+        if segments[i].next_offset > segments[i + 1].base_offset {
+            let leftover = segments.remove(i + 1);
+            for ext in ["log", "index", "timeindex"] {
+                cleaner::remove_if_present(&leftover.path(ext))?;
+            }
+            continue;
+        }
+        segments[i].next_offset = segments[i + 1].base_offset;
+        i += 1;
+    }
+    Ok(())
+}
+
 fn next_base_or_scan(dir: &Path, base: i64) -> Option<i64> {
     let mut next: Option<i64> = None;
     for entry in std::fs::read_dir(dir).ok()? {
@@ -1408,10 +1429,14 @@ async fn scan_into(
     seg.preallocated = scanned.valid_bytes;
     // A sealed segment reaches to the next one's base: compaction may have removed the records
     // at its end, but never their offsets.
+    // (When a scan reaches past the next segment's base, that segment is a leftover of an
+    // interrupted merge: see `drop_merged_leftovers`.)
     seg.next_offset = if last {
         scanned.next_offset
     } else {
-        next_base_or_scan(&seg.dir, base).unwrap_or(scanned.next_offset)
+        next_base_or_scan(&seg.dir, base)
+            .unwrap_or(scanned.next_offset)
+            .max(scanned.next_offset)
     };
     seg.max_timestamp = scanned.max_timestamp;
     seg.max_timestamp_position = scanned.max_timestamp_position;

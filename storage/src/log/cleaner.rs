@@ -4,19 +4,23 @@
 //!
 //! A clean works like Kafka's: the *dirty* segments (those past the cleaner checkpoint) are
 //! read once to build a map of each key's latest offset, then every segment from the log start
-//! to the end of what the map covers is rewritten through the filter. Only sealed segments below
+//! to the end of what the map covers is rewritten through the filter — consecutive segments
+//! whose sizes add up to at most `segment.bytes` into one file, so that segments earlier cleans
+//! shrank are merged rather than left to pile up. Only sealed segments below
 //! the high watermark and older than `min.compaction.lag.ms` are touched; the active segment
 //! never is. Offsets never change: a segment keeps its base offset, batches keep theirs.
 //!
 //! Crash safety of a swap, step by step (each step durable before the next):
-//! 1. write and fdatasync `<base>.cleaned`;
-//! 2. remove the segment's index files, then rename `<base>.cleaned` over `<base>.log`
+//! 1. write and fdatasync `<base>.cleaned` (`<base>`: the group's first segment);
+//! 2. remove the group's index files, then rename `<base>.cleaned` over `<base>.log`
 //!    (an atomic replace), and sync the directory;
-//! 3. write the new index files.
+//! 3. delete the group's other segments;
+//! 4. write the new index files.
 //!
-//! A crash before 2 leaves the old segment (and a stale `.cleaned`, deleted at start); a crash
-//! after it leaves the new one. Either way a segment without index files is rescanned at
-//! start, so an index can never describe the other file.
+//! A crash before 2 leaves the old segments (and a stale `.cleaned`, deleted at start); a crash
+//! after it leaves the new one, and before 3 completes also some of the others, whose offsets
+//! the new file already holds: recovery rescans a segment without index files and drops the
+//! segments its records reach into. An index can never describe the other file.
 //!
 //! Cost: reads every cleanable byte once or twice and writes what survives, paced to
 //! `log.cleaner.io.max.bytes.per.second`, yielding to the reactor between batches. Memory: the
@@ -228,13 +232,18 @@ impl PartitionLog {
             )));
         }
         let mut horizon: Option<i64> = None;
-        for seg in segments.iter().filter(|s| s.base < map_end) {
+        let covered: Vec<Planned> = segments
+            .iter()
+            .filter(|s| s.base < map_end)
+            .cloned()
+            .collect();
+        for group in group_segments(&covered, config.segment_bytes) {
             if self.retired.get() {
                 return Ok(None);
             }
             let cleaned = self
-                .rewrite_segment(
-                    seg,
+                .rewrite_group(
+                    &group,
                     &map,
                     map_end,
                     now_ms,
@@ -245,7 +254,7 @@ impl PartitionLog {
                 )
                 .await?;
             if let Some(cleaned) = cleaned {
-                self.swap_in(seg, cleaned, &mut stats).await?;
+                self.swap_in(&group, cleaned, &mut stats).await?;
             }
         }
         self.first_dirty.set(map_end);
@@ -255,12 +264,12 @@ impl PartitionLog {
         Ok(Some(stats))
     }
 
-    /// Streams one segment through the filter into `<base>.cleaned`. None when nothing in it
-    /// changed (no rewrite needed).
+    /// Streams a group of consecutive segments through the filter into one file,
+    /// `<first base>.cleaned`. None when it is one segment and nothing in it changed.
     #[allow(clippy::too_many_arguments)]
-    async fn rewrite_segment(
+    async fn rewrite_group(
         &self,
-        seg: &Planned,
+        group: &[Planned],
         map: &KeyMap,
         map_end: i64,
         now_ms: i64,
@@ -269,30 +278,38 @@ impl PartitionLog {
         stats: &mut CleanStats,
         horizon: &mut Option<i64>,
     ) -> Result<Option<Cleaned>> {
-        let path = segment::segment_path(&self.dir, seg.base, "cleaned");
+        let base = group.first().expect("a group is never empty").base;
+        let path = segment::segment_path(&self.dir, base, "cleaned");
         let _ = std::fs::remove_file(&path);
         let file = segment::open_file(&path, true).await?;
-        let mut out = CleanedWriter::new(file, seg.base, config.index_interval_bytes);
-        let mut changed = false;
+        let mut out = CleanedWriter::new(file, base, config.index_interval_bytes);
+        let mut changed = group.len() > 1;
         let mut removed = 0u64;
-        stats.bytes_cleaned += seg.size;
-        let mut reader = BatchReader::new(seg);
-        while let Some(bytes) = reader.next(pace, stats).await? {
-            let outcome =
-                compaction::filter_batch(&bytes, map, map_end, now_ms, config.delete_retention_ms);
-            removed += u64::from(outcome.records_removed);
-            if let Some(h) = outcome.horizon_ms {
-                *horizon = Some(horizon.map_or(h, |old| old.min(h)));
-            }
-            match outcome.filtered {
-                Filtered::Keep => out.push(&bytes, pace, stats).await?,
-                Filtered::Drop => changed = true,
-                Filtered::Rewrite(new) => {
-                    changed = true;
-                    out.push(&new, pace, stats).await?;
+        for seg in group {
+            stats.bytes_cleaned += seg.size;
+            let mut reader = BatchReader::new(seg);
+            while let Some(bytes) = reader.next(pace, stats).await? {
+                let outcome = compaction::filter_batch(
+                    &bytes,
+                    map,
+                    map_end,
+                    now_ms,
+                    config.delete_retention_ms,
+                );
+                removed += u64::from(outcome.records_removed);
+                if let Some(h) = outcome.horizon_ms {
+                    *horizon = Some(horizon.map_or(h, |old| old.min(h)));
                 }
+                match outcome.filtered {
+                    Filtered::Keep => out.push(&bytes, pace, stats).await?,
+                    Filtered::Drop => changed = true,
+                    Filtered::Rewrite(new) => {
+                        changed = true;
+                        out.push(&new, pace, stats).await?;
+                    }
+                }
+                pace.breathe().await;
             }
-            pace.breathe().await;
         }
         if !changed {
             out.abandon(&path).await;
@@ -302,59 +319,61 @@ impl PartitionLog {
         Ok(Some(out.finish(pace, stats).await?))
     }
 
-    /// Replaces a segment with its cleaned copy (see the module comment for the steps). A
-    /// segment that retention deleted, or a partition deleted, while it was being cleaned is
-    /// left alone and the copy discarded.
-    async fn swap_in(&self, seg: &Planned, cleaned: Cleaned, stats: &mut CleanStats) -> Result<()> {
-        let cleaned_path = segment::segment_path(&self.dir, seg.base, "cleaned");
-        let position = {
-            let s = self.state.borrow();
-            s.segments.iter().position(|x| {
-                x.base_offset == seg.base
-                    && x.file.as_ref().is_some_and(|f| Rc::ptr_eq(f, &seg.file))
-            })
-        };
-        let Some(position) = position.filter(|_| !self.retired.get()) else {
+    /// Replaces a group of consecutive segments with their cleaned copy (see the module
+    /// comment for the steps): the copy takes the first segment's place and the others go. A
+    /// group that retention touched, or a partition deleted, while it was being cleaned is left
+    /// alone and the copy discarded.
+    async fn swap_in(
+        &self,
+        group: &[Planned],
+        cleaned: Cleaned,
+        stats: &mut CleanStats,
+    ) -> Result<()> {
+        let base = group.first().expect("a group is never empty").base;
+        let end = group.last().expect("a group is never empty").next_offset;
+        let cleaned_path = segment::segment_path(&self.dir, base, "cleaned");
+        let position = self.group_position(group).filter(|_| !self.retired.get());
+        let Some(position) = position else {
             let _ = std::fs::remove_file(&cleaned_path);
             return Ok(());
         };
         self.crash_if(CleanCrashPoint::CleanedWritten)?;
-        let (dir, base) = (self.dir.clone(), seg.base);
+        let dir = self.dir.clone();
+        let bases: Vec<i64> = group.iter().map(|g| g.base).collect();
+        let all = bases.clone();
         off_reactor(move || -> Result<()> {
-            for ext in ["index", "timeindex"] {
-                remove_if_present(&segment::segment_path(&dir, base, ext))?;
+            for base in all {
+                for ext in ["index", "timeindex"] {
+                    remove_if_present(&segment::segment_path(&dir, base, ext))?;
+                }
             }
             Ok(())
         })
         .await?;
         self.crash_if(CleanCrashPoint::IndexesRemoved)?;
-        let dir = self.dir.clone();
+        let mut held = Vec::new();
         if cleaned.size == 0 && position > 0 {
-            // Nothing survived: drop the segment; the one before it now reaches to its end
+            // Nothing survived: the segments go; the one before them now reaches to their end
             // (recovery names a segment's end by the next segment's base).
-            let old = off_reactor(move || -> Result<Option<std::fs::File>> {
-                let path = segment::segment_path(&dir, base, "log");
-                let old = hold_inode(&path);
-                remove_if_present(&path)?;
+            let (dir, doomed) = (self.dir.clone(), bases.clone());
+            held = off_reactor(move || -> Result<Vec<std::fs::File>> {
+                let held = remove_segments(&dir, &doomed)?;
                 remove_if_present(&cleaned_path)?;
                 sync_dir(&dir)?;
-                Ok(old)
+                Ok(held)
             })
             .await?;
             // Found again: retention may have changed the list while the files went.
-            {
+            if let Some(i) = self.group_position(group) {
                 let mut s = self.state.borrow_mut();
-                if let Some(i) = s.segments.iter().position(|x| x.base_offset == base) {
-                    let gone = s.segments.remove(i);
-                    if let Some(prev) = i.checked_sub(1).and_then(|p| s.segments.get_mut(p)) {
-                        prev.next_offset = gone.next_offset;
-                    }
+                s.segments.drain(i..i + group.len());
+                if let Some(prev) = i.checked_sub(1).and_then(|p| s.segments.get_mut(p)) {
+                    prev.next_offset = end;
                 }
             }
-            stats.segments_removed += 1;
-            self.swaps.set(self.swaps.get() + 1);
-            release(old).await;
+            stats.segments_removed += group.len();
         } else {
+            let dir = self.dir.clone();
             let old = off_reactor(move || -> Result<Option<std::fs::File>> {
                 sync_dir(&dir)?;
                 let path = segment::segment_path(&dir, base, "log");
@@ -364,40 +383,37 @@ impl PartitionLog {
                 Ok(old)
             })
             .await?;
+            held.extend(old);
             self.crash_if(CleanCrashPoint::Renamed)?;
-            let present = self
-                .state
-                .borrow()
-                .segments
-                .iter()
-                .any(|x| x.base_offset == base);
-            if !present {
-                // Retention deleted the segment while it was being swapped: do not bring its
-                // file back.
+            // The rest of the group now lives in the first segment's file. A crash before they
+            // are gone leaves them behind it; recovery drops segments that a scanned segment
+            // already covers.
+            let (dir, merged) = (self.dir.clone(), bases[1..].to_vec());
+            held.extend(
+                off_reactor(move || -> Result<Vec<std::fs::File>> {
+                    let held = remove_segments(&dir, &merged)?;
+                    sync_dir(&dir)?;
+                    Ok(held)
+                })
+                .await?,
+            );
+            let Some(i) = self.group_position(group) else {
+                // Retention deleted the segments while they were being swapped: do not bring
+                // the first one's file back.
                 let dir = self.dir.clone();
                 off_reactor(move || remove_if_present(&segment::segment_path(&dir, base, "log")))
                     .await?;
+                release(held).await;
                 return Ok(());
-            }
-            let offsets = cleaned.index.encode_offsets(seg.base);
-            let times = cleaned.index.encode_times(seg.base);
-            write_small_file(
-                &segment::segment_path(&self.dir, seg.base, "index"),
-                &offsets,
-            )
-            .await?;
-            write_small_file(
-                &segment::segment_path(&self.dir, seg.base, "timeindex"),
-                &times,
-            )
-            .await?;
-            if let Some(x) = self
-                .state
-                .borrow_mut()
-                .segments
-                .iter_mut()
-                .find(|x| x.base_offset == seg.base)
+            };
+            let offsets = cleaned.index.encode_offsets(base);
+            let times = cleaned.index.encode_times(base);
+            write_small_file(&segment::segment_path(&self.dir, base, "index"), &offsets).await?;
+            write_small_file(&segment::segment_path(&self.dir, base, "timeindex"), &times).await?;
             {
+                let mut s = self.state.borrow_mut();
+                s.segments.drain(i + 1..i + group.len());
+                let x = &mut s.segments[i];
                 x.file = cleaned.file;
                 x.size = cleaned.size;
                 x.written = cleaned.size;
@@ -405,14 +421,66 @@ impl PartitionLog {
                 x.index = cleaned.index;
                 x.max_timestamp = cleaned.max_timestamp;
                 x.max_timestamp_position = cleaned.max_timestamp_position;
+                x.next_offset = end;
                 x.clear_cache();
             }
             stats.segments_rewritten += 1;
-            self.swaps.set(self.swaps.get() + 1);
-            release(old).await;
+            stats.segments_removed += group.len() - 1;
         }
+        self.swaps.set(self.swaps.get() + 1);
+        release(held).await;
         Ok(())
     }
+
+    /// Where the group's first segment is in the log, if every segment of the group is still
+    /// there, in order, with the files the clean read.
+    fn group_position(&self, group: &[Planned]) -> Option<usize> {
+        let s = self.state.borrow();
+        let first = group.first()?;
+        let i = s
+            .segments
+            .iter()
+            .position(|x| x.base_offset == first.base)?;
+        let same = group.iter().enumerate().all(|(k, g)| {
+            s.segments.get(i + k).is_some_and(|x| {
+                x.base_offset == g.base && x.file.as_ref().is_some_and(|f| Rc::ptr_eq(f, &g.file))
+            })
+        });
+        same.then_some(i)
+    }
+}
+
+/// Kafka's grouping of segments for one clean: consecutive segments whose current sizes add up
+/// to at most `segment.bytes` (so segments that earlier cleans shrank are merged into one),
+/// within what one segment's indexes can address (u32 positions and relative offsets).
+fn group_segments(segments: &[Planned], segment_bytes: u64) -> Vec<Vec<Planned>> {
+    let bytes_max = segment_bytes.min(u64::from(u32::MAX));
+    let mut groups: Vec<Vec<Planned>> = Vec::new();
+    for seg in segments {
+        let fits = groups.last().is_some_and(|g| {
+            let size: u64 = g.iter().map(|x| x.size).sum();
+            let span = seg.next_offset - g[0].base;
+            size + seg.size <= bytes_max && span <= i64::from(u32::MAX)
+        });
+        match groups.last_mut() {
+            Some(g) if fits => g.push(seg.clone()),
+            _ => groups.push(vec![seg.clone()]),
+        }
+    }
+    groups
+}
+
+/// Deletes segments' files, holding their inodes so that [`release`] frees the blocks.
+fn remove_segments(dir: &Path, bases: &[i64]) -> Result<Vec<std::fs::File>> {
+    let mut held = Vec::new();
+    for base in bases {
+        let log = segment::segment_path(dir, *base, "log");
+        held.extend(hold_inode(&log));
+        for ext in ["log", "index", "timeindex"] {
+            remove_if_present(&segment::segment_path(dir, *base, ext))?;
+        }
+    }
+    Ok(held)
 }
 
 /// Reads a sealed segment batch by batch through one window, checking each batch's CRC.
@@ -588,13 +656,16 @@ pub(super) fn hold_inode(path: &Path) -> Option<std::fs::File> {
 /// milliseconds of journal work the reactor would otherwise spend when the old `DmaFile` is
 /// dropped. Reads still holding the old file see it shrink, but every such read was planned
 /// before the swap counter moved and starts over.
-async fn release(old: Option<std::fs::File>) {
-    if let Some(file) = old {
-        off_reactor(move || {
-            let _ = file.set_len(0);
-        })
-        .await;
+async fn release(held: Vec<std::fs::File>) {
+    if held.is_empty() {
+        return;
     }
+    off_reactor(move || {
+        for file in held {
+            let _ = file.set_len(0);
+        }
+    })
+    .await;
 }
 
 /// Runs a blocking file-system call (rename, unlink, directory fsync) on glommio's blocking
