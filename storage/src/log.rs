@@ -265,6 +265,7 @@ impl PartitionLog {
             },
             producers,
         };
+        let checkpoint = cleaner::read_checkpoint(dir);
         let log = Rc::new(PartitionLog {
             topic: topic.to_string(),
             partition,
@@ -277,8 +278,8 @@ impl PartitionLog {
             high_watermark_changed: Notify::new(),
             flushed: Notify::new(),
             cache_bytes_max: Cell::new(limits::batch_cache_bytes_per_partition_max as u64),
-            first_dirty: Cell::new(cleaner::read_checkpoint(dir).unwrap_or(log_start)),
-            tombstone_horizon_ms: Cell::new(None),
+            first_dirty: Cell::new(checkpoint.map_or(log_start, |(offset, _)| offset)),
+            tombstone_horizon_ms: Cell::new(checkpoint.and_then(|(_, horizon)| horizon)),
             cleaning: Cell::new(false),
             swaps: Cell::new(0),
             clean_crash: Cell::new(None),

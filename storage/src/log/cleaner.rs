@@ -46,7 +46,7 @@ use sluice_core::limits;
 const CHECKPOINT_FILE: &str = "cleaner-offset-checkpoint";
 const CHECKPOINT_MAGIC: &[u8; 4] = b"SLCC";
 const CHECKPOINT_VERSION: u8 = 1;
-const CHECKPOINT_BYTES: usize = 4 + 1 + 8 + 4;
+const CHECKPOINT_BYTES: usize = 4 + 1 + 8 + 8 + 4;
 
 /// What one clean may use.
 #[derive(Debug, Clone, Copy)]
@@ -259,7 +259,7 @@ impl PartitionLog {
         }
         self.first_dirty.set(map_end);
         self.tombstone_horizon_ms.set(horizon);
-        write_checkpoint(&self.dir, map_end).await?;
+        write_checkpoint(&self.dir, map_end, horizon).await?;
         stats.cleaned_to = map_end;
         Ok(Some(stats))
     }
@@ -744,10 +744,11 @@ pub(super) fn remove_unfinished(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The cleaner checkpoint: magic `SLCC`, version 1, the first uncleaned offset (i64), and a
+/// The cleaner checkpoint: magic `SLCC`, version 1, the first uncleaned offset (i64), the
+/// earliest delete horizon of the tombstones the last clean kept (i64, -1 for none), and a
 /// CRC-32C of the bytes before it (all big-endian). None when absent or damaged: the whole log
 /// then counts as dirty, which costs one extra clean and loses nothing.
-pub(super) fn read_checkpoint(dir: &Path) -> Option<i64> {
+pub(super) fn read_checkpoint(dir: &Path) -> Option<(i64, Option<i64>)> {
     let bytes = std::fs::read(dir.join(CHECKPOINT_FILE)).ok()?;
     let bytes: &[u8; CHECKPOINT_BYTES] = bytes.as_slice().try_into().ok()?;
     let (body, crc) = bytes.split_at(CHECKPOINT_BYTES - 4);
@@ -757,14 +758,17 @@ pub(super) fn read_checkpoint(dir: &Path) -> Option<i64> {
     {
         return None;
     }
-    Some(i64::from_be_bytes(body[5..13].try_into().ok()?))
+    let offset = i64::from_be_bytes(body[5..13].try_into().ok()?);
+    let horizon = i64::from_be_bytes(body[13..21].try_into().ok()?);
+    Some((offset, (horizon >= 0).then_some(horizon)))
 }
 
-async fn write_checkpoint(dir: &Path, offset: i64) -> Result<()> {
+async fn write_checkpoint(dir: &Path, offset: i64, horizon_ms: Option<i64>) -> Result<()> {
     let mut bytes = Vec::with_capacity(CHECKPOINT_BYTES);
     bytes.extend_from_slice(CHECKPOINT_MAGIC);
     bytes.push(CHECKPOINT_VERSION);
     bytes.extend_from_slice(&offset.to_be_bytes());
+    bytes.extend_from_slice(&horizon_ms.unwrap_or(-1).to_be_bytes());
     let crc = crc32c::crc32c(&bytes);
     bytes.extend_from_slice(&crc.to_be_bytes());
     write_small_file(&dir.join(CHECKPOINT_FILE), &bytes).await
