@@ -1057,11 +1057,20 @@ pub async fn session_loop(shard: Rc<Shard>) {
     while !shard.stopping.get() {
         glommio::timer::sleep(Duration::from_millis(500)).await;
         expire_sessions(&shard, settings);
-        for (group, records) in crate::consumer_groups::expire_sessions(&shard) {
-            if let Err(e) = crate::offsets::write_records(&shard, &group, records).await {
-                eprintln!("sluice: storing consumer group {group}: {e}");
+        // Every group's records are appended before any is waited on (each write appends when
+        // first polled): a heartbeat answered meanwhile appends its records after these, in
+        // the order the changes happened.
+        let expired = crate::consumer_groups::expire_sessions(&shard);
+        let writes = expired.into_iter().map(|(group, records)| {
+            let shard = &shard;
+            async move {
+                let written = crate::offsets::write_records(shard, &group, records).await;
+                if let Err(e) = written {
+                    eprintln!("sluice: storing consumer group {group}: {e}");
+                }
             }
-        }
+        });
+        futures::future::join_all(writes).await;
     }
 }
 

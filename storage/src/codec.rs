@@ -54,7 +54,7 @@ pub fn decompress(codec: i16, data: &[u8], limit: usize) -> Result<Vec<u8>, Code
             }
             Ok(data.to_vec())
         }
-        GZIP => read_bounded(flate2::read::GzDecoder::new(data), limit),
+        GZIP => read_bounded(flate2::read::MultiGzDecoder::new(data), limit),
         SNAPPY => snappy_decompress(data, limit),
         LZ4 => read_bounded(lz4::Decoder::new(data).map_err(corrupt)?, limit),
         ZSTD => read_bounded(

@@ -39,9 +39,16 @@ pub struct RecordView<'a> {
     after_timestamp: &'a [u8],
 }
 
-/// Parses exactly `count` records filling `section`; None when they do not.
-pub fn parse_records(section: &[u8], count: i32) -> Option<Vec<RecordView<'_>>> {
+/// Parses exactly `count` records filling `section`, their offset deltas growing within
+/// `0..=last_offset_delta`; None when they do not. (A delta is the producer's: one out of range
+/// would give a record an offset it does not have, and the cleaner would keep or drop by it.)
+pub fn parse_records(
+    section: &[u8],
+    count: i32,
+    last_offset_delta: i32,
+) -> Option<Vec<RecordView<'_>>> {
     let mut rest = section;
+    let mut previous = -1i64;
     let mut out = Vec::with_capacity(count.clamp(0, 4096) as usize);
     for _ in 0..count {
         let len = usize::try_from(get_varint(&mut rest)?).ok()?;
@@ -51,6 +58,10 @@ pub fn parse_records(section: &[u8], count: i32) -> Option<Vec<RecordView<'_>>> 
         let timestamp_delta = get_varint(&mut fields)?;
         let after_timestamp = fields;
         let offset_delta = get_varint(&mut fields)?;
+        if offset_delta <= previous || offset_delta > i64::from(last_offset_delta) {
+            return None;
+        }
+        previous = offset_delta;
         let key = get_bytes(&mut fields)?;
         let has_value = get_bytes(&mut fields)?.is_some();
         out.push(RecordView {
@@ -86,7 +97,16 @@ fn records_section(batch: &[u8], header: &BatchHeader) -> Result<Vec<u8>, &'stat
 pub fn check_keys(batch: &[u8]) -> Result<(), &'static str> {
     let header = BatchHeader::parse(batch).ok_or("record batch is truncated")?;
     let section = records_section(batch, &header)?;
-    let records = parse_records(&section, header.records_count).ok_or("records do not parse")?;
+    let records = parse_records(&section, header.records_count, header.last_offset_delta)
+        .ok_or("records do not parse")?;
+    // As Kafka validates a produced batch: the records' offset deltas are 0, 1, 2, ...
+    if records
+        .iter()
+        .enumerate()
+        .any(|(i, r)| r.offset_delta != i as i64)
+    {
+        return Err("record offset deltas are not consecutive from 0");
+    }
     if records.iter().any(|r| r.key.is_none()) {
         return Err("Compacted topic cannot accept message without key");
     }
@@ -156,7 +176,8 @@ pub fn add_keys(map: &mut KeyMap, batch: &[u8]) -> bool {
     let Ok(section) = records_section(batch, &header) else {
         return true;
     };
-    let Some(records) = parse_records(&section, header.records_count) else {
+    let Some(records) = parse_records(&section, header.records_count, header.last_offset_delta)
+    else {
         return true;
     };
     for r in &records {
@@ -217,7 +238,8 @@ pub fn filter_batch(
     let Ok(section) = records_section(batch, &header) else {
         return FilterOutcome::keep();
     };
-    let Some(records) = parse_records(&section, header.records_count) else {
+    let Some(records) = parse_records(&section, header.records_count, header.last_offset_delta)
+    else {
         return FilterOutcome::keep();
     };
     let stamped = (header.attributes & DELETE_HORIZON_BIT != 0).then_some(header.base_timestamp);
@@ -390,7 +412,7 @@ mod tests {
         assert_eq!(h.base_timestamp, 6_000);
         assert_eq!(h.max_timestamp, 1_000, "record timestamps do not change");
         let section = &stamped[HEADER_BYTES..];
-        let r = parse_records(section, 1).expect("parses");
+        let r = parse_records(section, 1, 0).expect("parses");
         assert_eq!(h.base_timestamp + r[0].timestamp_delta, 1_000);
         // Before the horizon: kept unchanged. After: gone.
         let again = filter_batch(&stamped, &map, 21, 5_999, 1_000);
@@ -424,7 +446,7 @@ mod tests {
             assert_eq!((h.last_offset(), h.records_count), (49, 10));
             let section =
                 codec::decompress(codec_id, &bytes[HEADER_BYTES..], 1 << 20).expect("inflates");
-            let left = parse_records(&section, 10).expect("parses");
+            let left = parse_records(&section, 10, 49).expect("parses");
             let offsets: Vec<i64> = left.iter().map(|r| r.offset_delta).collect();
             assert_eq!(offsets, (40..50).collect::<Vec<i64>>());
         }
@@ -446,5 +468,15 @@ mod tests {
             let _ = check_keys(&keyed[..cut]); // never panics
             let _ = filter_batch(&keyed[..cut], &map, 10, 0, 0);
         }
+        // A record claiming an offset delta past the batch's end is neither trusted by the
+        // key map nor accepted at produce.
+        let mut bogus = batch_at(0, &[(Some(b"k"), Some(b"v"))]);
+        let delta_at = HEADER_BYTES + 1 + 1 + 1; // length, attributes, timestamp delta
+        bogus[delta_at] = 0x7e; // zigzag 63
+        batch::reseal_crc(&mut bogus);
+        assert!(check_keys(&bogus).is_err());
+        let mut fresh = KeyMap::new(1 << 20);
+        assert!(add_keys(&mut fresh, &bogus));
+        assert!(fresh.is_empty(), "nothing from an unreadable batch");
     }
 }

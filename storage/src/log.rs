@@ -200,6 +200,8 @@ pub struct PartitionLog {
     cleaning: Cell<bool>,
     swaps: Cell<u64>,
     clean_crash: Cell<Option<CleanCrashPoint>>,
+    /// A clean failed: the cleaner leaves the log alone until the next start.
+    uncleanable: Cell<bool>,
 }
 
 mod cleaner;
@@ -283,6 +285,7 @@ impl PartitionLog {
             cleaning: Cell::new(false),
             swaps: Cell::new(0),
             clean_crash: Cell::new(None),
+            uncleanable: Cell::new(false),
         });
         log.write_pending_snapshots().await?;
         Ok(log)
@@ -767,7 +770,8 @@ impl PartitionLog {
     /// partition of the same name).
     pub async fn retire(&self) {
         self.retired.set(true);
-        while self.flushing.get() {
+        // A clean in progress sees `retired` at its next batch and stops.
+        while self.flushing.get() || self.cleaning.get() {
             glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
@@ -948,9 +952,14 @@ impl PartitionLog {
             .saturating_add(interval)
             .saturating_add(batch::HEADER_BYTES as u64)
             .max(64 * 1024);
+        let swaps = self.swaps.get();
         loop {
             let to = from.saturating_add(window_len).min(plan.size);
             let window = self.read_segment(plan.base_offset, from, to).await?;
+            if self.swaps.get() != swaps {
+                // The segment was replaced under the plan: `read` starts over.
+                return Ok(Bytes::new());
+            }
             let mut at = 0usize;
             let mut first: Option<usize> = None;
             let mut end = 0usize;
@@ -987,6 +996,10 @@ impl PartitionLog {
                 .get(at..)
                 .and_then(BatchHeader::parse)
                 .map(|h| h.total_bytes());
+            if cut.is_none_or(|c| from + at as u64 + c as u64 > plan.size) {
+                // A header promising more than the segment holds: nothing more to read here.
+                return Ok(Bytes::new());
+            }
             from += at as u64;
             window_len = window_len.max(cut.unwrap_or(0) as u64);
             if !min_one && cut.is_some_and(|c| c > max_bytes) {
@@ -1106,7 +1119,8 @@ impl PartitionLog {
     /// is never deleted. Returns the number of segments deleted.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
         let config = self.config();
-        if !config.delete {
+        // A log being cleaned is left for the next round: segments never change under a swap.
+        if !config.delete || self.cleaning.get() {
             return Ok(0);
         }
         let doomed: Vec<Segment> = {
@@ -1300,7 +1314,7 @@ async fn recover_producers(
                     continue;
                 };
                 let mut headers = Vec::new();
-                segment::scan(file, seg.base_offset, u32::MAX, &mut |h| {
+                segment::scan(file, seg.base_offset, u32::MAX, false, &mut |h| {
                     if h.producer_id != NO_PRODUCER_ID {
                         headers.push(*h);
                     }
@@ -1369,6 +1383,18 @@ fn drop_merged_leftovers(segments: &mut Vec<Segment>) -> Result<()> {
     let mut i = 0;
     while i + 1 < segments.len() {
         if segments[i].next_offset > segments[i + 1].base_offset {
+            // A leftover had its index files removed before the merge's rename (so it was
+            // rescanned: not sealed) and is never the last segment (the active one is never
+            // cleaned). Anything else that overlaps is damage, not a merge.
+            let leftover = !segments[i + 1].sealed && i + 2 < segments.len();
+            if !leftover {
+                return Err(StorageError::Corrupt(format!(
+                    "segment {} holds offsets up to {}, past the next segment's base {}",
+                    segments[i].base_offset,
+                    segments[i].next_offset,
+                    segments[i + 1].base_offset
+                )));
+            }
             let leftover = segments.remove(i + 1);
             for ext in ["log", "index", "timeindex"] {
                 cleaner::remove_if_present(&leftover.path(ext))?;
@@ -1412,7 +1438,7 @@ async fn scan_into(
     };
     let base = seg.base_offset;
     let mut headers = Vec::new();
-    let scanned = segment::scan(&file, base, interval, &mut |h| {
+    let scanned = segment::scan(&file, base, interval, last, &mut |h| {
         if h.producer_id != NO_PRODUCER_ID {
             headers.push(*h);
         }

@@ -317,14 +317,15 @@ pub struct ScanResult {
     pub garbage_after: bool,
 }
 
-/// Walks every batch of `file` from position 0, checking header sanity, that offsets grow, and
-/// CRC, and stops at the first batch that fails: that is where a torn or corrupt tail begins.
+/// Walks every batch of `file` from position 0, checking header sanity, that offsets follow
+/// (`contiguous`) or at least grow, and CRC, and stops at the first batch that fails: that is where a torn or corrupt tail begins.
 ///
 /// `on_batch` sees the header of every valid batch, with its offset, in log order.
 pub async fn scan(
     file: &DmaFile,
     base_offset: i64,
     interval: u32,
+    contiguous: bool,
     on_batch: &mut dyn FnMut(&BatchHeader),
 ) -> Result<ScanResult> {
     let file_size = file.file_size().await?;
@@ -358,8 +359,16 @@ pub async fn scan(
         let total = header.total_bytes() as u64;
         let sane = header.magic == 2
             && header.batch_length >= (HEADER_BYTES - batch::LOG_OVERHEAD) as i32
-            // Offsets only grow; compaction leaves gaps between batches.
-            && header.base_offset >= result.next_offset
+            // Offsets only grow; compaction leaves gaps between batches, but never in the last
+            // segment (`contiguous`), whose continuity catches a damaged base offset (the CRC
+            // does not cover it).
+            && (header.base_offset == result.next_offset
+                || (!contiguous && header.base_offset > result.next_offset))
+            && header.base_offset - base_offset <= i64::from(u32::MAX)
+            && header
+                .base_offset
+                .checked_add(i64::from(header.last_offset_delta) + 1)
+                .is_some()
             && pos + total <= file_size;
         if !sane {
             result.garbage_after = window[at..].iter().take(HEADER_BYTES).any(|b| *b != 0);

@@ -107,7 +107,7 @@ impl PartitionLog {
     /// horizon has passed. None when not due.
     pub fn cleaning_due(&self, now_ms: i64) -> Option<u32> {
         let config = self.config();
-        if !config.compact || self.retired.get() {
+        if !config.compact || self.retired.get() || self.uncleanable.get() {
             return None;
         }
         let segments = self.cleanable_segments(now_ms, config.min_compaction_lag_ms);
@@ -160,9 +160,17 @@ impl PartitionLog {
     fn cleanable_segments(&self, now_ms: i64, min_lag_ms: i64) -> Vec<Planned> {
         let s = self.state.borrow();
         let mut out = Vec::new();
-        for seg in s.segments.iter().take(s.segments.len().saturating_sub(1)) {
+        for (i, seg) in s
+            .segments
+            .iter()
+            .enumerate()
+            .take(s.segments.len().saturating_sub(1))
+        {
             let young = min_lag_ms > 0 && now_ms.saturating_sub(seg.max_timestamp) < min_lag_ms;
-            if !seg.sealed || seg.next_offset > s.high_watermark || young {
+            // The segment after it must have its file: the last segment file on disk is then
+            // never a cleaned one, and recovery may require contiguous offsets in it.
+            let successor_on_disk = s.segments.get(i + 1).is_some_and(|n| n.file.is_some());
+            if !seg.sealed || seg.next_offset > s.high_watermark || young || !successor_on_disk {
                 break;
             }
             let Some(file) = seg.file.clone() else {
@@ -189,6 +197,11 @@ impl PartitionLog {
         }
         let result = self.clean_inner(now_ms, budget, &config).await;
         self.cleaning.set(false);
+        if result.is_err() {
+            // As Kafka marks a log uncleanable: it is not picked again until the broker
+            // restarts, so that one damaged log cannot keep the cleaner from the others.
+            self.uncleanable.set(true);
+        }
         result
     }
 
@@ -257,6 +270,9 @@ impl PartitionLog {
                 self.swap_in(&group, cleaned, &mut stats).await?;
             }
         }
+        if self.retired.get() {
+            return Ok(None);
+        }
         self.first_dirty.set(map_end);
         self.tombstone_horizon_ms.set(horizon);
         write_checkpoint(&self.dir, map_end, horizon).await?;
@@ -309,6 +325,10 @@ impl PartitionLog {
                     }
                 }
                 pace.breathe().await;
+                if self.retired.get() {
+                    out.abandon(&path).await;
+                    return Ok(None);
+                }
             }
         }
         if !changed {
@@ -334,7 +354,7 @@ impl PartitionLog {
         let cleaned_path = segment::segment_path(&self.dir, base, "cleaned");
         let position = self.group_position(group).filter(|_| !self.retired.get());
         let Some(position) = position else {
-            let _ = std::fs::remove_file(&cleaned_path);
+            off_reactor(move || remove_if_present(&cleaned_path)).await?;
             return Ok(());
         };
         self.crash_if(CleanCrashPoint::CleanedWritten)?;
@@ -351,6 +371,9 @@ impl PartitionLog {
         })
         .await?;
         self.crash_if(CleanCrashPoint::IndexesRemoved)?;
+        if self.retired.get() {
+            return Ok(());
+        }
         let mut held = Vec::new();
         if cleaned.size == 0 && position > 0 {
             // Nothing survived: the segments go; the one before them now reaches to their end
@@ -363,12 +386,13 @@ impl PartitionLog {
                 Ok(held)
             })
             .await?;
-            // Found again: retention may have changed the list while the files went.
+            // Found again after the await, and changed without one in between.
             if let Some(i) = self.group_position(group) {
                 let mut s = self.state.borrow_mut();
                 s.segments.drain(i..i + group.len());
-                if let Some(prev) = i.checked_sub(1).and_then(|p| s.segments.get_mut(p)) {
-                    prev.next_offset = end;
+                match i.checked_sub(1).and_then(|p| s.segments.get_mut(p)) {
+                    Some(prev) => prev.next_offset = end,
+                    None => s.log_start = s.log_start.max(end),
                 }
             }
             stats.segments_removed += group.len();
@@ -397,19 +421,17 @@ impl PartitionLog {
                 })
                 .await?,
             );
-            let Some(i) = self.group_position(group) else {
-                // Retention deleted the segments while they were being swapped: do not bring
-                // the first one's file back.
-                let dir = self.dir.clone();
-                off_reactor(move || remove_if_present(&segment::segment_path(&dir, base, "log")))
-                    .await?;
-                release(held).await;
-                return Ok(());
-            };
             let offsets = cleaned.index.encode_offsets(base);
             let times = cleaned.index.encode_times(base);
             write_small_file(&segment::segment_path(&self.dir, base, "index"), &offsets).await?;
             write_small_file(&segment::segment_path(&self.dir, base, "timeindex"), &times).await?;
+            // Looked up again after the awaits, and changed without one in between. Retention
+            // leaves a log alone while it is being cleaned, so only a deletion of the partition
+            // can have taken the segments away.
+            let Some(i) = self.group_position(group) else {
+                release(held).await;
+                return Ok(());
+            };
             {
                 let mut s = self.state.borrow_mut();
                 s.segments.drain(i + 1..i + group.len());
@@ -638,9 +660,18 @@ impl CleanedWriter {
         })
     }
 
+    /// Drops an unneeded copy; its blocks are freed off the reactor.
     async fn abandon(self, path: &Path) {
         let _ = self.file.close().await;
-        let _ = std::fs::remove_file(path);
+        let path = path.to_path_buf();
+        let _ = off_reactor(move || {
+            let held = hold_inode(&path);
+            let _ = remove_if_present(&path);
+            if let Some(file) = held {
+                let _ = file.set_len(0);
+            }
+        })
+        .await;
     }
 }
 
@@ -696,7 +727,8 @@ impl Pace {
         Pace {
             started: Instant::now(),
             bytes: 0,
-            bytes_per_second,
+            // At least a byte a second: a tinier rate would overflow the sleep's duration.
+            bytes_per_second: bytes_per_second.max(1.0),
             slice_started: Instant::now(),
         }
     }
