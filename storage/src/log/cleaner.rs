@@ -607,6 +607,13 @@ impl CleanedWriter {
 
     async fn push(&mut self, bytes: &[u8], pace: &mut Pace, stats: &mut CleanStats) -> Result<()> {
         let header = BatchHeader::parse(bytes).expect("the reader yields whole batches");
+        // Index positions and relative offsets are u32. Groups are sized within that, but a
+        // rewrite can grow batches a little (re-encoded timestamps, recompression).
+        if self.size + bytes.len() as u64 > u64::from(u32::MAX) {
+            return Err(StorageError::Corrupt(
+                "a cleaned segment would pass 4 GiB; the clean is abandoned".into(),
+            ));
+        }
         let relative = (header.base_offset - self.base) as u32;
         self.index.on_append(
             relative,
