@@ -38,9 +38,13 @@ pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: MetadataRe
         Some(list) if list.is_empty() && ctx.api_version == 0 => None,
         Some(list) => Some(
             list.into_iter()
+                // A lookup by topic id (v10+) leaves the name null, or empty as the Java client
+                // sends it.
                 .map(|t| match t.name {
-                    Some(name) => Wanted::Name(name.0.to_string()),
-                    None => Wanted::Id(t.topic_id),
+                    Some(name) if !name.is_empty() || t.topic_id.is_nil() => {
+                        Wanted::Name(name.0.to_string())
+                    }
+                    _ => Wanted::Id(t.topic_id),
                 })
                 .collect(),
         ),
