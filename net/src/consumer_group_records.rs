@@ -35,6 +35,7 @@ pub struct MemberMetadata {
     pub instance_id: Option<String>,
     pub client_id: String,
     pub subscribed: Vec<String>,
+    pub subscribed_regex: Option<String>,
     pub rebalance_timeout_ms: i32,
     pub server_assignor: Option<String>,
 }
@@ -74,6 +75,7 @@ pub fn snapshot(g: &Group) -> Persisted {
                 instance_id: m.instance_id.clone(),
                 client_id: m.client_id.clone(),
                 subscribed: m.subscribed.clone(),
+                subscribed_regex: m.subscribed_regex.clone(),
                 rebalance_timeout_ms: m.rebalance_timeout.as_millis().min(i32::MAX as u128) as i32,
                 server_assignor: g.assignor.clone(),
             },
@@ -270,7 +272,7 @@ fn encode_metadata(m: &MemberMetadata) -> Vec<u8> {
     for t in &m.subscribed {
         put_compact(&mut b, t);
     }
-    put_nullable(&mut b, None); // subscribed topic regex
+    put_nullable(&mut b, m.subscribed_regex.as_deref());
     b.put_i32(m.rebalance_timeout_ms);
     put_nullable(&mut b, m.server_assignor.as_deref());
     b.put_u8(0);
@@ -287,13 +289,14 @@ fn decode_metadata(mut b: &[u8]) -> Option<MemberMetadata> {
     for _ in 0..n {
         subscribed.push(get_nullable(&mut b)??);
     }
-    get_nullable(&mut b)?; // regex
+    let subscribed_regex = get_nullable(&mut b)?;
     let rebalance_timeout_ms = get_i32(&mut b)?;
     let server_assignor = get_nullable(&mut b)?;
     Some(MemberMetadata {
         instance_id,
         client_id,
         subscribed,
+        subscribed_regex,
         rebalance_timeout_ms,
         server_assignor,
     })
@@ -445,6 +448,7 @@ mod tests {
                     instance_id: (id == "b").then(|| "static-b".into()),
                     client_id: format!("client-{id}"),
                     subscribed: vec!["orders".into(), "refunds".into()],
+                    subscribed_regex: (id == "a").then(|| "orders-.*".into()),
                     rebalance_timeout_ms: 30_000,
                     server_assignor: Some("range".into()),
                 },

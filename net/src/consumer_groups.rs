@@ -16,7 +16,10 @@
 //! (`consumer_group_records`) before the heartbeat is answered, and groups are rebuilt from those
 //! records at start: after a restart members carry on at their epochs with their assignments.
 //!
-//! Not here yet: server-side regular-expression subscriptions (v1 `SubscribedTopicRegex`).
+//! A member may subscribe by regular expression (v1 `SubscribedTopicRegex`, what the Java
+//! client's `subscribe(SubscriptionPattern)` sends): RE2 syntax, matched against whole topic
+//! names, internal topics excluded. It is resolved again at every heartbeat of the group, so a
+//! topic created later that matches joins the subscription (the group epoch moves).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -41,6 +44,10 @@ pub struct Member {
     pub instance_id: Option<String>,
     pub client_id: String,
     pub subscribed: Vec<String>,
+    /// The member's regular-expression subscription, if any.
+    pub subscribed_regex: Option<String>,
+    /// The topics its regex matched at the last resolution (not stored: resolved at start).
+    pub regex_topics: BTreeSet<String>,
     /// What the member has been given (it owns these once it has acknowledged them).
     pub assigned: BTreeSet<Tp>,
     /// Partitions it was asked to give up and has not yet reported as gone.
@@ -67,6 +74,50 @@ pub struct Group {
 
 pub type Groups = HashMap<String, Rc<RefCell<Group>>>;
 
+impl Member {
+    /// Whether the member subscribes to `topic`, by name or by regex.
+    pub fn subscribes(&self, topic: &str) -> bool {
+        self.subscribed.iter().any(|t| t == topic) || self.regex_topics.contains(topic)
+    }
+}
+
+/// A subscription regex as Kafka applies it (RE2 syntax, the whole topic name must match).
+pub fn compile_regex(regex: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(&format!("^(?:{regex})$"))
+        .size_limit(1 << 20)
+        .build()
+}
+
+/// Resolves the members' regexes against the topics that exist now; true if any member's
+/// topics changed (the group epoch must then move).
+pub fn resolve_regexes(shard: &Shard, g: &mut Group) -> bool {
+    if g.members
+        .values()
+        .all(|m| m.subscribed_regex.is_none() && m.regex_topics.is_empty())
+    {
+        return false;
+    }
+    let names: Vec<String> = shard
+        .topics
+        .borrow()
+        .keys()
+        .filter(|t| !t.starts_with("__"))
+        .cloned()
+        .collect();
+    let mut changed = false;
+    for m in g.members.values_mut() {
+        let matched: BTreeSet<String> = match m.subscribed_regex.as_deref().map(compile_regex) {
+            Some(Ok(re)) => names.iter().filter(|t| re.is_match(t)).cloned().collect(),
+            _ => BTreeSet::new(),
+        };
+        if matched != m.regex_topics {
+            m.regex_topics = matched;
+            changed = true;
+        }
+    }
+    changed
+}
+
 #[derive(Debug)]
 pub struct Heartbeat {
     pub group: String,
@@ -75,6 +126,8 @@ pub struct Heartbeat {
     pub instance_id: Option<String>,
     pub client_id: String,
     pub subscribed: Option<Vec<String>>,
+    /// None: unchanged; an empty string: no regex any more.
+    pub subscribed_regex: Option<String>,
     pub owned: Option<BTreeSet<Tp>>,
     pub rebalance_timeout_ms: i32,
     pub server_assignor: Option<String>,
@@ -111,7 +164,7 @@ fn subscribed_partitions(
     let topics = shard.topics.borrow();
     let mut out = BTreeMap::new();
     for m in members.values() {
-        for t in &m.subscribed {
+        for t in m.subscribed.iter().chain(m.regex_topics.iter()) {
             if out.contains_key(t) {
                 continue;
             }
@@ -142,7 +195,7 @@ fn assign_range(
     for (topic, tps) in partitions {
         let eligible: Vec<&String> = members
             .values()
-            .filter(|m| m.subscribed.contains(topic))
+            .filter(|m| m.subscribes(topic))
             .map(|m| &m.id)
             .collect();
         if eligible.is_empty() {
@@ -170,10 +223,7 @@ fn assign(
 ) -> HashMap<String, BTreeSet<Tp>> {
     let mut target = empty_target(members);
     for (topic, tps) in partitions {
-        let eligible: Vec<&Member> = members
-            .values()
-            .filter(|m| m.subscribed.contains(topic))
-            .collect();
+        let eligible: Vec<&Member> = members.values().filter(|m| m.subscribes(topic)).collect();
         if eligible.is_empty() {
             continue;
         }
@@ -281,13 +331,15 @@ fn heartbeat_inner(shard: &Rc<Shard>, req: Heartbeat) -> Answer {
             };
         }
         0 => {
-            let Some(subscribed) = req.subscribed.clone() else {
+            let regex = req.subscribed_regex.clone().filter(|r| !r.is_empty());
+            if req.subscribed.is_none() && regex.is_none() {
                 return error(
                     ResponseError::InvalidRequest,
                     "a joining member must subscribe",
                     &req.member_id,
                 );
-            };
+            }
+            let subscribed = req.subscribed.clone().unwrap_or_default();
             let id = if req.member_id.is_empty() {
                 Uuid::new_v4().to_string()
             } else {
@@ -302,6 +354,8 @@ fn heartbeat_inner(shard: &Rc<Shard>, req: Heartbeat) -> Answer {
                     instance_id: req.instance_id.clone(),
                     client_id: req.client_id.clone(),
                     subscribed,
+                    subscribed_regex: regex,
+                    regex_topics: BTreeSet::new(),
                     assigned: BTreeSet::new(),
                     revoking: BTreeSet::new(),
                     last_sent: None,
@@ -340,6 +394,13 @@ fn heartbeat_inner(shard: &Rc<Shard>, req: Heartbeat) -> Answer {
                     changed = true;
                 }
             }
+            if let Some(regex) = &req.subscribed_regex {
+                let regex = (!regex.is_empty()).then(|| regex.clone());
+                if regex != m.subscribed_regex {
+                    m.subscribed_regex = regex;
+                    changed = true;
+                }
+            }
             if let Some(owned) = &req.owned {
                 m.revoking.retain(|tp| owned.contains(tp));
             }
@@ -349,6 +410,9 @@ fn heartbeat_inner(shard: &Rc<Shard>, req: Heartbeat) -> Answer {
             req.member_id.clone()
         }
     };
+    if resolve_regexes(shard, &mut g) {
+        bump(&mut g);
+    }
     if g.epoch > g.target_epoch {
         let partitions = subscribed_partitions(shard, &g.members);
         g.target = match g.assignor.as_deref() {
@@ -430,6 +494,7 @@ pub struct DescribedMember {
     pub epoch: i32,
     pub client_id: String,
     pub subscribed: Vec<String>,
+    pub subscribed_regex: Option<String>,
     pub assigned: ByTopic,
     pub target: ByTopic,
 }
@@ -476,6 +541,7 @@ pub fn describe(shard: &Shard, group: &str) -> Option<Described> {
                 epoch: m.epoch,
                 client_id: m.client_id.clone(),
                 subscribed: m.subscribed.clone(),
+                subscribed_regex: m.subscribed_regex.clone(),
                 assigned: by_topic(shard, &m.assigned),
                 target: by_topic(shard, g.target.get(&m.id).unwrap_or(&BTreeSet::new())),
             })
@@ -561,6 +627,8 @@ pub fn restore(shard: &Shard, loaded: HashMap<String, Persisted>) {
                     instance_id: meta.instance_id,
                     client_id: meta.client_id,
                     subscribed: meta.subscribed,
+                    subscribed_regex: meta.subscribed_regex,
+                    regex_topics: BTreeSet::new(),
                     assigned: current.assigned,
                     revoking_since: (!current.revoking.is_empty()).then_some(now),
                     revoking: current.revoking,
@@ -573,6 +641,9 @@ pub fn restore(shard: &Shard, loaded: HashMap<String, Persisted>) {
                 },
             );
         }
+        // What the regexes matched when the group was stored is what they match now, unless
+        // topics changed meanwhile (then the next heartbeat moves the epoch, as it would have).
+        resolve_regexes(shard, &mut g);
         groups.insert(id, Rc::new(RefCell::new(g)));
     }
 }
@@ -589,6 +660,8 @@ mod tests {
             instance_id: None,
             client_id: String::new(),
             subscribed: topics.iter().map(|t| t.to_string()).collect(),
+            subscribed_regex: None,
+            regex_topics: BTreeSet::new(),
             assigned: assigned.iter().copied().collect(),
             revoking: BTreeSet::new(),
             last_sent: None,

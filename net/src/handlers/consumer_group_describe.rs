@@ -68,6 +68,9 @@ pub async fn handle(
                                         .map(|t| TopicName(str_bytes(t)))
                                         .collect(),
                                 )
+                                .with_subscribed_topic_regex(
+                                    m.subscribed_regex.as_deref().map(str_bytes),
+                                )
                                 .with_assignment(topics(m.assigned))
                                 .with_target_assignment(topics(m.target))
                                 .with_member_type(1)

@@ -29,14 +29,15 @@ pub async fn handle(
     request: ConsumerGroupHeartbeatRequest,
 ) -> Outcome {
     let group = request.group_id.0.to_string();
-    if request.subscribed_topic_regex.is_some() {
-        let response = ConsumerGroupHeartbeatResponse::default()
-            .with_error_code(ResponseError::InvalidRequest.code())
-            .with_error_message(Some(str_bytes(
-                "regular-expression subscriptions are not supported yet",
-            )))
-            .with_member_epoch(-1);
-        return encode_response(ctx, &response);
+    let regex = request.subscribed_topic_regex.map(|r| r.to_string());
+    if let Some(re) = regex.as_deref().filter(|r| !r.is_empty()) {
+        if let Err(e) = crate::consumer_groups::compile_regex(re) {
+            let response = ConsumerGroupHeartbeatResponse::default()
+                .with_error_code(ResponseError::InvalidRegularExpression.code())
+                .with_error_message(Some(str_bytes(&format!("invalid regex {re:?}: {e}"))))
+                .with_member_epoch(-1);
+            return encode_response(ctx, &response);
+        }
     }
     let call = GroupCall::ConsumerHeartbeat(Heartbeat {
         group: group.clone(),
@@ -47,6 +48,7 @@ pub async fn handle(
         subscribed: request
             .subscribed_topic_names
             .map(|names| names.into_iter().map(|n| n.0.to_string()).collect()),
+        subscribed_regex: regex,
         rebalance_timeout_ms: request.rebalance_timeout_ms,
         server_assignor: request.server_assignor.map(|a| a.to_string()),
         owned: request.topic_partitions.map(|tps| {

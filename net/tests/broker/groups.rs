@@ -882,6 +882,75 @@ mod kip848 {
         assert_eq!(partitions(&b3), vec![0, 1, 2, 3]);
     }
 
+    /// A regular-expression subscription (what the Java client's `subscribe(SubscriptionPattern)`
+    /// sends): the member gets the partitions of every topic whose whole name matches, a topic
+    /// created later that matches is added at the next heartbeat, internal topics never match,
+    /// and an invalid regex gets INVALID_REGULAR_EXPRESSION.
+    #[test]
+    fn regex_subscriptions_follow_the_topics_that_match() {
+        let broker = Broker::start(&[]);
+        create_topic_blocking(&broker, "rx-a", 2);
+        create_topic_blocking(&broker, "rx-b", 2);
+        create_topic_blocking(&broker, "other-rx-c", 2);
+        let mut raw = Raw::connect(broker.port);
+        let by_regex = |raw: &mut Raw, epoch: i32, regex: &str| {
+            let request = ConsumerGroupHeartbeatRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("by-regex")))
+                .with_member_id(StrBytes::from_static_str("member-r"))
+                .with_member_epoch(epoch)
+                .with_rebalance_timeout_ms(30_000)
+                .with_subscribed_topic_regex(
+                    (epoch == 0).then(|| StrBytes::from_string(regex.into())),
+                );
+            call::<_, ConsumerGroupHeartbeatResponse>(
+                raw,
+                ApiKey::ConsumerGroupHeartbeat,
+                1,
+                &request,
+            )
+        };
+        let bad = by_regex(&mut raw, 0, "rx-(");
+        assert_eq!(bad.error_code, 128, "INVALID_REGULAR_EXPRESSION");
+        let joined = by_regex(&mut raw, 0, "rx-.*");
+        assert_eq!(joined.error_code, 0, "{:?}", joined.error_message);
+        let count = |r: &ConsumerGroupHeartbeatResponse| {
+            r.assignment.as_ref().map(|a| {
+                a.topic_partitions
+                    .iter()
+                    .map(|t| t.partitions.len())
+                    .sum::<usize>()
+            })
+        };
+        assert_eq!(
+            count(&joined),
+            Some(4),
+            "rx-a and rx-b, not other-rx-c (whole names)"
+        );
+        create_topic_blocking(&broker, "rx-late", 3);
+        let later = by_regex(&mut raw, joined.member_epoch, "");
+        assert_eq!(later.error_code, 0);
+        assert!(
+            later.member_epoch > joined.member_epoch,
+            "the group epoch moved"
+        );
+        assert_eq!(count(&later), Some(7), "rx-late joined the subscription");
+        // `.*` matches every topic but the internal ones (__consumer_offsets exists here).
+        let all = by_regex(&mut raw, 0, ".*");
+        assert_eq!(all.error_code, 0);
+        let mut epoch = all.member_epoch;
+        let mut held = count(&all);
+        for _ in 0..5 {
+            let next = by_regex(&mut raw, epoch, "");
+            epoch = next.member_epoch;
+            held = count(&next).or(held);
+        }
+        assert_eq!(
+            held,
+            Some(9),
+            "every partition of the 4 user topics, none internal"
+        );
+    }
+
     /// A KIP-848 group survives `kill -9`: stored in `__consumer_offsets` in Kafka's record
     /// formats, it is rebuilt at start, and its members carry on at their epochs with their
     /// partitions (no rejoin, no rebalance); a member that was mid-revocation still owes it.

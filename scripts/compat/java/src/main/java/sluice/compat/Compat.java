@@ -29,6 +29,7 @@ import org.apache.kafka.clients.consumer.ConsumerRecords;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
 import org.apache.kafka.clients.consumer.OffsetAndMetadata;
 import org.apache.kafka.clients.consumer.OffsetAndTimestamp;
+import org.apache.kafka.clients.consumer.SubscriptionPattern;
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerConfig;
 import org.apache.kafka.clients.producer.ProducerRecord;
@@ -119,6 +120,15 @@ public final class Compat {
             }
             System.out.printf("java: KIP-848 consumer group (group.protocol=consumer: 2 members share %d partitions, every record once; describeConsumerGroups; one leaves, the other takes all) in %d ms: %s%n",
                     PARTITIONS, (System.nanoTime() - t0) / 1_000_000, failures.size() == before ? "ok" : "FAILED");
+            before = failures.size();
+            try {
+                kip848Pattern(bootstrap);
+            } catch (Throwable e) {
+                fail("kip848 pattern: unexpected exception: " + describe(e));
+                e.printStackTrace(System.out);
+            }
+            System.out.printf("java: KIP-848 regex subscription (subscribe(SubscriptionPattern), resolved by the broker): %s%n",
+                    failures.size() == before ? "ok" : "FAILED");
         }
         long ms = (System.nanoTime() - start) / 1_000_000;
         if (failures.isEmpty()) {
@@ -563,6 +573,33 @@ public final class Compat {
                 b.poll(Duration.ofMillis(100));
             }
             check(b.assignment().size() == PARTITIONS, "kip848: after a left, b has " + b.assignment());
+        }
+    }
+
+    /**
+     * A broker-side regular-expression subscription (KIP-848, subscribe(SubscriptionPattern)):
+     * the broker resolves the pattern to the lz4 and gzip topics; every record of both arrives.
+     */
+    private static void kip848Pattern(String bootstrap) throws Exception {
+        Map<String, String> grouped = Map.of(ConsumerConfig.GROUP_ID_CONFIG, "java-compat-kip848-regex",
+                ConsumerConfig.GROUP_PROTOCOL_CONFIG, "consumer");
+        try (KafkaConsumer<byte[], byte[]> c = newConsumer(bootstrap, "kip848-regex", grouped)) {
+            c.subscribe(new SubscriptionPattern("java-compat-(lz4|gzip)"));
+            Set<String> seen = new HashSet<>();
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(TIMEOUT_S);
+            while (seen.size() < 2 * RECORDS && System.nanoTime() < deadline) {
+                for (ConsumerRecord<byte[], byte[]> r : c.poll(Duration.ofMillis(100))) {
+                    check(seen.add(r.topic() + "-" + r.partition() + "@" + r.offset()),
+                            "kip848 pattern: record " + r.topic() + "-" + r.partition() + "@" + r.offset() + " delivered twice");
+                }
+            }
+            Set<String> topics = new HashSet<>();
+            for (TopicPartition tp : c.assignment()) {
+                topics.add(tp.topic());
+            }
+            check(topics.equals(Set.of(topicFor("lz4"), topicFor("gzip"))) && c.assignment().size() == 2 * PARTITIONS,
+                    "kip848 pattern: assignment " + c.assignment());
+            check(seen.size() == 2 * RECORDS, "kip848 pattern: received " + seen.size() + " records, expected " + 2 * RECORDS);
         }
     }
 
