@@ -70,6 +70,10 @@ pub struct Group {
     pub target_epoch: i32,
     pub target: HashMap<String, BTreeSet<Tp>>,
     pub members: BTreeMap<String, Member>,
+    /// The shard table's revision when the members' regexes were last resolved (None: a regex
+    /// changed since), and the regexes compiled.
+    pub resolved_at: Option<u64>,
+    pub compiled: HashMap<String, Option<regex::Regex>>,
 }
 
 pub type Groups = HashMap<String, Rc<RefCell<Group>>>;
@@ -91,11 +95,26 @@ pub fn compile_regex(regex: &str) -> Result<regex::Regex, regex::Error> {
 /// Resolves the members' regexes against the topics that exist now; true if any member's
 /// topics changed (the group epoch must then move).
 pub fn resolve_regexes(shard: &Shard, g: &mut Group) -> bool {
-    if g.members
+    let regexes: BTreeSet<String> = g
+        .members
         .values()
-        .all(|m| m.subscribed_regex.is_none() && m.regex_topics.is_empty())
-    {
+        .filter_map(|m| m.subscribed_regex.clone())
+        .collect();
+    if regexes.is_empty() && g.members.values().all(|m| m.regex_topics.is_empty()) {
         return false;
+    }
+    // Topics only change with the shard table's revision: resolve again only then, or when a
+    // member's regex changed (which clears `resolved_at`).
+    let revision = shard.table.borrow().revision();
+    if g.resolved_at == Some(revision) {
+        return false;
+    }
+    g.resolved_at = Some(revision);
+    g.compiled.retain(|re, _| regexes.contains(re));
+    for re in regexes {
+        g.compiled
+            .entry(re)
+            .or_insert_with_key(|re| compile_regex(re).ok());
     }
     let names: Vec<String> = shard
         .topics
@@ -105,10 +124,15 @@ pub fn resolve_regexes(shard: &Shard, g: &mut Group) -> bool {
         .cloned()
         .collect();
     let mut changed = false;
+    let compiled = &g.compiled;
     for m in g.members.values_mut() {
-        let matched: BTreeSet<String> = match m.subscribed_regex.as_deref().map(compile_regex) {
-            Some(Ok(re)) => names.iter().filter(|t| re.is_match(t)).cloned().collect(),
-            _ => BTreeSet::new(),
+        let regex = m
+            .subscribed_regex
+            .as_ref()
+            .and_then(|re| compiled.get(re)?.as_ref());
+        let matched: BTreeSet<String> = match regex {
+            Some(re) => names.iter().filter(|t| re.is_match(t)).cloned().collect(),
+            None => BTreeSet::new(),
         };
         if matched != m.regex_topics {
             m.regex_topics = matched;
@@ -368,6 +392,7 @@ fn heartbeat_inner(shard: &Rc<Shard>, req: Heartbeat) -> Answer {
             if let Some(assignor) = &req.server_assignor {
                 g.assignor = Some(assignor.clone());
             }
+            g.resolved_at = None;
             bump(&mut g);
             id
         }
@@ -405,6 +430,7 @@ fn heartbeat_inner(shard: &Rc<Shard>, req: Heartbeat) -> Answer {
                 m.revoking.retain(|tp| owned.contains(tp));
             }
             if changed {
+                g.resolved_at = None;
                 bump(&mut g);
             }
             req.member_id.clone()
@@ -615,6 +641,7 @@ pub fn restore(shard: &Shard, loaded: HashMap<String, Persisted>) {
             target_epoch: p.target_epoch.unwrap_or(0),
             target: p.target.clone().into_iter().collect(),
             members: BTreeMap::new(),
+            ..Group::default()
         };
         for (member_id, meta) in p.metadata {
             let current = p.current.get(&member_id).cloned().unwrap_or_default();
