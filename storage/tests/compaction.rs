@@ -3,31 +3,16 @@
 //! step of a segment swap loses nothing.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 
-use glommio::LocalExecutorBuilder;
 use sluice_core::config::BrokerConfig;
 use sluice_core::topic::TopicConfig;
 use sluice_storage::batch::{self, build_keyed_batch, BatchHeader};
 use sluice_storage::{CleanBudget, CleanCrashPoint, LogConfig, PartitionLog, StorageError};
 
-fn run<F, Fut>(f: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + 'static,
-{
-    LocalExecutorBuilder::default()
-        .io_memory(1 << 20)
-        .spawn(f)
-        .expect("executor")
-        .join()
-        .expect("test body");
-}
-
-fn scratch() -> tempfile::TempDir {
-    tempfile::tempdir_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).expect("tempdir")
-}
+mod common;
+use common::{probe, run, scratch};
 
 const DELETE_RETENTION_MS: i64 = 1_000;
 const BUDGET: CleanBudget = CleanBudget {
@@ -135,8 +120,7 @@ fn compaction_keeps_the_latest_value_per_key_at_its_offset_and_tombstones_expire
     let dir = scratch();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        sluice_storage::io_probe::prepare(&path).expect("probe file");
-        sluice_storage::io_probe::guard(&path).await.expect("probe");
+        probe(&path).await;
         let now = 1_000_000;
         let log = PartitionLog::open(&path.join("c-0"), "c", 0, compacted_config(), now)
             .await
@@ -234,8 +218,7 @@ fn crash_and_recover(point: CleanCrashPoint) {
     let dir = scratch();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        sluice_storage::io_probe::prepare(&path).expect("probe file");
-        sluice_storage::io_probe::guard(&path).await.expect("probe");
+        probe(&path).await;
         let now = 1_000_000;
         let log_dir = path.join("c-0");
         let log = PartitionLog::open(&log_dir, "c", 0, compacted_config(), now)
@@ -341,8 +324,7 @@ fn compaction_lags_bound_when_a_log_is_cleaned() {
     let dir = scratch();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        sluice_storage::io_probe::prepare(&path).expect("probe file");
-        sluice_storage::io_probe::guard(&path).await.expect("probe");
+        probe(&path).await;
         let now = 1_000_000;
 
         // Records stamped `now` may not be compacted before now + 60 s.

@@ -5,34 +5,17 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use glommio::LocalExecutorBuilder;
 use sluice_core::config::BrokerConfig;
 use sluice_core::topic::{TimestampType, TopicConfig};
 use sluice_storage::batch::{self, build_batch, BatchHeader};
 use sluice_storage::{Durability, LogConfig, PartitionLog, StorageError};
 
-fn run<F, Fut>(f: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + 'static,
-{
-    LocalExecutorBuilder::default()
-        .io_memory(1 << 20)
-        .spawn(f)
-        .expect("executor")
-        .join()
-        .expect("test body");
-}
+mod common;
+use common::{probe, run, scratch};
 
 fn config() -> LogConfig {
     let topic = TopicConfig::from_broker(&BrokerConfig::default());
     LogConfig::from_topic(&topic, 4096, true)
-}
-
-fn scratch() -> tempfile::TempDir {
-    // Under target/ so the test runs on the data disk, never on tmpfs.
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    tempfile::tempdir_in(base).expect("tempdir")
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -69,8 +52,7 @@ fn append_flush_read_and_recover() {
     let dir = scratch();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        sluice_storage::io_probe::prepare(&path).expect("probe file");
-        sluice_storage::io_probe::guard(&path).await.expect("probe");
+        probe(&path).await;
         let log = PartitionLog::open(&path.join("t-0"), "t", 0, config(), 0)
             .await
             .expect("open");
@@ -123,8 +105,7 @@ fn segments_roll_seal_and_retention_deletes_old_ones() {
     let dir = scratch();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        sluice_storage::io_probe::prepare(&path).expect("probe file");
-        sluice_storage::io_probe::guard(&path).await.expect("probe");
+        probe(&path).await;
         let mut cfg = config();
         cfg.segment_bytes = 2000;
         cfg.retention_bytes = 3000;
@@ -174,8 +155,7 @@ fn list_offsets_by_timestamp_finds_the_first_batch_at_or_after() {
     let dir = scratch();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        sluice_storage::io_probe::prepare(&path).expect("probe file");
-        sluice_storage::io_probe::guard(&path).await.expect("probe");
+        probe(&path).await;
         let log = PartitionLog::open(&path.join("ts-0"), "ts", 0, config(), 0)
             .await
             .expect("open");
@@ -210,8 +190,7 @@ fn log_append_time_restamps_batches() {
     let dir = scratch();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        sluice_storage::io_probe::prepare(&path).expect("probe file");
-        sluice_storage::io_probe::guard(&path).await.expect("probe");
+        probe(&path).await;
         let mut cfg = config();
         cfg.timestamp_type = TimestampType::LogAppendTime;
         let log = PartitionLog::open(&path.join("l-0"), "l", 0, cfg, 0)
@@ -234,8 +213,7 @@ fn oversized_and_corrupt_batches_are_refused_without_side_effects() {
     let dir = scratch();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        sluice_storage::io_probe::prepare(&path).expect("probe file");
-        sluice_storage::io_probe::guard(&path).await.expect("probe");
+        probe(&path).await;
         let mut cfg = config();
         cfg.max_message_bytes = 200;
         let log = PartitionLog::open(&path.join("b-0"), "b", 0, cfg, 0)
@@ -266,8 +244,7 @@ fn recover_fixture(name: &str, expect_end: i64) {
     std::fs::copy(fixture(name), part.join(format!("{:020}.log", 0))).expect("copy fixture");
     let name = name.to_string();
     run(move || async move {
-        sluice_storage::io_probe::prepare(&path).expect("probe file");
-        sluice_storage::io_probe::guard(&path).await.expect("probe");
+        probe(&path).await;
         let log = PartitionLog::open(&part, "f", 0, config(), 0)
             .await
             .expect("recover");
@@ -342,8 +319,7 @@ fn dma_reads_work_on_a_fresh_file_after_the_probe_guard() {
     let dir = scratch();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        sluice_storage::io_probe::prepare(&path).expect("probe file");
-        sluice_storage::io_probe::guard(&path).await.expect("probe");
+        probe(&path).await;
         let file = Rc::new(
             sluice_storage::segment::open_file(&path.join("fresh.log"), true)
                 .await
