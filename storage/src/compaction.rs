@@ -14,6 +14,7 @@
 //! * a rewritten batch keeps its base offset, last offset delta, producer id, epoch and base
 //!   sequence, so offsets and idempotence metadata do not change.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use bytes::{BufMut, BytesMut};
@@ -78,15 +79,24 @@ pub fn parse_records(
 }
 
 /// The records section of a whole batch, inflated.
-fn records_section(batch: &[u8], header: &BatchHeader) -> Result<Vec<u8>, &'static str> {
+/// The records section of a whole batch: borrowed as it is when uncompressed (no copy on the
+/// produce path), inflated otherwise.
+fn records_section<'a>(
+    batch: &'a [u8],
+    header: &BatchHeader,
+) -> Result<Cow<'a, [u8]>, &'static str> {
     let body = batch
         .get(HEADER_BYTES..header.total_bytes())
         .ok_or("record batch is truncated")?;
+    if header.compression_codec() == codec::NONE {
+        return Ok(Cow::Borrowed(body));
+    }
     codec::decompress(
         header.compression_codec(),
         body,
         limits::decompressed_batch_bytes_max,
     )
+    .map(Cow::Owned)
     .map_err(|e| match e {
         codec::CodecError::TooLarge => "records inflate past the broker's limit",
         _ => "compressed records do not decode",
