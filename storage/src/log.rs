@@ -785,11 +785,20 @@ impl PartitionLog {
     /// Reads whole batches starting at the batch that holds `offset`, up to `max_bytes` (at least
     /// one batch when `min_one`), never past the high watermark.
     pub async fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadResult> {
+        self.until_stable(|| self.read_once(offset, max_bytes, min_one))
+            .await
+    }
+
+    /// Runs a read until no segment was swapped (cleaned, or deleted by retention) while it
+    /// ran: a read planned against a segment's old file starts over.
+    async fn until_stable<T, F, Fut>(&self, read: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
         loop {
             let swaps = self.swaps.get();
-            let result = self.read_once(offset, max_bytes, min_one).await;
-            // A segment was swapped for its cleaned copy while the read was planned against
-            // the old one: read again.
+            let result = read().await;
             if self.swaps.get() == swaps {
                 return result;
             }
@@ -1011,13 +1020,8 @@ impl PartitionLog {
     /// The first batch whose max timestamp is ≥ `timestamp`, for ListOffsets by time. Returns
     /// the batch so the caller can find the exact record inside it.
     pub async fn batch_for_timestamp(&self, timestamp: i64) -> Result<Option<Bytes>> {
-        loop {
-            let swaps = self.swaps.get();
-            let result = self.batch_for_timestamp_once(timestamp).await;
-            if self.swaps.get() == swaps {
-                return result;
-            }
-        }
+        self.until_stable(|| self.batch_for_timestamp_once(timestamp))
+            .await
     }
 
     async fn batch_for_timestamp_once(&self, timestamp: i64) -> Result<Option<Bytes>> {
@@ -1076,13 +1080,8 @@ impl PartitionLog {
 
     /// The batch holding the largest timestamp below the high watermark (ListOffsets -3).
     pub async fn batch_with_max_timestamp(&self) -> Result<Option<Bytes>> {
-        loop {
-            let swaps = self.swaps.get();
-            let result = self.batch_with_max_timestamp_once().await;
-            if self.swaps.get() == swaps {
-                return result;
-            }
-        }
+        self.until_stable(|| self.batch_with_max_timestamp_once())
+            .await
     }
 
     async fn batch_with_max_timestamp_once(&self) -> Result<Option<Bytes>> {
@@ -1153,22 +1152,14 @@ impl PartitionLog {
         }
         // Reads planned against a deleted segment start over (and find it gone).
         self.swaps.set(self.swaps.get() + 1);
-        let paths: Vec<PathBuf> = doomed.iter().map(|seg| seg.path("log")).collect();
+        let (dir, bases): (PathBuf, Vec<i64>) = (
+            self.dir.clone(),
+            doomed.iter().map(|seg| seg.base_offset).collect(),
+        );
         // Unlink and free the blocks on the blocking pool: the last close of a large unlinked
         // file frees its extents synchronously, which the reactor must not do.
-        cleaner::off_reactor(move || -> Result<()> {
-            for log in paths {
-                let old = cleaner::hold_inode(&log);
-                for ext in ["log", "index", "timeindex"] {
-                    cleaner::remove_if_present(&log.with_extension(ext))?;
-                }
-                if let Some(file) = old {
-                    let _ = file.set_len(0);
-                }
-            }
-            Ok(())
-        })
-        .await?;
+        let held = cleaner::off_reactor(move || cleaner::remove_segments(&dir, &bases)).await?;
+        cleaner::release(held).await;
         Ok(doomed.len())
     }
 

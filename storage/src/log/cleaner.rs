@@ -493,7 +493,7 @@ fn group_segments(segments: &[Planned], segment_bytes: u64) -> Vec<Vec<Planned>>
 }
 
 /// Deletes segments' files, holding their inodes so that [`release`] frees the blocks.
-fn remove_segments(dir: &Path, bases: &[i64]) -> Result<Vec<std::fs::File>> {
+pub(super) fn remove_segments(dir: &Path, bases: &[i64]) -> Result<Vec<std::fs::File>> {
     let mut held = Vec::new();
     for base in bases {
         let log = segment::segment_path(dir, *base, "log");
@@ -671,14 +671,13 @@ impl CleanedWriter {
     async fn abandon(self, path: &Path) {
         let _ = self.file.close().await;
         let path = path.to_path_buf();
-        let _ = off_reactor(move || {
+        let held = off_reactor(move || {
             let held = hold_inode(&path);
             let _ = remove_if_present(&path);
-            if let Some(file) = held {
-                let _ = file.set_len(0);
-            }
+            held
         })
         .await;
+        release(held.into_iter().collect()).await;
     }
 }
 
@@ -694,7 +693,7 @@ pub(super) fn hold_inode(path: &Path) -> Option<std::fs::File> {
 /// milliseconds of journal work the reactor would otherwise spend when the old `DmaFile` is
 /// dropped. Reads still holding the old file see it shrink, but every such read was planned
 /// before the swap counter moved and starts over.
-async fn release(held: Vec<std::fs::File>) {
+pub(super) async fn release(held: Vec<std::fs::File>) {
     if held.is_empty() {
         return;
     }
