@@ -19,6 +19,9 @@ pub fn storage_error_code(e: &StorageError) -> i16 {
         StorageError::Sequence(SequenceError::OutOfOrder { .. }) => {
             ResponseError::OutOfOrderSequenceNumber.code()
         }
+        StorageError::Sequence(SequenceError::NotTransactional { .. }) => {
+            ResponseError::InvalidTxnState.code()
+        }
         StorageError::InvalidRecord(_) => ResponseError::InvalidRecord.code(),
     }
 }

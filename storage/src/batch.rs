@@ -203,6 +203,16 @@ pub fn set_producer(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequenc
     (&mut batch[CRC_OFFSET..CRC_OFFSET + 4]).put_u32(crc);
 }
 
+/// Makes a whole batch a control batch of `producer_id` (transactional and control attributes,
+/// base sequence -1) and recomputes the CRC. The broker writes transaction markers this way.
+pub fn set_control(batch: &mut [u8], producer_id: i64, epoch: i16) {
+    assert!(batch.len() >= HEADER_BYTES, "set_control on a whole batch");
+    let attributes = (&batch[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2]).get_i16();
+    (&mut batch[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2])
+        .put_i16(attributes | TRANSACTIONAL_BIT | CONTROL_BIT);
+    set_producer(batch, producer_id, epoch, -1);
+}
+
 /// Applies `message.timestamp.type=LogAppendTime`: sets the timestamp-type bit and the max
 /// timestamp to the broker's clock, then recomputes the CRC (both fields are covered by it).
 pub fn set_log_append_time(batch: &mut BytesMut, now_ms: i64) {

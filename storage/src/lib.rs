@@ -21,6 +21,7 @@ pub mod log;
 pub mod notify;
 pub mod producer_state;
 pub mod segment;
+pub mod txn;
 
 pub use error::{BatchError, StorageError};
 pub use flusher::Flusher;

@@ -25,6 +25,7 @@ use crate::index::SegmentIndex;
 use crate::notify::Notify;
 use crate::producer_state::{ProducerStates, Verdict, NO_PRODUCER_ID};
 use crate::segment::{self, align_down, align_up, Segment};
+use crate::txn::{self, AbortedTxn, Marker, ProducerBatch, Transactions};
 use sluice_core::limits;
 
 /// How long appends fail fast after a failed write before they are tried again.
@@ -154,8 +155,19 @@ pub struct ReadResult {
     /// Whole batches, possibly empty.
     pub records: Records,
     pub high_watermark: i64,
+    pub last_stable_offset: i64,
     pub log_start_offset: i64,
     pub log_end_offset: i64,
+    /// read_committed: the aborted transactions whose records may be among `records`.
+    pub aborted: Vec<AbortedTxn>,
+}
+
+/// What a fetch may see: everything below the high watermark, or only what is below the last
+/// stable offset (transactions decided), with the aborted ones listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    ReadUncommitted,
+    ReadCommitted,
 }
 
 struct LogState {
@@ -172,6 +184,8 @@ struct LogState {
     last_io_error: Option<(String, i64)>,
     /// Idempotent producers' epochs and last batches.
     producers: ProducerStates,
+    /// Open and aborted transactions.
+    txns: Transactions,
     /// Producer-state snapshots taken at segment rolls, written by the next flush.
     pending_snapshots: Vec<(i64, Vec<u8>)>,
 }
@@ -234,7 +248,7 @@ impl PartitionLog {
         }
         bases.sort_unstable();
         let mut segments = Vec::new();
-        let mut seen = ScannedProducers::new();
+        let mut seen = Recovery::default();
         let count = bases.len();
         for (i, base) in bases.into_iter().enumerate() {
             let last = i + 1 == count;
@@ -247,7 +261,8 @@ impl PartitionLog {
         }
         let log_start = segments[0].base_offset;
         let log_end = segments.last().map(|s| s.next_offset).unwrap_or(0);
-        let (producers, snapshot_at) = recover_producers(dir, &segments, log_end, seen).await?;
+        let (producers, txns, snapshot_at) =
+            recover_producers(dir, &segments, log_end, seen).await?;
         let state = LogState {
             segments,
             log_start,
@@ -266,6 +281,7 @@ impl PartitionLog {
                 vec![(log_end, producers.encode(log_end))]
             },
             producers,
+            txns,
         };
         let checkpoint = cleaner::read_checkpoint(dir);
         let log = Rc::new(PartitionLog {
@@ -323,6 +339,18 @@ impl PartitionLog {
         self.state.borrow().high_watermark
     }
 
+    /// The last stable offset: read_committed consumers read below it. The first offset of the
+    /// oldest transaction not yet decided below the high watermark, else the high watermark.
+    pub fn last_stable_offset(&self) -> i64 {
+        let s = self.state.borrow();
+        lso(&s)
+    }
+
+    /// Open transactions on this partition: (first offset, producer id).
+    pub fn open_transactions(&self) -> Vec<(i64, i64)> {
+        self.state.borrow().txns.open().collect()
+    }
+
     pub fn size_bytes(&self) -> u64 {
         self.state.borrow().segments.iter().map(|s| s.size).sum()
     }
@@ -373,9 +401,9 @@ impl PartitionLog {
                     "control batches may not be produced by clients",
                 ));
             }
-            if h.is_transactional() {
+            if h.is_transactional() && h.producer_id == NO_PRODUCER_ID {
                 return Err(StorageError::InvalidRecord(
-                    "transactional batches need a transaction, which sluice does not support yet",
+                    "a transactional batch needs a producer id",
                 ));
             }
         }
@@ -399,10 +427,57 @@ impl PartitionLog {
                 discard_generation: state.discard_generation,
             });
         }
+        Ok(self.append_checked(&mut state, &config, records, batches, now_ms))
+    }
+
+    /// Writes a transaction marker (COMMIT or ABORT control batch) for `producer_id`, as the
+    /// transaction coordinator asks (Kafka's WriteTxnMarkers). An epoch older than the
+    /// producer's current one is refused (the marker of a fenced coordinator request).
+    pub fn append_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: Marker,
+        now_ms: i64,
+    ) -> Result<AppendInfo> {
+        let config = self.config.borrow();
+        let mut state = self.state.borrow_mut();
+        if let Some((why, at_ms)) = &state.last_io_error {
+            if now_ms.saturating_sub(*at_ms) < IO_ERROR_BACKOFF_MS {
+                return Err(StorageError::Io(std::io::Error::other(why.clone())));
+            }
+        }
+        if let Some(entry) = state.producers.get(producer_id) {
+            if producer_epoch < entry.epoch {
+                return Err(StorageError::Sequence(
+                    crate::producer_state::SequenceError::StaleEpoch {
+                        producer_id,
+                        epoch: producer_epoch,
+                        current: entry.epoch,
+                    },
+                ));
+            }
+        }
+        let bytes = txn::build_marker(producer_id, producer_epoch, marker, now_ms).freeze();
+        let batches = batch::split_and_validate(&bytes)?;
+        Ok(self.append_checked(&mut state, &config, &bytes, batches, now_ms))
+    }
+
+    /// Appends validated and checked batches to memory, assigning offsets.
+    fn append_checked(
+        &self,
+        state: &mut LogState,
+        config: &LogConfig,
+        records: &Bytes,
+        batches: Vec<(usize, BatchHeader)>,
+        now_ms: i64,
+    ) -> AppendInfo {
+        let base_offset = state.log_end;
+        let log_append_time = config.timestamp_type == TimestampType::LogAppendTime;
         let mut messages = 0i64;
         for (pos, header) in batches {
             let total = header.total_bytes();
-            self.maybe_roll(&mut state, &config, total as u64, now_ms);
+            self.maybe_roll(state, config, total as u64, now_ms);
             let mut patched = BytesMut::from(&records[pos..pos + batch::HEADER_BYTES]);
             let body = records.slice(pos + batch::HEADER_BYTES..pos + total);
             let offset = state.log_end;
@@ -418,19 +493,26 @@ impl PartitionLog {
                 .segments
                 .last_mut()
                 .expect("a log has an active segment");
+            let marker = header
+                .is_control()
+                .then(|| txn::parse_marker(&records[pos..pos + total]))
+                .flatten();
             active.append(patched.freeze(), body, &header, now_ms, interval);
-            state.producers.replay(&header);
+            let before = lso(state);
+            if let Some(event) = state.producers.replay(&ProducerBatch { header, marker }) {
+                state.txns.apply(event, before);
+            }
             state.log_end = header.last_offset() + 1;
             messages += i64::from(header.records_count);
         }
         state.unsynced_messages += messages;
-        Ok(AppendInfo {
+        AppendInfo {
             base_offset,
             last_offset: state.log_end - 1,
             log_append_time_ms: if log_append_time { now_ms } else { -1 },
             log_start_offset: state.log_start,
             discard_generation: state.discard_generation,
-        })
+        }
     }
 
     fn maybe_roll(&self, state: &mut LogState, config: &LogConfig, incoming: u64, now_ms: i64) {
@@ -558,8 +640,15 @@ impl PartitionLog {
         }
         let mut offsets = snapshot_offsets(&self.dir);
         offsets.sort_unstable();
+        // Recovery replays from a snapshot at or below the active segment's base (it scans
+        // that segment anyway): the newest such one is kept too.
+        let active_base = self.state.borrow().segments.last().map_or(0, |s| s.base_offset);
+        let replay_start = offsets.iter().rev().find(|o| **o <= active_base).copied();
         let doomed = offsets.len().saturating_sub(SNAPSHOTS_KEPT);
         for offset in offsets.into_iter().take(doomed) {
+            if Some(offset) == replay_start {
+                continue;
+            }
             let _ = std::fs::remove_file(segment::segment_path(&self.dir, offset, "snapshot"));
         }
         Ok(())
@@ -698,16 +787,20 @@ impl PartitionLog {
                             seg.size,
                             seg.index.encode_offsets(seg.base_offset),
                             seg.index.encode_times(seg.base_offset),
+                            s.txns.aborted_in(seg.base_offset, seg.next_offset),
                         )
                     })
             };
-            let Some((base, file, size, offsets, times)) = job else {
+            let Some((base, file, size, offsets, times, aborted)) = job else {
                 return Ok(());
             };
             if let Some(file) = &file {
                 file.truncate(size).await?;
                 file.fdatasync().await?;
             }
+            // Before the offset index: a segment whose index files check out has its aborted
+            // transactions on disk too.
+            write_txn_index(&self.dir, base, &aborted).await?;
             write_small_file(&segment::segment_path(&self.dir, base, "index"), &offsets).await?;
             write_small_file(&segment::segment_path(&self.dir, base, "timeindex"), &times).await?;
             self.with_segment(base, |seg| seg.sealed = true);
@@ -723,6 +816,8 @@ impl PartitionLog {
             };
             let changed = durable > s.high_watermark;
             s.high_watermark = s.high_watermark.max(durable);
+            let hw = s.high_watermark;
+            s.txns.on_high_watermark(hw);
             changed
         };
         if changed {
@@ -762,6 +857,9 @@ impl PartitionLog {
         s.log_end = written;
         s.unsynced_messages = 0;
         s.producers.truncate(written);
+        for (first, producer_id) in s.txns.truncate(written) {
+            s.producers.reopen(producer_id, first);
+        }
         s.pending_snapshots.retain(|(offset, _)| *offset <= written);
     }
 
@@ -785,8 +883,27 @@ impl PartitionLog {
     /// Reads whole batches starting at the batch that holds `offset`, up to `max_bytes` (at least
     /// one batch when `min_one`), never past the high watermark.
     pub async fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadResult> {
-        self.until_stable(|| self.read_once(offset, max_bytes, min_one))
+        self.read_isolated(offset, max_bytes, min_one, Isolation::ReadUncommitted)
             .await
+    }
+
+    /// [`Self::read`] at an isolation level: read_committed stops at the last stable offset and
+    /// lists the aborted transactions whose records the answer may hold.
+    pub async fn read_isolated(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+        isolation: Isolation,
+    ) -> Result<ReadResult> {
+        let mut read = self
+            .until_stable(|| self.read_once(offset, max_bytes, min_one, isolation))
+            .await?;
+        if isolation == Isolation::ReadCommitted && !read.records.is_empty() {
+            let upto = end_offset(&read.records).unwrap_or(read.last_stable_offset);
+            read.aborted = self.state.borrow().txns.aborted_between(offset, upto);
+        }
+        Ok(read)
     }
 
     /// Runs a read until no segment was swapped (cleaned, or deleted by retention) while it
@@ -805,16 +922,28 @@ impl PartitionLog {
         }
     }
 
-    async fn read_once(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadResult> {
-        let (hw, log_start, log_end) = {
+    async fn read_once(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+        isolation: Isolation,
+    ) -> Result<ReadResult> {
+        let (high_watermark, last_stable, log_start, log_end) = {
             let s = self.state.borrow();
-            (s.high_watermark, s.log_start, s.log_end)
+            (s.high_watermark, lso(&s), s.log_start, s.log_end)
+        };
+        let hw = match isolation {
+            Isolation::ReadUncommitted => high_watermark,
+            Isolation::ReadCommitted => last_stable,
         };
         let outcome = |records| ReadResult {
             records,
-            high_watermark: hw,
+            high_watermark,
+            last_stable_offset: last_stable,
             log_start_offset: log_start,
             log_end_offset: log_end,
+            aborted: Vec::new(),
         };
         if offset < log_start || offset > log_end {
             return Err(StorageError::OffsetOutOfRange {
@@ -1145,6 +1274,8 @@ impl PartitionLog {
             if let Some(first) = s.segments.first() {
                 s.log_start = s.log_start.max(first.base_offset);
             }
+            let start = s.log_start;
+            s.txns.forget_before(start);
             doomed
         };
         if doomed.is_empty() {
@@ -1252,6 +1383,51 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The offset after the last whole batch of `records` (a fetch answer's upper bound). Walks the
+/// batch headers across the pieces without joining them.
+fn end_offset(records: &Records) -> Option<i64> {
+    let total = records.len();
+    let mut header = [0u8; batch::HEADER_BYTES];
+    let mut at = 0usize;
+    let mut end = None;
+    while at + batch::HEADER_BYTES <= total {
+        let mut copied = 0usize;
+        let mut piece_start = 0usize;
+        for piece in &records.parts {
+            let piece_end = piece_start + piece.len();
+            let want = at + copied;
+            if copied < batch::HEADER_BYTES && want < piece_end && want >= piece_start {
+                let from = want - piece_start;
+                let n = (piece.len() - from).min(batch::HEADER_BYTES - copied);
+                header[copied..copied + n].copy_from_slice(&piece[from..from + n]);
+                copied += n;
+            }
+            piece_start = piece_end;
+        }
+        let h = BatchHeader::parse(&header)?;
+        end = Some(h.last_offset() + 1);
+        at += h.total_bytes().max(1);
+    }
+    end
+}
+
+/// The last stable offset of a log's state.
+fn lso(s: &LogState) -> i64 {
+    s.txns
+        .first_unstable()
+        .map_or(s.high_watermark, |first| first.min(s.high_watermark))
+}
+
+/// Writes a segment's aborted transactions to `<base>.txnindex`, or removes a stale file when
+/// there are none (most segments: the file exists only where a transaction was aborted).
+pub(crate) async fn write_txn_index(dir: &Path, base: i64, aborted: &[AbortedTxn]) -> Result<()> {
+    let path = segment::segment_path(dir, base, "txnindex");
+    if aborted.is_empty() {
+        return cleaner::remove_if_present(&path);
+    }
+    write_small_file(&path, &txn::encode_index(aborted)).await
+}
+
 /// Producer-state snapshot files kept per partition (the newest ones).
 const SNAPSHOTS_KEPT: usize = 2;
 
@@ -1268,17 +1444,26 @@ fn snapshot_offsets(dir: &Path) -> Vec<i64> {
         .collect()
 }
 
-/// Rebuilds the idempotent producers' state: the newest intact snapshot at or below the log end
-/// (snapshots past it describe batches a crash took back, and are deleted), then every batch
-/// after it — from the recovery scans where a segment was scanned anyway, else by scanning.
-/// Without a snapshot the whole log is replayed. Returns the state and the snapshot offset it
-/// started from.
+/// Rebuilds the idempotent producers' state and the partition's transactions: the newest intact
+/// snapshot at or below the first segment recovery scanned (snapshots past the log end describe
+/// batches a crash took back, and are deleted), then every batch after it — from the recovery
+/// scans where a segment was scanned anyway, else by scanning. Replay covers every scanned
+/// segment because their aborted transactions are known only from it; sealed segments bring
+/// theirs from their `.txnindex`. Without a snapshot the whole log is replayed. Returns the
+/// state, the transactions and the snapshot offset replay started from.
 async fn recover_producers(
     dir: &Path,
     segments: &[Segment],
     log_end: i64,
-    mut seen: ScannedProducers,
-) -> Result<(ProducerStates, i64)> {
+    mut seen: Recovery,
+) -> Result<(ProducerStates, Transactions, i64)> {
+    let replay_from_max = seen
+        .scanned
+        .keys()
+        .min()
+        .copied()
+        .unwrap_or(log_end)
+        .min(log_end);
     let mut offsets = snapshot_offsets(dir);
     offsets.sort_unstable_by(|a, b| b.cmp(a));
     let mut loaded = None;
@@ -1286,6 +1471,9 @@ async fn recover_producers(
         let path = segment::segment_path(dir, offset, "snapshot");
         if offset > log_end {
             let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        if offset > replay_from_max {
             continue;
         }
         let decoded = std::fs::read(&path)
@@ -1297,39 +1485,49 @@ async fn recover_producers(
         }
     }
     let (from, mut producers) = loaded.unwrap_or_default();
+    let mut txns = Transactions::default();
+    txns.add_aborted(&seen.aborted);
     for seg in segments.iter().filter(|seg| seg.next_offset > from) {
-        let headers = match seen.remove(&seg.base_offset) {
-            Some(headers) => headers,
+        let batches = match seen.scanned.remove(&seg.base_offset) {
+            Some(batches) => batches,
             None => {
                 let Some(file) = seg.file.as_ref() else {
                     continue;
                 };
-                let mut headers = Vec::new();
-                segment::scan(file, seg.base_offset, u32::MAX, false, &mut |h| {
+                let mut batches = Vec::new();
+                segment::scan(file, seg.base_offset, u32::MAX, false, &mut |h, bytes| {
                     if h.producer_id != NO_PRODUCER_ID {
-                        headers.push(*h);
+                        batches.push(ProducerBatch::of(*h, bytes));
                     }
                 })
                 .await?;
-                headers
+                batches
             }
         };
-        for h in headers.iter().filter(|h| h.base_offset >= from) {
-            producers.replay(h);
+        for b in batches.iter().filter(|b| b.header.base_offset >= from) {
+            if let Some(event) = producers.replay(b) {
+                txns.apply(event, b.header.base_offset);
+            }
         }
     }
-    Ok((producers, from))
+    txns.set_open(producers.open_transactions());
+    Ok((producers, txns, from))
 }
 
-/// Headers of idempotent batches seen by recovery scans, by segment base offset.
-type ScannedProducers = std::collections::HashMap<i64, Vec<BatchHeader>>;
+/// What recovery learned while opening segments: the producer batches of the segments it
+/// scanned (by base offset), and the aborted transactions of the sealed segments it trusted.
+#[derive(Default)]
+struct Recovery {
+    scanned: std::collections::HashMap<i64, Vec<ProducerBatch>>,
+    aborted: Vec<AbortedTxn>,
+}
 
 async fn recover_segment(
     dir: &Path,
     base: i64,
     last: bool,
     interval: u32,
-    seen: &mut ScannedProducers,
+    seen: &mut Recovery,
 ) -> Result<Segment> {
     let path = segment::segment_path(dir, base, "log");
     let file = segment::open_file(&path, false).await?;
@@ -1338,7 +1536,16 @@ async fn recover_segment(
     if !last {
         let offsets = std::fs::read(seg.path("index")).unwrap_or_default();
         let times = std::fs::read(seg.path("timeindex")).unwrap_or_default();
-        if let Some(index) = SegmentIndex::decode(base, &offsets, &times) {
+        // No `.txnindex`: no transaction was aborted in the segment. A damaged one makes the
+        // segment scanned like one without indexes.
+        let aborted = match std::fs::read(seg.path("txnindex")) {
+            Ok(bytes) => txn::decode_index(&bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Vec::new()),
+            Err(_) => None,
+        };
+        let index = SegmentIndex::decode(base, &offsets, &times);
+        if let (Some(index), Some(aborted)) = (index, aborted) {
+            seen.aborted.extend(aborted);
             // Sealed segments were truncated to their logical size before indexes were written.
             seg.max_timestamp = index.times.last().map(|t| t.timestamp).unwrap_or(-1);
             seg.max_timestamp_position = index
@@ -1387,7 +1594,7 @@ fn drop_merged_leftovers(segments: &mut Vec<Segment>) -> Result<()> {
                 )));
             }
             let leftover = segments.remove(i + 1);
-            for ext in ["log", "index", "timeindex"] {
+            for ext in ["log", "index", "timeindex", "txnindex"] {
                 cleaner::remove_if_present(&leftover.path(ext))?;
             }
             continue;
@@ -1421,21 +1628,21 @@ async fn scan_into(
     path: &Path,
     last: bool,
     interval: u32,
-    seen: &mut ScannedProducers,
+    seen: &mut Recovery,
 ) -> Result<Segment> {
     let file = match file {
         Some(f) => f,
         None => segment::open_file(path, false).await?,
     };
     let base = seg.base_offset;
-    let mut headers = Vec::new();
-    let scanned = segment::scan(&file, base, interval, last, &mut |h| {
+    let mut batches = Vec::new();
+    let scanned = segment::scan(&file, base, interval, last, &mut |h, bytes| {
         if h.producer_id != NO_PRODUCER_ID {
-            headers.push(*h);
+            batches.push(ProducerBatch::of(*h, bytes));
         }
     })
     .await?;
-    seen.insert(base, headers);
+    seen.scanned.insert(base, batches);
     let file_size = file.file_size().await?;
     if scanned.valid_bytes < file_size {
         // Torn or corrupt tail (or preallocated zeros): cut the file back to the valid bytes.

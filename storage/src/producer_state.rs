@@ -10,6 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::batch::BatchHeader;
+use crate::txn::{ProducerBatch, TxnEvent};
 
 /// Batches remembered per producer for duplicate detection (Kafka keeps five: the most a
 /// producer may have in flight).
@@ -36,6 +37,8 @@ pub struct ProducerEntry {
     pub batches: VecDeque<BatchMeta>,
     /// Max timestamp of the producer's last batch.
     pub last_timestamp: i64,
+    /// The first offset of the producer's open transaction on this partition, if any.
+    pub ongoing_txn: Option<i64>,
 }
 
 impl ProducerEntry {
@@ -65,6 +68,8 @@ pub enum SequenceError {
         expected: i32,
         got: i32,
     },
+    /// A non-transactional batch from a producer with an open transaction: INVALID_TXN_STATE.
+    NotTransactional { producer_id: i64 },
 }
 
 impl std::fmt::Display for SequenceError {
@@ -85,6 +90,10 @@ impl std::fmt::Display for SequenceError {
             } => write!(
                 f,
                 "out of order sequence number for producer {producer_id}: expected {expected}, got {got}"
+            ),
+            SequenceError::NotTransactional { producer_id } => write!(
+                f,
+                "producer {producer_id} has an open transaction: a non-transactional write is refused"
             ),
         }
     }
@@ -172,6 +181,11 @@ impl ProducerStates {
                         return Ok(Verdict::Duplicate(*dup));
                     }
                 }
+                if !h.is_transactional() && entry.ongoing_txn.is_some() {
+                    return Err(SequenceError::NotTransactional {
+                        producer_id: h.producer_id,
+                    });
+                }
                 if h.producer_epoch < entry.epoch {
                     return Err(SequenceError::StaleEpoch {
                         producer_id: h.producer_id,
@@ -202,10 +216,14 @@ impl ProducerStates {
                 epoch: h.producer_epoch,
                 batches: VecDeque::new(),
                 last_timestamp: -1,
+                ongoing_txn: None,
             });
             if entry.epoch != h.producer_epoch {
                 entry.epoch = h.producer_epoch;
                 entry.batches.clear();
+            }
+            if h.is_transactional() && entry.ongoing_txn.is_none() {
+                entry.ongoing_txn = Some(batch_first);
             }
             entry.remember(BatchMeta {
                 first_seq,
@@ -224,10 +242,13 @@ impl ProducerStates {
         self.entries.extend(staged.entries);
     }
 
-    /// Replays one batch read back from the log (recovery): as an append, but trusting it.
-    pub fn replay(&mut self, h: &BatchHeader) {
-        if h.producer_id == NO_PRODUCER_ID || h.is_control() {
-            return;
+    /// Applies one appended batch (or one read back by recovery, trusting it): remembers a
+    /// data batch, starts a transaction at a producer's first transactional batch, and ends it
+    /// at a control batch (a marker with a newer epoch also fences the producer's older one).
+    pub fn replay(&mut self, b: &ProducerBatch) -> Option<TxnEvent> {
+        let h = &b.header;
+        if h.producer_id == NO_PRODUCER_ID {
+            return None;
         }
         let entry = self
             .entries
@@ -236,11 +257,33 @@ impl ProducerStates {
                 epoch: h.producer_epoch,
                 batches: VecDeque::new(),
                 last_timestamp: -1,
+                ongoing_txn: None,
             });
+        if h.is_control() {
+            if h.producer_epoch > entry.epoch {
+                entry.epoch = h.producer_epoch;
+                entry.batches.clear();
+            }
+            entry.last_timestamp = entry.last_timestamp.max(h.max_timestamp);
+            let first_offset = entry.ongoing_txn.take()?;
+            return Some(TxnEvent::Ended {
+                producer_id: h.producer_id,
+                first_offset,
+                marker_offset: h.base_offset,
+                commit: b.marker.is_some_and(|m| m.commit),
+            });
+        }
         if h.producer_epoch != entry.epoch {
             entry.epoch = h.producer_epoch;
             entry.batches.clear();
         }
+        let started = (h.is_transactional() && entry.ongoing_txn.is_none()).then(|| {
+            entry.ongoing_txn = Some(h.base_offset);
+            TxnEvent::Started {
+                producer_id: h.producer_id,
+                first_offset: h.base_offset,
+            }
+        });
         entry.remember(BatchMeta {
             first_seq: h.base_sequence,
             last_seq: last_sequence(h),
@@ -248,6 +291,21 @@ impl ProducerStates {
             last_offset: h.last_offset(),
             timestamp: h.max_timestamp,
         });
+        started
+    }
+
+    /// The producer's open transactions: (first offset, producer id).
+    pub fn open_transactions(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.entries
+            .iter()
+            .filter_map(|(pid, e)| e.ongoing_txn.map(|first| (first, *pid)))
+    }
+
+    /// A transaction whose marker was discarded (a failed write) is open again.
+    pub fn reopen(&mut self, producer_id: i64, first_offset: i64) {
+        if let Some(e) = self.entries.get_mut(&producer_id) {
+            e.ongoing_txn = Some(first_offset);
+        }
     }
 
     /// Forgets every batch at or past `end_offset` (an unwritten tail was discarded). A producer
@@ -256,16 +314,18 @@ impl ProducerStates {
     pub fn truncate(&mut self, end_offset: i64) {
         self.entries.retain(|_, e| {
             e.batches.retain(|b| b.last_offset < end_offset);
-            !e.batches.is_empty()
+            e.ongoing_txn = e.ongoing_txn.filter(|first| *first < end_offset);
+            !e.batches.is_empty() || e.ongoing_txn.is_some()
         });
     }
 
     /// Forgets producers whose last batch is older than `expiration_ms`
-    /// (`producer.id.expiration.ms`).
+    /// (`producer.id.expiration.ms`), except those with an open transaction (as Kafka does).
     pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
         let before = self.entries.len();
-        self.entries
-            .retain(|_, e| now_ms.saturating_sub(e.last_timestamp) < expiration_ms);
+        self.entries.retain(|_, e| {
+            e.ongoing_txn.is_some() || now_ms.saturating_sub(e.last_timestamp) < expiration_ms
+        });
         before - self.entries.len()
     }
 
@@ -283,6 +343,7 @@ impl ProducerStates {
             out.extend_from_slice(&id.to_be_bytes());
             out.extend_from_slice(&e.epoch.to_be_bytes());
             out.extend_from_slice(&e.last_timestamp.to_be_bytes());
+            out.extend_from_slice(&e.ongoing_txn.unwrap_or(-1).to_be_bytes());
             out.push(e.batches.len() as u8);
             for b in &e.batches {
                 out.extend_from_slice(&b.first_seq.to_be_bytes());
@@ -304,7 +365,12 @@ impl ProducerStates {
             return None;
         }
         let mut r = Reader(body);
-        if r.take(4)? != SNAPSHOT_MAGIC || r.u16()? != SNAPSHOT_VERSION {
+        if r.take(4)? != SNAPSHOT_MAGIC {
+            return None;
+        }
+        // Version 1 (before transactions) lacks the open transaction's first offset.
+        let version = r.u16()?;
+        if !(1..=SNAPSHOT_VERSION).contains(&version) {
             return None;
         }
         let offset = r.i64()?;
@@ -314,6 +380,11 @@ impl ProducerStates {
             let id = r.i64()?;
             let epoch = r.u16()? as i16;
             let last_timestamp = r.i64()?;
+            let ongoing_txn = if version >= 2 {
+                Some(r.i64()?).filter(|first| *first >= 0)
+            } else {
+                None
+            };
             let n = usize::from(*r.take(1)?.first()?);
             if n > BATCHES_RETAINED {
                 return None;
@@ -334,6 +405,7 @@ impl ProducerStates {
                     epoch,
                     batches,
                     last_timestamp,
+                    ongoing_txn,
                 },
             );
         }
@@ -345,7 +417,7 @@ impl ProducerStates {
 }
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"SLPS";
-const SNAPSHOT_VERSION: u16 = 1;
+const SNAPSHOT_VERSION: u16 = 2;
 
 struct Reader<'a>(&'a [u8]);
 
@@ -528,7 +600,10 @@ mod tests {
             let mut h = batch(pid, epoch, seq, n);
             append(&mut appended, h, offset).expect("append");
             h.base_offset = offset;
-            replayed.replay(&h);
+            replayed.replay(&ProducerBatch {
+                header: h,
+                marker: None,
+            });
             offset += i64::from(n);
         }
         assert_eq!(appended, replayed);

@@ -326,7 +326,7 @@ pub async fn scan(
     base_offset: i64,
     interval: u32,
     contiguous: bool,
-    on_batch: &mut dyn FnMut(&BatchHeader),
+    on_batch: &mut dyn FnMut(&BatchHeader, &[u8]),
 ) -> Result<ScanResult> {
     let file_size = file.file_size().await?;
     let mut result = ScanResult {
@@ -399,7 +399,7 @@ pub async fn scan(
             result.max_timestamp = header.max_timestamp;
             result.max_timestamp_position = pos;
         }
-        on_batch(&header);
+        on_batch(&header, bytes);
         result.next_offset = header.last_offset() + 1;
         pos += total;
         result.valid_bytes = pos;

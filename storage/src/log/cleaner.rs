@@ -38,6 +38,7 @@ use super::{sync_dir, write_all_at, write_small_file, PartitionLog};
 use crate::batch::{self, BatchHeader, HEADER_BYTES};
 use crate::compaction::{self, Filtered, KeyMap};
 use crate::error::{Result, StorageError};
+use crate::txn::Transactions;
 use crate::index::SegmentIndex;
 use crate::segment::{self, align_down, align_up};
 use sluice_core::limits;
@@ -170,7 +171,8 @@ impl PartitionLog {
             // The segment after it must have its file: the last segment file on disk is then
             // never a cleaned one, and recovery may require contiguous offsets in it.
             let successor_on_disk = s.segments.get(i + 1).is_some_and(|n| n.file.is_some());
-            if !seg.sealed || seg.next_offset > s.high_watermark || young || !successor_on_disk {
+            // Below the last stable offset: every transaction in it is decided.
+            if !seg.sealed || seg.next_offset > super::lso(&s) || young || !successor_on_disk {
                 break;
             }
             let Some(file) = seg.file.clone() else {
@@ -220,13 +222,16 @@ impl PartitionLog {
         let mut stats = CleanStats::default();
         let mut map = KeyMap::new(budget.key_map_bytes);
         let mut map_end = first_dirty;
+        // Records of aborted transactions neither enter the key map nor survive (Kafka's rule):
+        // an aborted write must never shadow a committed one.
+        let txns = self.state.borrow().txns.clone();
         'segments: for seg in segments.iter().filter(|s| s.next_offset > first_dirty) {
             let mut reader = BatchReader::new(seg);
             while let Some(bytes) = reader.next(&mut pace, &mut stats).await? {
                 let Some(header) = BatchHeader::parse(&bytes) else {
                     break;
                 };
-                if header.last_offset() < first_dirty {
+                if header.last_offset() < first_dirty || aborted(&txns, &header) {
                     continue;
                 }
                 if !compaction::add_keys(&mut map, &bytes) {
@@ -264,6 +269,7 @@ impl PartitionLog {
                     &mut pace,
                     &mut stats,
                     &mut horizon,
+                    &txns,
                 )
                 .await?;
             if let Some(cleaned) = cleaned {
@@ -293,6 +299,7 @@ impl PartitionLog {
         pace: &mut Pace,
         stats: &mut CleanStats,
         horizon: &mut Option<i64>,
+        txns: &Transactions,
     ) -> Result<Option<Cleaned>> {
         let base = group.first().expect("a group is never empty").base;
         let path = segment::segment_path(&self.dir, base, "cleaned");
@@ -305,6 +312,11 @@ impl PartitionLog {
             stats.bytes_cleaned += seg.size;
             let mut reader = BatchReader::new(seg);
             while let Some(bytes) = reader.next(pace, stats).await? {
+                if BatchHeader::parse(&bytes).is_some_and(|h| aborted(txns, &h)) {
+                    changed = true;
+                    removed += 1;
+                    continue;
+                }
                 let outcome = compaction::filter_batch(
                     &bytes,
                     map,
@@ -363,7 +375,7 @@ impl PartitionLog {
         let all = bases.clone();
         off_reactor(move || -> Result<()> {
             for base in all {
-                for ext in ["index", "timeindex"] {
+                for ext in ["index", "timeindex", "txnindex"] {
                     remove_if_present(&segment::segment_path(&dir, base, ext))?;
                 }
             }
@@ -423,6 +435,8 @@ impl PartitionLog {
             );
             let offsets = cleaned.index.encode_offsets(base);
             let times = cleaned.index.encode_times(base);
+            let aborted_here = self.state.borrow().txns.aborted_in(base, end);
+            super::write_txn_index(&self.dir, base, &aborted_here).await?;
             write_small_file(&segment::segment_path(&self.dir, base, "index"), &offsets).await?;
             write_small_file(&segment::segment_path(&self.dir, base, "timeindex"), &times).await?;
             // Looked up again after the awaits, and changed without one in between. Retention
@@ -498,7 +512,7 @@ pub(super) fn remove_segments(dir: &Path, bases: &[i64]) -> Result<Vec<std::fs::
     for base in bases {
         let log = segment::segment_path(dir, *base, "log");
         held.extend(hold_inode(&log));
-        for ext in ["log", "index", "timeindex"] {
+        for ext in ["log", "index", "timeindex", "txnindex"] {
             remove_if_present(&segment::segment_path(dir, *base, ext))?;
         }
     }
@@ -758,6 +772,11 @@ impl Pace {
             glommio::timer::sleep(due - elapsed).await;
         }
     }
+}
+
+/// A data batch of an aborted transaction.
+fn aborted(txns: &Transactions, h: &BatchHeader) -> bool {
+    h.is_transactional() && !h.is_control() && txns.is_aborted(h.producer_id, h.base_offset)
 }
 
 pub(super) fn remove_if_present(path: &Path) -> Result<()> {
