@@ -104,6 +104,15 @@ pub struct BrokerConfig {
     pub offsets_topic_segment_bytes: u64,
     /// Longest metadata string a committed offset may carry (`offset.metadata.max.bytes`).
     pub offset_metadata_max_bytes: usize,
+    /// Transactions: partitions of `__transaction_state` (`transaction.state.log.num.partitions`,
+    /// Kafka's 50) and its `segment.bytes` (`transaction.state.log.segment.bytes`, 100 MiB); the
+    /// longest `transaction.timeout.ms` a producer may ask for (`transaction.max.timeout.ms`,
+    /// 15 minutes); how often timed-out transactions are looked for and aborted
+    /// (`transaction.abort.timed.out.transaction.cleanup.interval.ms`, 10 s).
+    pub transaction_state_log_num_partitions: i32,
+    pub transaction_state_log_segment_bytes: u64,
+    pub transaction_max_timeout_ms: i32,
+    pub transaction_abort_timed_out_transaction_cleanup_interval_ms: u64,
     /// How long a partition remembers an idempotent producer after its last batch's timestamp
     /// (`producer.id.expiration.ms`, Kafka's default of one day).
     pub producer_id_expiration_ms: i64,
@@ -163,6 +172,10 @@ impl Default for BrokerConfig {
             offsets_topic_num_partitions: 50,
             offsets_topic_segment_bytes: 104_857_600,
             offset_metadata_max_bytes: 4096,
+            transaction_state_log_num_partitions: 50,
+            transaction_state_log_segment_bytes: 104_857_600,
+            transaction_max_timeout_ms: 900_000,
+            transaction_abort_timed_out_transaction_cleanup_interval_ms: 10_000,
             socket_send_zerocopy: false,
             log_cleanup_policy: "delete".into(),
             log_cleaner_enable: true,
@@ -337,6 +350,20 @@ impl BrokerConfig {
                 "offset.metadata.max.bytes" => {
                     config.offset_metadata_max_bytes = positive(k, v)? as usize
                 }
+                "transaction.state.log.num.partitions" => {
+                    config.transaction_state_log_num_partitions = positive(k, v)? as i32
+                }
+                "transaction.state.log.segment.bytes" => {
+                    config.transaction_state_log_segment_bytes = positive(k, v)?.max(14) as u64
+                }
+                "transaction.max.timeout.ms" => {
+                    config.transaction_max_timeout_ms =
+                        positive(k, v)?.min(i64::from(i32::MAX)) as i32
+                }
+                "transaction.abort.timed.out.transaction.cleanup.interval.ms" => {
+                    config.transaction_abort_timed_out_transaction_cleanup_interval_ms =
+                        positive(k, v)? as u64
+                }
                 "log.cleanup.policy" => {
                     config.log_cleanup_policy = crate::topic::parse_cleanup_policy(k, v)?
                 }
@@ -494,6 +521,23 @@ impl BrokerConfig {
             (
                 "offset.metadata.max.bytes",
                 self.offset_metadata_max_bytes.to_string(),
+            ),
+            (
+                "transaction.state.log.num.partitions",
+                self.transaction_state_log_num_partitions.to_string(),
+            ),
+            (
+                "transaction.state.log.segment.bytes",
+                self.transaction_state_log_segment_bytes.to_string(),
+            ),
+            (
+                "transaction.max.timeout.ms",
+                self.transaction_max_timeout_ms.to_string(),
+            ),
+            (
+                "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+                self.transaction_abort_timed_out_transaction_cleanup_interval_ms
+                    .to_string(),
             ),
             (
                 "producer.id.expiration.ms",

@@ -25,6 +25,8 @@ pub mod runtime;
 pub mod send;
 pub mod shard;
 pub mod topics;
+pub mod transactions;
+pub mod txn_coordinator;
 
 /// Unit tests run under the same allocator as the broker (see `alloc_guard`).
 #[cfg(test)]

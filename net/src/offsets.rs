@@ -256,6 +256,7 @@ fn set(table: &mut GroupOffsets, group: String, topic: String, partition: i32, c
 /// tombstone) is put in `group_records`.
 pub async fn load(
     table: &mut GroupOffsets,
+    pending: &mut PendingTxnOffsets,
     group_records: &mut HashMap<String, Option<Vec<u8>>>,
     consumer_groups: &mut HashMap<String, crate::consumer_group_records::Persisted>,
     log: &Rc<PartitionLog>,
@@ -276,8 +277,31 @@ pub async fn load(
             .map_err(|e| format!("{}-{} at {offset}: {e}", log.topic, log.partition))?;
         for (pos, header) in batches {
             let whole = &bytes[pos..pos + header.total_bytes()];
+            if header.is_control() {
+                // A transaction's end: its offsets become visible, or are dropped.
+                if let Some(m) = sluice_storage::txn::parse_marker(whole) {
+                    end_pending(table, pending, header.producer_id, m.commit, |_| true);
+                }
+                offset = offset.max(header.last_offset() + 1);
+                continue;
+            }
             for record in batch::records(whole).unwrap_or_default() {
-                if record.offset >= offset {
+                if header.is_transactional() && record.offset >= offset {
+                    // TxnOffsetCommit: pending until the transaction's marker.
+                    if let (Some((group, topic, partition)), Some(mut c)) = (
+                        record.key.and_then(decode_key),
+                        record.value.and_then(decode_value),
+                    ) {
+                        c.log_offset = record.offset;
+                        pending
+                            .entry(header.producer_id)
+                            .or_default()
+                            .entry(group)
+                            .or_default()
+                            .insert((topic, partition), c);
+                    }
+                    applied += 1;
+                } else if record.offset >= offset {
                     let kip848 = record.key.is_some_and(|k| {
                         crate::consumer_group_records::replay(consumer_groups, k, record.value)
                     });
@@ -293,6 +317,214 @@ pub async fn load(
         }
     }
     Ok(applied)
+}
+
+/// Calls `f` with the key and value of every record of an internal partition's data batches
+/// (control batches skipped), from its start to its high watermark.
+pub async fn for_each_record(
+    log: &Rc<PartitionLog>,
+    mut f: impl FnMut(&[u8], Option<&[u8]>),
+) -> Result<(), String> {
+    let mut offset = log.log_start_offset();
+    let end = log.high_watermark();
+    while offset < end {
+        let read = log
+            .read(offset, 4 << 20, true)
+            .await
+            .map_err(|e| format!("reading {}-{}: {e}", log.topic, log.partition))?;
+        let bytes = read.records.to_bytes();
+        if bytes.is_empty() {
+            break;
+        }
+        let batches = batch::split_stored(&bytes)
+            .map_err(|e| format!("{}-{} at {offset}: {e}", log.topic, log.partition))?;
+        for (pos, header) in batches {
+            if !header.is_control() {
+                let whole = &bytes[pos..pos + header.total_bytes()];
+                for record in batch::records(whole).unwrap_or_default() {
+                    if record.offset >= offset {
+                        if let Some(key) = record.key {
+                            f(key, record.value);
+                        }
+                    }
+                }
+            }
+            offset = offset.max(header.last_offset() + 1);
+        }
+    }
+    Ok(())
+}
+
+/// Transactional offset commits not yet decided: producer id → group → partition → offset.
+pub type PendingTxnOffsets = HashMap<i64, HashMap<String, BTreeMap<(String, i32), Committed>>>;
+
+/// Ends `producer_id`'s pending offsets of the groups `in_partition` accepts: on commit they
+/// become the groups' offsets (unless a later record set them), on abort they are dropped.
+fn end_pending(
+    table: &mut GroupOffsets,
+    pending: &mut PendingTxnOffsets,
+    producer_id: i64,
+    commit: bool,
+    in_partition: impl Fn(&str) -> bool,
+) {
+    let Some(groups) = pending.get_mut(&producer_id) else {
+        return;
+    };
+    let ended: Vec<String> = groups.keys().filter(|g| in_partition(g)).cloned().collect();
+    for group in ended {
+        let Some(offsets) = groups.remove(&group) else {
+            continue;
+        };
+        if commit {
+            for ((topic, partition), c) in offsets {
+                set(table, group.clone(), topic, partition, c);
+            }
+        }
+    }
+    if groups.is_empty() {
+        pending.remove(&producer_id);
+    }
+}
+
+/// A transaction marker was written to `__consumer_offsets` partition `partition` (on this, its
+/// owning core): the producer's pending offsets of the groups there are decided.
+pub fn end_transaction(shard: &Shard, partition: i32, producer_id: i64, commit: bool) {
+    let partitions = shard
+        .topics
+        .borrow()
+        .get(OFFSETS_TOPIC)
+        .map_or(1, |t| t.partitions);
+    end_pending(
+        &mut shard.offsets.borrow_mut(),
+        &mut shard.txn_offsets.borrow_mut(),
+        producer_id,
+        commit,
+        |group| partition_for(group, partitions) == partition,
+    );
+}
+
+/// Whether `group` has transactional offsets not yet decided for the partition (OffsetFetch
+/// with `require_stable` answers UNSTABLE_OFFSET_COMMIT for those).
+pub fn has_pending(shard: &Shard, group: &str, topic: &str, partition: i32) -> bool {
+    shard.txn_offsets.borrow().values().any(|groups| {
+        groups
+            .get(group)
+            .is_some_and(|o| o.contains_key(&(topic.to_string(), partition)))
+    })
+}
+
+/// TxnOffsetCommit, on the group's coordinating core: the offsets are written to the group's
+/// partition as a transactional batch of the producer and stay pending — invisible to
+/// OffsetFetch — until the transaction's marker decides them. The group check is Kafka's for
+/// transactional commits: a commit without generation (-1) and member is accepted; otherwise
+/// the member and generation must be current.
+#[allow(clippy::too_many_arguments)]
+pub async fn txn_commit(
+    shard: &Rc<Shard>,
+    group: String,
+    producer_id: i64,
+    producer_epoch: i16,
+    generation: i32,
+    member_id: &str,
+    instance_id: Option<&str>,
+    offsets: Vec<OffsetToCommit>,
+) -> Vec<(String, i32, i16)> {
+    let all = |code: ResponseError| {
+        offsets
+            .iter()
+            .map(|o| (o.topic.clone(), o.partition, code.code()))
+            .collect::<Vec<_>>()
+    };
+    let unchecked = generation < 0 && member_id.is_empty() && instance_id.is_none();
+    if !unchecked {
+        let verdict = crate::consumer_groups::validate_commit(shard, &group, member_id, generation);
+        let error = match verdict {
+            Some(e) => e,
+            None if crate::groups::has_members(shard, &group) => {
+                crate::groups::validate_commit(shard, &group, generation, member_id, instance_id)
+            }
+            None if generation >= 0 => Some(ResponseError::IllegalGeneration),
+            None => None,
+        };
+        if let Some(e) = error {
+            return all(e);
+        }
+    }
+    let log = match group_log(shard, &group) {
+        Ok(log) => log,
+        Err(e) => return all(e),
+    };
+    let now = now_ms();
+    let mut answers = Vec::with_capacity(offsets.len());
+    let mut accepted = Vec::new();
+    for o in offsets {
+        let known = shard
+            .topics
+            .borrow()
+            .get(&o.topic)
+            .is_some_and(|t| (0..t.partitions).contains(&o.partition));
+        let metadata = o.metadata.unwrap_or_default();
+        let error = if !known {
+            ResponseError::UnknownTopicOrPartition.code()
+        } else if metadata.encode_utf16().count() > shard.broker.offset_metadata_max_bytes {
+            ResponseError::OffsetMetadataTooLarge.code()
+        } else {
+            accepted.push((
+                o.topic.clone(),
+                o.partition,
+                Committed {
+                    offset: o.offset,
+                    leader_epoch: o.leader_epoch,
+                    metadata,
+                    commit_timestamp: now,
+                    log_offset: -1,
+                },
+            ));
+            0
+        };
+        answers.push((o.topic, o.partition, error));
+    }
+    if accepted.is_empty() {
+        return answers;
+    }
+    let encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> = accepted
+        .iter()
+        .map(|(t, p, c)| (encode_key(&group, t, *p), Some(encode_value(c))))
+        .collect();
+    let records: Vec<batch::KeyValue<'_>> = encoded
+        .iter()
+        .map(|(k, v)| (Some(k.as_slice()), v.as_deref()))
+        .collect();
+    let mut bytes = batch::build_keyed_batch(0, now, &records);
+    batch::set_transactional(&mut bytes, producer_id, producer_epoch);
+    let written = match log.append_for_producer(&bytes.freeze(), now) {
+        Err(e) => Err(crate::error::storage_error_code(&e)),
+        Ok(info) => {
+            shard.flusher.mark_dirty(&log);
+            log.wait_durable(&info, Durability::Synced)
+                .await
+                .map(|()| info.base_offset)
+                .map_err(|e| crate::error::storage_error_code(&e))
+        }
+    };
+    match written {
+        Ok(first) => {
+            let mut pending = shard.txn_offsets.borrow_mut();
+            let groups = pending.entry(producer_id).or_default();
+            let table = groups.entry(group.clone()).or_default();
+            for (i, (topic, partition, mut c)) in accepted.into_iter().enumerate() {
+                c.log_offset = first + i as i64;
+                table.insert((topic, partition), c);
+            }
+        }
+        Err(code) => {
+            // A fenced producer's epoch is INVALID_PRODUCER_EPOCH, as Kafka answers it here.
+            for a in answers.iter_mut().filter(|a| a.2 == 0) {
+                a.2 = code;
+            }
+        }
+    }
+    answers
 }
 
 /// Appends the offsets of one commit to the group's partition and waits until they are
@@ -311,9 +543,9 @@ async fn append_commit(
     append_records(log, flusher, &encoded, now_ms).await
 }
 
-/// Appends records (key, value or tombstone) to a `__consumer_offsets` partition as one batch
-/// and waits until they are durable; returns the log offset of the first.
-async fn append_records(
+/// Appends records (key, value or tombstone) to an internal partition as one batch and waits
+/// until they are durable; returns the log offset of the first.
+pub(crate) async fn append_records(
     log: &Rc<PartitionLog>,
     flusher: &sluice_storage::Flusher,
     encoded: &[(Vec<u8>, Option<Vec<u8>>)],

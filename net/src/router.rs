@@ -35,9 +35,13 @@ pub enum CoreRequest {
     WaitForData {
         partitions: Vec<(TopicPartition, i64)>,
         timeout_ms: u64,
+        /// Wait for the last stable offset, not the high watermark, to pass the offsets.
+        read_committed: bool,
     },
     ListOffsets {
         partitions: Vec<(TopicPartition, i64)>,
+        /// isolation_level read_committed: LATEST is the last stable offset.
+        read_committed: bool,
     },
     /// To core 0, the metadata owner.
     CreateTopics {
@@ -69,6 +73,26 @@ pub enum CoreRequest {
         group: String,
         topics: Option<Vec<(String, Vec<i32>)>>,
     },
+    /// To the core coordinating the transactional id (its `__transaction_state` partition).
+    Txn(crate::txn_coordinator::TxnCall),
+    /// From a transaction coordinator to a core owning partitions of the transaction: write
+    /// its COMMIT or ABORT markers there.
+    WriteMarkers {
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        partitions: Vec<TopicPartition>,
+    },
+    /// TxnOffsetCommit, to the core owning the group's `__consumer_offsets` partition.
+    TxnCommitOffsets {
+        group: String,
+        producer_id: i64,
+        producer_epoch: i16,
+        generation: i32,
+        member_id: String,
+        instance_id: Option<String>,
+        offsets: Vec<OffsetToCommit>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +109,7 @@ pub struct ReadPartition {
     pub tp: TopicPartition,
     pub offset: i64,
     pub max_bytes: usize,
+    pub isolation: sluice_storage::log::Isolation,
 }
 
 #[derive(Debug, Clone)]
@@ -124,8 +149,11 @@ pub struct ReadOutcome {
     pub tp: TopicPartition,
     pub error: i16,
     pub high_watermark: i64,
+    pub last_stable_offset: i64,
     pub log_start_offset: i64,
     pub records: sluice_storage::Records,
+    /// read_committed: aborted transactions (producer id, first offset) the records may hold.
+    pub aborted: Option<Vec<(i64, i64)>>,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +186,9 @@ pub enum CoreResponse {
     Committed(Vec<(String, i32, i16)>),
     /// (topic, partition, committed offset if any).
     Fetched(Vec<(String, i32, Option<crate::offsets::Committed>)>),
+    Txn(crate::txn_coordinator::TxnReply),
+    /// One error code per partition of a WriteMarkers.
+    Markers(Vec<(TopicPartition, i16)>),
 }
 
 #[derive(Debug)]

@@ -182,6 +182,8 @@ async fn core_main(
         offsets: RefCell::new(Default::default()),
         groups: RefCell::new(Default::default()),
         consumer_groups: RefCell::new(Default::default()),
+        txn_offsets: RefCell::new(Default::default()),
+        txns: RefCell::new(Default::default()),
         producer_ids: if core == 0 {
             Some(ProducerIds::load(&config.log_dirs).map_err(|e| format!("core 0: {e}"))?)
         } else {
@@ -235,6 +237,7 @@ async fn core_main(
     crate::log_cleaner::start(shard.clone());
     glommio::spawn_local(crate::groups::session_loop(shard.clone())).detach();
     glommio::spawn_local(crate::offsets::expiry_loop(shard.clone())).detach();
+    glommio::spawn_local(crate::txn_coordinator::timeout_loop(shard.clone())).detach();
     let listener = bind_listener(config.listener)
         .map_err(|e| format!("core {core}: cannot listen on {}: {e}", config.listener))?;
     if core == 0 {

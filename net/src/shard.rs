@@ -18,6 +18,7 @@ use kafka_protocol::error::ResponseError;
 use sluice_core::config::BrokerConfig;
 use sluice_core::shard_table::ShardUpdate;
 use sluice_core::{ShardTable, TopicPartition};
+use sluice_storage::log::Isolation;
 use sluice_storage::{Durability, Flusher, LogConfig, PartitionLog, SyncPolicy};
 
 use crate::error::storage_error_code;
@@ -55,6 +56,10 @@ pub struct Shard {
     pub groups: RefCell<crate::groups::Groups>,
     /// KIP-848 consumer groups this core coordinates.
     pub consumer_groups: RefCell<crate::consumer_groups::Groups>,
+    /// Transactional offset commits of those groups not yet decided by a marker.
+    pub txn_offsets: RefCell<crate::offsets::PendingTxnOffsets>,
+    /// Transactions this core coordinates (their `__transaction_state` partitions are here).
+    pub txns: RefCell<crate::txn_coordinator::TxnTable>,
     pub stopping: Cell<bool>,
     /// Requests read from clients of this core and not yet answered.
     pub inflight: Cell<usize>,
@@ -96,18 +101,79 @@ impl Shard {
             CoreRequest::WaitForData {
                 partitions,
                 timeout_ms,
+                read_committed,
             } => {
                 let shard = self.clone();
                 async move {
-                    shard.wait_for_data(partitions, timeout_ms).await;
+                    shard
+                        .wait_for_data(partitions, timeout_ms, read_committed)
+                        .await;
                     CoreResponse::Waited
                 }
                 .boxed_local()
             }
-            CoreRequest::ListOffsets { partitions } => {
+            CoreRequest::ListOffsets {
+                partitions,
+                read_committed,
+            } => {
                 let shard = self.clone();
-                async move { CoreResponse::ListOffsets(shard.list_offsets(partitions).await) }
+                async move {
+                    CoreResponse::ListOffsets(shard.list_offsets(partitions, read_committed).await)
+                }
+                .boxed_local()
+            }
+            CoreRequest::Txn(call) => {
+                let shard = self.clone();
+                async move { CoreResponse::Txn(crate::txn_coordinator::run(&shard, call).await) }
                     .boxed_local()
+            }
+            CoreRequest::WriteMarkers {
+                producer_id,
+                producer_epoch,
+                commit,
+                partitions,
+            } => {
+                let shard = self.clone();
+                async move {
+                    CoreResponse::Markers(
+                        crate::txn_coordinator::write_local_markers(
+                            &shard,
+                            producer_id,
+                            producer_epoch,
+                            commit,
+                            partitions,
+                        )
+                        .await,
+                    )
+                }
+                .boxed_local()
+            }
+            CoreRequest::TxnCommitOffsets {
+                group,
+                producer_id,
+                producer_epoch,
+                generation,
+                member_id,
+                instance_id,
+                offsets,
+            } => {
+                let shard = self.clone();
+                async move {
+                    CoreResponse::Committed(
+                        crate::offsets::txn_commit(
+                            &shard,
+                            group,
+                            producer_id,
+                            producer_epoch,
+                            generation,
+                            &member_id,
+                            instance_id.as_deref(),
+                            offsets,
+                        )
+                        .await,
+                    )
+                }
+                .boxed_local()
             }
             CoreRequest::CreateTopics {
                 topics,
@@ -290,7 +356,7 @@ impl Shard {
     }
 
     /// The log of a partition this core owns, or the Kafka error to answer with.
-    fn owned_log(&self, tp: &TopicPartition) -> Result<Rc<PartitionLog>, i16> {
+    pub(crate) fn owned_log(&self, tp: &TopicPartition) -> Result<Rc<PartitionLog>, i16> {
         match self.table.borrow().core_of(&tp.topic, tp.partition) {
             None => return Err(ResponseError::UnknownTopicOrPartition.code()),
             Some(core) if core != self.core_id => {
@@ -312,12 +378,18 @@ impl Shard {
                     tp: p.tp,
                     error,
                     high_watermark: -1,
+                    last_stable_offset: -1,
                     log_start_offset: -1,
                     records: sluice_storage::Records::default(),
+                    aborted: None,
                 },
                 Ok(log) => {
                     let max = p.max_bytes.min(budget);
-                    match log.read(p.offset, max, first_with_data).await {
+                    let committed = p.isolation == Isolation::ReadCommitted;
+                    match log
+                        .read_isolated(p.offset, max, first_with_data, p.isolation)
+                        .await
+                    {
                         Ok(read) => {
                             if !read.records.is_empty() {
                                 first_with_data = false;
@@ -327,16 +399,25 @@ impl Shard {
                                 tp: p.tp,
                                 error: 0,
                                 high_watermark: read.high_watermark,
+                                last_stable_offset: read.last_stable_offset,
                                 log_start_offset: read.log_start_offset,
                                 records: read.records,
+                                aborted: committed.then(|| {
+                                    read.aborted
+                                        .iter()
+                                        .map(|a| (a.producer_id, a.first_offset))
+                                        .collect()
+                                }),
                             }
                         }
                         Err(e) => ReadOutcome {
                             tp: p.tp,
                             error: storage_error_code(&e),
                             high_watermark: log.high_watermark(),
+                            last_stable_offset: log.last_stable_offset(),
                             log_start_offset: log.log_start_offset(),
                             records: sluice_storage::Records::default(),
+                            aborted: None,
                         },
                     }
                 }
@@ -347,14 +428,24 @@ impl Shard {
     }
 
     /// Returns when any of the partitions has data at or past its offset, or after the timeout.
-    async fn wait_for_data(&self, partitions: Vec<(TopicPartition, i64)>, timeout_ms: u64) {
+    async fn wait_for_data(
+        &self,
+        partitions: Vec<(TopicPartition, i64)>,
+        timeout_ms: u64,
+        read_committed: bool,
+    ) {
         let mut waits: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::new();
         for (tp, offset) in partitions {
             let Ok(log) = self.owned_log(&tp) else { return };
             waits.push(Box::pin(async move {
                 loop {
                     let changed = log.high_watermark_changed.notified();
-                    if log.high_watermark() > offset || log.log_start_offset() > offset {
+                    let visible = if read_committed {
+                        log.last_stable_offset()
+                    } else {
+                        log.high_watermark()
+                    };
+                    if visible > offset || log.log_start_offset() > offset {
                         return;
                     }
                     changed.await;
@@ -368,12 +459,18 @@ impl Shard {
         let _ = with_timeout(any, Duration::from_millis(timeout_ms)).await;
     }
 
-    async fn list_offsets(&self, partitions: Vec<(TopicPartition, i64)>) -> Vec<OffsetResult> {
+    async fn list_offsets(
+        &self,
+        partitions: Vec<(TopicPartition, i64)>,
+        read_committed: bool,
+    ) -> Vec<OffsetResult> {
         let mut out = Vec::with_capacity(partitions.len());
         for (tp, timestamp) in partitions {
             let result = match self.owned_log(&tp) {
                 Err(error) => Err(error),
-                Ok(log) => crate::handlers::list_offsets::lookup(&log, timestamp).await,
+                Ok(log) => {
+                    crate::handlers::list_offsets::lookup(&log, timestamp, read_committed).await
+                }
             };
             out.push(match result {
                 Ok((timestamp, offset)) => OffsetResult {
@@ -422,10 +519,12 @@ impl Shard {
                                     // Groups belong to one partition each: the tables of
                                     // the partitions are disjoint and simply merge.
                                     let mut table = crate::offsets::GroupOffsets::new();
+                                    let mut pending = crate::offsets::PendingTxnOffsets::new();
                                     let mut groups = HashMap::new();
                                     let mut consumer_groups = HashMap::new();
                                     let loaded = crate::offsets::load(
                                         &mut table,
+                                        &mut pending,
                                         &mut groups,
                                         &mut consumer_groups,
                                         &log,
@@ -435,10 +534,20 @@ impl Shard {
                                         eprintln!("sluice: core {}: {e}", self.core_id);
                                     }
                                     self.offsets.borrow_mut().extend(table);
+                                    let mut all = self.txn_offsets.borrow_mut();
+                                    for (pid, groups) in pending {
+                                        all.entry(pid).or_default().extend(groups);
+                                    }
+                                    drop(all);
                                     crate::groups::restore(self, groups);
                                     crate::consumer_groups::restore(self, consumer_groups);
                                 }
-                                self.logs.borrow_mut().insert(tp, log);
+                                self.logs.borrow_mut().insert(tp, log.clone());
+                                if meta.name == crate::transactions::TXN_TOPIC {
+                                    if let Err(e) = crate::txn_coordinator::load(self, &log).await {
+                                        eprintln!("sluice: core {}: {e}", self.core_id);
+                                    }
+                                }
                             }
                             Err(e) => {
                                 eprintln!("sluice: core {}: cannot open {tp}: {e}", self.core_id)

@@ -132,10 +132,12 @@ fn fetch_response(c: &mut Criterion) {
                     partition: p,
                     error: 0,
                     high_watermark: 1000,
+                    last_stable_offset: 1000,
                     log_start_offset: 0,
                     records: sluice_storage::Records {
                         parts: (0..4).map(|_| batch.clone()).collect(),
                     },
+                    aborted: None,
                 })
                 .collect(),
         }]

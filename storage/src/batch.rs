@@ -203,6 +203,18 @@ pub fn set_producer(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequenc
     (&mut batch[CRC_OFFSET..CRC_OFFSET + 4]).put_u32(crc);
 }
 
+/// Makes a whole batch a transactional batch of `producer_id` at `epoch` without a sequence
+/// (what the broker writes for a transactional offset commit) and recomputes the CRC.
+pub fn set_transactional(batch: &mut [u8], producer_id: i64, epoch: i16) {
+    assert!(
+        batch.len() >= HEADER_BYTES,
+        "set_transactional on a whole batch"
+    );
+    let attributes = (&batch[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2]).get_i16();
+    (&mut batch[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2]).put_i16(attributes | TRANSACTIONAL_BIT);
+    set_producer(batch, producer_id, epoch, -1);
+}
+
 /// Makes a whole batch a control batch of `producer_id` (transactional and control attributes,
 /// base sequence -1) and recomputes the CRC. The broker writes transaction markers this way.
 pub fn set_control(batch: &mut [u8], producer_id: i64, epoch: i16) {

@@ -374,6 +374,16 @@ impl PartitionLog {
     /// Validates `records` (one or more batches of one partition), assigns offsets and appends
     /// them to memory. Nothing is durable until the flusher runs; see [`Self::wait_durable`].
     pub fn append(&self, records: &Bytes, now_ms: i64) -> Result<AppendInfo> {
+        self.append_from(records, now_ms, true)
+    }
+
+    /// Appends batches the broker writes on a producer's behalf (a transactional offset commit
+    /// in `__consumer_offsets`): they carry the producer's id and epoch but no sequence.
+    pub fn append_for_producer(&self, records: &Bytes, now_ms: i64) -> Result<AppendInfo> {
+        self.append_from(records, now_ms, false)
+    }
+
+    fn append_from(&self, records: &Bytes, now_ms: i64, sequenced: bool) -> Result<AppendInfo> {
         let config = self.config.borrow();
         let batches = batch::split_and_validate(records)?;
         for (_, header) in &batches {
@@ -415,7 +425,7 @@ impl PartitionLog {
         }
         if let Verdict::Duplicate(meta) = state
             .producers
-            .check(&headers, base_offset)
+            .check_from(&headers, base_offset, sequenced)
             .map_err(StorageError::Sequence)?
         {
             // A retry of a batch already appended: its original offsets, written once.
@@ -642,7 +652,12 @@ impl PartitionLog {
         offsets.sort_unstable();
         // Recovery replays from a snapshot at or below the active segment's base (it scans
         // that segment anyway): the newest such one is kept too.
-        let active_base = self.state.borrow().segments.last().map_or(0, |s| s.base_offset);
+        let active_base = self
+            .state
+            .borrow()
+            .segments
+            .last()
+            .map_or(0, |s| s.base_offset);
         let replay_start = offsets.iter().rev().find(|o| **o <= active_base).copied();
         let doomed = offsets.len().saturating_sub(SNAPSHOTS_KEPT);
         for offset in offsets.into_iter().take(doomed) {

@@ -157,6 +157,18 @@ impl ProducerStates {
         headers: &[BatchHeader],
         first_offset: i64,
     ) -> Result<Verdict, SequenceError> {
+        self.check_from(headers, first_offset, true)
+    }
+
+    /// [`Self::check`], with `sequenced` false for batches the broker writes on a producer's
+    /// behalf (a transactional offset commit): those carry no sequence, so only the epoch and
+    /// the transaction are checked, as Kafka does for a coordinator's appends.
+    pub fn check_from(
+        &self,
+        headers: &[BatchHeader],
+        first_offset: i64,
+        sequenced: bool,
+    ) -> Result<Verdict, SequenceError> {
         let mut staged = Staged::default();
         let mut offset = first_offset;
         for h in headers {
@@ -172,7 +184,7 @@ impl ProducerStates {
             let first_seq = h.base_sequence;
             let last_seq = last_sequence(h);
             if let Some(entry) = current {
-                if h.producer_epoch == entry.epoch {
+                if h.producer_epoch == entry.epoch && sequenced {
                     if let Some(dup) = entry
                         .batches
                         .iter()
@@ -193,7 +205,9 @@ impl ProducerStates {
                         current: entry.epoch,
                     });
                 }
-                if h.producer_epoch > entry.epoch {
+                if !sequenced {
+                    // Epoch and transaction checked above; no sequence to follow.
+                } else if h.producer_epoch > entry.epoch {
                     if first_seq != 0 {
                         return Err(SequenceError::OutOfOrder {
                             producer_id: h.producer_id,

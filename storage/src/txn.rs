@@ -270,8 +270,7 @@ pub fn decode_index(bytes: &[u8]) -> Option<Vec<AbortedTxn>> {
         return None;
     }
     let (head, mut rest) = body.split_at_checked(10)?;
-    if &head[..4] != TXN_INDEX_MAGIC
-        || u16::from_be_bytes([head[4], head[5]]) != TXN_INDEX_VERSION
+    if &head[..4] != TXN_INDEX_MAGIC || u16::from_be_bytes([head[4], head[5]]) != TXN_INDEX_VERSION
     {
         return None;
     }
@@ -311,7 +310,11 @@ mod tests {
             let header = batch::validate(&bytes).expect("a valid batch");
             assert!(header.is_control() && header.is_transactional());
             assert_eq!(
-                (header.producer_id, header.producer_epoch, header.base_sequence),
+                (
+                    header.producer_id,
+                    header.producer_epoch,
+                    header.base_sequence
+                ),
                 (42, 3, -1)
             );
             assert_eq!(parse_marker(&bytes), Some(m));

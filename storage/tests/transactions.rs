@@ -150,7 +150,8 @@ fn markers_fence_older_epochs_and_stale_markers_are_refused() {
             Err(StorageError::Sequence(_))
         ));
         // The new epoch starts at sequence 0.
-        log.append(&batch_of(7, 4, 0, true, "b"), 0).expect("new epoch");
+        log.append(&batch_of(7, 4, 0, true, "b"), 0)
+            .expect("new epoch");
     });
 }
 
@@ -238,8 +239,10 @@ fn transactions_survive_restarts_from_the_tail_and_from_sealed_segments() {
         log.append_marker(200, 0, commit(), 0).expect("marker");
         flush(&log).await;
         assert_eq!(log.last_stable_offset(), log.high_watermark());
-        assert!(std::fs::read_dir(&at)
-            .expect("dir")
-            .any(|e| e.expect("entry").file_name().to_string_lossy().ends_with(".txnindex")));
+        assert!(std::fs::read_dir(&at).expect("dir").any(|e| e
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".txnindex")));
     });
 }

@@ -25,6 +25,7 @@ use super::{Api, Outcome};
 use crate::connection::{encode_response, RequestContext};
 use crate::router::{CoreRequest, CoreResponse, ReadOutcome, ReadPartition};
 use crate::shard::Shard;
+use sluice_storage::log::Isolation;
 
 pub const API: Api = Api {
     key: ApiKey::Fetch,
@@ -57,6 +58,11 @@ pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: FetchReque
         return encode_response(ctx, &response);
     }
     let wanted = resolve(shard, ctx, &request);
+    let isolation = if request.isolation_level == 1 {
+        Isolation::ReadCommitted
+    } else {
+        Isolation::ReadUncommitted
+    };
     let max_wait = Duration::from_millis(request.max_wait_ms.max(0) as u64);
     let min_bytes = request.min_bytes.max(0) as usize;
     let max_bytes = if request.max_bytes <= 0 {
@@ -67,7 +73,7 @@ pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: FetchReque
     let started = Instant::now();
     let mut outcomes;
     loop {
-        outcomes = read_round(shard, &wanted, max_bytes).await;
+        outcomes = read_round(shard, &wanted, max_bytes, isolation).await;
         let bytes: usize = outcomes.values().map(|o| o.records.len()).sum();
         let any_error = outcomes.values().any(|o| o.error != 0);
         let elapsed = started.elapsed();
@@ -77,7 +83,8 @@ pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: FetchReque
             break;
         }
         // Waits are capped so that a stop is noticed within STOP_CHECK.
-        wait_for_data(shard, &wanted, (max_wait - elapsed).min(STOP_CHECK)).await;
+        let remaining = (max_wait - elapsed).min(STOP_CHECK);
+        wait_for_data(shard, &wanted, remaining, isolation).await;
     }
     let topics = build_response(ctx, wanted, outcomes);
     encode(ctx, 0, &topics)
@@ -123,6 +130,7 @@ async fn read_round(
     shard: &Rc<Shard>,
     wanted: &[Wanted],
     max_bytes: usize,
+    isolation: Isolation,
 ) -> BTreeMap<TopicPartition, ReadOutcome> {
     let mut by_core: BTreeMap<usize, Vec<ReadPartition>> = BTreeMap::new();
     for w in wanted {
@@ -131,6 +139,7 @@ async fn read_round(
                 tp: TopicPartition::new(w.topic.clone(), w.partition),
                 offset: w.offset,
                 max_bytes: w.max_bytes,
+                isolation,
             });
         }
     }
@@ -164,7 +173,12 @@ async fn read_round(
     outcomes
 }
 
-async fn wait_for_data(shard: &Rc<Shard>, wanted: &[Wanted], remaining: Duration) {
+async fn wait_for_data(
+    shard: &Rc<Shard>,
+    wanted: &[Wanted],
+    remaining: Duration,
+    isolation: Isolation,
+) {
     let mut by_core: BTreeMap<usize, Vec<(TopicPartition, i64)>> = BTreeMap::new();
     for w in wanted {
         if let Some(core) = w.core {
@@ -187,6 +201,7 @@ async fn wait_for_data(shard: &Rc<Shard>, wanted: &[Wanted], remaining: Duration
                 CoreRequest::WaitForData {
                     partitions,
                     timeout_ms,
+                    read_committed: isolation == Isolation::ReadCommitted,
                 },
             )
         })
@@ -200,8 +215,11 @@ pub struct PartitionAnswer {
     pub partition: i32,
     pub error: i16,
     pub high_watermark: i64,
+    pub last_stable_offset: i64,
     pub log_start_offset: i64,
     pub records: sluice_storage::Records,
+    /// read_committed: (producer id, first offset) of aborted transactions; None: null.
+    pub aborted: Option<Vec<(i64, i64)>>,
 }
 
 /// One topic of the answer, in request order.
@@ -224,8 +242,10 @@ fn build_response(
                 partition: w.partition,
                 error: o.error,
                 high_watermark: o.high_watermark,
+                last_stable_offset: o.last_stable_offset,
                 log_start_offset: o.log_start_offset,
                 records: o.records,
+                aborted: o.aborted,
             },
             _ => PartitionAnswer {
                 partition: w.partition,
@@ -235,8 +255,10 @@ fn build_response(
                     ResponseError::NotLeaderOrFollower.code()
                 },
                 high_watermark: -1,
+                last_stable_offset: -1,
                 log_start_offset: -1,
                 records: sluice_storage::Records::default(),
+                aborted: None,
             },
         };
         let same_topic = topics.last().is_some_and(|t| {
@@ -289,15 +311,23 @@ pub fn encode(ctx: &RequestContext, error: i16, topics: &[TopicAnswer]) -> Outco
             buf.put_i32(p.partition);
             buf.put_i16(p.error);
             buf.put_i64(p.high_watermark);
-            buf.put_i64(p.high_watermark); // last_stable_offset: no transactions yet
+            buf.put_i64(p.last_stable_offset);
             if v >= 5 {
                 buf.put_i64(p.log_start_offset);
             }
-            // aborted_transactions: null
-            if flexible {
-                put_unsigned_varint(&mut buf, 0);
-            } else {
-                buf.put_i32(-1);
+            match &p.aborted {
+                None if flexible => put_unsigned_varint(&mut buf, 0),
+                None => buf.put_i32(-1),
+                Some(aborted) => {
+                    put_array_len(&mut buf, flexible, aborted.len());
+                    for (producer_id, first_offset) in aborted {
+                        buf.put_i64(*producer_id);
+                        buf.put_i64(*first_offset);
+                        if flexible {
+                            buf.put_u8(0); // aborted transaction tagged fields
+                        }
+                    }
+                }
             }
             if v >= 11 {
                 buf.put_i32(-1); // preferred_read_replica
@@ -389,15 +419,19 @@ mod tests {
                             partition: 2,
                             error: 0,
                             high_watermark: 7,
+                            last_stable_offset: 6,
                             log_start_offset: 1,
                             records: records.clone(),
+                            aborted: Some(vec![(42, 5), (43, 6)]),
                         },
                         PartitionAnswer {
                             partition: 3,
                             error: 1,
                             high_watermark: -1,
+                            last_stable_offset: -1,
                             log_start_offset: -1,
                             records: sluice_storage::Records::default(),
+                            aborted: None,
                         },
                     ],
                 },
@@ -435,6 +469,15 @@ mod tests {
                 (p.partition_index, p.error_code, p.high_watermark),
                 (2, 0, 7)
             );
+            assert_eq!(p.last_stable_offset, 6);
+            let aborted: Vec<(i64, i64)> = p
+                .aborted_transactions
+                .iter()
+                .flatten()
+                .map(|a| (a.producer_id.0, a.first_offset))
+                .collect();
+            assert_eq!(aborted, vec![(42, 5), (43, 6)], "v{v} aborted transactions");
+            assert!(t.partitions[1].aborted_transactions.is_none(), "v{v} null");
             if v >= 5 {
                 assert_eq!(p.log_start_offset, 1);
             }

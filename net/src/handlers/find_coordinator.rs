@@ -4,9 +4,9 @@
 //! answering. Versions 4+ carry a batch of keys, answered one coordinator each. Like Kafka, the
 //! empty group id is a valid key.
 //!
-//! Transactions are not implemented yet: a transaction key gets
-//! TRANSACTIONAL_ID_AUTHORIZATION_FAILED (clients treat it as fatal rather than retrying), as
-//! InitProducerId does; any other key type is INVALID_REQUEST.
+//! The coordinator of a transactional id (key type 1) is this broker too, once
+//! `__transaction_state` exists — created here at the first request for one. Any other key type
+//! is INVALID_REQUEST.
 
 use std::rc::Rc;
 
@@ -46,10 +46,12 @@ pub async fn handle(
                 ResponseError::CoordinatorNotAvailable,
                 "__consumer_offsets could not be created",
             )),
-            KEY_TYPE_TRANSACTION => Some((
-                ResponseError::TransactionalIdAuthorizationFailed,
-                "transactions are not supported yet",
-            )),
+            KEY_TYPE_TRANSACTION => {
+                (!crate::txn_coordinator::ensure_topic(shard).await).then_some((
+                    ResponseError::CoordinatorNotAvailable,
+                    "__transaction_state could not be created",
+                ))
+            }
             _ => Some((ResponseError::InvalidRequest, "unknown key type")),
         };
         let broker = &shard.broker;

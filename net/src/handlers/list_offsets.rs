@@ -37,6 +37,8 @@ pub async fn handle(
     ctx: &RequestContext,
     request: ListOffsetsRequest,
 ) -> Outcome {
+    // isolation_level (v2+): 1 is read_committed.
+    let read_committed = ctx.api_version >= 2 && request.isolation_level == 1;
     let mut by_core: BTreeMap<usize, Vec<(TopicPartition, i64)>> = BTreeMap::new();
     let mut early: BTreeMap<TopicPartition, i16> = BTreeMap::new();
     for topic in &request.topics {
@@ -51,7 +53,15 @@ pub async fn handle(
     }
     let calls: Vec<_> = by_core
         .into_iter()
-        .map(|(core, partitions)| shard.dispatch(core, CoreRequest::ListOffsets { partitions }))
+        .map(|(core, partitions)| {
+            shard.dispatch(
+                core,
+                CoreRequest::ListOffsets {
+                    partitions,
+                    read_committed,
+                },
+            )
+        })
         .collect();
     let mut results: BTreeMap<TopicPartition, OffsetResult> = BTreeMap::new();
     for answer in join_all(calls).await {
@@ -96,9 +106,14 @@ pub async fn handle(
 }
 
 /// Runs on the owning core: (timestamp, offset) for one partition, or a Kafka error code.
-pub async fn lookup(log: &PartitionLog, timestamp: i64) -> Result<(i64, i64), i16> {
+pub async fn lookup(
+    log: &PartitionLog,
+    timestamp: i64,
+    read_committed: bool,
+) -> Result<(i64, i64), i16> {
     match timestamp {
         EARLIEST => Ok((-1, log.log_start_offset())),
+        LATEST if read_committed => Ok((-1, log.last_stable_offset())),
         LATEST => Ok((-1, log.high_watermark())),
         MAX_TIMESTAMP => match log.batch_with_max_timestamp().await {
             Ok(Some(batch)) => Ok(record_with_max_timestamp(batch)),

@@ -12,6 +12,8 @@ use kafka_protocol::protocol::Decodable;
 use crate::connection::RequestContext;
 use crate::shard::Shard;
 
+pub mod add_offsets_to_txn;
+pub mod add_partitions_to_txn;
 pub mod api_versions;
 pub mod consumer_group_describe;
 pub mod consumer_group_heartbeat;
@@ -21,6 +23,7 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
+pub mod end_txn;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -35,6 +38,7 @@ pub mod offset_delete;
 pub mod offset_fetch;
 pub mod produce;
 pub mod sync_group;
+pub mod txn_offset_commit;
 
 /// What a handler wants done with the connection.
 pub enum Outcome {
@@ -79,6 +83,10 @@ pub const APIS: &[Api] = &[
     offset_delete::API,
     consumer_group_heartbeat::API,
     consumer_group_describe::API,
+    add_partitions_to_txn::API,
+    add_offsets_to_txn::API,
+    end_txn::API,
+    txn_offset_commit::API,
 ];
 
 pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
@@ -117,6 +125,10 @@ pub enum Request {
     OffsetDelete(kafka_protocol::messages::OffsetDeleteRequest),
     ConsumerGroupHeartbeat(kafka_protocol::messages::ConsumerGroupHeartbeatRequest),
     ConsumerGroupDescribe(kafka_protocol::messages::ConsumerGroupDescribeRequest),
+    AddPartitionsToTxn(kafka_protocol::messages::AddPartitionsToTxnRequest),
+    AddOffsetsToTxn(kafka_protocol::messages::AddOffsetsToTxnRequest),
+    EndTxn(kafka_protocol::messages::EndTxnRequest),
+    TxnOffsetCommit(kafka_protocol::messages::TxnOffsetCommitRequest),
 }
 
 /// Decodes a request body (after the header); None when it does not decode — the connection is
@@ -149,6 +161,10 @@ pub fn decode_body(ctx: &RequestContext, mut body: Bytes) -> Option<Request> {
         ApiKey::OffsetDelete => Request::OffsetDelete(decode(&mut body, v)?),
         ApiKey::ConsumerGroupHeartbeat => Request::ConsumerGroupHeartbeat(decode(&mut body, v)?),
         ApiKey::ConsumerGroupDescribe => Request::ConsumerGroupDescribe(decode(&mut body, v)?),
+        ApiKey::AddPartitionsToTxn => Request::AddPartitionsToTxn(decode(&mut body, v)?),
+        ApiKey::AddOffsetsToTxn => Request::AddOffsetsToTxn(decode(&mut body, v)?),
+        ApiKey::EndTxn => Request::EndTxn(decode(&mut body, v)?),
+        ApiKey::TxnOffsetCommit => Request::TxnOffsetCommit(decode(&mut body, v)?),
         _ => return None,
     })
 }
@@ -223,6 +239,16 @@ pub fn start(
         }
         Request::ConsumerGroupDescribe(r) => {
             async move { consumer_group_describe::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::AddPartitionsToTxn(r) => {
+            async move { add_partitions_to_txn::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::AddOffsetsToTxn(r) => {
+            async move { add_offsets_to_txn::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::EndTxn(r) => async move { end_txn::handle(&shard, &ctx, r).await }.boxed_local(),
+        Request::TxnOffsetCommit(r) => {
+            async move { txn_offset_commit::handle(&shard, &ctx, r).await }.boxed_local()
         }
     }
 }

@@ -52,10 +52,9 @@ pub fn handle(
     // early error.
     let mut order: Vec<TopicOrder> = Vec::new();
     let mut by_core: BTreeMap<usize, Vec<(TopicPartition, Bytes)>> = BTreeMap::new();
-    // A transactional id, or a transactional batch without one (Kafka refuses the latter for
-    // the whole request with the same code), needs transactions, which are not here yet.
-    let transactional = request.transactional_id.is_some()
-        || request.topic_data.iter().any(|t| {
+    // A transactional batch needs the request's transactional id (Kafka refuses it without).
+    let transactional_without_id = request.transactional_id.is_none()
+        && request.topic_data.iter().any(|t| {
             t.partition_data.iter().any(|p| {
                 p.records
                     .as_deref()
@@ -86,10 +85,10 @@ pub fn handle(
                 )
             } else if let Some(why) = batch_count_error(&records) {
                 early(ResponseError::InvalidRecord, why)
-            } else if transactional {
+            } else if transactional_without_id {
                 early(
-                    ResponseError::TransactionalIdAuthorizationFailed,
-                    "transactions are not supported yet",
+                    ResponseError::InvalidRecord,
+                    "a transactional batch needs the request's transactional id",
                 )
             } else {
                 match shard.table.borrow().core_of(&name, p.index) {

@@ -9,3 +9,4 @@ mod groups;
 mod harness;
 mod idempotence;
 mod offsets;
+mod transactions;

@@ -38,9 +38,9 @@ use super::{sync_dir, write_all_at, write_small_file, PartitionLog};
 use crate::batch::{self, BatchHeader, HEADER_BYTES};
 use crate::compaction::{self, Filtered, KeyMap};
 use crate::error::{Result, StorageError};
-use crate::txn::Transactions;
 use crate::index::SegmentIndex;
 use crate::segment::{self, align_down, align_up};
+use crate::txn::Transactions;
 use sluice_core::limits;
 
 /// The file holding the cleaner checkpoint: the first offset not cleaned yet.

@@ -1,0 +1,579 @@
+//! The transaction coordinator: drives [`crate::transactions`] for the transactional ids whose
+//! `__transaction_state` partition this core owns (the id's Java hash modulo
+//! `transaction.state.log.num.partitions`, as Kafka places them), so that a transaction's state
+//! lives on exactly one core and nothing about it is shared.
+//!
+//! Every change is appended to the id's partition and durable before it takes effect or is
+//! answered. While a change is in flight the id is `pending` and other requests for it get
+//! CONCURRENT_TRANSACTIONS, as in Kafka. Ending a transaction writes PrepareCommit/Abort, then
+//! the COMMIT/ABORT markers — one cross-core `WriteMarkers` message per core owning partitions
+//! of the transaction — then CompleteCommit/Abort.
+//!
+//! Where sluice differs: Kafka answers EndTxn once the Prepare record is written and sends the
+//! markers afterwards, so a client's next transaction can meet CONCURRENT_TRANSACTIONS; sluice
+//! answers once the markers are written and the transaction is complete (a few fsyncs on one
+//! machine), so a committed transaction is readable by read_committed consumers when its
+//! producer hears that it committed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use kafka_protocol::error::ResponseError;
+use sluice_core::config::BrokerConfig;
+use sluice_core::TopicPartition;
+use sluice_storage::txn::Marker;
+use sluice_storage::{Durability, PartitionLog, SyncPolicy};
+
+use crate::router::{CoreRequest, CoreResponse, NewTopic};
+use crate::shard::{now_ms, Shard};
+use crate::transactions::{self, EndNext, InitNext, TxnMetadata, TxnState, TXN_TOPIC};
+
+/// One transactional id on its coordinating core.
+#[derive(Debug, Clone)]
+pub struct TxnEntry {
+    pub meta: TxnMetadata,
+    /// A change is being written or markers are being sent.
+    pub pending: bool,
+}
+
+pub type TxnTable = HashMap<String, TxnEntry>;
+
+/// Work for a transactional id's coordinating core.
+#[derive(Debug)]
+pub enum TxnCall {
+    InitProducerId {
+        transactional_id: String,
+        timeout_ms: i32,
+        expected: Option<(i64, i16)>,
+    },
+    AddPartitions {
+        transactional_id: String,
+        producer_id: i64,
+        producer_epoch: i16,
+        partitions: Vec<(String, i32)>,
+    },
+    EndTxn {
+        transactional_id: String,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+    },
+    /// States of the given ids (None: every id on this core), for DescribeTransactions and
+    /// ListTransactions.
+    Describe { ids: Option<Vec<String>> },
+}
+
+#[derive(Debug)]
+pub enum TxnReply {
+    ProducerId(Result<(i64, i16), ResponseError>),
+    Done(Result<(), ResponseError>),
+    States(Vec<(String, Option<TxnMetadata>)>),
+}
+
+/// Settings of `__transaction_state` when sluice creates it, Kafka's: compacted, in segments of
+/// `transaction.state.log.segment.bytes`.
+fn txn_topic_configs(broker: &BrokerConfig) -> Vec<(String, Option<String>)> {
+    vec![
+        ("cleanup.policy".into(), Some("compact".into())),
+        (
+            "segment.bytes".into(),
+            Some(broker.transaction_state_log_segment_bytes.to_string()),
+        ),
+    ]
+}
+
+/// Creates `__transaction_state` (through core 0) unless it exists; false if that failed.
+pub async fn ensure_topic(shard: &Rc<Shard>) -> bool {
+    if shard.topics.borrow().contains_key(TXN_TOPIC) {
+        return true;
+    }
+    let topic = NewTopic {
+        name: TXN_TOPIC.to_string(),
+        partitions: shard.broker.transaction_state_log_num_partitions,
+        replication_factor: 1,
+        configs: txn_topic_configs(&shard.broker),
+        has_assignments: false,
+    };
+    let created = shard
+        .call(
+            0,
+            CoreRequest::CreateTopics {
+                topics: vec![topic],
+                validate_only: false,
+            },
+        )
+        .await;
+    match created {
+        Some(CoreResponse::Topics(results)) => {
+            results
+                .iter()
+                .all(|r| r.error == 0 || r.error == ResponseError::TopicAlreadyExists.code())
+                && shard.topics.borrow().contains_key(TXN_TOPIC)
+        }
+        _ => false,
+    }
+}
+
+fn txn_partition(shard: &Shard, transactional_id: &str) -> Option<TopicPartition> {
+    let partitions = shard.topics.borrow().get(TXN_TOPIC)?.partitions;
+    Some(TopicPartition::new(
+        TXN_TOPIC.to_string(),
+        crate::offsets::partition_for(transactional_id, partitions),
+    ))
+}
+
+/// The core coordinating `transactional_id`, once `__transaction_state` exists.
+pub fn coordinator_core(shard: &Shard, transactional_id: &str) -> Option<usize> {
+    let tp = txn_partition(shard, transactional_id)?;
+    shard.table.borrow().core_of(&tp.topic, tp.partition)
+}
+
+/// Sends `call` to the coordinating core of `transactional_id` (creating `__transaction_state`
+/// first if needed).
+pub async fn call(shard: &Rc<Shard>, transactional_id: &str, call: TxnCall) -> Option<TxnReply> {
+    if !ensure_topic(shard).await {
+        return None;
+    }
+    let core = coordinator_core(shard, transactional_id)?;
+    match shard.call(core, CoreRequest::Txn(call)).await {
+        Some(CoreResponse::Txn(reply)) => Some(reply),
+        _ => None,
+    }
+}
+
+/// Runs a call on this (the coordinating) core.
+pub async fn run(shard: &Rc<Shard>, call: TxnCall) -> TxnReply {
+    match call {
+        TxnCall::InitProducerId {
+            transactional_id,
+            timeout_ms,
+            expected,
+        } => TxnReply::ProducerId(
+            init_producer_id(shard, &transactional_id, timeout_ms, expected).await,
+        ),
+        TxnCall::AddPartitions {
+            transactional_id,
+            producer_id,
+            producer_epoch,
+            partitions,
+        } => TxnReply::Done(
+            add_partitions(
+                shard,
+                &transactional_id,
+                producer_id,
+                producer_epoch,
+                &partitions,
+            )
+            .await,
+        ),
+        TxnCall::EndTxn {
+            transactional_id,
+            producer_id,
+            producer_epoch,
+            commit,
+        } => TxnReply::Done(
+            end_txn(
+                shard,
+                &transactional_id,
+                producer_id,
+                producer_epoch,
+                commit,
+            )
+            .await,
+        ),
+        TxnCall::Describe { ids } => {
+            let table = shard.txns.borrow();
+            TxnReply::States(match ids {
+                Some(ids) => ids
+                    .into_iter()
+                    .map(|id| {
+                        let meta = table.get(&id).map(|e| e.meta.clone());
+                        (id, meta)
+                    })
+                    .collect(),
+                None => table
+                    .iter()
+                    .map(|(id, e)| (id.clone(), Some(e.meta.clone())))
+                    .collect(),
+            })
+        }
+    }
+}
+
+/// The log of the id's partition on this core: NOT_COORDINATOR when another core owns it.
+fn txn_log(shard: &Shard, transactional_id: &str) -> Result<Rc<PartitionLog>, ResponseError> {
+    let tp =
+        txn_partition(shard, transactional_id).ok_or(ResponseError::CoordinatorNotAvailable)?;
+    shard.log(&tp).ok_or(ResponseError::NotCoordinator)
+}
+
+/// The id's current state unless a change is in flight.
+fn current(shard: &Shard, transactional_id: &str) -> Result<Option<TxnMetadata>, ResponseError> {
+    match shard.txns.borrow().get(transactional_id) {
+        Some(e) if e.pending => Err(ResponseError::ConcurrentTransactions),
+        Some(e) => Ok(Some(e.meta.clone())),
+        None => Ok(None),
+    }
+}
+
+fn set_pending(shard: &Shard, transactional_id: &str, pending: bool) {
+    if let Some(e) = shard.txns.borrow_mut().get_mut(transactional_id) {
+        e.pending = pending;
+    }
+}
+
+/// Writes `meta` for the id and, once durable, makes it the id's state.
+async fn persist(
+    shard: &Rc<Shard>,
+    transactional_id: &str,
+    meta: TxnMetadata,
+) -> Result<(), ResponseError> {
+    let log = txn_log(shard, transactional_id)?;
+    let record = (
+        transactions::encode_key(transactional_id),
+        Some(transactions::encode_value(&meta)),
+    );
+    let written = crate::offsets::append_records(&log, &shard.flusher, &[record], now_ms()).await;
+    if let Err(why) = written {
+        eprintln!("sluice: writing the state of transaction {transactional_id}: {why}");
+        return Err(ResponseError::CoordinatorNotAvailable);
+    }
+    let mut table = shard.txns.borrow_mut();
+    let entry = table
+        .entry(transactional_id.to_string())
+        .or_insert_with(|| TxnEntry {
+            meta: meta.clone(),
+            pending: false,
+        });
+    entry.meta = meta;
+    Ok(())
+}
+
+async fn init_producer_id(
+    shard: &Rc<Shard>,
+    transactional_id: &str,
+    timeout_ms: i32,
+    expected: Option<(i64, i16)>,
+) -> Result<(i64, i16), ResponseError> {
+    if timeout_ms <= 0 || timeout_ms > shard.broker.transaction_max_timeout_ms {
+        return Err(ResponseError::InvalidTransactionTimeout);
+    }
+    txn_log(shard, transactional_id)?;
+    let now = now_ms();
+    let meta = match current(shard, transactional_id)? {
+        Some(meta) => meta,
+        None => TxnMetadata::new(allocate_producer_id(shard).await?, timeout_ms, now),
+    };
+    let next = match transactions::init(&meta, timeout_ms, expected, now)? {
+        InitNext::Current => return Ok((meta.producer_id, meta.producer_epoch)),
+        InitNext::FenceAndAbort(fenced) => {
+            // The open transaction goes first; the client retries once it is aborted.
+            shard.txns.borrow_mut().insert(
+                transactional_id.to_string(),
+                TxnEntry {
+                    meta,
+                    pending: true,
+                },
+            );
+            let (shard, id) = (shard.clone(), transactional_id.to_string());
+            glommio::spawn_local(async move {
+                if let Err(e) = finish(&shard, &id, fenced).await {
+                    eprintln!("sluice: aborting the transaction of {id}: {e:?}");
+                }
+            })
+            .detach();
+            return Err(ResponseError::ConcurrentTransactions);
+        }
+        InitNext::NewProducerId => {
+            let fresh = TxnMetadata::new(allocate_producer_id(shard).await?, timeout_ms, now);
+            match transactions::init(&fresh, timeout_ms, None, now)? {
+                InitNext::Bump(next) => next,
+                _ => return Err(ResponseError::UnknownServerError),
+            }
+        }
+        InitNext::Bump(next) => next,
+    };
+    let answer = (next.producer_id, next.producer_epoch);
+    mark_pending(shard, transactional_id, &meta);
+    let persisted = persist(shard, transactional_id, next).await;
+    set_pending(shard, transactional_id, false);
+    persisted.map(|()| answer)
+}
+
+/// Marks the id pending (inserting its state if it is new) while a change is written.
+fn mark_pending(shard: &Shard, transactional_id: &str, meta: &TxnMetadata) {
+    shard
+        .txns
+        .borrow_mut()
+        .entry(transactional_id.to_string())
+        .or_insert_with(|| TxnEntry {
+            meta: meta.clone(),
+            pending: false,
+        })
+        .pending = true;
+}
+
+async fn allocate_producer_id(shard: &Rc<Shard>) -> Result<i64, ResponseError> {
+    match shard.call(0, CoreRequest::AllocateProducerId).await {
+        Some(CoreResponse::ProducerId(Ok(id))) => Ok(id),
+        Some(CoreResponse::ProducerId(Err(why))) => {
+            eprintln!("sluice: InitProducerId: cannot allocate a producer id: {why}");
+            Err(ResponseError::KafkaStorageError)
+        }
+        _ => Err(ResponseError::CoordinatorNotAvailable),
+    }
+}
+
+async fn add_partitions(
+    shard: &Rc<Shard>,
+    transactional_id: &str,
+    producer_id: i64,
+    producer_epoch: i16,
+    partitions: &[(String, i32)],
+) -> Result<(), ResponseError> {
+    txn_log(shard, transactional_id)?;
+    let Some(meta) = current(shard, transactional_id)? else {
+        return Err(ResponseError::InvalidProducerIdMapping);
+    };
+    let Some(next) =
+        transactions::add_partitions(&meta, producer_id, producer_epoch, partitions, now_ms())?
+    else {
+        return Ok(());
+    };
+    set_pending(shard, transactional_id, true);
+    let persisted = persist(shard, transactional_id, next).await;
+    set_pending(shard, transactional_id, false);
+    persisted
+}
+
+async fn end_txn(
+    shard: &Rc<Shard>,
+    transactional_id: &str,
+    producer_id: i64,
+    producer_epoch: i16,
+    commit: bool,
+) -> Result<(), ResponseError> {
+    txn_log(shard, transactional_id)?;
+    let Some(meta) = current(shard, transactional_id)? else {
+        return Err(ResponseError::InvalidProducerIdMapping);
+    };
+    match transactions::end(&meta, producer_id, producer_epoch, commit, now_ms())? {
+        EndNext::AlreadyDone => Ok(()),
+        EndNext::Prepare(prepared) => {
+            set_pending(shard, transactional_id, true);
+            finish(shard, transactional_id, prepared).await
+        }
+    }
+}
+
+/// Ends a transaction, the id already pending: writes the Prepare state (unless it is the
+/// state already, as after a restart), the markers, then the Complete state; clears pending.
+async fn finish(
+    shard: &Rc<Shard>,
+    transactional_id: &str,
+    prepared: TxnMetadata,
+) -> Result<(), ResponseError> {
+    let result = finish_inner(shard, transactional_id, prepared).await;
+    set_pending(shard, transactional_id, false);
+    result
+}
+
+async fn finish_inner(
+    shard: &Rc<Shard>,
+    transactional_id: &str,
+    prepared: TxnMetadata,
+) -> Result<(), ResponseError> {
+    let already = shard
+        .txns
+        .borrow()
+        .get(transactional_id)
+        .is_some_and(|e| e.meta == prepared);
+    if !already {
+        persist(shard, transactional_id, prepared.clone()).await?;
+    }
+    write_markers(shard, &prepared).await;
+    persist(
+        shard,
+        transactional_id,
+        transactions::complete(&prepared, now_ms()),
+    )
+    .await
+}
+
+/// Writes the transaction's markers to every partition in it, on the cores that own them, and
+/// waits until each is durable. A partition whose marker fails is retried until it succeeds,
+/// its topic is deleted, or the broker stops — as Kafka's marker channel retries.
+async fn write_markers(shard: &Rc<Shard>, meta: &TxnMetadata) {
+    let commit = meta.state == TxnState::PrepareCommit;
+    let mut remaining: Vec<TopicPartition> = meta
+        .partitions
+        .iter()
+        .map(|(t, p)| TopicPartition::new(t.clone(), *p))
+        .collect();
+    let mut delay = Duration::from_millis(10);
+    while !remaining.is_empty() && !shard.stopping.get() {
+        let mut by_core: BTreeMap<usize, Vec<TopicPartition>> = BTreeMap::new();
+        {
+            let table = shard.table.borrow();
+            for tp in remaining.drain(..) {
+                // A partition of a deleted topic needs no marker.
+                if let Some(core) = table.core_of(&tp.topic, tp.partition) {
+                    by_core.entry(core).or_default().push(tp);
+                }
+            }
+        }
+        let calls: Vec<_> = by_core
+            .into_iter()
+            .map(|(core, partitions)| {
+                shard.dispatch(
+                    core,
+                    CoreRequest::WriteMarkers {
+                        producer_id: meta.producer_id,
+                        producer_epoch: meta.producer_epoch,
+                        commit,
+                        partitions,
+                    },
+                )
+            })
+            .collect();
+        for answer in join_all(calls).await {
+            if let Some(CoreResponse::Markers(results)) = answer {
+                for (tp, error) in results {
+                    let retry = error != 0
+                        && error != ResponseError::UnknownTopicOrPartition.code()
+                        && error != ResponseError::InvalidProducerEpoch.code();
+                    if retry {
+                        remaining.push(tp);
+                    }
+                }
+            }
+        }
+        if !remaining.is_empty() {
+            glommio::timer::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Writes markers to partitions this core owns (the `WriteMarkers` cross-core message); one
+/// error code per partition. A marker in `__consumer_offsets` also makes the producer's pending
+/// transactional offsets visible (commit) or drops them (abort).
+pub async fn write_local_markers(
+    shard: &Rc<Shard>,
+    producer_id: i64,
+    producer_epoch: i16,
+    commit: bool,
+    partitions: Vec<TopicPartition>,
+) -> Vec<(TopicPartition, i16)> {
+    let now = now_ms();
+    let marker = Marker {
+        commit,
+        coordinator_epoch: 0,
+    };
+    let mut appended = Vec::with_capacity(partitions.len());
+    let mut out = Vec::with_capacity(partitions.len());
+    for tp in partitions {
+        let Ok(log) = shard.owned_log(&tp) else {
+            out.push((tp, ResponseError::UnknownTopicOrPartition.code()));
+            continue;
+        };
+        match log.append_marker(producer_id, producer_epoch, marker, now) {
+            Ok(info) => {
+                shard.flusher.mark_dirty(&log);
+                appended.push((tp, log, info));
+            }
+            Err(e) => out.push((tp, crate::error::storage_error_code(&e))),
+        }
+    }
+    for (tp, log, info) in appended {
+        let level = match log.config().sync {
+            SyncPolicy::EveryWrite => Durability::Synced,
+            SyncPolicy::Interval { .. } => Durability::Written,
+        };
+        match log.wait_durable(&info, level).await {
+            Ok(()) => {
+                if tp.topic == crate::offsets::OFFSETS_TOPIC {
+                    crate::offsets::end_transaction(shard, tp.partition, producer_id, commit);
+                }
+                out.push((tp, 0));
+            }
+            Err(e) => out.push((tp, crate::error::storage_error_code(&e))),
+        }
+    }
+    out
+}
+
+/// Rebuilds the transaction states of one `__transaction_state` partition at start; the
+/// transactions that were ending when the broker stopped are finished (their markers written
+/// again: a partition that has one already gets a second, which ends nothing).
+pub async fn load(shard: &Rc<Shard>, log: &Rc<PartitionLog>) -> Result<usize, String> {
+    let mut states: HashMap<String, Option<TxnMetadata>> = HashMap::new();
+    crate::offsets::for_each_record(log, |key, value| {
+        if let Some(id) = transactions::decode_key(key) {
+            states.insert(id, value.and_then(transactions::decode_value));
+        }
+    })
+    .await?;
+    let mut unfinished = Vec::new();
+    let loaded = states.len();
+    {
+        let mut table = shard.txns.borrow_mut();
+        for (id, meta) in states {
+            let Some(meta) = meta else { continue };
+            let ending = matches!(meta.state, TxnState::PrepareCommit | TxnState::PrepareAbort);
+            if ending {
+                unfinished.push((id.clone(), meta.clone()));
+            }
+            table.insert(
+                id,
+                TxnEntry {
+                    meta,
+                    pending: ending,
+                },
+            );
+        }
+    }
+    for (id, meta) in unfinished {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            if let Err(e) = finish(&shard, &id, meta).await {
+                eprintln!("sluice: finishing the transaction of {id}: {e:?}");
+            }
+        })
+        .detach();
+    }
+    Ok(loaded)
+}
+
+/// Aborts timed-out transactions of the ids this core coordinates, every
+/// `transaction.abort.timed.out.transaction.cleanup.interval.ms`, fencing their producers.
+pub async fn timeout_loop(shard: Rc<Shard>) {
+    let interval = Duration::from_millis(
+        shard
+            .broker
+            .transaction_abort_timed_out_transaction_cleanup_interval_ms,
+    );
+    while !shard.stopping.get() {
+        glommio::timer::sleep(interval).await;
+        let now = now_ms();
+        let due: Vec<(String, TxnMetadata)> = shard
+            .txns
+            .borrow()
+            .iter()
+            .filter(|(_, e)| !e.pending && e.meta.timed_out(now))
+            .map(|(id, e)| (id.clone(), transactions::abort_timed_out(&e.meta, now)))
+            .collect();
+        for (id, fenced) in due {
+            set_pending(&shard, &id, true);
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                if let Err(e) = finish(&shard, &id, fenced).await {
+                    eprintln!("sluice: aborting the timed-out transaction of {id}: {e:?}");
+                }
+            })
+            .detach();
+        }
+    }
+}

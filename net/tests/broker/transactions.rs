@@ -1,0 +1,255 @@
+//! Transactions through librdkafka's transactional producer and read_committed consumers:
+//! commits are seen once, aborts never by read_committed (always by read_uncommitted); an open
+//! transaction holds read_committed consumers back until it ends or times out; a second
+//! producer with the same transactional id fences the first; offsets sent to a transaction
+//! become the group's only when it commits; and all of it holds across `kill -9`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::common::{create_topic_blocking, Broker};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const PARTITIONS: i32 = 4;
+
+type TxnProducer = ThreadedProducer<DefaultProducerContext>;
+
+fn producer(broker: &Broker, id: &str, timeout_ms: u32) -> TxnProducer {
+    let p: TxnProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("transactional.id", id)
+        .set("transaction.timeout.ms", timeout_ms.to_string())
+        .set("linger.ms", "2")
+        .create()
+        .expect("producer");
+    p.init_transactions(TIMEOUT).expect("init_transactions");
+    p
+}
+
+/// Sends `values` round-robin over the topic's partitions inside the open transaction and
+/// flushes them (delivered, not yet committed).
+fn send(p: &TxnProducer, topic: &str, values: &[String]) {
+    for (i, v) in values.iter().enumerate() {
+        let key = format!("k{i}");
+        p.send(
+            BaseRecord::to(topic)
+                .partition(i as i32 % PARTITIONS)
+                .key(&key)
+                .payload(v),
+        )
+        .map_err(|(e, _)| e)
+        .expect("enqueued");
+    }
+    p.flush(TIMEOUT).expect("flushed");
+}
+
+fn values(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// Every value readable in `topic` from the start at `isolation`, read until `quiet` passes
+/// without a new record.
+fn read_all(broker: &Broker, topic: &str, isolation: &str, quiet: Duration) -> Vec<String> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", format!("reader-{isolation}"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while last.elapsed() < quiet {
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            let m = m.expect("message");
+            out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string());
+            last = Instant::now();
+        }
+    }
+    out.sort();
+    out
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[test]
+fn committed_records_are_read_once_and_aborted_ones_never_by_read_committed() {
+    let broker = Broker::start(&[]);
+    create_topic_blocking(&broker, "txn-out", PARTITIONS);
+    let p = producer(&broker, "writer-1", 60_000);
+    p.begin_transaction().expect("begin");
+    send(&p, "txn-out", &values("first", 12));
+    p.commit_transaction(TIMEOUT).expect("commit");
+    p.begin_transaction().expect("begin");
+    send(&p, "txn-out", &values("aborted", 12));
+    p.abort_transaction(TIMEOUT).expect("abort");
+    p.begin_transaction().expect("begin");
+    send(&p, "txn-out", &values("second", 12));
+    p.commit_transaction(TIMEOUT).expect("commit");
+    let quiet = Duration::from_secs(2);
+    let committed = read_all(&broker, "txn-out", "read_committed", quiet);
+    let mut expected = values("first", 12);
+    expected.extend(values("second", 12));
+    assert_eq!(committed, sorted(expected.clone()));
+    let everything = read_all(&broker, "txn-out", "read_uncommitted", quiet);
+    expected.extend(values("aborted", 12));
+    assert_eq!(everything, sorted(expected));
+}
+
+#[test]
+fn an_open_transaction_holds_read_committed_back_until_it_times_out_and_fences_its_producer() {
+    let broker =
+        Broker::start(&["transaction.abort.timed.out.transaction.cleanup.interval.ms=200"]);
+    create_topic_blocking(&broker, "txn-lso", PARTITIONS);
+    let stalled = producer(&broker, "stalled", 3_000);
+    stalled.begin_transaction().expect("begin");
+    send(&stalled, "txn-lso", &values("open", 4));
+    // Another producer commits behind the open transaction: invisible until it ends.
+    let other = producer(&broker, "other", 60_000);
+    other.begin_transaction().expect("begin");
+    send(&other, "txn-lso", &values("behind", 4));
+    other.commit_transaction(TIMEOUT).expect("commit");
+    let quiet = Duration::from_millis(1500);
+    assert!(
+        read_all(&broker, "txn-lso", "read_committed", quiet).is_empty(),
+        "the open transaction holds the last stable offset"
+    );
+    assert_eq!(
+        read_all(&broker, "txn-lso", "read_uncommitted", quiet).len(),
+        8
+    );
+    // The coordinator aborts it after transaction.timeout.ms (3 s).
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        read_all(&broker, "txn-lso", "read_committed", quiet),
+        sorted(values("behind", 4))
+    );
+    // Its producer was fenced by the abort's epoch bump.
+    assert!(stalled.commit_transaction(TIMEOUT).is_err());
+}
+
+#[test]
+fn a_second_producer_with_the_same_transactional_id_fences_the_first() {
+    let broker = Broker::start(&[]);
+    create_topic_blocking(&broker, "txn-zombie", PARTITIONS);
+    let zombie = producer(&broker, "shared-id", 60_000);
+    zombie.begin_transaction().expect("begin");
+    send(&zombie, "txn-zombie", &values("zombie", 4));
+    // The newer producer's init aborts the zombie's open transaction and bumps the epoch.
+    let fresh = producer(&broker, "shared-id", 60_000);
+    fresh.begin_transaction().expect("begin");
+    send(&fresh, "txn-zombie", &values("fresh", 4));
+    fresh.commit_transaction(TIMEOUT).expect("commit");
+    assert!(
+        zombie.commit_transaction(TIMEOUT).is_err(),
+        "the fenced producer cannot commit"
+    );
+    let quiet = Duration::from_secs(2);
+    assert_eq!(
+        read_all(&broker, "txn-zombie", "read_committed", quiet),
+        sorted(values("fresh", 4))
+    );
+}
+
+/// The group's committed offsets as the broker reports them.
+fn committed_offsets(broker: &Broker, group: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(topic, p);
+    }
+    c.committed_offsets(tpl, TIMEOUT)
+        .expect("committed")
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn offsets_sent_to_a_transaction_commit_with_it_and_everything_survives_kill_9() {
+    let mut broker = Broker::start(&[]);
+    create_topic_blocking(&broker, "txn-in", PARTITIONS);
+    create_topic_blocking(&broker, "txn-eos", PARTITIONS);
+    let group_meta_consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "eos-group")
+        .create()
+        .expect("consumer");
+    let metadata = group_meta_consumer
+        .group_metadata()
+        .expect("group metadata");
+    let p = producer(&broker, "eos-worker", 60_000);
+    let offsets = |o: i64| {
+        let mut tpl = TopicPartitionList::new();
+        for part in 0..PARTITIONS {
+            tpl.add_partition_offset("txn-in", part, Offset::Offset(o + i64::from(part)))
+                .expect("offset");
+        }
+        tpl
+    };
+    // Committed with the transaction.
+    p.begin_transaction().expect("begin");
+    send(&p, "txn-eos", &values("out", 4));
+    p.send_offsets_to_transaction(&offsets(10), &metadata, TIMEOUT)
+        .expect("send offsets");
+    p.commit_transaction(TIMEOUT).expect("commit");
+    let expected: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 10 + i64::from(p))).collect();
+    assert_eq!(committed_offsets(&broker, "eos-group", "txn-in"), expected);
+    // Aborted with the transaction: the group's offsets stay.
+    p.begin_transaction().expect("begin");
+    send(&p, "txn-eos", &values("dropped", 4));
+    p.send_offsets_to_transaction(&offsets(50), &metadata, TIMEOUT)
+        .expect("send offsets");
+    p.abort_transaction(TIMEOUT).expect("abort");
+    assert_eq!(committed_offsets(&broker, "eos-group", "txn-in"), expected);
+    // A transaction open when the broker is killed stays invisible after the restart, until
+    // the next producer with the same id aborts it.
+    p.begin_transaction().expect("begin");
+    send(&p, "txn-eos", &values("in-flight", 4));
+    p.send_offsets_to_transaction(&offsets(90), &metadata, TIMEOUT)
+        .expect("send offsets");
+    drop(p);
+    broker.kill9();
+    broker.restart();
+    let quiet = Duration::from_secs(2);
+    assert_eq!(
+        read_all(&broker, "txn-eos", "read_committed", quiet),
+        sorted(values("out", 4))
+    );
+    assert_eq!(committed_offsets(&broker, "eos-group", "txn-in"), expected);
+    let p = producer(&broker, "eos-worker", 60_000);
+    p.begin_transaction().expect("begin");
+    send(&p, "txn-eos", &values("after", 4));
+    p.commit_transaction(TIMEOUT).expect("commit");
+    let mut all = values("out", 4);
+    all.extend(values("after", 4));
+    assert_eq!(
+        read_all(&broker, "txn-eos", "read_committed", quiet),
+        sorted(all)
+    );
+    assert_eq!(committed_offsets(&broker, "eos-group", "txn-in"), expected);
+}
