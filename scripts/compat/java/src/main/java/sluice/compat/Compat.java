@@ -129,6 +129,15 @@ public final class Compat {
             }
             System.out.printf("java: KIP-848 regex subscription (subscribe(SubscriptionPattern), resolved by the broker): %s%n",
                     failures.size() == before ? "ok" : "FAILED");
+            before = failures.size();
+            try {
+                transactions(bootstrap);
+            } catch (Throwable e) {
+                fail("transactions: unexpected exception: " + describe(e));
+                e.printStackTrace(System.out);
+            }
+            System.out.printf("java: transactions (commit with sendOffsetsToTransaction, abort, read_committed vs read_uncommitted, a fenced zombie): %s%n",
+                    failures.size() == before ? "ok" : "FAILED");
         }
         long ms = (System.nanoTime() - start) / 1_000_000;
         if (failures.isEmpty()) {
@@ -482,6 +491,115 @@ public final class Compat {
                     admin.listConsumerGroupOffsets(group).partitionsToOffsetAndMetadata().get(TIMEOUT_S, TimeUnit.SECONDS);
             check(commit.equals(listed), "offsets: listConsumerGroupOffsets = " + listed + ", expected " + commit);
         }
+    }
+
+    private static KafkaProducer<byte[], byte[]> transactionalProducer(String bootstrap, String id) {
+        Properties pp = new Properties();
+        pp.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        pp.put(ProducerConfig.TRANSACTIONAL_ID_CONFIG, id);
+        pp.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, ByteArraySerializer.class.getName());
+        pp.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, ByteArraySerializer.class.getName());
+        KafkaProducer<byte[], byte[]> producer = new KafkaProducer<>(pp);
+        producer.initTransactions();
+        return producer;
+    }
+
+    /** Every value of the topic from the beginning at the isolation level, sorted. */
+    private static List<String> readTopic(String bootstrap, String topic, String isolation) {
+        List<String> out = new ArrayList<>();
+        try (KafkaConsumer<byte[], byte[]> c = newConsumer(bootstrap, "txn-" + isolation,
+                Map.of(ConsumerConfig.ISOLATION_LEVEL_CONFIG, isolation))) {
+            List<TopicPartition> tps = new ArrayList<>();
+            for (int p = 0; p < PARTITIONS; p++) {
+                tps.add(new TopicPartition(topic, p));
+            }
+            c.assign(tps);
+            c.seekToBeginning(tps);
+            long quietUntil = System.currentTimeMillis() + 2000;
+            while (System.currentTimeMillis() < quietUntil) {
+                for (ConsumerRecord<byte[], byte[]> r : c.poll(Duration.ofMillis(200))) {
+                    out.add(new String(r.value(), StandardCharsets.UTF_8));
+                    quietUntil = System.currentTimeMillis() + 2000;
+                }
+            }
+        }
+        out.sort(null);
+        return out;
+    }
+
+    /**
+     * A transactional producer (InitProducerId with a transactional id, AddPartitionsToTxn v3,
+     * AddOffsetsToTxn, TxnOffsetCommit, EndTxn v4 as the Java 4.x client negotiates them without
+     * transaction version 2): a committed transaction with sendOffsetsToTransaction, an aborted
+     * one; read_committed sees only the committed records, read_uncommitted all of them; the
+     * group's offsets are the committed transaction's; a second producer with the same id fences
+     * the first.
+     */
+    private static void transactions(String bootstrap) throws Exception {
+        String topic = "java-compat-txn";
+        String group = "java-compat-txn-group";
+        try (Admin admin = Admin.create(adminProps(bootstrap))) {
+            admin.createTopics(List.of(new NewTopic(topic, PARTITIONS, (short) 1))).all().get(TIMEOUT_S, TimeUnit.SECONDS);
+        }
+        Map<TopicPartition, OffsetAndMetadata> offsets = new HashMap<>();
+        for (int p = 0; p < PARTITIONS; p++) {
+            offsets.put(new TopicPartition(topic, p), new OffsetAndMetadata(7L + p));
+        }
+        List<String> committed = new ArrayList<>();
+        List<String> all = new ArrayList<>();
+        try (KafkaProducer<byte[], byte[]> producer = transactionalProducer(bootstrap, "java-compat-txn")) {
+            producer.beginTransaction();
+            for (int i = 0; i < 12; i++) {
+                String v = "committed-" + i;
+                producer.send(new ProducerRecord<>(topic, i % PARTITIONS, null, v.getBytes(StandardCharsets.UTF_8)));
+                committed.add(v);
+            }
+            producer.sendOffsetsToTransaction(offsets, new org.apache.kafka.clients.consumer.ConsumerGroupMetadata(group));
+            producer.commitTransaction();
+            producer.beginTransaction();
+            Map<TopicPartition, OffsetAndMetadata> later = new HashMap<>();
+            for (TopicPartition tp : offsets.keySet()) {
+                later.put(tp, new OffsetAndMetadata(99L));
+            }
+            for (int i = 0; i < 6; i++) {
+                String v = "aborted-" + i;
+                producer.send(new ProducerRecord<>(topic, i % PARTITIONS, null, v.getBytes(StandardCharsets.UTF_8)));
+                all.add(v);
+            }
+            producer.sendOffsetsToTransaction(later, new org.apache.kafka.clients.consumer.ConsumerGroupMetadata(group));
+            producer.flush();
+            producer.abortTransaction();
+        }
+        all.addAll(committed);
+        committed.sort(null);
+        all.sort(null);
+        List<String> rc = readTopic(bootstrap, topic, "read_committed");
+        check(rc.equals(committed), "transactions: read_committed saw " + rc + ", expected " + committed);
+        List<String> ru = readTopic(bootstrap, topic, "read_uncommitted");
+        check(ru.equals(all), "transactions: read_uncommitted saw " + ru + ", expected " + all);
+        try (Admin admin = Admin.create(adminProps(bootstrap))) {
+            Map<TopicPartition, OffsetAndMetadata> listed =
+                    admin.listConsumerGroupOffsets(group).partitionsToOffsetAndMetadata().get(TIMEOUT_S, TimeUnit.SECONDS);
+            check(offsets.equals(listed), "transactions: group offsets " + listed + ", expected " + offsets);
+        }
+        // Zombie fencing: the second producer's initTransactions fences the first.
+        KafkaProducer<byte[], byte[]> zombie = transactionalProducer(bootstrap, "java-compat-zombie");
+        zombie.beginTransaction();
+        zombie.send(new ProducerRecord<>(topic, 0, null, "zombie".getBytes(StandardCharsets.UTF_8))).get(TIMEOUT_S, TimeUnit.SECONDS);
+        try (KafkaProducer<byte[], byte[]> fresh = transactionalProducer(bootstrap, "java-compat-zombie")) {
+            boolean fenced = false;
+            try {
+                zombie.commitTransaction();
+            } catch (org.apache.kafka.common.errors.ProducerFencedException
+                     | org.apache.kafka.common.errors.InvalidProducerEpochException e) {
+                fenced = true;
+            }
+            check(fenced, "transactions: the zombie producer committed after being fenced");
+        } finally {
+            zombie.close(Duration.ZERO);
+        }
+        List<String> after = readTopic(bootstrap, topic, "read_committed");
+        check(after.equals(committed), "transactions: after fencing, read_committed saw " + after);
     }
 
     /**
