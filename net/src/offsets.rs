@@ -53,6 +53,27 @@ pub struct Committed {
     pub log_offset: i64,
 }
 
+impl Committed {
+    /// What OffsetFetch with `require_stable` answers for a partition whose transactional
+    /// offsets are undecided: no offset, and UNSTABLE_OFFSET_COMMIT (see [`Self::is_unstable`]).
+    pub fn unstable() -> Committed {
+        Committed {
+            offset: -1,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp: -1,
+            log_offset: UNSTABLE_LOG_OFFSET,
+        }
+    }
+
+    pub fn is_unstable(&self) -> bool {
+        self.log_offset == UNSTABLE_LOG_OFFSET
+    }
+}
+
+/// The `log_offset` of [`Committed::unstable`]: no record has a negative offset.
+const UNSTABLE_LOG_OFFSET: i64 = -2;
+
 /// Offsets of the groups whose `__consumer_offsets` partition this core owns.
 pub type GroupOffsets = HashMap<String, BTreeMap<(String, i32), Committed>>;
 

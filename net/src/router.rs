@@ -72,6 +72,9 @@ pub enum CoreRequest {
     FetchOffsets {
         group: String,
         topics: Option<Vec<(String, Vec<i32>)>>,
+        /// OffsetFetch v7+ `require_stable`: partitions with undecided transactional offsets
+        /// answer UNSTABLE_OFFSET_COMMIT.
+        require_stable: bool,
     },
     /// To the core coordinating the transactional id (its `__transaction_state` partition).
     Txn(crate::txn_coordinator::TxnCall),

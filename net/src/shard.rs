@@ -233,8 +233,19 @@ impl Shard {
                 async move { CoreResponse::Group(crate::groups::run(&shard, call).await) }
                     .boxed_local()
             }
-            CoreRequest::FetchOffsets { group, topics } => {
-                let fetched = crate::offsets::fetch(self, &group, topics);
+            CoreRequest::FetchOffsets {
+                group,
+                topics,
+                require_stable,
+            } => {
+                let mut fetched = crate::offsets::fetch(self, &group, topics);
+                if require_stable {
+                    for (topic, partition, c) in fetched.iter_mut() {
+                        if crate::offsets::has_pending(self, &group, topic, *partition) {
+                            *c = Some(crate::offsets::Committed::unstable());
+                        }
+                    }
+                }
                 async move { CoreResponse::Fetched(fetched) }.boxed_local()
             }
             CoreRequest::ApplyTopic(change) => {

@@ -1,8 +1,9 @@
 //! OffsetFetch (key 9): the offsets a group committed, from the group's coordinating core.
 //! A partition without a committed offset answers offset -1 and empty metadata with no error,
 //! as in Kafka; no topics (null, v2+) asks for every committed offset of the group; v8+ asks
-//! for several groups at once. There are no transactions yet, so `require_stable` has nothing
-//! to wait for.
+//! for several groups at once. With `require_stable` (v7+), a partition whose offsets a
+//! transaction has sent but not yet decided answers UNSTABLE_OFFSET_COMMIT, which consumers
+//! retry — so a consumer never starts from an offset an open transaction is about to replace.
 
 use std::rc::Rc;
 
@@ -40,7 +41,7 @@ pub async fn handle(
                     .map(|t| (t.name.0.to_string(), t.partition_indexes))
                     .collect()
             });
-            let answer = fetch(shard, &g.group_id.0, topics).await;
+            let answer = fetch(shard, &g.group_id.0, topics, request.require_stable).await;
             let topics = answer
                 .into_iter()
                 .map(|(name, partitions)| {
@@ -50,8 +51,10 @@ pub async fn handle(
                             partitions
                                 .into_iter()
                                 .map(|(p, c)| {
+                                    let error = error_of(&c);
                                     let (offset, epoch, metadata) = fields(c);
                                     OffsetFetchResponsePartitions::default()
+                                        .with_error_code(error)
                                         .with_partition_index(p)
                                         .with_committed_offset(offset)
                                         .with_committed_leader_epoch(epoch)
@@ -74,7 +77,8 @@ pub async fn handle(
                 .map(|t| (t.name.0.to_string(), t.partition_indexes))
                 .collect()
         });
-        let answer = fetch(shard, &request.group_id.0, topics).await;
+        let stable = ctx.api_version >= 7 && request.require_stable;
+        let answer = fetch(shard, &request.group_id.0, topics, stable).await;
         let with_epoch = ctx.api_version >= 5;
         let topics = answer
             .into_iter()
@@ -85,8 +89,10 @@ pub async fn handle(
                         partitions
                             .into_iter()
                             .map(|(p, c)| {
+                                let error = error_of(&c);
                                 let (offset, epoch, metadata) = fields(c);
                                 let partition = OffsetFetchResponsePartition::default()
+                                    .with_error_code(error)
                                     .with_partition_index(p)
                                     .with_committed_offset(offset)
                                     .with_metadata(Some(str_bytes(&metadata)));
@@ -105,6 +111,14 @@ pub async fn handle(
     encode_response(ctx, &response)
 }
 
+fn error_of(c: &Option<Committed>) -> i16 {
+    if c.as_ref().is_some_and(Committed::is_unstable) {
+        kafka_protocol::error::ResponseError::UnstableOffsetCommit.code()
+    } else {
+        0
+    }
+}
+
 fn fields(c: Option<Committed>) -> (i64, i32, String) {
     match c {
         Some(c) => (c.offset, c.leader_epoch, c.metadata),
@@ -117,6 +131,7 @@ async fn fetch(
     shard: &Rc<Shard>,
     group: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
+    require_stable: bool,
 ) -> GroupAnswer {
     let asked = topics.clone();
     let found = match offsets::coordinator_core(shard, group) {
@@ -126,6 +141,7 @@ async fn fetch(
             let call = CoreRequest::FetchOffsets {
                 group: group.to_string(),
                 topics,
+                require_stable,
             };
             match shard.call(core, call).await {
                 Some(CoreResponse::Fetched(found)) => found,

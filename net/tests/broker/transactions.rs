@@ -168,6 +168,17 @@ fn a_second_producer_with_the_same_transactional_id_fences_the_first() {
 
 /// The group's committed offsets as the broker reports them.
 fn committed_offsets(broker: &Broker, group: &str, topic: &str) -> BTreeMap<i32, i64> {
+    try_committed_offsets(broker, group, topic, TIMEOUT).expect("committed")
+}
+
+/// Asks with `require_stable` (librdkafka sends it under read_committed): undecided
+/// transactional offsets answer UNSTABLE_OFFSET_COMMIT, which the client retries until `wait`.
+fn try_committed_offsets(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    wait: Duration,
+) -> rdkafka::error::KafkaResult<BTreeMap<i32, i64>> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())
         .set("group.id", group)
@@ -178,15 +189,14 @@ fn committed_offsets(broker: &Broker, group: &str, topic: &str) -> BTreeMap<i32,
     for p in 0..PARTITIONS {
         tpl.add_partition(topic, p);
     }
-    c.committed_offsets(tpl, TIMEOUT)
-        .expect("committed")
+    Ok(c.committed_offsets(tpl, wait)?
         .elements()
         .iter()
         .filter_map(|e| match e.offset() {
             Offset::Offset(o) => Some((e.partition(), o)),
             _ => None,
         })
-        .collect()
+        .collect())
 }
 
 #[test]
@@ -232,6 +242,10 @@ fn offsets_sent_to_a_transaction_commit_with_it_and_everything_survives_kill_9()
     send(&p, "txn-eos", &values("in-flight", 4));
     p.send_offsets_to_transaction(&offsets(90), &metadata, TIMEOUT)
         .expect("send offsets");
+    assert!(
+        try_committed_offsets(&broker, "eos-group", "txn-in", Duration::from_secs(2)).is_err(),
+        "offsets an open transaction sent are unstable, not the old ones"
+    );
     drop(p);
     broker.kill9();
     broker.restart();
@@ -240,8 +254,11 @@ fn offsets_sent_to_a_transaction_commit_with_it_and_everything_survives_kill_9()
         read_all(&broker, "txn-eos", "read_committed", quiet),
         sorted(values("out", 4))
     );
-    assert_eq!(committed_offsets(&broker, "eos-group", "txn-in"), expected);
+    // The open transaction's offsets were recovered as undecided.
+    assert!(try_committed_offsets(&broker, "eos-group", "txn-in", Duration::from_secs(2)).is_err());
+    // The restarted worker's init aborts it: the group's offsets are the committed ones.
     let p = producer(&broker, "eos-worker", 60_000);
+    assert_eq!(committed_offsets(&broker, "eos-group", "txn-in"), expected);
     p.begin_transaction().expect("begin");
     send(&p, "txn-eos", &values("after", 4));
     p.commit_transaction(TIMEOUT).expect("commit");
