@@ -23,7 +23,6 @@ use crate::common::{call, create_topic_blocking, Broker, Raw};
 
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 const INVALID_PRODUCER_EPOCH: i16 = 47;
-const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
 const INVALID_REQUEST: i16 = 42;
 
 fn init_producer_id(raw: &mut Raw, transactional_id: Option<&str>) -> InitProducerIdResponse {
@@ -83,10 +82,14 @@ fn retries_are_written_once_gaps_and_stale_epochs_refused_across_restarts() {
     let pid = first.producer_id.0;
     let second = init_producer_id(&mut raw, None);
     assert!(second.producer_id.0 > pid, "a fresh id for every producer");
+    // A transactional id keeps its producer id; each InitProducerId bumps the epoch.
+    let txn = init_producer_id(&mut raw, Some("txn"));
+    assert_eq!((txn.error_code, txn.producer_epoch), (0, 0));
+    assert!(txn.producer_id.0 > second.producer_id.0);
+    let again = init_producer_id(&mut raw, Some("txn"));
     assert_eq!(
-        init_producer_id(&mut raw, Some("txn")).error_code,
-        TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-        "transactions are refused, not half-served"
+        (again.error_code, again.producer_id, again.producer_epoch),
+        (0, txn.producer_id, 1)
     );
     assert_eq!(
         init_producer_id(&mut raw, Some("")).error_code,
@@ -172,16 +175,44 @@ fn retries_are_written_once_gaps_and_stale_epochs_refused_across_restarts() {
 #[test]
 fn librdkafka_idempotent_producer_round_trip() {
     let broker = Broker::start(&[]);
-    let topic = "idempotent-rdkafka";
-    create_topic_blocking(&broker, topic, 3);
+    create_topic_blocking(&broker, "idempotent-rdkafka", 3);
+    round_trip(&broker.bootstrap(), "idempotent-rdkafka", 3000);
+}
+
+/// Retries without duplicates: a proxy loses every 7th Produce response (closing the
+/// connection after the broker served the request), so librdkafka's idempotent producer
+/// retries batches the broker already wrote; each record is still in the log exactly once, in
+/// order.
+#[test]
+fn lost_responses_make_librdkafka_retry_and_every_record_is_written_once() {
+    let proxy_port = crate::common::free_port();
+    let advertised = format!("advertised.listeners=PLAINTEXT://127.0.0.1:{proxy_port}");
+    let broker = Broker::start(&[advertised.as_str()]);
+    let proxy = crate::proxy::Proxy::start(proxy_port, broker.port, 7);
+    let bootstrap = format!("127.0.0.1:{proxy_port}");
+    create_topic_blocking(&broker, "idempotent-lossy", 3);
+    round_trip(&bootstrap, "idempotent-lossy", 3000);
+    assert!(
+        proxy.dropped() >= 3,
+        "responses lost: {} of {} produce responses",
+        proxy.dropped(),
+        proxy.produced()
+    );
+}
+
+/// Produces `n` values round-robin over 3 partitions with librdkafka's idempotent producer
+/// through `bootstrap`, then reads them back: every partition holds its values in order, each
+/// exactly once, at offsets 0, 1, 2, ...
+fn round_trip(bootstrap: &str, topic: &str, n: usize) {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000")
+        .set("batch.num.messages", "50")
+        .set("message.timeout.ms", "60000")
         .create()
         .expect("producer");
-    let values: Vec<String> = (0..3000).map(|i| format!("idempotent-{i}")).collect();
+    let values: Vec<String> = (0..n).map(|i| format!("idempotent-{i}")).collect();
     let sends: Vec<_> = values
         .iter()
         .enumerate()
@@ -203,7 +234,7 @@ fn librdkafka_idempotent_producer_round_trip() {
             .expect("delivered");
     }
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", "sluice-tests")
         .set("enable.auto.commit", "false")
         .create()

@@ -9,4 +9,5 @@ mod groups;
 mod harness;
 mod idempotence;
 mod offsets;
+mod proxy;
 mod transactions;

@@ -200,7 +200,14 @@ fn coordinators_are_found_and_bad_commits_get_kafka_error_codes() {
             .with_key_type(1)
             .with_coordinator_keys(vec![StrBytes::from_static_str("txn")]),
     );
-    assert_eq!(txn.coordinators[0].error_code, 53, "no transactions yet");
+    assert_eq!(
+        (
+            txn.coordinators[0].error_code,
+            txn.coordinators[0].node_id.0
+        ),
+        (0, 0),
+        "the transaction coordinator is this broker"
+    );
 
     assert_eq!(
         commit_error(&mut raw, &commit_request("g", -1, "", "t", "m")),
