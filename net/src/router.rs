@@ -86,6 +86,8 @@ pub enum CoreRequest {
         commit: bool,
         partitions: Vec<TopicPartition>,
     },
+    /// DescribeProducers, to the cores owning the partitions.
+    DescribeProducers { partitions: Vec<TopicPartition> },
     /// TxnOffsetCommit, to the core owning the group's `__consumer_offsets` partition.
     TxnCommitOffsets {
         group: String,
@@ -136,6 +138,12 @@ pub enum TopicChange {
         name: String,
     },
 }
+
+/// The producers a partition remembers (DescribeProducers), or the error code to answer.
+pub type ProducersOf = (
+    TopicPartition,
+    Result<Vec<(i64, sluice_storage::producer_state::ProducerEntry)>, i16>,
+);
 
 #[derive(Debug, Clone)]
 pub struct ProduceResult {
@@ -192,6 +200,8 @@ pub enum CoreResponse {
     Txn(crate::txn_coordinator::TxnReply),
     /// One error code per partition of a WriteMarkers.
     Markers(Vec<(TopicPartition, i16)>),
+    /// Per partition: its producers by id, or an error code.
+    Producers(Vec<ProducersOf>),
 }
 
 #[derive(Debug)]

@@ -122,6 +122,16 @@ impl Shard {
                 }
                 .boxed_local()
             }
+            CoreRequest::DescribeProducers { partitions } => {
+                let described = partitions
+                    .into_iter()
+                    .map(|tp| {
+                        let producers = self.owned_log(&tp).map(|log| log.producers());
+                        (tp, producers)
+                    })
+                    .collect();
+                async move { CoreResponse::Producers(described) }.boxed_local()
+            }
             CoreRequest::Txn(call) => {
                 let shard = self.clone();
                 async move { CoreResponse::Txn(crate::txn_coordinator::run(&shard, call).await) }

@@ -683,6 +683,14 @@ impl PartitionLog {
         self.state.borrow().producers.len()
     }
 
+    /// The producers this partition remembers, by id (DescribeProducers).
+    pub fn producers(&self) -> Vec<(i64, crate::producer_state::ProducerEntry)> {
+        let s = self.state.borrow();
+        let mut all: Vec<_> = s.producers.iter().map(|(id, e)| (id, e.clone())).collect();
+        all.sort_unstable_by_key(|(id, _)| *id);
+        all
+    }
+
     fn all_unsynced_files(&self) -> Vec<Rc<glommio::io::DmaFile>> {
         let s = self.state.borrow();
         s.segments

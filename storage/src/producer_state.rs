@@ -147,6 +147,11 @@ impl ProducerStates {
         self.entries.get(&producer_id)
     }
 
+    /// Every producer the partition remembers, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (i64, &ProducerEntry)> {
+        self.entries.iter().map(|(id, e)| (*id, e))
+    }
+
     /// Checks the batches of one append, whose offsets will start at `first_offset`, in order,
     /// as Kafka does: a batch that repeats one of the producer's last five (same epoch, same
     /// sequence range) makes the whole append a duplicate; an older epoch is fenced; within an

@@ -23,6 +23,8 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
+pub mod describe_producers;
+pub mod describe_transactions;
 pub mod end_txn;
 pub mod fetch;
 pub mod find_coordinator;
@@ -32,6 +34,7 @@ pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
 pub mod list_offsets;
+pub mod list_transactions;
 pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
@@ -87,6 +90,9 @@ pub const APIS: &[Api] = &[
     add_offsets_to_txn::API,
     end_txn::API,
     txn_offset_commit::API,
+    describe_producers::API,
+    describe_transactions::API,
+    list_transactions::API,
 ];
 
 pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
@@ -129,6 +135,9 @@ pub enum Request {
     AddOffsetsToTxn(kafka_protocol::messages::AddOffsetsToTxnRequest),
     EndTxn(kafka_protocol::messages::EndTxnRequest),
     TxnOffsetCommit(kafka_protocol::messages::TxnOffsetCommitRequest),
+    DescribeProducers(kafka_protocol::messages::DescribeProducersRequest),
+    DescribeTransactions(kafka_protocol::messages::DescribeTransactionsRequest),
+    ListTransactions(kafka_protocol::messages::ListTransactionsRequest),
 }
 
 /// Decodes a request body (after the header); None when it does not decode — the connection is
@@ -165,6 +174,9 @@ pub fn decode_body(ctx: &RequestContext, mut body: Bytes) -> Option<Request> {
         ApiKey::AddOffsetsToTxn => Request::AddOffsetsToTxn(decode(&mut body, v)?),
         ApiKey::EndTxn => Request::EndTxn(decode(&mut body, v)?),
         ApiKey::TxnOffsetCommit => Request::TxnOffsetCommit(decode(&mut body, v)?),
+        ApiKey::DescribeProducers => Request::DescribeProducers(decode(&mut body, v)?),
+        ApiKey::DescribeTransactions => Request::DescribeTransactions(decode(&mut body, v)?),
+        ApiKey::ListTransactions => Request::ListTransactions(decode(&mut body, v)?),
         _ => return None,
     })
 }
@@ -249,6 +261,15 @@ pub fn start(
         Request::EndTxn(r) => async move { end_txn::handle(&shard, &ctx, r).await }.boxed_local(),
         Request::TxnOffsetCommit(r) => {
             async move { txn_offset_commit::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::DescribeProducers(r) => {
+            async move { describe_producers::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::DescribeTransactions(r) => {
+            async move { describe_transactions::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::ListTransactions(r) => {
+            async move { list_transactions::handle(&shard, &ctx, r).await }.boxed_local()
         }
     }
 }

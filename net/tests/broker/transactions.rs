@@ -109,6 +109,42 @@ fn committed_records_are_read_once_and_aborted_ones_never_by_read_committed() {
     let everything = read_all(&broker, "txn-out", "read_uncommitted", quiet);
     expected.extend(values("aborted", 12));
     assert_eq!(everything, sorted(expected));
+    list_transactions_filters(&broker);
+}
+
+/// ListTransactions v2 on the wire: the id pattern matches whole ids, unknown state names are
+/// echoed back, a pattern that does not compile is INVALID_REGULAR_EXPRESSION.
+fn list_transactions_filters(broker: &Broker) {
+    use kafka_protocol::messages::{ApiKey, ListTransactionsRequest, ListTransactionsResponse};
+    use kafka_protocol::protocol::StrBytes;
+    let mut raw = crate::common::Raw::connect(broker.port);
+    let mut list = |pattern: &str, states: &[&'static str]| -> ListTransactionsResponse {
+        let request = ListTransactionsRequest::default()
+            .with_transactional_id_pattern(Some(StrBytes::from_string(pattern.into())))
+            .with_state_filters(states.iter().map(|s| StrBytes::from_static_str(s)).collect())
+            .with_duration_filter(-1);
+        crate::common::call(&mut raw, ApiKey::ListTransactions, 2, &request)
+    };
+    let found = list("writer-.", &[]);
+    assert_eq!(found.error_code, 0);
+    let ids: Vec<(String, String)> = found
+        .transaction_states
+        .iter()
+        .map(|t| (t.transactional_id.0.to_string(), t.transaction_state.to_string()))
+        .collect();
+    assert_eq!(ids, vec![("writer-1".into(), "CompleteCommit".into())]);
+    assert!(list("writer", &[]).transaction_states.is_empty(), "whole ids only");
+    let filtered = list("writer-1", &["Ongoing", "Bogus"]);
+    assert!(filtered.transaction_states.is_empty());
+    assert_eq!(
+        filtered
+            .unknown_state_filters
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+        vec!["Bogus".to_string()]
+    );
+    assert_eq!(list("(", &[]).error_code, 128, "INVALID_REGULAR_EXPRESSION");
 }
 
 #[test]

@@ -136,7 +136,7 @@ public final class Compat {
                 fail("transactions: unexpected exception: " + describe(e));
                 e.printStackTrace(System.out);
             }
-            System.out.printf("java: transactions (commit with sendOffsetsToTransaction, abort, read_committed vs read_uncommitted, a fenced zombie): %s%n",
+            System.out.printf("java: transactions (commit with sendOffsetsToTransaction, abort, read_committed vs read_uncommitted, a fenced zombie; admin describeTransactions, listTransactions, describeProducers): %s%n",
                     failures.size() == before ? "ok" : "FAILED");
         }
         long ms = (System.nanoTime() - start) / 1_000_000;
@@ -586,6 +586,7 @@ public final class Compat {
         KafkaProducer<byte[], byte[]> zombie = transactionalProducer(bootstrap, "java-compat-zombie");
         zombie.beginTransaction();
         zombie.send(new ProducerRecord<>(topic, 0, null, "zombie".getBytes(StandardCharsets.UTF_8))).get(TIMEOUT_S, TimeUnit.SECONDS);
+        operatorViews(bootstrap, topic);
         try (KafkaProducer<byte[], byte[]> fresh = transactionalProducer(bootstrap, "java-compat-zombie")) {
             boolean fenced = false;
             try {
@@ -600,6 +601,51 @@ public final class Compat {
         }
         List<String> after = readTopic(bootstrap, topic, "read_committed");
         check(after.equals(committed), "transactions: after fencing, read_committed saw " + after);
+    }
+
+    /**
+     * What operators see (DescribeTransactions, ListTransactions, DescribeProducers through the
+     * admin client) while "java-compat-zombie" has an open transaction on partition 0 and
+     * "java-compat-txn" has completed an abort.
+     */
+    private static void operatorViews(String bootstrap, String topic) throws Exception {
+        TopicPartition tp0 = new TopicPartition(topic, 0);
+        try (Admin admin = Admin.create(adminProps(bootstrap))) {
+            Map<String, org.apache.kafka.clients.admin.TransactionDescription> described = admin
+                    .describeTransactions(List.of("java-compat-zombie", "java-compat-txn"))
+                    .all().get(TIMEOUT_S, TimeUnit.SECONDS);
+            org.apache.kafka.clients.admin.TransactionDescription open = described.get("java-compat-zombie");
+            check(open != null && open.state() == org.apache.kafka.clients.admin.TransactionState.ONGOING
+                            && open.topicPartitions().contains(tp0) && open.transactionStartTimeMs().isPresent(),
+                    "transactions: describeTransactions(open) = " + open);
+            org.apache.kafka.clients.admin.TransactionDescription done = described.get("java-compat-txn");
+            check(done != null && done.state() == org.apache.kafka.clients.admin.TransactionState.COMPLETE_ABORT
+                            && done.topicPartitions().isEmpty(),
+                    "transactions: describeTransactions(aborted) = " + done);
+            Collection<org.apache.kafka.clients.admin.TransactionListing> listed =
+                    admin.listTransactions().all().get(TIMEOUT_S, TimeUnit.SECONDS);
+            Set<String> ids = new HashSet<>();
+            for (org.apache.kafka.clients.admin.TransactionListing l : listed) {
+                ids.add(l.transactionalId());
+            }
+            check(ids.containsAll(List.of("java-compat-zombie", "java-compat-txn")),
+                    "transactions: listTransactions = " + ids);
+            Collection<org.apache.kafka.clients.admin.TransactionListing> ongoing = admin
+                    .listTransactions(new org.apache.kafka.clients.admin.ListTransactionsOptions()
+                            .filterStates(List.of(org.apache.kafka.clients.admin.TransactionState.ONGOING)))
+                    .all().get(TIMEOUT_S, TimeUnit.SECONDS);
+            check(ongoing.size() == 1 && ongoing.iterator().next().transactionalId().equals("java-compat-zombie"),
+                    "transactions: listTransactions(ONGOING) = " + ongoing);
+            org.apache.kafka.clients.admin.DescribeProducersResult.PartitionProducerState producers =
+                    admin.describeProducers(List.of(tp0)).partitionResult(tp0).get(TIMEOUT_S, TimeUnit.SECONDS);
+            boolean sawOpen = false;
+            for (org.apache.kafka.clients.admin.ProducerState ps : producers.activeProducers()) {
+                if (open != null && ps.producerId() == open.producerId()) {
+                    sawOpen = ps.currentTransactionStartOffset().isPresent() && ps.producerEpoch() == open.producerEpoch();
+                }
+            }
+            check(sawOpen, "transactions: describeProducers(" + tp0 + ") = " + producers.activeProducers());
+        }
     }
 
     /**
