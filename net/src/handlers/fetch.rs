@@ -192,7 +192,9 @@ async fn wait_for_data(
         glommio::timer::sleep(remaining).await;
         return;
     }
-    let timeout_ms = remaining.as_millis() as u64;
+    // Rounded up: a wait of less than a millisecond truncated to 0 would return at once and
+    // turn the last millisecond of every long poll into a busy loop.
+    let timeout_ms = (remaining.as_micros() as u64).div_ceil(1000);
     let waits: Vec<_> = by_core
         .into_iter()
         .map(|(core, partitions)| {

@@ -121,7 +121,12 @@ fn list_transactions_filters(broker: &Broker) {
     let mut list = |pattern: &str, states: &[&'static str]| -> ListTransactionsResponse {
         let request = ListTransactionsRequest::default()
             .with_transactional_id_pattern(Some(StrBytes::from_string(pattern.into())))
-            .with_state_filters(states.iter().map(|s| StrBytes::from_static_str(s)).collect())
+            .with_state_filters(
+                states
+                    .iter()
+                    .map(|s| StrBytes::from_static_str(s))
+                    .collect(),
+            )
             .with_duration_filter(-1);
         crate::common::call(&mut raw, ApiKey::ListTransactions, 2, &request)
     };
@@ -130,10 +135,18 @@ fn list_transactions_filters(broker: &Broker) {
     let ids: Vec<(String, String)> = found
         .transaction_states
         .iter()
-        .map(|t| (t.transactional_id.0.to_string(), t.transaction_state.to_string()))
+        .map(|t| {
+            (
+                t.transactional_id.0.to_string(),
+                t.transaction_state.to_string(),
+            )
+        })
         .collect();
     assert_eq!(ids, vec![("writer-1".into(), "CompleteCommit".into())]);
-    assert!(list("writer", &[]).transaction_states.is_empty(), "whole ids only");
+    assert!(
+        list("writer", &[]).transaction_states.is_empty(),
+        "whole ids only"
+    );
     let filtered = list("writer-1", &["Ongoing", "Bogus"]);
     assert!(filtered.transaction_states.is_empty());
     assert_eq!(
