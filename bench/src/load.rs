@@ -787,11 +787,26 @@ pub fn run(o: &Options) -> Result<Report, String> {
 
 /// The catch-up read workload: build a backlog of `mb` MB (not measured), optionally drop the
 /// page cache, then measure one consumer reading every partition from the beginning until the
-/// whole backlog is back, checking count and per-partition order.
+/// whole backlog is back, checking count and per-partition order. With `--transactions N` the
+/// backlog is written in committed transactions of N records and read with
+/// isolation.level=read_committed (the read_committed fetch path: last stable offset, aborted
+/// transaction lists, markers skipped by the client).
 fn catch_up(o: &Options, mb: u64) -> Result<Report, String> {
     let stats = new_stats();
     let records = mb * 1_000_000 / o.record_bytes as u64;
-    let producer = new_producer(o, &stats, None)?;
+    let transactional_id = o
+        .transaction_records
+        .map(|_| format!("sluice-bench-catch-up-{}", std::process::id()));
+    let producer = new_producer(o, &stats, transactional_id.as_deref())?;
+    let mut in_transaction = 0u64;
+    if o.transaction_records.is_some() {
+        producer
+            .init_transactions(Duration::from_secs(30))
+            .map_err(|e| format!("init_transactions: {e}"))?;
+        producer
+            .begin_transaction()
+            .map_err(|e| format!("begin_transaction: {e}"))?;
+    }
     let mut sequence = vec![0u64; o.partitions as usize];
     let mut payload: Vec<u8> = (0..o.record_bytes)
         .map(|i| (i * 7919 % 251) as u8)
@@ -807,12 +822,27 @@ fn catch_up(o: &Options, mb: u64) -> Result<Report, String> {
             Ok(()) => {
                 sent += 1;
                 sequence[p] += 1;
+                in_transaction += 1;
+                if o.transaction_records.is_some_and(|n| in_transaction >= n) {
+                    producer
+                        .commit_transaction(Duration::from_secs(60))
+                        .map_err(|e| format!("commit_transaction: {e}"))?;
+                    producer
+                        .begin_transaction()
+                        .map_err(|e| format!("begin_transaction: {e}"))?;
+                    in_transaction = 0;
+                }
             }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 std::thread::sleep(Duration::from_micros(200));
             }
             Err((e, _)) => return Err(format!("send: {e}")),
         }
+    }
+    if o.transaction_records.is_some() {
+        producer
+            .commit_transaction(Duration::from_secs(60))
+            .map_err(|e| format!("commit_transaction: {e}"))?;
     }
     producer
         .flush(Duration::from_secs(120))
@@ -827,6 +857,14 @@ fn catch_up(o: &Options, mb: u64) -> Result<Report, String> {
     let consumer: BaseConsumer = client_config(o)
         .set("group.id", "sluice-bench-catch-up")
         .set("enable.auto.commit", "false")
+        .set(
+            "isolation.level",
+            if o.transaction_records.is_some() {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "4194304")
         .create()

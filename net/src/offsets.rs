@@ -301,7 +301,8 @@ pub async fn load(
             if header.is_control() {
                 // A transaction's end: its offsets become visible, or are dropped.
                 if let Some(m) = sluice_storage::txn::parse_marker(whole) {
-                    end_pending(table, pending, header.producer_id, m.commit, |_| true);
+                    let at = header.base_offset;
+                    end_pending(table, pending, header.producer_id, m.commit, at, |_| true);
                 }
                 offset = offset.max(header.last_offset() + 1);
                 continue;
@@ -379,13 +380,15 @@ pub async fn for_each_record(
 /// Transactional offset commits not yet decided: producer id → group → partition → offset.
 pub type PendingTxnOffsets = HashMap<i64, HashMap<String, BTreeMap<(String, i32), Committed>>>;
 
-/// Ends `producer_id`'s pending offsets of the groups `in_partition` accepts: on commit they
-/// become the groups' offsets (unless a later record set them), on abort they are dropped.
+/// Ends `producer_id`'s pending offsets of the groups `in_partition` accepts that were written
+/// before its marker at `marker_offset`: on commit they become the groups' offsets (unless a
+/// later record set them), on abort they are dropped.
 fn end_pending(
     table: &mut GroupOffsets,
     pending: &mut PendingTxnOffsets,
     producer_id: i64,
     commit: bool,
+    marker_offset: i64,
     in_partition: impl Fn(&str) -> bool,
 ) {
     let Some(groups) = pending.get_mut(&producer_id) else {
@@ -393,13 +396,23 @@ fn end_pending(
     };
     let ended: Vec<String> = groups.keys().filter(|g| in_partition(g)).cloned().collect();
     for group in ended {
-        let Some(offsets) = groups.remove(&group) else {
+        let Some(offsets) = groups.get_mut(&group) else {
             continue;
         };
-        if commit {
-            for ((topic, partition), c) in offsets {
-                set(table, group.clone(), topic, partition, c);
+        let decided: Vec<(String, i32)> = offsets
+            .iter()
+            .filter(|(_, c)| c.log_offset < marker_offset)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in decided {
+            if let Some(c) = offsets.remove(&key) {
+                if commit {
+                    set(table, group.clone(), key.0, key.1, c);
+                }
             }
+        }
+        if offsets.is_empty() {
+            groups.remove(&group);
         }
     }
     if groups.is_empty() {
@@ -407,9 +420,16 @@ fn end_pending(
     }
 }
 
-/// A transaction marker was written to `__consumer_offsets` partition `partition` (on this, its
-/// owning core): the producer's pending offsets of the groups there are decided.
-pub fn end_transaction(shard: &Shard, partition: i32, producer_id: i64, commit: bool) {
+/// A transaction marker was written at `marker_offset` of `__consumer_offsets` partition
+/// `partition` (on this, its owning core): the producer's pending offsets of the groups there
+/// are decided.
+pub fn end_transaction(
+    shard: &Shard,
+    partition: i32,
+    producer_id: i64,
+    commit: bool,
+    marker_offset: i64,
+) {
     let partitions = shard
         .topics
         .borrow()
@@ -420,6 +440,7 @@ pub fn end_transaction(shard: &Shard, partition: i32, producer_id: i64, commit: 
         &mut shard.txn_offsets.borrow_mut(),
         producer_id,
         commit,
+        marker_offset,
         |group| partition_for(group, partitions) == partition,
     );
 }
@@ -521,31 +542,64 @@ pub async fn txn_commit(
     let written = match log.append_for_producer(&bytes.freeze(), now) {
         Err(e) => Err(crate::error::storage_error_code(&e)),
         Ok(info) => {
+            // Pending from the moment the records are in the log, in log order with the
+            // markers: a marker appended after them decides them, even one written before
+            // this commit is durable.
+            let first = info.base_offset;
+            let keys: Vec<((String, i32), i64)> = accepted
+                .iter()
+                .enumerate()
+                .map(|(i, (t, p, _))| ((t.clone(), *p), first + i as i64))
+                .collect();
+            {
+                let mut pending = shard.txn_offsets.borrow_mut();
+                let table = pending
+                    .entry(producer_id)
+                    .or_default()
+                    .entry(group.clone())
+                    .or_default();
+                for (i, (topic, partition, mut c)) in accepted.into_iter().enumerate() {
+                    c.log_offset = first + i as i64;
+                    table.insert((topic, partition), c);
+                }
+            }
             shard.flusher.mark_dirty(&log);
-            log.wait_durable(&info, Durability::Synced)
-                .await
-                .map(|()| info.base_offset)
-                .map_err(|e| crate::error::storage_error_code(&e))
+            let durable = log.wait_durable(&info, Durability::Synced).await;
+            durable.map_err(|e| {
+                // The write failed and its records are gone: so are these pending offsets.
+                forget_pending(shard, producer_id, &group, &keys);
+                crate::error::storage_error_code(&e)
+            })
         }
     };
-    match written {
-        Ok(first) => {
-            let mut pending = shard.txn_offsets.borrow_mut();
-            let groups = pending.entry(producer_id).or_default();
-            let table = groups.entry(group.clone()).or_default();
-            for (i, (topic, partition, mut c)) in accepted.into_iter().enumerate() {
-                c.log_offset = first + i as i64;
-                table.insert((topic, partition), c);
-            }
-        }
-        Err(code) => {
-            // A fenced producer's epoch is INVALID_PRODUCER_EPOCH, as Kafka answers it here.
-            for a in answers.iter_mut().filter(|a| a.2 == 0) {
-                a.2 = code;
-            }
+    if let Err(code) = written {
+        // A fenced producer's epoch is INVALID_PRODUCER_EPOCH, as Kafka answers it here.
+        for a in answers.iter_mut().filter(|a| a.2 == 0) {
+            a.2 = code;
         }
     }
     answers
+}
+
+/// Removes pending offsets that a failed write took back (those still from that write).
+fn forget_pending(shard: &Shard, producer_id: i64, group: &str, keys: &[((String, i32), i64)]) {
+    let mut pending = shard.txn_offsets.borrow_mut();
+    let Some(groups) = pending.get_mut(&producer_id) else {
+        return;
+    };
+    if let Some(table) = groups.get_mut(group) {
+        for (key, log_offset) in keys {
+            if table.get(key).is_some_and(|c| c.log_offset == *log_offset) {
+                table.remove(key);
+            }
+        }
+        if table.is_empty() {
+            groups.remove(group);
+        }
+    }
+    if groups.is_empty() {
+        pending.remove(&producer_id);
+    }
 }
 
 /// Appends the offsets of one commit to the group's partition and waits until they are

@@ -143,6 +143,20 @@ pub async fn call(shard: &Rc<Shard>, transactional_id: &str, call: TxnCall) -> O
     }
 }
 
+/// Sends `call` to the coordinating core of `transactional_id` if `__transaction_state` exists
+/// (None otherwise): for reads that must not create it.
+pub async fn call_existing(
+    shard: &Rc<Shard>,
+    transactional_id: &str,
+    call: TxnCall,
+) -> Option<TxnReply> {
+    let core = coordinator_core(shard, transactional_id)?;
+    match shard.call(core, CoreRequest::Txn(call)).await {
+        Some(CoreResponse::Txn(reply)) => Some(reply),
+        _ => None,
+    }
+}
+
 /// Runs a call on this (the coordinating) core.
 pub async fn run(shard: &Rc<Shard>, call: TxnCall) -> TxnReply {
     match call {
@@ -261,8 +275,28 @@ async fn init_producer_id(
         return Err(ResponseError::InvalidTransactionTimeout);
     }
     txn_log(shard, transactional_id)?;
+    let existing = current(shard, transactional_id)?;
+    // Claimed before the first await: a concurrent request for the id now gets
+    // CONCURRENT_TRANSACTIONS instead of racing this one (a new id gets a placeholder).
+    claim(shard, transactional_id, existing.as_ref());
+    let result = init_claimed(shard, transactional_id, timeout_ms, expected, existing).await;
+    match result {
+        // The abort now owns the claim and releases it when done.
+        Err(ResponseError::ConcurrentTransactions) => {}
+        _ => release(shard, transactional_id),
+    }
+    result
+}
+
+async fn init_claimed(
+    shard: &Rc<Shard>,
+    transactional_id: &str,
+    timeout_ms: i32,
+    expected: Option<(i64, i16)>,
+    existing: Option<TxnMetadata>,
+) -> Result<(i64, i16), ResponseError> {
     let now = now_ms();
-    let meta = match current(shard, transactional_id)? {
+    let meta = match existing {
         Some(meta) => meta,
         None => TxnMetadata::new(allocate_producer_id(shard).await?, timeout_ms, now),
     };
@@ -270,13 +304,6 @@ async fn init_producer_id(
         InitNext::Current => return Ok((meta.producer_id, meta.producer_epoch)),
         InitNext::FenceAndAbort(fenced) => {
             // The open transaction goes first; the client retries once it is aborted.
-            shard.txns.borrow_mut().insert(
-                transactional_id.to_string(),
-                TxnEntry {
-                    meta,
-                    pending: true,
-                },
-            );
             let (shard, id) = (shard.clone(), transactional_id.to_string());
             glommio::spawn_local(async move {
                 if let Err(e) = finish(&shard, &id, fenced).await {
@@ -296,23 +323,43 @@ async fn init_producer_id(
         InitNext::Bump(next) => next,
     };
     let answer = (next.producer_id, next.producer_epoch);
-    mark_pending(shard, transactional_id, &meta);
-    let persisted = persist(shard, transactional_id, next).await;
-    set_pending(shard, transactional_id, false);
-    persisted.map(|()| answer)
+    persist(shard, transactional_id, next).await?;
+    Ok(answer)
 }
 
-/// Marks the id pending (inserting its state if it is new) while a change is written.
-fn mark_pending(shard: &Shard, transactional_id: &str, meta: &TxnMetadata) {
-    shard
-        .txns
-        .borrow_mut()
-        .entry(transactional_id.to_string())
-        .or_insert_with(|| TxnEntry {
-            meta: meta.clone(),
-            pending: false,
-        })
-        .pending = true;
+/// Marks the id pending while a change is decided and written; a new id gets a placeholder
+/// entry (no state yet) that [`release`] removes if nothing was written.
+fn claim(shard: &Shard, transactional_id: &str, existing: Option<&TxnMetadata>) {
+    let mut table = shard.txns.borrow_mut();
+    match existing {
+        Some(_) => {
+            if let Some(e) = table.get_mut(transactional_id) {
+                e.pending = true;
+            }
+        }
+        None => {
+            table.insert(
+                transactional_id.to_string(),
+                TxnEntry {
+                    meta: TxnMetadata::new(-1, 0, -1),
+                    pending: true,
+                },
+            );
+        }
+    }
+}
+
+/// Ends a claim: clears pending, and drops a placeholder that never got a state.
+fn release(shard: &Shard, transactional_id: &str) {
+    let mut table = shard.txns.borrow_mut();
+    let placeholder = table
+        .get(transactional_id)
+        .is_some_and(|e| e.meta.producer_id == -1);
+    if placeholder {
+        table.remove(transactional_id);
+    } else if let Some(e) = table.get_mut(transactional_id) {
+        e.pending = false;
+    }
 }
 
 async fn allocate_producer_id(shard: &Rc<Shard>) -> Result<i64, ResponseError> {
@@ -393,7 +440,10 @@ async fn finish_inner(
     if !already {
         persist(shard, transactional_id, prepared.clone()).await?;
     }
-    write_markers(shard, &prepared).await;
+    if !write_markers(shard, &prepared).await {
+        // Stopping: the Prepare state stays, and the next start writes the markers.
+        return Err(ResponseError::CoordinatorNotAvailable);
+    }
     persist(
         shard,
         transactional_id,
@@ -403,9 +453,10 @@ async fn finish_inner(
 }
 
 /// Writes the transaction's markers to every partition in it, on the cores that own them, and
-/// waits until each is durable. A partition whose marker fails is retried until it succeeds,
-/// its topic is deleted, or the broker stops — as Kafka's marker channel retries.
-async fn write_markers(shard: &Rc<Shard>, meta: &TxnMetadata) {
+/// waits until each is durable. A partition whose marker fails is retried until it succeeds
+/// or its topic is deleted, as Kafka's marker channel retries; false when the broker stopped
+/// first (the transaction must stay prepared).
+async fn write_markers(shard: &Rc<Shard>, meta: &TxnMetadata) -> bool {
     let commit = meta.state == TxnState::PrepareCommit;
     let mut remaining: Vec<TopicPartition> = meta
         .partitions
@@ -413,17 +464,29 @@ async fn write_markers(shard: &Rc<Shard>, meta: &TxnMetadata) {
         .map(|(t, p)| TopicPartition::new(t.clone(), *p))
         .collect();
     let mut delay = Duration::from_millis(10);
-    while !remaining.is_empty() && !shard.stopping.get() {
+    loop {
+        if remaining.is_empty() {
+            return true;
+        }
+        if shard.stopping.get() {
+            return false;
+        }
         let mut by_core: BTreeMap<usize, Vec<TopicPartition>> = BTreeMap::new();
+        let mut unplaced = Vec::new();
         {
             let table = shard.table.borrow();
+            let topics = shard.topics.borrow();
             for tp in remaining.drain(..) {
-                // A partition of a deleted topic needs no marker.
-                if let Some(core) = table.core_of(&tp.topic, tp.partition) {
-                    by_core.entry(core).or_default().push(tp);
+                match table.core_of(&tp.topic, tp.partition) {
+                    Some(core) => by_core.entry(core).or_default().push(tp),
+                    // A partition of a deleted topic needs no marker.
+                    None if !topics.contains_key(&tp.topic) => {}
+                    None => unplaced.push(tp),
                 }
             }
         }
+        remaining.extend(unplaced);
+        let asked: Vec<TopicPartition> = by_core.values().flatten().cloned().collect();
         let calls: Vec<_> = by_core
             .into_iter()
             .map(|(core, partitions)| {
@@ -438,18 +501,21 @@ async fn write_markers(shard: &Rc<Shard>, meta: &TxnMetadata) {
                 )
             })
             .collect();
+        let mut answered = Vec::new();
         for answer in join_all(calls).await {
             if let Some(CoreResponse::Markers(results)) = answer {
                 for (tp, error) in results {
-                    let retry = error != 0
-                        && error != ResponseError::UnknownTopicOrPartition.code()
-                        && error != ResponseError::InvalidProducerEpoch.code();
+                    answered.push(tp.clone());
+                    // A newer epoch on the partition: a later marker of the producer is there.
+                    let retry = error != 0 && error != ResponseError::InvalidProducerEpoch.code();
                     if retry {
                         remaining.push(tp);
                     }
                 }
             }
         }
+        // A core that did not answer (stopping) is asked again.
+        remaining.extend(asked.into_iter().filter(|tp| !answered.contains(tp)));
         if !remaining.is_empty() {
             glommio::timer::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(1));
@@ -495,7 +561,8 @@ pub async fn write_local_markers(
         match log.wait_durable(&info, level).await {
             Ok(()) => {
                 if tp.topic == crate::offsets::OFFSETS_TOPIC {
-                    crate::offsets::end_transaction(shard, tp.partition, producer_id, commit);
+                    let at = info.base_offset;
+                    crate::offsets::end_transaction(shard, tp.partition, producer_id, commit, at);
                 }
                 out.push((tp, 0));
             }
@@ -516,39 +583,28 @@ pub async fn load(shard: &Rc<Shard>, log: &Rc<PartitionLog>) -> Result<usize, St
         }
     })
     .await?;
-    let mut unfinished = Vec::new();
     let loaded = states.len();
-    {
-        let mut table = shard.txns.borrow_mut();
-        for (id, meta) in states {
-            let Some(meta) = meta else { continue };
-            let ending = matches!(meta.state, TxnState::PrepareCommit | TxnState::PrepareAbort);
-            if ending {
-                unfinished.push((id.clone(), meta.clone()));
-            }
-            table.insert(
-                id,
-                TxnEntry {
-                    meta,
-                    pending: ending,
-                },
-            );
-        }
-    }
-    for (id, meta) in unfinished {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            if let Err(e) = finish(&shard, &id, meta).await {
-                eprintln!("sluice: finishing the transaction of {id}: {e:?}");
-            }
-        })
-        .detach();
+    let mut table = shard.txns.borrow_mut();
+    for (id, meta) in states {
+        let Some(meta) = meta else { continue };
+        // Prepared transactions are finished by `timeout_loop` once every core serves (the
+        // partitions of their markers may not be open yet while this one loads).
+        table.insert(
+            id,
+            TxnEntry {
+                meta,
+                pending: false,
+            },
+        );
     }
     Ok(loaded)
 }
 
-/// Aborts timed-out transactions of the ids this core coordinates, every
-/// `transaction.abort.timed.out.transaction.cleanup.interval.ms`, fencing their producers.
+/// Started once every core serves, and then every
+/// `transaction.abort.timed.out.transaction.cleanup.interval.ms`: finishes prepared
+/// transactions that are not being finished (found at start, or whose Complete record could not
+/// be written), and aborts timed-out transactions of the ids this core coordinates, fencing
+/// their producers.
 pub async fn timeout_loop(shard: Rc<Shard>) {
     let interval = Duration::from_millis(
         shard
@@ -556,24 +612,32 @@ pub async fn timeout_loop(shard: Rc<Shard>) {
             .transaction_abort_timed_out_transaction_cleanup_interval_ms,
     );
     while !shard.stopping.get() {
-        glommio::timer::sleep(interval).await;
         let now = now_ms();
         let due: Vec<(String, TxnMetadata)> = shard
             .txns
             .borrow()
             .iter()
-            .filter(|(_, e)| !e.pending && e.meta.timed_out(now))
-            .map(|(id, e)| (id.clone(), transactions::abort_timed_out(&e.meta, now)))
+            .filter(|(_, e)| !e.pending)
+            .filter_map(|(id, e)| match e.meta.state {
+                TxnState::PrepareCommit | TxnState::PrepareAbort => {
+                    Some((id.clone(), e.meta.clone()))
+                }
+                _ if e.meta.timed_out(now) => {
+                    Some((id.clone(), transactions::abort_timed_out(&e.meta, now)))
+                }
+                _ => None,
+            })
             .collect();
         for (id, fenced) in due {
             set_pending(&shard, &id, true);
             let shard = shard.clone();
             glommio::spawn_local(async move {
                 if let Err(e) = finish(&shard, &id, fenced).await {
-                    eprintln!("sluice: aborting the timed-out transaction of {id}: {e:?}");
+                    eprintln!("sluice: ending the transaction of {id}: {e:?}");
                 }
             })
             .detach();
         }
+        glommio::timer::sleep(interval).await;
     }
 }

@@ -879,8 +879,12 @@ impl PartitionLog {
         }
         s.log_end = written;
         s.unsynced_messages = 0;
-        s.producers.truncate(written);
-        for (first, producer_id) in s.txns.truncate(written) {
+        // Transactions whose marker went are open again; their producers are kept even when
+        // every batch they are remembered by went too.
+        let reopened = s.txns.truncate(written);
+        let keep: Vec<i64> = reopened.iter().map(|(_, pid)| *pid).collect();
+        s.producers.truncate_keeping(written, &keep);
+        for (first, producer_id) in reopened {
             s.producers.reopen(producer_id, first);
         }
         s.pending_snapshots.retain(|(offset, _)| *offset <= written);
@@ -1434,11 +1438,12 @@ fn end_offset(records: &Records) -> Option<i64> {
     end
 }
 
-/// The last stable offset of a log's state.
+/// The last stable offset of a log's state (never below the log start: retention may delete
+/// the segment an open transaction began in, as Kafka clamps it).
 fn lso(s: &LogState) -> i64 {
-    s.txns
-        .first_unstable()
-        .map_or(s.high_watermark, |first| first.min(s.high_watermark))
+    s.txns.first_unstable().map_or(s.high_watermark, |first| {
+        first.max(s.log_start).min(s.high_watermark)
+    })
 }
 
 /// Writes a segment's aborted transactions to `<base>.txnindex`, or removes a stale file when

@@ -331,10 +331,16 @@ impl ProducerStates {
     /// left with no remembered batch is forgotten whole, so that its next batch is accepted at
     /// whatever sequence it carries rather than refused against a batch that no longer exists.
     pub fn truncate(&mut self, end_offset: i64) {
-        self.entries.retain(|_, e| {
+        self.truncate_keeping(end_offset, &[]);
+    }
+
+    /// [`Self::truncate`], keeping the producers in `keep` even when none of their batches
+    /// remain (their transaction is open again: its marker was discarded).
+    pub fn truncate_keeping(&mut self, end_offset: i64, keep: &[i64]) {
+        self.entries.retain(|pid, e| {
             e.batches.retain(|b| b.last_offset < end_offset);
             e.ongoing_txn = e.ongoing_txn.filter(|first| *first < end_offset);
-            !e.batches.is_empty() || e.ongoing_txn.is_some()
+            !e.batches.is_empty() || e.ongoing_txn.is_some() || keep.contains(pid)
         });
     }
 

@@ -164,10 +164,14 @@ impl Transactions {
     }
 
     /// Is the transactional batch of `producer_id` at `offset` part of an aborted transaction?
+    /// A producer's transactions never overlap, so only its first abort marker at or after
+    /// `offset` can be the one.
     pub fn is_aborted(&self, producer_id: i64, offset: i64) -> bool {
         self.aborted
             .range(offset..)
-            .any(|(_, a)| a.producer_id == producer_id && a.first_offset <= offset)
+            .map(|(_, a)| a)
+            .find(|a| a.producer_id == producer_id)
+            .is_some_and(|a| a.first_offset <= offset)
     }
 
     /// Every batch at or past `end` was discarded: forget what they started, ended or aborted.

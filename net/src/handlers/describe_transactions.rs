@@ -33,14 +33,15 @@ pub async fn handle(
         let call = TxnCall::Describe {
             ids: Some(vec![name.clone()]),
         };
-        let state = match txn_coordinator::call(shard, &name, call).await {
+        let state = match txn_coordinator::call_existing(shard, &name, call).await {
             Some(TxnReply::States(mut found)) => match found.pop().and_then(|(_, m)| m) {
                 Some(meta) => describe(&meta),
                 None => TransactionState::default()
                     .with_error_code(ResponseError::TransactionalIdNotFound.code()),
             },
+            // No `__transaction_state` yet: no transactional id was ever seen.
             _ => TransactionState::default()
-                .with_error_code(ResponseError::CoordinatorNotAvailable.code()),
+                .with_error_code(ResponseError::TransactionalIdNotFound.code()),
         };
         states.push(state.with_transactional_id(id));
     }

@@ -154,7 +154,10 @@ fn describe(shard: &Shard, meta: &TopicMeta) -> MetadataResponseTopic {
         .collect();
     MetadataResponseTopic::default()
         .with_name(Some(topic_name(&meta.name)))
-        .with_is_internal(meta.name == crate::offsets::OFFSETS_TOPIC)
+        .with_is_internal(
+            meta.name == crate::offsets::OFFSETS_TOPIC
+                || meta.name == crate::transactions::TXN_TOPIC,
+        )
         .with_topic_id(Uuid::from_bytes(meta.id))
         .with_topic_authorized_operations(i32::MIN)
         .with_partitions(partitions)

@@ -319,3 +319,183 @@ fn offsets_sent_to_a_transaction_commit_with_it_and_everything_survives_kill_9()
     );
     assert_eq!(committed_offsets(&broker, "eos-group", "txn-in"), expected);
 }
+
+/// One consume-transform-produce worker, as in Kafka's documentation: reads `ctp-in` from the
+/// group's committed offsets (read_committed), writes each record upper-cased to the same
+/// partition of `ctp-out` and sends its input offsets to the same transaction, `per_txn`
+/// records a transaction. Commits `txns` transactions; with `die_mid_txn` it then processes
+/// one more and dies before committing it: records written, offsets sent, clients gone.
+fn worker(broker: &Broker, txns: usize, per_txn: usize, die_mid_txn: bool) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "ctp-group")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset("ctp-in", p, Offset::Stored)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let metadata = consumer.group_metadata().expect("group metadata");
+    let producer = producer(broker, "ctp-worker", 60_000);
+    let rounds = txns + usize::from(die_mid_txn);
+    for round in 0..rounds {
+        producer.begin_transaction().expect("begin");
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut taken = 0;
+        let deadline = Instant::now() + TIMEOUT;
+        while taken < per_txn {
+            assert!(Instant::now() < deadline, "the input ran dry");
+            let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let m = m.expect("message");
+            let upper = String::from_utf8_lossy(m.payload().unwrap_or_default()).to_uppercase();
+            producer
+                .send(
+                    BaseRecord::<(), _>::to("ctp-out")
+                        .partition(m.partition())
+                        .payload(&upper),
+                )
+                .map_err(|(e, _)| e)
+                .expect("enqueued");
+            next.insert(m.partition(), m.offset() + 1);
+            taken += 1;
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (p, o) in &next {
+            offsets
+                .add_partition_offset("ctp-in", *p, Offset::Offset(*o))
+                .expect("offset");
+        }
+        producer
+            .send_offsets_to_transaction(&offsets, &metadata, TIMEOUT)
+            .expect("send offsets");
+        if round == txns {
+            // Dies here, the transaction open on the broker.
+            producer.flush(TIMEOUT).expect("flushed");
+            return;
+        }
+        producer.commit_transaction(TIMEOUT).expect("commit");
+    }
+}
+
+/// Kafka's exactly-once loop: a worker killed mid-transaction and restarted with the same
+/// transactional id (which fences and aborts what the dead one left open) leaves every input
+/// record exactly once in the output for read_committed consumers, and the group's committed
+/// offsets at the end of the input.
+#[test]
+fn consume_transform_produce_survives_a_worker_killed_mid_transaction() {
+    let broker = Broker::start(&[]);
+    create_topic_blocking(&broker, "ctp-in", PARTITIONS);
+    create_topic_blocking(&broker, "ctp-out", PARTITIONS);
+    let input = values("record", 120);
+    let plain: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("producer");
+    for (i, v) in input.iter().enumerate() {
+        plain
+            .send(
+                BaseRecord::<(), _>::to("ctp-in")
+                    .partition(i as i32 % PARTITIONS)
+                    .payload(v),
+            )
+            .map_err(|(e, _)| e)
+            .expect("enqueued");
+    }
+    plain.flush(TIMEOUT).expect("input written");
+    // 3 transactions of 10 committed, then killed in the 4th.
+    worker(&broker, 3, 10, true);
+    // The restarted worker finishes the input: 90 records in 9 transactions.
+    worker(&broker, 9, 10, false);
+    let quiet = Duration::from_secs(2);
+    let expected: Vec<String> = input.iter().map(|v| v.to_uppercase()).collect();
+    assert_eq!(
+        read_all(&broker, "ctp-out", "read_committed", quiet),
+        sorted(expected)
+    );
+    let ends: BTreeMap<i32, i64> = (0..PARTITIONS)
+        .map(|p| (p, input.len() as i64 / i64::from(PARTITIONS)))
+        .collect();
+    assert_eq!(committed_offsets(&broker, "ctp-group", "ctp-in"), ends);
+}
+
+/// Rewrites the latest `__transaction_state` record of `transactional_id` in a stopped
+/// broker's data directory to PrepareCommit: the state a `kill -9` leaves between the Prepare
+/// record and the markers.
+fn leave_prepared(data: &std::path::Path, transactional_id: &'static str) {
+    use sluice_net::transactions::{decode_key, decode_value, encode_key, encode_value, TxnState};
+    let partition = sluice_net::offsets::partition_for(transactional_id, 50);
+    let dir = data.join(format!("__transaction_state-{partition}"));
+    let root = data.to_path_buf();
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(1 << 20)
+        .spawn(move || async move {
+            sluice_storage::io_probe::prepare(&root).expect("probe file");
+            sluice_storage::io_probe::guard(&root).await.expect("probe");
+            let mut topic = sluice_core::topic::TopicConfig::from_broker(
+                &sluice_core::config::BrokerConfig::default(),
+            );
+            topic.cleanup_policy = "compact".into();
+            let config = sluice_storage::LogConfig::from_topic(&topic, 4096, true);
+            let log = sluice_storage::PartitionLog::open(
+                &dir,
+                "__transaction_state",
+                partition,
+                config,
+                0,
+            )
+            .await
+            .expect("open");
+            let mut latest = None;
+            sluice_net::offsets::for_each_record(&log, |key, value| {
+                if decode_key(key).as_deref() == Some(transactional_id) {
+                    latest = value.and_then(decode_value);
+                }
+            })
+            .await
+            .expect("read");
+            let mut meta = latest.expect("the transaction's state");
+            assert_eq!(meta.state, TxnState::Ongoing);
+            meta.state = TxnState::PrepareCommit;
+            let key = encode_key(transactional_id);
+            let value = encode_value(&meta);
+            let record =
+                sluice_storage::batch::build_keyed_batch(0, 1, &[(Some(&key), Some(&value))]);
+            let info = log.append(&record.freeze(), 1).expect("append");
+            log.flush(1).await.expect("flush");
+            log.wait_durable(&info, sluice_storage::Durability::Synced)
+                .await
+                .expect("durable");
+            log.close().await.expect("close");
+        })
+        .expect("executor")
+        .join()
+        .expect("rewritten");
+}
+
+/// A crash after the coordinator made PrepareCommit durable but before any marker was
+/// written: at restart it finishes the commit — markers reach every partition, including those
+/// of topics opened after `__transaction_state` — so the records become readable.
+#[test]
+fn a_transaction_prepared_before_a_crash_is_committed_at_restart() {
+    let mut broker = Broker::start(&[]);
+    create_topic_blocking(&broker, "prepared-out", PARTITIONS);
+    let p = producer(&broker, "prepared-id", 60_000);
+    p.begin_transaction().expect("begin");
+    send(&p, "prepared-out", &values("prepared", 8));
+    drop(p);
+    broker.terminate();
+    leave_prepared(&broker.data, "prepared-id");
+    broker.restart();
+    let quiet = Duration::from_secs(3);
+    assert_eq!(
+        read_all(&broker, "prepared-out", "read_committed", quiet),
+        sorted(values("prepared", 8))
+    );
+}
