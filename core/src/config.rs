@@ -113,6 +113,10 @@ pub struct BrokerConfig {
     pub transaction_state_log_segment_bytes: u64,
     pub transaction_max_timeout_ms: i32,
     pub transaction_abort_timed_out_transaction_cleanup_interval_ms: u64,
+    /// A transactional id with no transaction for this long is forgotten
+    /// (`transactional.id.expiration.ms`, Kafka's 7 days): its next producer gets a new
+    /// producer id.
+    pub transactional_id_expiration_ms: i64,
     /// How long a partition remembers an idempotent producer after its last batch's timestamp
     /// (`producer.id.expiration.ms`, Kafka's default of one day).
     pub producer_id_expiration_ms: i64,
@@ -176,6 +180,7 @@ impl Default for BrokerConfig {
             transaction_state_log_segment_bytes: 104_857_600,
             transaction_max_timeout_ms: 900_000,
             transaction_abort_timed_out_transaction_cleanup_interval_ms: 10_000,
+            transactional_id_expiration_ms: 604_800_000,
             socket_send_zerocopy: false,
             log_cleanup_policy: "delete".into(),
             log_cleaner_enable: true,
@@ -360,6 +365,9 @@ impl BrokerConfig {
                     config.transaction_max_timeout_ms =
                         positive(k, v)?.min(i64::from(i32::MAX)) as i32
                 }
+                "transactional.id.expiration.ms" => {
+                    config.transactional_id_expiration_ms = positive(k, v)?
+                }
                 "transaction.abort.timed.out.transaction.cleanup.interval.ms" => {
                     config.transaction_abort_timed_out_transaction_cleanup_interval_ms =
                         positive(k, v)? as u64
@@ -533,6 +541,10 @@ impl BrokerConfig {
             (
                 "transaction.max.timeout.ms",
                 self.transaction_max_timeout_ms.to_string(),
+            ),
+            (
+                "transactional.id.expiration.ms",
+                self.transactional_id_expiration_ms.to_string(),
             ),
             (
                 "transaction.abort.timed.out.transaction.cleanup.interval.ms",

@@ -65,7 +65,7 @@ impl TxnState {
         }
     }
 
-    fn completed(self) -> bool {
+    pub fn completed(self) -> bool {
         matches!(
             self,
             TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
@@ -102,6 +102,12 @@ impl TxnMetadata {
             last_update_ms: now_ms,
             start_ms: -1,
         }
+    }
+
+    /// No transaction for `expiration_ms` (`transactional.id.expiration.ms`): the id may be
+    /// forgotten, as Kafka forgets it — only between transactions.
+    pub fn expired(&self, now_ms: i64, expiration_ms: i64) -> bool {
+        self.state.completed() && now_ms.saturating_sub(self.last_update_ms) >= expiration_ms
     }
 
     /// The open transaction has run past its timeout.

@@ -603,8 +603,8 @@ pub async fn load(shard: &Rc<Shard>, log: &Rc<PartitionLog>) -> Result<usize, St
 /// Started once every core serves, and then every
 /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`: finishes prepared
 /// transactions that are not being finished (found at start, or whose Complete record could not
-/// be written), and aborts timed-out transactions of the ids this core coordinates, fencing
-/// their producers.
+/// be written), aborts timed-out transactions of the ids this core coordinates, fencing their
+/// producers, and forgets ids idle past `transactional.id.expiration.ms`.
 pub async fn timeout_loop(shard: Rc<Shard>) {
     let interval = Duration::from_millis(
         shard
@@ -638,6 +638,43 @@ pub async fn timeout_loop(shard: Rc<Shard>) {
             })
             .detach();
         }
+        expire_ids(&shard, now);
         glommio::timer::sleep(interval).await;
+    }
+}
+
+/// Forgets the transactional ids with no transaction for `transactional.id.expiration.ms`:
+/// a tombstone in `__transaction_state` (so a restart forgets them too), then out of the table.
+fn expire_ids(shard: &Rc<Shard>, now_ms: i64) {
+    let expiration_ms = shard.broker.transactional_id_expiration_ms;
+    let expired: Vec<String> = shard
+        .txns
+        .borrow()
+        .iter()
+        .filter(|(_, e)| !e.pending && e.meta.expired(now_ms, expiration_ms))
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in expired {
+        set_pending(shard, &id, true);
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let written = match txn_log(&shard, &id) {
+                Ok(log) => {
+                    let tombstone = (transactions::encode_key(&id), None);
+                    crate::offsets::append_records(&log, &shard.flusher, &[tombstone], now_ms)
+                        .await
+                        .map(|_| ())
+                }
+                Err(e) => Err(format!("{e:?}")),
+            };
+            match written {
+                Ok(()) => _ = shard.txns.borrow_mut().remove(&id),
+                Err(why) => {
+                    eprintln!("sluice: expiring transactional id {id}: {why}");
+                    set_pending(&shard, &id, false);
+                }
+            }
+        })
+        .detach();
     }
 }

@@ -499,3 +499,49 @@ fn a_transaction_prepared_before_a_crash_is_committed_at_restart() {
         sorted(values("prepared", 8))
     );
 }
+
+/// `transactional.id.expiration.ms`: an id idle that long is forgotten — DescribeTransactions
+/// no longer knows it, also after a restart, and its next producer gets a new producer id.
+#[test]
+fn idle_transactional_ids_expire() {
+    use kafka_protocol::messages::{
+        ApiKey, DescribeTransactionsRequest, DescribeTransactionsResponse, InitProducerIdRequest,
+        InitProducerIdResponse, TransactionalId,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    let mut broker = Broker::start(&[
+        "transactional.id.expiration.ms=1000",
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms=200",
+    ]);
+    let id = || TransactionalId(StrBytes::from_static_str("expiring-id"));
+    let init = |broker: &Broker| -> InitProducerIdResponse {
+        let mut raw = crate::common::Raw::connect(broker.port);
+        let request = InitProducerIdRequest::default()
+            .with_transactional_id(Some(id()))
+            .with_transaction_timeout_ms(60_000);
+        crate::common::call(&mut raw, ApiKey::InitProducerId, 4, &request)
+    };
+    let describe = |broker: &Broker| -> i16 {
+        let mut raw = crate::common::Raw::connect(broker.port);
+        let request = DescribeTransactionsRequest::default().with_transactional_ids(vec![id()]);
+        let response: DescribeTransactionsResponse =
+            crate::common::call(&mut raw, ApiKey::DescribeTransactions, 0, &request);
+        response.transaction_states[0].error_code
+    };
+    let first = init(&broker);
+    assert_eq!((first.error_code, first.producer_epoch), (0, 0));
+    assert_eq!(describe(&broker), 0);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        describe(&broker),
+        105,
+        "TRANSACTIONAL_ID_NOT_FOUND once expired"
+    );
+    broker.kill9();
+    broker.restart();
+    assert_eq!(describe(&broker), 105, "the expiry is durable");
+    let second = init(&broker);
+    assert_eq!(second.error_code, 0);
+    assert_ne!(second.producer_id, first.producer_id, "a new producer id");
+    assert_eq!(second.producer_epoch, 0);
+}
