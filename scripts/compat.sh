@@ -271,6 +271,45 @@ check_cli() {
     else
         say "cli: kafka-consumer-groups --delete:"; cat "$dir/delete.out"; ok=1
     fi
+    check_cli_transactions "$dir" || ok=1
+    return "$ok"
+}
+
+# Kafka's own exactly-once tool: TransactionalMessageCopier copies a topic in transactions of 20
+# with random aborts (consume, produce, sendOffsetsToTransaction, commit or abort); a
+# read_committed console consumer must then read every input line exactly once, and
+# kafka-transactions list/describe must show the copier's transactional id.
+check_cli_transactions() {
+    local dir=$1 ok=0
+    local topics=org.apache.kafka.tools.TopicCommand
+    kafka_tool "$topics" --create --topic cli-eos-in --partitions 1 </dev/null >/dev/null 2>&1
+    kafka_tool "$topics" --create --topic cli-eos-out --partitions 1 </dev/null >/dev/null 2>&1
+    for i in $(seq 1 200); do echo "eos line $i"; done >"$dir/eos-in.txt"
+    kafka_tool org.apache.kafka.tools.ConsoleProducer --topic cli-eos-in <"$dir/eos-in.txt" >/dev/null 2>&1 \
+        || { say "cli: kafka-console-producer (eos input) failed"; return 1; }
+    timeout --kill-after=10 "$COMPAT_TIMEOUT" java -cp "$CLI_LIB/*" org.apache.kafka.tools.TransactionalMessageCopier \
+        --broker-list "$BOOTSTRAP" --input-topic cli-eos-in --input-partition 0 --output-topic cli-eos-out \
+        --transactional-id cli-copier --consumer-group cli-copier-group --max-messages 200 \
+        --transaction-size 20 --enable-random-aborts </dev/null >"$dir/copier.out" 2>&1 \
+        || { say "cli: TransactionalMessageCopier failed:"; tail -n 20 "$dir/copier.out"; return 1; }
+    kafka_tool org.apache.kafka.tools.consumer.ConsoleConsumer --topic cli-eos-out --from-beginning \
+        --isolation-level read_committed --max-messages 200 --timeout-ms 30000 </dev/null \
+        >"$dir/eos-out.txt" 2>"$dir/eos-consume.err" || true
+    if [ "$(sort "$dir/eos-in.txt")" = "$(sort "$dir/eos-out.txt")" ]; then
+        say "cli: TransactionalMessageCopier (transactions of 20, random aborts): read_committed reads all 200 lines once"
+    else
+        say "cli: read_committed read $(wc -l <"$dir/eos-out.txt") lines of the copier's 200:"
+        sort "$dir/eos-out.txt" | uniq -d | head -n 5
+        ok=1
+    fi
+    local txns=org.apache.kafka.tools.TransactionsCommand
+    kafka_tool "$txns" list </dev/null >"$dir/txn-list.out" 2>&1
+    kafka_tool "$txns" describe --transactional-id cli-copier </dev/null >"$dir/txn-describe.out" 2>&1
+    if grep -q "^cli-copier.*CompleteCommit" "$dir/txn-list.out" && grep -q "CompleteCommit" "$dir/txn-describe.out"; then
+        say "cli: kafka-transactions list/describe: cli-copier CompleteCommit"
+    else
+        say "cli: kafka-transactions list/describe:"; cat "$dir/txn-list.out" "$dir/txn-describe.out"; ok=1
+    fi
     return "$ok"
 }
 

@@ -42,6 +42,7 @@ pub mod offset_fetch;
 pub mod produce;
 pub mod sync_group;
 pub mod txn_offset_commit;
+pub mod write_txn_markers;
 
 /// What a handler wants done with the connection.
 pub enum Outcome {
@@ -93,6 +94,7 @@ pub const APIS: &[Api] = &[
     describe_producers::API,
     describe_transactions::API,
     list_transactions::API,
+    write_txn_markers::API,
 ];
 
 pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
@@ -138,6 +140,7 @@ pub enum Request {
     DescribeProducers(kafka_protocol::messages::DescribeProducersRequest),
     DescribeTransactions(kafka_protocol::messages::DescribeTransactionsRequest),
     ListTransactions(kafka_protocol::messages::ListTransactionsRequest),
+    WriteTxnMarkers(kafka_protocol::messages::WriteTxnMarkersRequest),
 }
 
 /// Decodes a request body (after the header); None when it does not decode — the connection is
@@ -177,6 +180,7 @@ pub fn decode_body(ctx: &RequestContext, mut body: Bytes) -> Option<Request> {
         ApiKey::DescribeProducers => Request::DescribeProducers(decode(&mut body, v)?),
         ApiKey::DescribeTransactions => Request::DescribeTransactions(decode(&mut body, v)?),
         ApiKey::ListTransactions => Request::ListTransactions(decode(&mut body, v)?),
+        ApiKey::WriteTxnMarkers => Request::WriteTxnMarkers(decode(&mut body, v)?),
         _ => return None,
     })
 }
@@ -270,6 +274,9 @@ pub fn start(
         }
         Request::ListTransactions(r) => {
             async move { list_transactions::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::WriteTxnMarkers(r) => {
+            async move { write_txn_markers::handle(&shard, &ctx, r).await }.boxed_local()
         }
     }
 }

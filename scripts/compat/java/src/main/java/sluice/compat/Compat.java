@@ -136,7 +136,7 @@ public final class Compat {
                 fail("transactions: unexpected exception: " + describe(e));
                 e.printStackTrace(System.out);
             }
-            System.out.printf("java: transactions (commit with sendOffsetsToTransaction, abort, read_committed vs read_uncommitted, a fenced zombie; admin describeTransactions, listTransactions, describeProducers): %s%n",
+            System.out.printf("java: transactions (commit with sendOffsetsToTransaction, abort, read_committed vs read_uncommitted, a fenced zombie; admin describeTransactions, listTransactions, describeProducers, abortTransaction): %s%n",
                     failures.size() == before ? "ok" : "FAILED");
         }
         long ms = (System.nanoTime() - start) / 1_000_000;
@@ -601,6 +601,46 @@ public final class Compat {
         }
         List<String> after = readTopic(bootstrap, topic, "read_committed");
         check(after.equals(committed), "transactions: after fencing, read_committed saw " + after);
+        abortHanging(bootstrap, topic);
+    }
+
+    /**
+     * An operator ends a transaction by hand (Admin.abortTransaction: DescribeProducers to find
+     * the producer, then WriteTxnMarkers with an ABORT marker to the partition): the partition's
+     * open transaction is gone, its record stays invisible to read_committed, and a record
+     * committed behind it becomes visible.
+     */
+    private static void abortHanging(String bootstrap, String topic) throws Exception {
+        TopicPartition tp = new TopicPartition(topic, 1);
+        KafkaProducer<byte[], byte[]> hanging = transactionalProducer(bootstrap, "java-compat-hanging");
+        try (Admin admin = Admin.create(adminProps(bootstrap))) {
+            hanging.beginTransaction();
+            hanging.send(new ProducerRecord<>(topic, 1, null, "hanging".getBytes(StandardCharsets.UTF_8))).get(TIMEOUT_S, TimeUnit.SECONDS);
+            try (KafkaProducer<byte[], byte[]> behind = transactionalProducer(bootstrap, "java-compat-behind")) {
+                behind.beginTransaction();
+                behind.send(new ProducerRecord<>(topic, 1, null, "behind".getBytes(StandardCharsets.UTF_8)));
+                behind.commitTransaction();
+            }
+            List<String> held = readTopic(bootstrap, topic, "read_committed");
+            check(!held.contains("behind"), "transactions: read past an open transaction: " + held);
+            org.apache.kafka.clients.admin.ProducerState open = null;
+            for (org.apache.kafka.clients.admin.ProducerState ps : admin.describeProducers(List.of(tp)).partitionResult(tp)
+                    .get(TIMEOUT_S, TimeUnit.SECONDS).activeProducers()) {
+                if (ps.currentTransactionStartOffset().isPresent()) {
+                    open = ps;
+                }
+            }
+            if (!check(open != null, "transactions: describeProducers shows no open transaction on " + tp)) {
+                return;
+            }
+            admin.abortTransaction(new org.apache.kafka.clients.admin.AbortTransactionSpec(tp, open.producerId(),
+                    (short) open.producerEpoch(), open.coordinatorEpoch().orElse(0))).all().get(TIMEOUT_S, TimeUnit.SECONDS);
+            List<String> freed = readTopic(bootstrap, topic, "read_committed");
+            check(freed.contains("behind") && !freed.contains("hanging"),
+                    "transactions: after abortTransaction, read_committed saw " + freed);
+        } finally {
+            hanging.close(Duration.ZERO);
+        }
     }
 
     /**
