@@ -25,6 +25,10 @@ fn frame<R: Encodable>(key: ApiKey, version: i16, body: &R) -> Option<Vec<u8>> {
     Some(buf.to_vec())
 }
 
+fn txn_id() -> TransactionalId {
+    TransactionalId(StrBytes::from_static_str("txn"))
+}
+
 fn name(s: &'static str) -> TopicName {
     TopicName(StrBytes::from_static_str(s))
 }
@@ -114,6 +118,74 @@ pub fn seeds() -> Vec<Vec<u8>> {
                         describe_configs_request::DescribeConfigsResource::default()
                             .with_resource_type(2)
                             .with_resource_name(StrBytes::from_static_str("t")),
+                    ]),
+                ),
+                ApiKey::AddPartitionsToTxn => frame(
+                    api.key,
+                    v,
+                    &AddPartitionsToTxnRequest::default()
+                        .with_v3_and_below_transactional_id(txn_id())
+                        .with_v3_and_below_topics(vec![
+                            add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                                .with_name(name("t"))
+                                .with_partitions(vec![0, 1]),
+                        ]),
+                ),
+                ApiKey::AddOffsetsToTxn => frame(
+                    api.key,
+                    v,
+                    &AddOffsetsToTxnRequest::default().with_transactional_id(txn_id()),
+                ),
+                ApiKey::EndTxn => frame(
+                    api.key,
+                    v,
+                    &EndTxnRequest::default()
+                        .with_transactional_id(txn_id())
+                        .with_committed(true),
+                ),
+                ApiKey::TxnOffsetCommit => frame(
+                    api.key,
+                    v,
+                    &TxnOffsetCommitRequest::default()
+                        .with_transactional_id(txn_id())
+                        .with_topics(vec![
+                            txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                                .with_name(name("t"))
+                                .with_partitions(vec![
+                                    txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+                                        .with_committed_offset(5),
+                                ]),
+                        ]),
+                ),
+                ApiKey::WriteTxnMarkers => frame(
+                    api.key,
+                    v,
+                    &WriteTxnMarkersRequest::default().with_markers(vec![
+                        write_txn_markers_request::WritableTxnMarker::default().with_topics(vec![
+                            write_txn_markers_request::WritableTxnMarkerTopic::default()
+                                .with_name(name("t"))
+                                .with_partition_indexes(vec![0]),
+                        ]),
+                    ]),
+                ),
+                ApiKey::DescribeTransactions => frame(
+                    api.key,
+                    v,
+                    &DescribeTransactionsRequest::default().with_transactional_ids(vec![txn_id()]),
+                ),
+                ApiKey::ListTransactions => frame(
+                    api.key,
+                    v,
+                    &ListTransactionsRequest::default()
+                        .with_state_filters(vec![StrBytes::from_static_str("Ongoing")]),
+                ),
+                ApiKey::DescribeProducers => frame(
+                    api.key,
+                    v,
+                    &DescribeProducersRequest::default().with_topics(vec![
+                        describe_producers_request::TopicRequest::default()
+                            .with_name(name("t"))
+                            .with_partition_indexes(vec![0]),
                     ]),
                 ),
                 _ => None,
