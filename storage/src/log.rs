@@ -508,9 +508,8 @@ impl PartitionLog {
                 .then(|| txn::parse_marker(&records[pos..pos + total]))
                 .flatten();
             active.append(patched.freeze(), body, &header, now_ms, interval);
-            let before = lso(state);
             if let Some(event) = state.producers.replay(&ProducerBatch { header, marker }) {
-                state.txns.apply(event, before);
+                state.txns.apply(event);
             }
             state.log_end = header.last_offset() + 1;
             messages += i64::from(header.records_count);
@@ -1515,6 +1514,9 @@ async fn recover_producers(
     let (from, mut producers) = loaded.unwrap_or_default();
     let mut txns = Transactions::default();
     txns.add_aborted(&seen.aborted);
+    // Transactions open at the snapshot, so that aborts replayed below record the right last
+    // stable offset.
+    txns.set_open(producers.open_transactions());
     for seg in segments.iter().filter(|seg| seg.next_offset > from) {
         let batches = match seen.scanned.remove(&seg.base_offset) {
             Some(batches) => batches,
@@ -1534,7 +1536,7 @@ async fn recover_producers(
         };
         for b in batches.iter().filter(|b| b.header.base_offset >= from) {
             if let Some(event) = producers.replay(b) {
-                txns.apply(event, b.header.base_offset);
+                txns.apply(event);
             }
         }
     }

@@ -68,7 +68,9 @@ pub struct AbortedTxn {
     pub first_offset: i64,
     /// The offset of its ABORT marker.
     pub last_offset: i64,
-    /// The partition's last stable offset when the marker was written (Kafka records it too).
+    /// The last stable offset this abort left, as Kafka records it: the first offset of the
+    /// oldest transaction of another producer still open, else the marker's offset + 1. Every
+    /// transaction aborted later begins at or after it, which is what lets a reader stop early.
     pub last_stable_offset: i64,
 }
 
@@ -96,9 +98,8 @@ impl Transactions {
             .map(|(first, (pid, _))| (*first, *pid))
     }
 
-    /// Applies an event of an append (or of recovery), `lso` being the partition's last stable
-    /// offset before it.
-    pub fn apply(&mut self, event: TxnEvent, lso: i64) {
+    /// Applies an event of an append (or of recovery).
+    pub fn apply(&mut self, event: TxnEvent) {
         match event {
             TxnEvent::Started {
                 producer_id,
@@ -116,13 +117,18 @@ impl Transactions {
                     entry.1 = Some(marker_offset);
                 }
                 if !commit {
+                    let lso_after = self
+                        .unstable
+                        .iter()
+                        .find(|(_, (pid, marker))| marker.is_none() && *pid != producer_id)
+                        .map_or(marker_offset + 1, |(first, _)| *first);
                     self.aborted.insert(
                         marker_offset,
                         AbortedTxn {
                             producer_id,
                             first_offset,
                             last_offset: marker_offset,
-                            last_stable_offset: lso,
+                            last_stable_offset: lso_after,
                         },
                     );
                 }
@@ -149,13 +155,20 @@ impl Transactions {
     }
 
     /// Aborted transactions whose records may lie in `[from, upto)`: marker at or past `from`
-    /// and first offset before `upto`, oldest first.
+    /// and first offset before `upto`, oldest first. The walk stops at the first abort whose
+    /// last stable offset reaches `upto` (every later one begins at or after it), as Kafka's
+    /// does, so a lagging reader does not walk every abort after its offset.
     pub fn aborted_between(&self, from: i64, upto: i64) -> Vec<AbortedTxn> {
-        self.aborted
-            .range(from..)
-            .map(|(_, a)| *a)
-            .filter(|a| a.first_offset < upto)
-            .collect()
+        let mut out = Vec::new();
+        for a in self.aborted.range(from..).map(|(_, a)| *a) {
+            if a.first_offset < upto {
+                out.push(a);
+            }
+            if a.last_stable_offset >= upto {
+                break;
+            }
+        }
+        out
     }
 
     /// Aborted transactions whose marker lies in `[base, next)` (one segment's `.txnindex`).
@@ -330,30 +343,21 @@ mod tests {
     #[test]
     fn the_lso_waits_for_open_and_unreplicated_transactions() {
         let mut t = Transactions::default();
-        t.apply(
-            TxnEvent::Started {
-                producer_id: 1,
-                first_offset: 5,
-            },
-            5,
-        );
-        t.apply(
-            TxnEvent::Started {
-                producer_id: 2,
-                first_offset: 8,
-            },
-            5,
-        );
+        t.apply(TxnEvent::Started {
+            producer_id: 1,
+            first_offset: 5,
+        });
+        t.apply(TxnEvent::Started {
+            producer_id: 2,
+            first_offset: 8,
+        });
         assert_eq!(t.first_unstable(), Some(5));
-        t.apply(
-            TxnEvent::Ended {
-                producer_id: 1,
-                first_offset: 5,
-                marker_offset: 10,
-                commit: false,
-            },
-            5,
-        );
+        t.apply(TxnEvent::Ended {
+            producer_id: 1,
+            first_offset: 5,
+            marker_offset: 10,
+            commit: false,
+        });
         // Ended, but its marker is not below the high watermark yet.
         t.on_high_watermark(10);
         assert_eq!(t.first_unstable(), Some(5));
@@ -365,19 +369,75 @@ mod tests {
         assert!(t.is_aborted(1, 7) && !t.is_aborted(2, 7) && !t.is_aborted(1, 11));
         // A discarded marker reopens its transaction.
         let mut u = t.clone();
-        u.apply(
-            TxnEvent::Ended {
-                producer_id: 2,
-                first_offset: 8,
-                marker_offset: 12,
-                commit: true,
-            },
-            8,
-        );
+        u.apply(TxnEvent::Ended {
+            producer_id: 2,
+            first_offset: 8,
+            marker_offset: 12,
+            commit: true,
+        });
         assert_eq!(u.truncate(12), vec![(8, 2)]);
         assert_eq!(u, t);
         t.forget_before(11);
         assert_eq!(t.aborted_between(0, 100), vec![]);
+    }
+
+    fn start(t: &mut Transactions, producer_id: i64, first_offset: i64) {
+        t.apply(TxnEvent::Started {
+            producer_id,
+            first_offset,
+        });
+    }
+
+    fn abort(t: &mut Transactions, producer_id: i64, first_offset: i64, marker_offset: i64) {
+        t.apply(TxnEvent::Ended {
+            producer_id,
+            first_offset,
+            marker_offset,
+            commit: false,
+        });
+    }
+
+    #[test]
+    fn the_abort_walk_stops_where_later_aborts_cannot_reach() {
+        // Overlapping: producer 2 is open when producer 1 aborts, so that abort's last stable
+        // offset is producer 2's first offset.
+        let mut t = Transactions::default();
+        start(&mut t, 1, 0);
+        start(&mut t, 2, 1);
+        abort(&mut t, 1, 0, 3);
+        abort(&mut t, 2, 1, 4);
+        start(&mut t, 3, 10);
+        abort(&mut t, 3, 10, 12);
+        let lsos: Vec<i64> = t
+            .aborted_between(0, 100)
+            .iter()
+            .map(|a| a.last_stable_offset)
+            .collect();
+        assert_eq!(lsos, vec![1, 5, 13]);
+        let firsts = |from, upto| -> Vec<i64> {
+            t.aborted_between(from, upto)
+                .iter()
+                .map(|a| a.first_offset)
+                .collect()
+        };
+        assert_eq!(firsts(0, 2), vec![0, 1], "both overlap [0, 2)");
+        assert_eq!(firsts(0, 10), vec![0, 1]);
+        assert_eq!(firsts(0, 11), vec![0, 1, 10]);
+        assert_eq!(firsts(4, 11), vec![1, 10]);
+        assert_eq!(firsts(5, 11), vec![10]);
+        // Every abort the walk skips begins at or after `upto`: the same answer as a full scan.
+        for from in 0..14 {
+            for upto in from..15 {
+                let full: Vec<i64> = t
+                    .aborted
+                    .range(from..)
+                    .map(|(_, a)| *a)
+                    .filter(|a| a.first_offset < upto)
+                    .map(|a| a.first_offset)
+                    .collect();
+                assert_eq!(firsts(from, upto), full, "from {from} upto {upto}");
+            }
+        }
     }
 
     #[test]
