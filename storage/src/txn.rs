@@ -202,7 +202,8 @@ impl Transactions {
         reopened
     }
 
-    /// Segments before `log_start` were deleted: forget aborted transactions that ended there.
+    /// Forgets aborted transactions that ended before `offset`: their segments were deleted by
+    /// retention, or cleaned of their records.
     pub fn forget_before(&mut self, log_start: i64) {
         self.aborted = self.aborted.split_off(&log_start);
     }

@@ -246,3 +246,123 @@ fn transactions_survive_restarts_from_the_tail_and_from_sealed_segments() {
             .ends_with(".txnindex")));
     });
 }
+
+/// (offset, control?, key, value) of every record below the high watermark.
+async fn rows(log: &PartitionLog) -> Vec<(i64, bool, String, Option<String>)> {
+    let mut out = Vec::new();
+    let mut offset = log.log_start_offset();
+    while offset < log.high_watermark() {
+        let read = log.read(offset, 1 << 20, true).await.expect("read");
+        let bytes = read.records.to_bytes();
+        if bytes.is_empty() {
+            break;
+        }
+        let mut at = 0;
+        while let Some(h) = bytes.get(at..).and_then(BatchHeader::parse) {
+            let whole = &bytes[at..at + h.total_bytes()];
+            for r in batch::records(whole).expect("uncompressed") {
+                let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                out.push((
+                    r.offset,
+                    h.is_control(),
+                    text(r.key.unwrap_or_default()),
+                    r.value.map(text),
+                ));
+            }
+            offset = offset.max(h.last_offset() + 1);
+            at += h.total_bytes();
+        }
+    }
+    out
+}
+
+/// A keyed transactional batch of one record.
+fn keyed_txn(pid: i64, seq: i32, key: &str, value: &str) -> bytes::Bytes {
+    let mut b =
+        batch::build_keyed_batch(0, 1_000, &[(Some(key.as_bytes()), Some(value.as_bytes()))]);
+    b[22] |= 0x10;
+    batch::set_producer(&mut b, pid, 0, seq);
+    b.freeze()
+}
+
+/// Compaction with transactions, Kafka's rules: an aborted write never shadows the committed
+/// value of its key (aborted records are dropped, not kept as the latest), markers stay, and
+/// nothing at or past the last stable offset is cleaned while a transaction is open.
+#[test]
+fn the_cleaner_drops_aborted_records_and_stops_at_the_lso() {
+    let dir = scratch();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        probe(&path).await;
+        let mut overrides = std::collections::BTreeMap::new();
+        overrides.insert("cleanup.policy".to_string(), "compact".to_string());
+        overrides.insert("segment.bytes".to_string(), "200".to_string());
+        let topic =
+            TopicConfig::with_overrides(&BrokerConfig::default(), &overrides).expect("valid");
+        let config = LogConfig::from_topic(&topic, 4096, true);
+        let log = PartitionLog::open(&path.join("c-0"), "c", 0, config, 0)
+            .await
+            .expect("open");
+        let plain = |key: &str, value: &str| {
+            batch::build_keyed_batch(0, 1_000, &[(Some(key.as_bytes()), Some(value.as_bytes()))])
+                .freeze()
+        };
+        log.append(&keyed_txn(1, 0, "k", "committed"), 0)
+            .expect("txn");
+        log.append_marker(1, 0, commit(), 0).expect("commit");
+        let aborted_at = log
+            .append(&keyed_txn(2, 0, "k", "aborted"), 0)
+            .expect("txn")
+            .base_offset;
+        log.append_marker(2, 0, abort(), 0).expect("abort");
+        for i in 0..6 {
+            log.append(&plain("filler", &format!("f{i}")), 0)
+                .expect("filler");
+        }
+        let open_at = log
+            .append(&keyed_txn(3, 0, "open", "o"), 0)
+            .expect("txn")
+            .base_offset;
+        for i in 0..12 {
+            log.append(&plain("late", &format!("l{i}")), 0)
+                .expect("late");
+        }
+        flush(&log).await;
+        assert!(
+            log.segment_count() > 4,
+            "segments rolled: {}",
+            log.segment_count()
+        );
+        assert_eq!(log.last_stable_offset(), open_at);
+        let budget = sluice_storage::CleanBudget {
+            key_map_bytes: 1 << 20,
+            io_bytes_per_second: f64::MAX,
+        };
+        log.clean(1_000_000, budget)
+            .await
+            .expect("clean")
+            .expect("cleaned something");
+        let after = rows(&log).await;
+        let values: Vec<(i64, &str)> = after
+            .iter()
+            .filter(|r| !r.1 && r.2 == "k")
+            .map(|r| (r.0, r.3.as_deref().unwrap_or("")))
+            .collect();
+        assert_eq!(
+            values,
+            vec![(0, "committed")],
+            "the aborted write is gone, the commit kept"
+        );
+        assert!(after.iter().all(|r| r.0 != aborted_at));
+        assert_eq!(after.iter().filter(|r| r.1).count(), 2, "both markers stay");
+        // Past the LSO nothing was cleaned: every superseded "late" value is still there.
+        assert_eq!(after.iter().filter(|r| r.2 == "late").count(), 12);
+        assert!(after.iter().any(|r| r.2 == "open"));
+        // Below the cleaned range no aborted transaction is listed any more.
+        let read = log
+            .read_isolated(0, 1 << 20, true, Isolation::ReadCommitted)
+            .await
+            .expect("read");
+        assert!(read.aborted.is_empty(), "{:?}", read.aborted);
+    });
+}

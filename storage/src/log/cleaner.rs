@@ -280,6 +280,9 @@ impl PartitionLog {
             return Ok(None);
         }
         self.first_dirty.set(map_end);
+        // Aborted transactions that ended below `map_end` have no records left (every segment
+        // holding some was rewritten without them): read_committed fetches need not list them.
+        self.state.borrow_mut().txns.forget_before(map_end);
         self.tombstone_horizon_ms.set(horizon);
         write_checkpoint(&self.dir, map_end, horizon).await?;
         stats.cleaned_to = map_end;
