@@ -234,25 +234,52 @@ pub enum EndNext {
     AlreadyDone,
 }
 
-/// EndTxn from the client (Kafka's rules for transaction versions 0 and 1).
+/// EndTxn from the client. Transaction version 1 (EndTxn v0–4): the epoch stays. Version 2
+/// (KIP-890, EndTxn v5): every transaction ends at a bumped epoch — the markers carry it, the
+/// client continues with it — so a late write of the ended transaction is fenced; an abort
+/// needs no open transaction; and a retry with the epoch before the bump of a transaction that
+/// already ended that way succeeds.
 pub fn end(
     meta: &TxnMetadata,
     producer_id: i64,
     epoch: i16,
     commit: bool,
     now_ms: i64,
+    version_2: bool,
 ) -> Result<EndNext, ResponseError> {
+    if version_2
+        && producer_id == meta.producer_id
+        && epoch.checked_add(1) == Some(meta.producer_epoch)
+    {
+        // A retry of the end that bumped the epoch.
+        return match (meta.state, commit) {
+            (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => {
+                Ok(EndNext::AlreadyDone)
+            }
+            (TxnState::PrepareCommit, true) | (TxnState::PrepareAbort, false) => {
+                Err(ResponseError::ConcurrentTransactions)
+            }
+            _ => Err(ResponseError::ProducerFenced),
+        };
+    }
     meta.check_producer(producer_id, epoch)?;
+    let prepare = |state: TxnState| {
+        let mut next = meta.clone();
+        next.state = state;
+        next.last_update_ms = now_ms;
+        if version_2 {
+            next.producer_epoch = meta.producer_epoch.saturating_add(1);
+            next.last_producer_epoch = meta.producer_epoch;
+        }
+        EndNext::Prepare(next)
+    };
     match (meta.state, commit) {
-        (TxnState::Ongoing, _) => {
-            let mut next = meta.clone();
-            next.state = if commit {
-                TxnState::PrepareCommit
-            } else {
-                TxnState::PrepareAbort
-            };
-            next.last_update_ms = now_ms;
-            Ok(EndNext::Prepare(next))
+        (TxnState::Ongoing, true) => Ok(prepare(TxnState::PrepareCommit)),
+        (TxnState::Ongoing, false) => Ok(prepare(TxnState::PrepareAbort)),
+        (TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort, false)
+            if version_2 =>
+        {
+            Ok(prepare(TxnState::PrepareAbort))
         }
         (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => {
             Ok(EndNext::AlreadyDone)
@@ -458,8 +485,11 @@ mod tests {
             .expect("change");
         assert_eq!((open.state, open.start_ms), (TxnState::Ongoing, 2));
         assert_eq!(add_partitions(&open, 7, 0, &[("t".into(), 0)], 3), Ok(None));
-        assert_eq!(end(&m, 7, 0, true, 3), Err(ResponseError::InvalidTxnState));
-        let EndNext::Prepare(prepared) = end(&open, 7, 0, true, 3).expect("end") else {
+        assert_eq!(
+            end(&m, 7, 0, true, 3, false),
+            Err(ResponseError::InvalidTxnState)
+        );
+        let EndNext::Prepare(prepared) = end(&open, 7, 0, true, 3, false).expect("end") else {
             panic!("prepare")
         };
         assert_eq!(prepared.state, TxnState::PrepareCommit);
@@ -468,19 +498,19 @@ mod tests {
             Err(ResponseError::ConcurrentTransactions)
         );
         assert_eq!(
-            end(&prepared, 7, 0, true, 4),
+            end(&prepared, 7, 0, true, 4, false),
             Err(ResponseError::ConcurrentTransactions)
         );
         assert_eq!(
-            end(&prepared, 7, 0, false, 4),
+            end(&prepared, 7, 0, false, 4, false),
             Err(ResponseError::InvalidTxnState)
         );
         let done = complete(&prepared, 5);
         assert_eq!(done.state, TxnState::CompleteCommit);
         assert!(done.partitions.is_empty());
-        assert_eq!(end(&done, 7, 0, true, 6), Ok(EndNext::AlreadyDone));
+        assert_eq!(end(&done, 7, 0, true, 6, false), Ok(EndNext::AlreadyDone));
         assert_eq!(
-            end(&done, 7, 0, false, 6),
+            end(&done, 7, 0, false, 6, false),
             Err(ResponseError::InvalidTxnState)
         );
         // A new transaction after a completed one starts afresh.
@@ -496,9 +526,49 @@ mod tests {
             (1, TxnState::PrepareAbort)
         );
         assert_eq!(
-            end(&fenced, 7, 0, true, 70_001),
+            end(&fenced, 7, 0, true, 70_001, false),
             Err(ResponseError::ProducerFenced)
         );
+    }
+
+    #[test]
+    fn version_2_bumps_the_epoch_at_every_end_and_answers_retries() {
+        let m = bumped(init(&fresh(), 60_000, None, 1));
+        let open = add_partitions(&m, 7, 0, &[("t".into(), 0)], 2)
+            .expect("add")
+            .expect("change");
+        let EndNext::Prepare(prepared) = end(&open, 7, 0, true, 3, true).expect("end") else {
+            panic!("prepare")
+        };
+        assert_eq!(
+            (prepared.state, prepared.producer_epoch),
+            (TxnState::PrepareCommit, 1)
+        );
+        // A retry with the old epoch while the markers are written, then once complete.
+        assert_eq!(
+            end(&prepared, 7, 0, true, 4, true),
+            Err(ResponseError::ConcurrentTransactions)
+        );
+        let done = complete(&prepared, 5);
+        assert_eq!(end(&done, 7, 0, true, 6, true), Ok(EndNext::AlreadyDone));
+        assert_eq!(
+            end(&done, 7, 0, false, 6, true),
+            Err(ResponseError::ProducerFenced)
+        );
+        // An abort needs no open transaction; the next transaction runs at the new epoch.
+        let EndNext::Prepare(empty_abort) = end(&done, 7, 1, false, 7, true).expect("end") else {
+            panic!("prepare")
+        };
+        assert_eq!(
+            (empty_abort.state, empty_abort.producer_epoch),
+            (TxnState::PrepareAbort, 2)
+        );
+        assert!(empty_abort.partitions.is_empty());
+        assert_eq!(
+            add_partitions(&done, 7, 0, &[("t".into(), 0)], 8),
+            Err(ResponseError::ProducerFenced)
+        );
+        assert!(add_partitions(&done, 7, 1, &[("t".into(), 0)], 8).is_ok());
     }
 
     #[test]

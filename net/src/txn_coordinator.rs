@@ -59,6 +59,8 @@ pub enum TxnCall {
         producer_id: i64,
         producer_epoch: i16,
         commit: bool,
+        /// EndTxn v5: transaction version 2 (KIP-890).
+        version_2: bool,
     },
     /// States of the given ids (None: every id on this core), for DescribeTransactions and
     /// ListTransactions.
@@ -67,6 +69,7 @@ pub enum TxnCall {
 
 #[derive(Debug)]
 pub enum TxnReply {
+    /// InitProducerId's and EndTxn's answer: the producer id and epoch to continue with.
     ProducerId(Result<(i64, i16), ResponseError>),
     Done(Result<(), ResponseError>),
     States(Vec<(String, Option<TxnMetadata>)>),
@@ -157,6 +160,44 @@ pub async fn call_existing(
     }
 }
 
+/// AddPartitionsToTxn on the producer's behalf (transaction version 2: its writes and
+/// transactional offset commits add their partitions implicitly): retried while the id is busy
+/// with another change (CONCURRENT_TRANSACTIONS) or its coordinator is not reachable, for up to
+/// ten seconds; then the coordinator's answer.
+pub async fn add_with_retries(
+    shard: &Rc<Shard>,
+    transactional_id: &str,
+    producer_id: i64,
+    producer_epoch: i16,
+    partitions: Vec<(String, i32)>,
+) -> Result<(), ResponseError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut delay = Duration::from_millis(1);
+    loop {
+        let request = TxnCall::AddPartitions {
+            transactional_id: transactional_id.to_string(),
+            producer_id,
+            producer_epoch,
+            partitions: partitions.clone(),
+        };
+        let answer = match call(shard, transactional_id, request).await {
+            Some(TxnReply::Done(answer)) => answer,
+            _ => Err(ResponseError::CoordinatorNotAvailable),
+        };
+        let retriable = matches!(
+            answer,
+            Err(ResponseError::ConcurrentTransactions
+                | ResponseError::CoordinatorNotAvailable
+                | ResponseError::NotCoordinator)
+        );
+        if !retriable || std::time::Instant::now() >= deadline || shard.stopping.get() {
+            return answer;
+        }
+        glommio::timer::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(50));
+    }
+}
+
 /// Runs a call on this (the coordinating) core.
 pub async fn run(shard: &Rc<Shard>, call: TxnCall) -> TxnReply {
     match call {
@@ -187,13 +228,15 @@ pub async fn run(shard: &Rc<Shard>, call: TxnCall) -> TxnReply {
             producer_id,
             producer_epoch,
             commit,
-        } => TxnReply::Done(
+            version_2,
+        } => TxnReply::ProducerId(
             end_txn(
                 shard,
                 &transactional_id,
                 producer_id,
                 producer_epoch,
                 commit,
+                version_2,
             )
             .await,
         ),
@@ -395,22 +438,34 @@ async fn add_partitions(
     persisted
 }
 
+/// EndTxn; answers the producer id and epoch the client continues with (new ones under
+/// transaction version 2).
 async fn end_txn(
     shard: &Rc<Shard>,
     transactional_id: &str,
     producer_id: i64,
     producer_epoch: i16,
     commit: bool,
-) -> Result<(), ResponseError> {
+    version_2: bool,
+) -> Result<(i64, i16), ResponseError> {
     txn_log(shard, transactional_id)?;
     let Some(meta) = current(shard, transactional_id)? else {
         return Err(ResponseError::InvalidProducerIdMapping);
     };
-    match transactions::end(&meta, producer_id, producer_epoch, commit, now_ms())? {
-        EndNext::AlreadyDone => Ok(()),
+    let next = transactions::end(
+        &meta,
+        producer_id,
+        producer_epoch,
+        commit,
+        now_ms(),
+        version_2,
+    )?;
+    match next {
+        EndNext::AlreadyDone => Ok((meta.producer_id, meta.producer_epoch)),
         EndNext::Prepare(prepared) => {
             set_pending(shard, transactional_id, true);
-            finish(shard, transactional_id, prepared).await
+            let done = finish_rotating(shard, transactional_id, prepared, version_2).await?;
+            Ok((done.producer_id, done.producer_epoch))
         }
     }
 }
@@ -421,8 +476,19 @@ async fn finish(
     shard: &Rc<Shard>,
     transactional_id: &str,
     prepared: TxnMetadata,
-) -> Result<(), ResponseError> {
-    let result = finish_inner(shard, transactional_id, prepared).await;
+) -> Result<TxnMetadata, ResponseError> {
+    finish_rotating(shard, transactional_id, prepared, false).await
+}
+
+/// [`finish`]; with `rotate` (transaction version 2) an exhausted epoch moves the id to a new
+/// producer id at epoch 0 in the Complete state, which the client is answered with.
+async fn finish_rotating(
+    shard: &Rc<Shard>,
+    transactional_id: &str,
+    prepared: TxnMetadata,
+    rotate: bool,
+) -> Result<TxnMetadata, ResponseError> {
+    let result = finish_inner(shard, transactional_id, prepared, rotate).await;
     set_pending(shard, transactional_id, false);
     result
 }
@@ -431,7 +497,8 @@ async fn finish_inner(
     shard: &Rc<Shard>,
     transactional_id: &str,
     prepared: TxnMetadata,
-) -> Result<(), ResponseError> {
+    rotate: bool,
+) -> Result<TxnMetadata, ResponseError> {
     let already = shard
         .txns
         .borrow()
@@ -444,12 +511,14 @@ async fn finish_inner(
         // Stopping: the Prepare state stays, and the next start writes the markers.
         return Err(ResponseError::CoordinatorNotAvailable);
     }
-    persist(
-        shard,
-        transactional_id,
-        transactions::complete(&prepared, now_ms()),
-    )
-    .await
+    let mut done = transactions::complete(&prepared, now_ms());
+    if rotate && done.producer_epoch >= transactions::EPOCH_EXHAUSTED {
+        done.producer_id = allocate_producer_id(shard).await?;
+        done.producer_epoch = 0;
+        done.last_producer_epoch = -1;
+    }
+    persist(shard, transactional_id, done.clone()).await?;
+    Ok(done)
 }
 
 /// Writes the transaction's markers to every partition in it, on the cores that own them, and

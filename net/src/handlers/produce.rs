@@ -1,6 +1,14 @@
 //! Produce (key 0): route each partition's record bytes to the core that owns it, append there,
 //! and answer once every partition is durable at the level `acks` asks for (see
 //! `Shard::produce`). Record bytes are never decoded or re-encoded here.
+//!
+//! Version 12 is transaction version 2 (KIP-890): a transactional producer no longer sends
+//! AddPartitionsToTxn, the partitions it writes join its transaction implicitly. The batches
+//! are appended first (so requests keep their order), then the partitions are added at the
+//! transaction coordinator before the producer is answered — so EndTxn, which the producer
+//! sends only after its writes are answered, always finds them. If the coordinator refuses
+//! (a fenced epoch, no such transaction), the writes are aborted with ABORT markers at once and
+//! the producer is told INVALID_PRODUCER_EPOCH or INVALID_TXN_STATE: nothing is left open.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -22,7 +30,7 @@ use crate::shard::Shard;
 pub const API: Api = Api {
     key: ApiKey::Produce,
     min_version: 3,
-    max_version: 11,
+    max_version: 12,
 };
 
 /// A topic of the request in request order: name, id, and each partition with its early error
@@ -52,6 +60,14 @@ pub fn handle(
     // early error.
     let mut order: Vec<TopicOrder> = Vec::new();
     let mut by_core: BTreeMap<usize, Vec<(TopicPartition, Bytes)>> = BTreeMap::new();
+    // Transaction version 2: the producer (id, epoch) and the partitions its transactional
+    // batches go to, added to its transaction implicitly.
+    let mut implicit: Option<(i64, i16, Vec<TopicPartition>)> = None;
+    let version_2_id = request
+        .transactional_id
+        .as_ref()
+        .filter(|_| ctx.api_version >= 12)
+        .map(|id| id.0.to_string());
     // A transactional batch needs the request's transactional id (Kafka refuses it without).
     let transactional_without_id = request.transactional_id.is_none()
         && request.topic_data.iter().any(|t| {
@@ -97,6 +113,15 @@ pub fn handle(
                         "This server does not host this topic-partition.",
                     ),
                     Some(core) => {
+                        let header = BatchHeader::parse(&records).filter(|h| h.is_transactional());
+                        if let (Some(h), Some(_)) = (header, &version_2_id) {
+                            implicit
+                                .get_or_insert_with(|| {
+                                    (h.producer_id, h.producer_epoch, Vec::new())
+                                })
+                                .2
+                                .push(tp.clone());
+                        }
                         by_core.entry(core).or_default().push((tp.clone(), records));
                         None
                     }
@@ -119,12 +144,32 @@ pub fn handle(
             )
         })
         .collect();
+    let shard = shard.clone();
     async move {
+        let added = async {
+            match (&version_2_id, &implicit) {
+                (Some(id), Some((pid, epoch, partitions))) => {
+                    add_implicitly(&shard, id, *pid, *epoch, partitions).await
+                }
+                _ => Ok(()),
+            }
+        };
+        let (answers, added) = futures::join!(join_all(calls), added);
         let mut results: BTreeMap<TopicPartition, ProduceResult> = BTreeMap::new();
-        for answer in join_all(calls).await {
+        for answer in answers {
             if let Some(CoreResponse::Produce(list)) = answer {
                 for r in list {
                     results.insert(r.tp.clone(), r);
+                }
+            }
+        }
+        if let (Err(refused), Some((pid, epoch, partitions))) = (added, &implicit) {
+            abort_refused(&shard, *pid, *epoch, partitions).await;
+            for tp in partitions {
+                if let Some(r) = results.get_mut(tp) {
+                    r.error = refused.code();
+                    r.message = Some("the transaction coordinator refused the partition".into());
+                    r.base_offset = -1;
                 }
             }
         }
@@ -174,4 +219,64 @@ pub fn handle(
         encode_response(&ctx, &ProduceResponse::default().with_responses(responses))
     }
     .boxed_local()
+}
+
+/// Adds `partitions` to the producer's transaction at its coordinator (transaction version 2),
+/// retrying while the coordinator is busy with another change of it; the error to answer the
+/// producer with when the coordinator refuses.
+async fn add_implicitly(
+    shard: &Rc<Shard>,
+    transactional_id: &str,
+    producer_id: i64,
+    producer_epoch: i16,
+    partitions: &[TopicPartition],
+) -> Result<(), ResponseError> {
+    let partitions: Vec<(String, i32)> = partitions
+        .iter()
+        .map(|tp| (tp.topic.clone(), tp.partition))
+        .collect();
+    crate::txn_coordinator::add_with_retries(
+        shard,
+        transactional_id,
+        producer_id,
+        producer_epoch,
+        partitions,
+    )
+    .await
+    .map_err(|e| match e {
+        ResponseError::ProducerFenced | ResponseError::InvalidProducerEpoch => {
+            ResponseError::InvalidProducerEpoch
+        }
+        _ => ResponseError::InvalidTxnState,
+    })
+}
+
+/// Ends with ABORT markers what a refused producer's writes opened on `partitions`.
+async fn abort_refused(
+    shard: &Rc<Shard>,
+    producer_id: i64,
+    epoch: i16,
+    partitions: &[TopicPartition],
+) {
+    let mut by_core: BTreeMap<usize, Vec<TopicPartition>> = BTreeMap::new();
+    for tp in partitions {
+        if let Some(core) = shard.table.borrow().core_of(&tp.topic, tp.partition) {
+            by_core.entry(core).or_default().push(tp.clone());
+        }
+    }
+    let calls: Vec<_> = by_core
+        .into_iter()
+        .map(|(core, partitions)| {
+            shard.dispatch(
+                core,
+                CoreRequest::WriteMarkers {
+                    producer_id,
+                    producer_epoch: epoch,
+                    commit: false,
+                    partitions,
+                },
+            )
+        })
+        .collect();
+    join_all(calls).await;
 }

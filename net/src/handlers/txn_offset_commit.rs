@@ -2,7 +2,9 @@
 //! offsets as part of its transaction (`sendOffsetsToTransaction`). The group's coordinating
 //! core writes them as a transactional batch of the producer; they become the group's offsets
 //! only when the transaction commits (its marker reaches the group's partition), and are
-//! dropped when it aborts. Version 5 belongs to KIP-890's transaction version 2, not offered.
+//! dropped when it aborts. Version 5 is transaction version 2 (KIP-890): the client sends no
+//! AddOffsetsToTxn, and the group's partition joins the transaction here, at the coordinator,
+//! before the offsets are written.
 
 use std::rc::Rc;
 
@@ -21,7 +23,7 @@ use crate::shard::Shard;
 pub const API: Api = Api {
     key: ApiKey::TxnOffsetCommit,
     min_version: 0,
-    max_version: 4,
+    max_version: 5,
 };
 
 pub async fn handle(
@@ -53,6 +55,8 @@ pub async fn handle(
         failed(ResponseError::InvalidGroupId)
     } else if !offsets::ensure_topic(shard).await {
         failed(ResponseError::CoordinatorNotAvailable)
+    } else if let Err(e) = add_implicitly(shard, ctx, &request, &group).await {
+        failed(e)
     } else {
         match offsets::coordinator_core(shard, &group) {
             None => failed(ResponseError::CoordinatorNotAvailable),
@@ -92,4 +96,41 @@ pub async fn handle(
         }
     }
     encode_response(ctx, &TxnOffsetCommitResponse::default().with_topics(topics))
+}
+
+/// Transaction version 2 (v5): adds the group's `__consumer_offsets` partition to the
+/// producer's transaction, as AddOffsetsToTxn did before.
+async fn add_implicitly(
+    shard: &Rc<Shard>,
+    ctx: &RequestContext,
+    request: &TxnOffsetCommitRequest,
+    group: &str,
+) -> Result<(), ResponseError> {
+    if ctx.api_version < 5 {
+        return Ok(());
+    }
+    let partitions = shard
+        .topics
+        .borrow()
+        .get(offsets::OFFSETS_TOPIC)
+        .map_or(1, |t| t.partitions);
+    let partition = (
+        offsets::OFFSETS_TOPIC.to_string(),
+        offsets::partition_for(group, partitions),
+    );
+    crate::txn_coordinator::add_with_retries(
+        shard,
+        request.transactional_id.0.as_str(),
+        request.producer_id.0,
+        request.producer_epoch,
+        vec![partition],
+    )
+    .await
+    .map_err(|e| match e {
+        ResponseError::ProducerFenced => ResponseError::InvalidProducerEpoch,
+        ResponseError::InvalidProducerIdMapping | ResponseError::ConcurrentTransactions => {
+            ResponseError::InvalidTxnState
+        }
+        other => other,
+    })
 }

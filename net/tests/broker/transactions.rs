@@ -545,3 +545,94 @@ fn idle_transactional_ids_expire() {
     assert_ne!(second.producer_id, first.producer_id, "a new producer id");
     assert_eq!(second.producer_epoch, 0);
 }
+
+/// Transaction version 2 on the wire (KIP-890): Produce v12 adds its partitions to the
+/// transaction without AddPartitionsToTxn, EndTxn v5 ends at a bumped epoch and answers it
+/// (a retry with the old epoch gets the same answer), and a write at the old epoch — a zombie's
+/// — is refused and aborted at once, so it never holds a partition's last stable offset.
+#[test]
+fn transaction_version_2_adds_partitions_implicitly_and_bumps_the_epoch() {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{
+        ApiKey, EndTxnRequest, EndTxnResponse, InitProducerIdRequest, InitProducerIdResponse,
+        ListOffsetsRequest, ListOffsetsResponse, ProduceRequest, ProduceResponse, ProducerId,
+        TopicName, TransactionalId,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    let broker = Broker::start(&[]);
+    create_topic_blocking(&broker, "tv2", 2);
+    let mut raw = crate::common::Raw::connect(broker.port);
+    let id = || TransactionalId(StrBytes::from_static_str("tv2-id"));
+    let init: InitProducerIdResponse = crate::common::call(
+        &mut raw,
+        ApiKey::InitProducerId,
+        5,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(Some(id()))
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    let pid = init.producer_id.0;
+    assert_eq!((init.error_code, init.producer_epoch), (0, 0));
+    let mut produce = |partition: i32, epoch: i16, seq: i32| -> i16 {
+        let mut b = sluice_storage::batch::build_batch(0, 1_000, &[b"v".as_slice()]);
+        b[22] |= 0x10;
+        sluice_storage::batch::set_producer(&mut b, pid, epoch, seq);
+        let request = ProduceRequest::default()
+            .with_transactional_id(Some(id()))
+            .with_acks(-1)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("tv2")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(partition)
+                    .with_records(Some(b.freeze()))])]);
+        let response: ProduceResponse =
+            crate::common::call(&mut raw, ApiKey::Produce, 12, &request);
+        response.responses[0].partition_responses[0].error_code
+    };
+    assert_eq!(produce(0, 0, 0), 0, "joins the transaction implicitly");
+    let mut raw2 = crate::common::Raw::connect(broker.port);
+    let mut end = |epoch: i16| -> EndTxnResponse {
+        let request = EndTxnRequest::default()
+            .with_transactional_id(id())
+            .with_producer_id(ProducerId(pid))
+            .with_producer_epoch(epoch)
+            .with_committed(true);
+        crate::common::call(&mut raw2, ApiKey::EndTxn, 5, &request)
+    };
+    let ended = end(0);
+    assert_eq!(
+        (ended.error_code, ended.producer_id.0, ended.producer_epoch),
+        (0, pid, 1)
+    );
+    let retried = end(0);
+    assert_eq!(
+        (retried.error_code, retried.producer_epoch),
+        (0, 1),
+        "a retry"
+    );
+    // A zombie at epoch 0 writes to partition 1 (which saw no marker): refused and aborted.
+    assert_eq!(produce(1, 0, 1), 47, "INVALID_PRODUCER_EPOCH");
+    let latest = |isolation: i8| -> i64 {
+        let mut raw = crate::common::Raw::connect(broker.port);
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_isolation_level(isolation)
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("tv2")))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(1)
+                    .with_timestamp(-1)])]);
+        let response: ListOffsetsResponse =
+            crate::common::call(&mut raw, ApiKey::ListOffsets, 4, &request);
+        response.topics[0].partitions[0].offset
+    };
+    assert_eq!(latest(1), latest(0), "nothing left open on partition 1");
+    assert_eq!(latest(0), 2, "the zombie's batch and its ABORT marker");
+    // The producer goes on at epoch 1.
+    assert_eq!(produce(1, 1, 0), 0);
+    assert_eq!(end(1).producer_epoch, 2);
+}

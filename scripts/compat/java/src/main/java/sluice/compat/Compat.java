@@ -662,6 +662,11 @@ public final class Compat {
             check(done != null && done.state() == org.apache.kafka.clients.admin.TransactionState.COMPLETE_ABORT
                             && done.topicPartitions().isEmpty(),
                     "transactions: describeTransactions(aborted) = " + done);
+            // Transaction version 2 (KIP-890, advertised as a finalized feature): the client
+            // sends no AddPartitionsToTxn and every transaction ends at a bumped epoch — one
+            // commit and one abort after initTransactions leave epoch 2 (version 1 would stay 0).
+            check(done != null && done.producerEpoch() == 2,
+                    "transactions: transaction version 2 not in use, epoch " + (done == null ? "?" : done.producerEpoch()));
             Collection<org.apache.kafka.clients.admin.TransactionListing> listed =
                     admin.listTransactions().all().get(TIMEOUT_S, TimeUnit.SECONDS);
             Set<String> ids = new HashSet<>();
