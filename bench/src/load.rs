@@ -483,6 +483,55 @@ pub(crate) fn progress(elapsed_s: u64, total_s: u64, throughput: Option<(f64, u6
     }
 }
 
+/// A transactional producer's transactions (`--transactions N`): one is open from the start,
+/// committed and replaced every N records, the last committed at the end. Nothing for a
+/// producer without transactions.
+struct Transactions {
+    records: Option<u64>,
+    in_transaction: u64,
+}
+
+impl Transactions {
+    fn start(producer: &ThreadedProducer<Context>, records: Option<u64>) -> Result<Self, String> {
+        if records.is_some() {
+            producer
+                .init_transactions(Duration::from_secs(30))
+                .map_err(|e| format!("init_transactions: {e}"))?;
+            producer
+                .begin_transaction()
+                .map_err(|e| format!("begin_transaction: {e}"))?;
+        }
+        Ok(Transactions {
+            records,
+            in_transaction: 0,
+        })
+    }
+
+    /// One more record sent in the open transaction.
+    fn sent(&mut self, producer: &ThreadedProducer<Context>) -> Result<(), String> {
+        self.in_transaction += 1;
+        if self.records.is_some_and(|n| self.in_transaction >= n) {
+            producer
+                .commit_transaction(Duration::from_secs(60))
+                .map_err(|e| format!("commit_transaction: {e}"))?;
+            producer
+                .begin_transaction()
+                .map_err(|e| format!("begin_transaction: {e}"))?;
+            self.in_transaction = 0;
+        }
+        Ok(())
+    }
+
+    fn finish(&self, producer: &ThreadedProducer<Context>) -> Result<(), String> {
+        if self.records.is_some() {
+            producer
+                .commit_transaction(Duration::from_secs(60))
+                .map_err(|e| format!("commit_transaction: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 /// A librdkafka producer configured from the workload, reporting deliveries into `stats`;
 /// transactional (and so idempotent) with a `transactional_id`.
 fn new_producer(
@@ -569,15 +618,7 @@ fn produce_loop(
         .transaction_records
         .map(|_| format!("sluice-bench-{}-{}", std::process::id(), mine[0]));
     let producer = new_producer(o, stats, transactional_id.as_deref())?;
-    let mut in_transaction = 0u64;
-    if o.transaction_records.is_some() {
-        producer
-            .init_transactions(Duration::from_secs(30))
-            .map_err(|e| format!("init_transactions: {e}"))?;
-        producer
-            .begin_transaction()
-            .map_err(|e| format!("begin_transaction: {e}"))?;
-    }
+    let mut transactions = Transactions::start(&producer, o.transaction_records)?;
     let mut sequence = vec![0u64; mine.len()];
     let mut payload: Vec<u8> = (0..o.record_bytes)
         .map(|i| (i * 7919 % 251) as u8)
@@ -609,16 +650,7 @@ fn produce_loop(
             Ok(()) => {
                 sent += 1;
                 sequence[slot] += 1;
-                in_transaction += 1;
-                if o.transaction_records.is_some_and(|n| in_transaction >= n) {
-                    producer
-                        .commit_transaction(Duration::from_secs(60))
-                        .map_err(|e| format!("commit_transaction: {e}"))?;
-                    producer
-                        .begin_transaction()
-                        .map_err(|e| format!("begin_transaction: {e}"))?;
-                    in_transaction = 0;
-                }
+                transactions.sent(&producer)?;
                 if share.plants && slot == 0 && !planted && sequence[slot] == 100 {
                     planted = true;
                     match o.plant {
@@ -634,11 +666,7 @@ fn produce_loop(
             Err((e, _)) => return Err(format!("send: {e}")),
         }
     }
-    if o.transaction_records.is_some() {
-        producer
-            .commit_transaction(Duration::from_secs(60))
-            .map_err(|e| format!("commit_transaction: {e}"))?;
-    }
+    transactions.finish(&producer)?;
     producer
         .flush(Duration::from_secs(60))
         .map_err(|e| format!("flush: {e}"))?;
@@ -798,15 +826,7 @@ fn catch_up(o: &Options, mb: u64) -> Result<Report, String> {
         .transaction_records
         .map(|_| format!("sluice-bench-catch-up-{}", std::process::id()));
     let producer = new_producer(o, &stats, transactional_id.as_deref())?;
-    let mut in_transaction = 0u64;
-    if o.transaction_records.is_some() {
-        producer
-            .init_transactions(Duration::from_secs(30))
-            .map_err(|e| format!("init_transactions: {e}"))?;
-        producer
-            .begin_transaction()
-            .map_err(|e| format!("begin_transaction: {e}"))?;
-    }
+    let mut transactions = Transactions::start(&producer, o.transaction_records)?;
     let mut sequence = vec![0u64; o.partitions as usize];
     let mut payload: Vec<u8> = (0..o.record_bytes)
         .map(|i| (i * 7919 % 251) as u8)
@@ -822,16 +842,7 @@ fn catch_up(o: &Options, mb: u64) -> Result<Report, String> {
             Ok(()) => {
                 sent += 1;
                 sequence[p] += 1;
-                in_transaction += 1;
-                if o.transaction_records.is_some_and(|n| in_transaction >= n) {
-                    producer
-                        .commit_transaction(Duration::from_secs(60))
-                        .map_err(|e| format!("commit_transaction: {e}"))?;
-                    producer
-                        .begin_transaction()
-                        .map_err(|e| format!("begin_transaction: {e}"))?;
-                    in_transaction = 0;
-                }
+                transactions.sent(&producer)?;
             }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 std::thread::sleep(Duration::from_micros(200));
@@ -839,11 +850,7 @@ fn catch_up(o: &Options, mb: u64) -> Result<Report, String> {
             Err((e, _)) => return Err(format!("send: {e}")),
         }
     }
-    if o.transaction_records.is_some() {
-        producer
-            .commit_transaction(Duration::from_secs(60))
-            .map_err(|e| format!("commit_transaction: {e}"))?;
-    }
+    transactions.finish(&producer)?;
     producer
         .flush(Duration::from_secs(120))
         .map_err(|e| format!("flush: {e}"))?;

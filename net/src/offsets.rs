@@ -270,11 +270,10 @@ fn set(table: &mut GroupOffsets, group: String, topic: String, partition: i32, c
     }
 }
 
-/// Rebuilds the table from one `__consumer_offsets` partition, read from its start to its high
-/// watermark.
 /// Rebuilds the offset table from one `__consumer_offsets` partition, read from its start to
 /// its high watermark; the last group-metadata record of each group (key type 2; None for a
-/// tombstone) is put in `group_records`.
+/// tombstone) is put in `group_records`, KIP-848 groups in `consumer_groups`, and transactional
+/// offsets not yet decided by a marker in `pending`.
 pub async fn load(
     table: &mut GroupOffsets,
     pending: &mut PendingTxnOffsets,
@@ -282,70 +281,57 @@ pub async fn load(
     consumer_groups: &mut HashMap<String, crate::consumer_group_records::Persisted>,
     log: &Rc<PartitionLog>,
 ) -> Result<usize, String> {
-    let mut offset = log.log_start_offset();
-    let end = log.high_watermark();
     let mut applied = 0;
-    while offset < end {
-        let read = log
-            .read(offset, 4 << 20, true)
-            .await
-            .map_err(|e| format!("reading {}-{}: {e}", log.topic, log.partition))?;
-        let bytes = read.records.to_bytes();
-        if bytes.is_empty() {
-            break;
+    for_each_batch(log, |header, whole, from| {
+        if header.is_control() {
+            // A transaction's end: its offsets become visible, or are dropped.
+            if let Some(m) = sluice_storage::txn::parse_marker(whole) {
+                let at = header.base_offset;
+                end_pending(table, pending, header.producer_id, m.commit, at, |_| true);
+            }
+            return;
         }
-        let batches = batch::split_stored(&bytes)
-            .map_err(|e| format!("{}-{} at {offset}: {e}", log.topic, log.partition))?;
-        for (pos, header) in batches {
-            let whole = &bytes[pos..pos + header.total_bytes()];
-            if header.is_control() {
-                // A transaction's end: its offsets become visible, or are dropped.
-                if let Some(m) = sluice_storage::txn::parse_marker(whole) {
-                    let at = header.base_offset;
-                    end_pending(table, pending, header.producer_id, m.commit, at, |_| true);
-                }
-                offset = offset.max(header.last_offset() + 1);
+        for record in batch::records(whole).unwrap_or_default() {
+            if record.offset < from {
                 continue;
             }
-            for record in batch::records(whole).unwrap_or_default() {
-                if header.is_transactional() && record.offset >= offset {
-                    // TxnOffsetCommit: pending until the transaction's marker.
-                    if let (Some((group, topic, partition)), Some(mut c)) = (
-                        record.key.and_then(decode_key),
-                        record.value.and_then(decode_value),
-                    ) {
-                        c.log_offset = record.offset;
-                        pending
-                            .entry(header.producer_id)
-                            .or_default()
-                            .entry(group)
-                            .or_default()
-                            .insert((topic, partition), c);
-                    }
-                    applied += 1;
-                } else if record.offset >= offset {
-                    let kip848 = record.key.is_some_and(|k| {
-                        crate::consumer_group_records::replay(consumer_groups, k, record.value)
-                    });
-                    if let Some(group) = record.key.and_then(decode_group_key) {
-                        group_records.insert(group, record.value.map(<[u8]>::to_vec));
-                    } else if !kip848 {
-                        apply_record(table, record.offset, record.key, record.value);
-                    }
-                    applied += 1;
+            applied += 1;
+            if header.is_transactional() {
+                // TxnOffsetCommit: pending until the transaction's marker.
+                if let (Some((group, topic, partition)), Some(mut c)) = (
+                    record.key.and_then(decode_key),
+                    record.value.and_then(decode_value),
+                ) {
+                    c.log_offset = record.offset;
+                    pending
+                        .entry(header.producer_id)
+                        .or_default()
+                        .entry(group)
+                        .or_default()
+                        .insert((topic, partition), c);
                 }
+                continue;
             }
-            offset = offset.max(header.last_offset() + 1);
+            let kip848 = record.key.is_some_and(|k| {
+                crate::consumer_group_records::replay(consumer_groups, k, record.value)
+            });
+            if let Some(group) = record.key.and_then(decode_group_key) {
+                group_records.insert(group, record.value.map(<[u8]>::to_vec));
+            } else if !kip848 {
+                apply_record(table, record.offset, record.key, record.value);
+            }
         }
-    }
+    })
+    .await?;
     Ok(applied)
 }
 
-/// Calls `f` with the key and value of every record of an internal partition's data batches
-/// (control batches skipped), from its start to its high watermark.
-pub async fn for_each_record(
+/// Calls `f` with every whole batch of an internal partition, from its start to its high
+/// watermark, and the offset reading had reached (records below it were already seen: a batch
+/// is read again whole when a read window ended inside it).
+async fn for_each_batch(
     log: &Rc<PartitionLog>,
-    mut f: impl FnMut(&[u8], Option<&[u8]>),
+    mut f: impl FnMut(&batch::BatchHeader, &[u8], i64),
 ) -> Result<(), String> {
     let mut offset = log.log_start_offset();
     let end = log.high_watermark();
@@ -361,20 +347,30 @@ pub async fn for_each_record(
         let batches = batch::split_stored(&bytes)
             .map_err(|e| format!("{}-{} at {offset}: {e}", log.topic, log.partition))?;
         for (pos, header) in batches {
-            if !header.is_control() {
-                let whole = &bytes[pos..pos + header.total_bytes()];
-                for record in batch::records(whole).unwrap_or_default() {
-                    if record.offset >= offset {
-                        if let Some(key) = record.key {
-                            f(key, record.value);
-                        }
-                    }
-                }
-            }
+            f(&header, &bytes[pos..pos + header.total_bytes()], offset);
             offset = offset.max(header.last_offset() + 1);
         }
     }
     Ok(())
+}
+
+/// Calls `f` with the key and value of every record of an internal partition's data batches
+/// (control batches skipped), from its start to its high watermark.
+pub async fn for_each_record(
+    log: &Rc<PartitionLog>,
+    mut f: impl FnMut(&[u8], Option<&[u8]>),
+) -> Result<(), String> {
+    for_each_batch(log, |header, whole, from| {
+        if header.is_control() {
+            return;
+        }
+        for record in batch::records(whole).unwrap_or_default() {
+            if let (true, Some(key)) = (record.offset >= from, record.key) {
+                f(key, record.value);
+            }
+        }
+    })
+    .await
 }
 
 /// Transactional offset commits not yet decided: producer id → group → partition → offset.
@@ -497,35 +493,7 @@ pub async fn txn_commit(
         Err(e) => return all(e),
     };
     let now = now_ms();
-    let mut answers = Vec::with_capacity(offsets.len());
-    let mut accepted = Vec::new();
-    for o in offsets {
-        let known = shard
-            .topics
-            .borrow()
-            .get(&o.topic)
-            .is_some_and(|t| (0..t.partitions).contains(&o.partition));
-        let metadata = o.metadata.unwrap_or_default();
-        let error = if !known {
-            ResponseError::UnknownTopicOrPartition.code()
-        } else if metadata.encode_utf16().count() > shard.broker.offset_metadata_max_bytes {
-            ResponseError::OffsetMetadataTooLarge.code()
-        } else {
-            accepted.push((
-                o.topic.clone(),
-                o.partition,
-                Committed {
-                    offset: o.offset,
-                    leader_epoch: o.leader_epoch,
-                    metadata,
-                    commit_timestamp: now,
-                    log_offset: -1,
-                },
-            ));
-            0
-        };
-        answers.push((o.topic, o.partition, error));
-    }
+    let (mut answers, accepted) = accept(shard, offsets, now);
     if accepted.is_empty() {
         return answers;
     }
@@ -600,6 +568,47 @@ fn forget_pending(shard: &Shard, producer_id: i64, group: &str, keys: &[((String
     if groups.is_empty() {
         pending.remove(&producer_id);
     }
+}
+
+/// (topic, partition, error code) per offset of a commit, in request order.
+pub type CommitAnswers = Vec<(String, i32, i16)>;
+/// The offsets of a commit that passed the checks, as they will be stored.
+type Accepted = Vec<(String, i32, Committed)>;
+
+/// Checks each offset of a commit: its partition must exist and its metadata fit
+/// `offset.metadata.max.bytes`. Returns the answer per offset (in request order; 0 for the
+/// accepted) and the accepted offsets as they will be stored.
+fn accept(shard: &Shard, offsets: Vec<OffsetToCommit>, now_ms: i64) -> (CommitAnswers, Accepted) {
+    let mut answers = Vec::with_capacity(offsets.len());
+    let mut accepted = Vec::new();
+    for o in offsets {
+        let known = shard
+            .topics
+            .borrow()
+            .get(&o.topic)
+            .is_some_and(|t| (0..t.partitions).contains(&o.partition));
+        let metadata = o.metadata.unwrap_or_default();
+        let error = if !known {
+            ResponseError::UnknownTopicOrPartition.code()
+        } else if metadata.encode_utf16().count() > shard.broker.offset_metadata_max_bytes {
+            ResponseError::OffsetMetadataTooLarge.code()
+        } else {
+            accepted.push((
+                o.topic.clone(),
+                o.partition,
+                Committed {
+                    offset: o.offset,
+                    leader_epoch: o.leader_epoch,
+                    metadata,
+                    commit_timestamp: now_ms,
+                    log_offset: -1,
+                },
+            ));
+            0
+        };
+        answers.push((o.topic, o.partition, error));
+    }
+    (answers, accepted)
 }
 
 /// Appends the offsets of one commit to the group's partition and waits until they are
@@ -733,14 +742,27 @@ pub async fn expiry_loop(shard: Rc<Shard>) {
 
 /// Creates `__consumer_offsets` (through core 0) unless it exists; false if that failed.
 pub async fn ensure_topic(shard: &Rc<Shard>) -> bool {
-    if shard.topics.borrow().contains_key(OFFSETS_TOPIC) {
+    let partitions = shard.broker.offsets_topic_num_partitions;
+    let configs = offsets_topic_configs(&shard.broker);
+    ensure_internal_topic(shard, OFFSETS_TOPIC, partitions, configs).await
+}
+
+/// Creates an internal topic (through core 0, the metadata owner) unless it exists; false if
+/// that failed. Another request creating it at the same time counts as success.
+pub async fn ensure_internal_topic(
+    shard: &Rc<Shard>,
+    name: &str,
+    partitions: i32,
+    configs: Vec<(String, Option<String>)>,
+) -> bool {
+    if shard.topics.borrow().contains_key(name) {
         return true;
     }
     let topic = NewTopic {
-        name: OFFSETS_TOPIC.to_string(),
-        partitions: shard.broker.offsets_topic_num_partitions,
+        name: name.to_string(),
+        partitions,
         replication_factor: 1,
-        configs: offsets_topic_configs(&shard.broker),
+        configs,
         has_assignments: false,
     };
     let created = shard
@@ -757,7 +779,7 @@ pub async fn ensure_topic(shard: &Rc<Shard>) -> bool {
             results
                 .iter()
                 .all(|r| r.error == 0 || r.error == ResponseError::TopicAlreadyExists.code())
-                && shard.topics.borrow().contains_key(OFFSETS_TOPIC)
+                && shard.topics.borrow().contains_key(name)
         }
         _ => false,
     }
@@ -833,35 +855,7 @@ pub async fn commit(
         Err(e) => return all(e),
     };
     let now = now_ms();
-    let mut answers = Vec::with_capacity(offsets.len());
-    let mut accepted = Vec::new();
-    for o in offsets {
-        let known = shard
-            .topics
-            .borrow()
-            .get(&o.topic)
-            .is_some_and(|t| (0..t.partitions).contains(&o.partition));
-        let metadata = o.metadata.unwrap_or_default();
-        let error = if !known {
-            ResponseError::UnknownTopicOrPartition.code()
-        } else if metadata.encode_utf16().count() > shard.broker.offset_metadata_max_bytes {
-            ResponseError::OffsetMetadataTooLarge.code()
-        } else {
-            accepted.push((
-                o.topic.clone(),
-                o.partition,
-                Committed {
-                    offset: o.offset,
-                    leader_epoch: o.leader_epoch,
-                    metadata,
-                    commit_timestamp: now,
-                    log_offset: -1,
-                },
-            ));
-            0
-        };
-        answers.push((o.topic, o.partition, error));
-    }
+    let (mut answers, accepted) = accept(shard, offsets, now);
     if accepted.is_empty() {
         return answers;
     }

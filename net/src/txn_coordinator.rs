@@ -26,7 +26,7 @@ use sluice_core::TopicPartition;
 use sluice_storage::txn::Marker;
 use sluice_storage::{Durability, PartitionLog, SyncPolicy};
 
-use crate::router::{CoreRequest, CoreResponse, NewTopic};
+use crate::router::{CoreRequest, CoreResponse};
 use crate::shard::{now_ms, Shard};
 use crate::transactions::{self, EndNext, InitNext, TxnMetadata, TxnState, TXN_TOPIC};
 
@@ -89,34 +89,9 @@ fn txn_topic_configs(broker: &BrokerConfig) -> Vec<(String, Option<String>)> {
 
 /// Creates `__transaction_state` (through core 0) unless it exists; false if that failed.
 pub async fn ensure_topic(shard: &Rc<Shard>) -> bool {
-    if shard.topics.borrow().contains_key(TXN_TOPIC) {
-        return true;
-    }
-    let topic = NewTopic {
-        name: TXN_TOPIC.to_string(),
-        partitions: shard.broker.transaction_state_log_num_partitions,
-        replication_factor: 1,
-        configs: txn_topic_configs(&shard.broker),
-        has_assignments: false,
-    };
-    let created = shard
-        .call(
-            0,
-            CoreRequest::CreateTopics {
-                topics: vec![topic],
-                validate_only: false,
-            },
-        )
-        .await;
-    match created {
-        Some(CoreResponse::Topics(results)) => {
-            results
-                .iter()
-                .all(|r| r.error == 0 || r.error == ResponseError::TopicAlreadyExists.code())
-                && shard.topics.borrow().contains_key(TXN_TOPIC)
-        }
-        _ => false,
-    }
+    let partitions = shard.broker.transaction_state_log_num_partitions;
+    let configs = txn_topic_configs(&shard.broker);
+    crate::offsets::ensure_internal_topic(shard, TXN_TOPIC, partitions, configs).await
 }
 
 fn txn_partition(shard: &Shard, transactional_id: &str) -> Option<TopicPartition> {
@@ -556,22 +531,15 @@ async fn write_markers(shard: &Rc<Shard>, meta: &TxnMetadata) -> bool {
         }
         remaining.extend(unplaced);
         let asked: Vec<TopicPartition> = by_core.values().flatten().cloned().collect();
-        let calls: Vec<_> = by_core
-            .into_iter()
-            .map(|(core, partitions)| {
-                shard.dispatch(
-                    core,
-                    CoreRequest::WriteMarkers {
-                        producer_id: meta.producer_id,
-                        producer_epoch: meta.producer_epoch,
-                        commit,
-                        partitions,
-                    },
-                )
-            })
-            .collect();
+        let answers = dispatch_markers(
+            shard,
+            meta.producer_id,
+            meta.producer_epoch,
+            commit,
+            by_core,
+        );
         let mut answered = Vec::new();
-        for answer in join_all(calls).await {
+        for answer in answers.await {
             if let Some(CoreResponse::Markers(results)) = answer {
                 for (tp, error) in results {
                     answered.push(tp.clone());
@@ -590,6 +558,32 @@ async fn write_markers(shard: &Rc<Shard>, meta: &TxnMetadata) -> bool {
             delay = (delay * 2).min(Duration::from_secs(1));
         }
     }
+}
+
+/// Sends one `WriteMarkers` message to each core of `by_core` for its partitions; the answers
+/// in core order (None from a core that is stopping).
+pub fn dispatch_markers(
+    shard: &Rc<Shard>,
+    producer_id: i64,
+    producer_epoch: i16,
+    commit: bool,
+    by_core: BTreeMap<usize, Vec<TopicPartition>>,
+) -> futures::future::JoinAll<futures::future::LocalBoxFuture<'static, Option<CoreResponse>>> {
+    let calls: Vec<_> = by_core
+        .into_iter()
+        .map(|(core, partitions)| {
+            shard.dispatch(
+                core,
+                CoreRequest::WriteMarkers {
+                    producer_id,
+                    producer_epoch,
+                    commit,
+                    partitions,
+                },
+            )
+        })
+        .collect();
+    join_all(calls)
 }
 
 /// Writes markers to partitions this core owns (the `WriteMarkers` cross-core message); one

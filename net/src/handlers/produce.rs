@@ -264,19 +264,5 @@ async fn abort_refused(
             by_core.entry(core).or_default().push(tp.clone());
         }
     }
-    let calls: Vec<_> = by_core
-        .into_iter()
-        .map(|(core, partitions)| {
-            shard.dispatch(
-                core,
-                CoreRequest::WriteMarkers {
-                    producer_id,
-                    producer_epoch: epoch,
-                    commit: false,
-                    partitions,
-                },
-            )
-        })
-        .collect();
-    join_all(calls).await;
+    crate::txn_coordinator::dispatch_markers(shard, producer_id, epoch, false, by_core).await;
 }

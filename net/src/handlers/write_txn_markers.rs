@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use futures::future::join_all;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::write_txn_markers_response::{
     WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
@@ -19,7 +18,7 @@ use sluice_core::TopicPartition;
 
 use super::{Api, Outcome};
 use crate::connection::{encode_response, RequestContext};
-use crate::router::{CoreRequest, CoreResponse};
+use crate::router::CoreResponse;
 use crate::shard::Shard;
 
 pub const API: Api = Api {
@@ -48,21 +47,14 @@ pub async fn handle(
                 }
             }
         }
-        let calls: Vec<_> = by_core
-            .into_iter()
-            .map(|(core, partitions)| {
-                shard.dispatch(
-                    core,
-                    CoreRequest::WriteMarkers {
-                        producer_id: marker.producer_id.0,
-                        producer_epoch: marker.producer_epoch,
-                        commit: marker.transaction_result,
-                        partitions,
-                    },
-                )
-            })
-            .collect();
-        for answer in join_all(calls).await {
+        let answers = crate::txn_coordinator::dispatch_markers(
+            shard,
+            marker.producer_id.0,
+            marker.producer_epoch,
+            marker.transaction_result,
+            by_core,
+        );
+        for answer in answers.await {
             if let Some(CoreResponse::Markers(list)) = answer {
                 errors.extend(list);
             }
