@@ -922,11 +922,10 @@ impl PartitionLog {
         min_one: bool,
         isolation: Isolation,
     ) -> Result<ReadResult> {
-        let mut read = self
+        let (mut read, upto) = self
             .until_stable(|| self.read_once(offset, max_bytes, min_one, isolation))
             .await?;
         if isolation == Isolation::ReadCommitted && !read.records.is_empty() {
-            let upto = end_offset(&read.records).unwrap_or(read.last_stable_offset);
             read.aborted = self.state.borrow().txns.aborted_between(offset, upto);
         }
         Ok(read)
@@ -948,13 +947,15 @@ impl PartitionLog {
         }
     }
 
+    /// One read attempt; also returns the offset after the last batch read (the answer's upper
+    /// bound, which read_committed lists aborted transactions up to).
     async fn read_once(
         &self,
         offset: i64,
         max_bytes: usize,
         min_one: bool,
         isolation: Isolation,
-    ) -> Result<ReadResult> {
+    ) -> Result<(ReadResult, i64)> {
         let (high_watermark, last_stable, log_start, log_end) = {
             let s = self.state.borrow();
             (s.high_watermark, lso(&s), s.log_start, s.log_end)
@@ -979,22 +980,24 @@ impl PartitionLog {
             });
         }
         if offset >= hw {
-            return Ok(outcome(Records::default()));
+            return Ok((outcome(Records::default()), offset));
         }
         let mut offset = offset;
         loop {
             let Some(plan) = self.plan_read(offset) else {
-                return Ok(outcome(Records::default()));
+                return Ok((outcome(Records::default()), offset));
             };
-            let records = match self.read_cached(&plan, offset, hw, max_bytes, min_one) {
-                Some(records) => records,
-                None => Records::one(
-                    self.read_batches(&plan, offset, hw, max_bytes, min_one)
-                        .await?,
-                ),
+            let (records, upto) = match self.read_cached(&plan, offset, hw, max_bytes, min_one) {
+                Some(read) => read,
+                None => {
+                    let (bytes, upto) = self
+                        .read_batches(&plan, offset, hw, max_bytes, min_one)
+                        .await?;
+                    (Records::one(bytes), upto)
+                }
             };
             if !records.is_empty() || plan.next_offset >= hw || plan.next_offset <= offset {
-                return Ok(outcome(records));
+                return Ok((outcome(records), upto));
             }
             // `offset` lies past this segment's batches (e.g. exactly its end): try the next.
             offset = plan.next_offset;
@@ -1003,7 +1006,7 @@ impl PartitionLog {
 
     /// The fast path of [`Self::read`]: when the wanted batches are in the batch cache, walk
     /// their headers there and return zero-copy slices. None when the cache does not reach back
-    /// to where the walk must start.
+    /// to where the walk must start. Also the offset after the last batch taken.
     fn read_cached(
         &self,
         plan: &ReadPlan,
@@ -1011,7 +1014,7 @@ impl PartitionLog {
         hw: i64,
         max_bytes: usize,
         min_one: bool,
-    ) -> Option<Records> {
+    ) -> Option<(Records, i64)> {
         let s = self.state.borrow();
         let seg = s
             .segments
@@ -1024,6 +1027,7 @@ impl PartitionLog {
         let mut pos = plan.start;
         let mut first: Option<u64> = None;
         let mut end = pos;
+        let mut upto = offset;
         while pos + batch::HEADER_BYTES as u64 <= seg.size {
             seg.copy_from_cache(pos, pos + batch::HEADER_BYTES as u64, &mut header);
             let h = BatchHeader::parse(&header)?;
@@ -1038,15 +1042,17 @@ impl PartitionLog {
                 }
                 first = Some(start);
                 end = pos + total;
+                upto = h.last_offset() + 1;
             }
             pos += total;
         }
-        Some(match first {
+        let records = match first {
             Some(start) => Records {
                 parts: seg.pieces(start, end),
             },
             None => Records::default(),
-        })
+        };
+        Some((records, upto))
     }
 
     fn plan_read(&self, offset: i64) -> Option<ReadPlan> {
@@ -1108,7 +1114,7 @@ impl PartitionLog {
         hw: i64,
         max_bytes: usize,
         min_one: bool,
-    ) -> Result<Bytes> {
+    ) -> Result<(Bytes, i64)> {
         // The index entry is at most index.interval.bytes before the wanted batch.
         let interval = u64::from(self.config.borrow().index_interval_bytes);
         let mut from = plan.start;
@@ -1122,11 +1128,12 @@ impl PartitionLog {
             let window = self.read_segment(plan.base_offset, from, to).await?;
             if self.swaps.get() != swaps {
                 // The segment was replaced under the plan: `read` starts over.
-                return Ok(Bytes::new());
+                return Ok((Bytes::new(), offset));
             }
             let mut at = 0usize;
             let mut first: Option<usize> = None;
             let mut end = 0usize;
+            let mut upto = offset;
             let mut scanned_to_end = true;
             while let Some(header) = window.get(at..).and_then(BatchHeader::parse) {
                 let total = header.total_bytes();
@@ -1145,14 +1152,15 @@ impl PartitionLog {
                     }
                     first = Some(start);
                     end = at + total;
+                    upto = header.last_offset() + 1;
                 }
                 at += total;
             }
             if let Some(start) = first {
-                return Ok(window.slice(start..end));
+                return Ok((window.slice(start..end), upto));
             }
             if scanned_to_end || window.is_empty() {
-                return Ok(Bytes::new());
+                return Ok((Bytes::new(), offset));
             }
             // The wanted batch is cut off by the window: continue from the batch that was cut
             // off, with a window large enough for it.
@@ -1162,12 +1170,12 @@ impl PartitionLog {
                 .map(|h| h.total_bytes());
             if cut.is_none_or(|c| from + at as u64 + c as u64 > plan.size) {
                 // A header promising more than the segment holds: nothing more to read here.
-                return Ok(Bytes::new());
+                return Ok((Bytes::new(), offset));
             }
             from += at as u64;
             window_len = window_len.max(cut.unwrap_or(0) as u64);
             if !min_one && cut.is_some_and(|c| c > max_bytes) {
-                return Ok(Bytes::new());
+                return Ok((Bytes::new(), offset));
             }
         }
     }
@@ -1407,34 +1415,6 @@ pub async fn write_small_file(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
-}
-
-/// The offset after the last whole batch of `records` (a fetch answer's upper bound). Walks the
-/// batch headers across the pieces without joining them.
-fn end_offset(records: &Records) -> Option<i64> {
-    let total = records.len();
-    let mut header = [0u8; batch::HEADER_BYTES];
-    let mut at = 0usize;
-    let mut end = None;
-    while at + batch::HEADER_BYTES <= total {
-        let mut copied = 0usize;
-        let mut piece_start = 0usize;
-        for piece in &records.parts {
-            let piece_end = piece_start + piece.len();
-            let want = at + copied;
-            if copied < batch::HEADER_BYTES && want < piece_end && want >= piece_start {
-                let from = want - piece_start;
-                let n = (piece.len() - from).min(batch::HEADER_BYTES - copied);
-                header[copied..copied + n].copy_from_slice(&piece[from..from + n]);
-                copied += n;
-            }
-            piece_start = piece_end;
-        }
-        let h = BatchHeader::parse(&header)?;
-        end = Some(h.last_offset() + 1);
-        at += h.total_bytes().max(1);
-    }
-    end
 }
 
 /// The last stable offset of a log's state (never below the log start: retention may delete
