@@ -395,13 +395,7 @@ impl PartitionLog {
             }
         }
         let mut state = self.state.borrow_mut();
-        if let Some((why, at_ms)) = &state.last_io_error {
-            // Fail fast for a while after a failed write (the disk is likely still full), then
-            // let appends try again.
-            if now_ms.saturating_sub(*at_ms) < IO_ERROR_BACKOFF_MS {
-                return Err(StorageError::Io(std::io::Error::other(why.clone())));
-            }
-        }
+        refuse_after_io_error(&state, now_ms)?;
         let base_offset = state.log_end;
         let log_append_time = config.timestamp_type == TimestampType::LogAppendTime;
         let headers: Vec<BatchHeader> = batches.iter().map(|(_, h)| *h).collect();
@@ -452,11 +446,7 @@ impl PartitionLog {
     ) -> Result<AppendInfo> {
         let config = self.config.borrow();
         let mut state = self.state.borrow_mut();
-        if let Some((why, at_ms)) = &state.last_io_error {
-            if now_ms.saturating_sub(*at_ms) < IO_ERROR_BACKOFF_MS {
-                return Err(StorageError::Io(std::io::Error::other(why.clone())));
-            }
-        }
+        refuse_after_io_error(&state, now_ms)?;
         if let Some(entry) = state.producers.get(producer_id) {
             if producer_epoch < entry.epoch {
                 return Err(StorageError::Sequence(
@@ -1415,6 +1405,17 @@ pub async fn write_small_file(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+/// Appends fail fast for a while after a failed write (the disk is likely still full), then
+/// are tried again.
+fn refuse_after_io_error(s: &LogState, now_ms: i64) -> Result<()> {
+    match &s.last_io_error {
+        Some((why, at_ms)) if now_ms.saturating_sub(*at_ms) < IO_ERROR_BACKOFF_MS => {
+            Err(StorageError::Io(std::io::Error::other(why.clone())))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The last stable offset of a log's state (never below the log start: retention may delete
