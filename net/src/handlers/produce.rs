@@ -113,8 +113,12 @@ pub fn handle(
                         "This server does not host this topic-partition.",
                     ),
                     Some(core) => {
-                        let header = BatchHeader::parse(&records).filter(|h| h.is_transactional());
-                        if let (Some(h), Some(_)) = (header, &version_2_id) {
+                        // Only a version-2 transactional request reads the header here.
+                        let header = version_2_id
+                            .as_ref()
+                            .and_then(|_| BatchHeader::parse(&records))
+                            .filter(|h| h.is_transactional());
+                        if let Some(h) = header {
                             implicit
                                 .get_or_insert_with(|| {
                                     (h.producer_id, h.producer_epoch, Vec::new())
