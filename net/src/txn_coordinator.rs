@@ -530,7 +530,7 @@ async fn write_markers(shard: &Rc<Shard>, meta: &TxnMetadata) -> bool {
             }
         }
         remaining.extend(unplaced);
-        let asked: Vec<TopicPartition> = by_core.values().flatten().cloned().collect();
+        let sent: Vec<Vec<TopicPartition>> = by_core.values().cloned().collect();
         let answers = dispatch_markers(
             shard,
             meta.producer_id,
@@ -538,21 +538,19 @@ async fn write_markers(shard: &Rc<Shard>, meta: &TxnMetadata) -> bool {
             commit,
             by_core,
         );
-        let mut answered = Vec::new();
-        for answer in answers.await {
-            if let Some(CoreResponse::Markers(results)) = answer {
-                for (tp, error) in results {
-                    answered.push(tp.clone());
+        for (answer, partitions) in answers.await.into_iter().zip(sent) {
+            match answer {
+                Some(CoreResponse::Markers(results)) => {
                     // A newer epoch on the partition: a later marker of the producer is there.
-                    let retry = error != 0 && error != ResponseError::InvalidProducerEpoch.code();
-                    if retry {
-                        remaining.push(tp);
-                    }
+                    remaining.extend(results.into_iter().filter_map(|(tp, error)| {
+                        (error != 0 && error != ResponseError::InvalidProducerEpoch.code())
+                            .then_some(tp)
+                    }));
                 }
+                // A core that did not answer (stopping) is asked again.
+                _ => remaining.extend(partitions),
             }
         }
-        // A core that did not answer (stopping) is asked again.
-        remaining.extend(asked.into_iter().filter(|tp| !answered.contains(tp)));
         if !remaining.is_empty() {
             glommio::timer::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(1));
