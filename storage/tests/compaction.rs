@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use sluice_core::config::BrokerConfig;
 use sluice_core::topic::TopicConfig;
-use sluice_storage::batch::{self, build_keyed_batch, BatchHeader};
+use sluice_storage::batch::{self, build_keyed_batch};
 use sluice_storage::{CleanBudget, CleanCrashPoint, LogConfig, PartitionLog, StorageError};
 
 mod common;
@@ -46,29 +46,11 @@ fn config_with(extra: &[(&str, &str)]) -> LogConfig {
 type Row = (i64, String, Option<String>);
 
 async fn read_all(log: &PartitionLog) -> Vec<Row> {
-    let mut out = Vec::new();
-    let mut offset = log.log_start_offset();
-    while offset < log.high_watermark() {
-        let read = log.read(offset, 1 << 20, true).await.expect("read");
-        let bytes = read.records.to_bytes();
-        if bytes.is_empty() {
-            break;
-        }
-        let mut at = 0;
-        while let Some(h) = bytes.get(at..).and_then(BatchHeader::parse) {
-            let whole = &bytes[at..at + h.total_bytes()];
-            batch::validate_stored(whole).expect("a valid batch");
-            for r in batch::records(whole).expect("uncompressed records") {
-                if r.offset >= offset {
-                    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-                    out.push((r.offset, text(r.key.expect("keyed")), r.value.map(text)));
-                }
-            }
-            offset = offset.max(h.last_offset() + 1);
-            at += h.total_bytes();
-        }
-    }
-    out
+    common::read_records(log)
+        .await
+        .into_iter()
+        .map(|r| (r.offset, r.key.expect("keyed"), r.value))
+        .collect()
 }
 
 async fn put(log: &PartitionLog, key: &str, value: Option<&str>, now_ms: i64) -> i64 {

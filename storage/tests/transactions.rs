@@ -247,35 +247,6 @@ fn transactions_survive_restarts_from_the_tail_and_from_sealed_segments() {
     });
 }
 
-/// (offset, control?, key, value) of every record below the high watermark.
-async fn rows(log: &PartitionLog) -> Vec<(i64, bool, String, Option<String>)> {
-    let mut out = Vec::new();
-    let mut offset = log.log_start_offset();
-    while offset < log.high_watermark() {
-        let read = log.read(offset, 1 << 20, true).await.expect("read");
-        let bytes = read.records.to_bytes();
-        if bytes.is_empty() {
-            break;
-        }
-        let mut at = 0;
-        while let Some(h) = bytes.get(at..).and_then(BatchHeader::parse) {
-            let whole = &bytes[at..at + h.total_bytes()];
-            for r in batch::records(whole).expect("uncompressed") {
-                let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-                out.push((
-                    r.offset,
-                    h.is_control(),
-                    text(r.key.unwrap_or_default()),
-                    r.value.map(text),
-                ));
-            }
-            offset = offset.max(h.last_offset() + 1);
-            at += h.total_bytes();
-        }
-    }
-    out
-}
-
 /// A keyed transactional batch of one record.
 fn keyed_txn(pid: i64, seq: i32, key: &str, value: &str) -> bytes::Bytes {
     let mut b =
@@ -342,22 +313,27 @@ fn the_cleaner_drops_aborted_records_and_stops_at_the_lso() {
             .await
             .expect("clean")
             .expect("cleaned something");
-        let after = rows(&log).await;
+        let after = common::read_records(&log).await;
+        let key = |r: &common::Stored, k: &str| r.key.as_deref() == Some(k);
         let values: Vec<(i64, &str)> = after
             .iter()
-            .filter(|r| !r.1 && r.2 == "k")
-            .map(|r| (r.0, r.3.as_deref().unwrap_or("")))
+            .filter(|r| !r.control && key(r, "k"))
+            .map(|r| (r.offset, r.value.as_deref().unwrap_or("")))
             .collect();
         assert_eq!(
             values,
             vec![(0, "committed")],
             "the aborted write is gone, the commit kept"
         );
-        assert!(after.iter().all(|r| r.0 != aborted_at));
-        assert_eq!(after.iter().filter(|r| r.1).count(), 2, "both markers stay");
+        assert!(after.iter().all(|r| r.offset != aborted_at));
+        assert_eq!(
+            after.iter().filter(|r| r.control).count(),
+            2,
+            "both markers stay"
+        );
         // Past the LSO nothing was cleaned: every superseded "late" value is still there.
-        assert_eq!(after.iter().filter(|r| r.2 == "late").count(), 12);
-        assert!(after.iter().any(|r| r.2 == "open"));
+        assert_eq!(after.iter().filter(|r| key(r, "late")).count(), 12);
+        assert!(after.iter().any(|r| key(r, "open")));
         // Below the cleaned range no aborted transaction is listed any more.
         let read = log
             .read_isolated(0, 1 << 20, true, Isolation::ReadCommitted)
