@@ -1,0 +1,1186 @@
+//! The metadata image: the cluster's brokers, topics and producer-id blocks as every node of the
+//! metadata quorum holds them after applying the committed log, and the controller's pure
+//! decisions — which records to propose when a broker registers, is fenced or unfenced, and
+//! where a new topic's replicas go.
+//!
+//! Kafka KRaft's rules (`ReplicationControlManager`, `ClusterControlManager`,
+//! `PartitionChangeBuilder`), simplified:
+//! * [`MetadataImage::apply`] is deterministic and all-or-nothing, so every node that applies the
+//!   same committed entries holds the same image. Each record is validated against the image as
+//!   it would be after the entry's previous records; one invalid record rejects the whole entry
+//!   and changes nothing.
+//! * An entry carries its proposer's sequence number, so a proposal retried after a leader
+//!   change (and committed twice) is applied once.
+//! * A fenced broker leads nothing and leaves every ISR except as its last member (Kafka keeps
+//!   the last ISR member so that it is known which replica holds every committed record); a
+//!   partition whose leader is fenced with no other live in-sync replica has no leader (-1)
+//!   until that replica is unfenced again (no unclean election).
+//!
+//! Pure state: no I/O. The quorum's driver applies committed entries in log order, on the core
+//! that owns the quorum; the decision functions only read the image and return records to
+//! propose — nothing changes until those records come back committed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::metadata_records::{MetadataEntry, MetadataRecord, PartitionState};
+
+/// The `leader` of a partition that has none.
+pub const NO_LEADER: i32 = -1;
+
+/// The replication factor meaning "the default": min(3, live brokers).
+pub const DEFAULT_REPLICATION_FACTOR: i16 = -1;
+
+/// A registered broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerState {
+    pub id: i32,
+    /// Chosen anew at every start of the broker: fencing and unfencing name it, so a request
+    /// about an earlier life of the broker is refused.
+    pub incarnation: u64,
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+    /// A fenced broker is registered but leads nothing: it has just (re)started, or stopped
+    /// heartbeating.
+    pub fenced: bool,
+}
+
+/// A topic and its partitions (indexed by partition number).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicImage {
+    pub name: String,
+    pub id: [u8; 16],
+    pub configs: Vec<(String, String)>,
+    pub partitions: Vec<PartitionState>,
+}
+
+/// What an applied entry changed: what a reader of the image should look at again. In order
+/// of first occurrence, without repeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A broker registered, or was fenced or unfenced.
+    Brokers,
+    /// The topic was created, or one of its partitions changed.
+    Topic(String),
+    /// The topic is gone (it may have been created earlier in the same entry).
+    TopicRemoved(String),
+    /// Producer ids `first .. first + count` now belong to `broker`.
+    ProducerIds { broker: i32, first: i64, count: i64 },
+}
+
+/// Why an entry was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    TopicExists(String),
+    UnknownTopic(String),
+    UnknownPartition(String, i32),
+    UnknownBroker(i32),
+    /// The broker is registered with another incarnation: the record is about an earlier life.
+    StaleIncarnation(i32),
+    Invalid(String),
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::TopicExists(name) => write!(f, "topic {name} already exists"),
+            Rejection::UnknownTopic(name) => write!(f, "topic {name} does not exist"),
+            Rejection::UnknownPartition(name, p) => {
+                write!(f, "topic {name} has no partition {p}")
+            }
+            Rejection::UnknownBroker(id) => write!(f, "broker {id} is not registered"),
+            Rejection::StaleIncarnation(id) => {
+                write!(f, "broker {id} is registered with another incarnation")
+            }
+            Rejection::Invalid(why) => write!(f, "invalid metadata record: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// The outcome of applying one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Changes(Vec<Change>),
+    /// Nothing changed (except that the proposer's sequence was used up).
+    Rejected(Rejection),
+    /// The proposer's entry with this sequence (or a later one) was applied or rejected before.
+    Duplicate,
+}
+
+/// The cluster's metadata as the committed log leaves it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetadataImage {
+    pub brokers: BTreeMap<i32, BrokerState>,
+    pub topics: BTreeMap<String, TopicImage>,
+    /// The first producer id not yet handed to any broker.
+    pub next_producer_id: i64,
+    /// Proposer → the sequence of its last applied or rejected entry.
+    last_sequence: BTreeMap<i32, u64>,
+}
+
+/// How to put back what one applied record changed, should a later record of the same entry
+/// be rejected. Kept per record rather than cloning the image: an entry that fences a broker
+/// touches a few partitions of an image that may hold thousands.
+enum Undo {
+    Broker(i32, Option<BrokerState>),
+    Topic(String, Option<TopicImage>),
+    Partition(String, usize, PartitionState),
+    NextProducerId(i64),
+}
+
+impl MetadataImage {
+    /// The sequence of `proposer`'s last applied or rejected entry, 0 when none. A node that
+    /// restarts continues its proposals after this (its own entries are in the log it
+    /// replays), so they are not mistaken for duplicates.
+    pub fn last_sequence(&self, proposer: i32) -> u64 {
+        self.last_sequence.get(&proposer).copied().unwrap_or(0)
+    }
+
+    /// Applies a committed entry, all-or-nothing.
+    ///
+    /// An entry whose sequence is at most the last one seen from its proposer is a
+    /// [`Applied::Duplicate`] and changes nothing (sequences start at 1). Otherwise its
+    /// sequence is recorded — whether the entry is applied or rejected, so a retry of a
+    /// rejected proposal is a duplicate too — and each record is validated against the image
+    /// as the entry's previous records left it; the first invalid record rejects the entry and
+    /// every earlier record of it is undone. Rules per record:
+    /// * `RegisterBroker`: inserts or overwrites the broker (new incarnation, endpoint, rack),
+    ///   fenced. The id must not be negative (-1 means "no leader").
+    /// * `FenceBroker` / `UnfenceBroker`: the broker must be registered with that incarnation;
+    ///   sets `fenced`. Partition changes are separate records (see [`Self::fence_records`]).
+    /// * `Topic`: a new, non-empty name; at least one partition; each partition has at least
+    ///   one replica, no replica twice, only registered brokers; its ISR is a non-empty subset
+    ///   of the replicas without repeats; its leader is in the ISR or -1.
+    /// * `PartitionChange`: the partition exists; the ISR as above; the leader epoch does not
+    ///   go back. Sets leader, ISR and leader epoch; the partition epoch grows by one.
+    /// * `RemoveTopic`: the topic exists.
+    /// * `ProducerIds`: `first` is `next_producer_id` and `count` > 0; `next_producer_id`
+    ///   moves to `first + count`.
+    pub fn apply(&mut self, entry: &MetadataEntry) -> Applied {
+        if entry.sequence <= self.last_sequence(entry.proposer) {
+            return Applied::Duplicate;
+        }
+        self.last_sequence.insert(entry.proposer, entry.sequence);
+        let mut undo = Vec::new();
+        let mut changes = Vec::new();
+        for record in &entry.records {
+            match self.apply_record(record, &mut undo) {
+                Ok(change) => note_change(&mut changes, change),
+                Err(rejection) => {
+                    self.roll_back(undo);
+                    return Applied::Rejected(rejection);
+                }
+            }
+        }
+        Applied::Changes(changes)
+    }
+
+    /// Validates one record and, when valid, applies it, saving what it overwrote in `undo`.
+    /// An invalid record changes nothing.
+    fn apply_record(
+        &mut self,
+        record: &MetadataRecord,
+        undo: &mut Vec<Undo>,
+    ) -> Result<Change, Rejection> {
+        match record {
+            MetadataRecord::RegisterBroker {
+                id,
+                incarnation,
+                host,
+                port,
+                rack,
+            } => {
+                if *id < 0 {
+                    return Err(Rejection::Invalid(format!("broker id {id} is negative")));
+                }
+                let broker = BrokerState {
+                    id: *id,
+                    incarnation: *incarnation,
+                    host: host.clone(),
+                    port: *port,
+                    rack: rack.clone(),
+                    fenced: true,
+                };
+                undo.push(Undo::Broker(*id, self.brokers.insert(*id, broker)));
+                Ok(Change::Brokers)
+            }
+            MetadataRecord::FenceBroker { id, incarnation } => {
+                self.set_fenced(*id, *incarnation, true, undo)
+            }
+            MetadataRecord::UnfenceBroker { id, incarnation } => {
+                self.set_fenced(*id, *incarnation, false, undo)
+            }
+            MetadataRecord::Topic {
+                name,
+                id,
+                configs,
+                partitions,
+            } => {
+                self.check_new_topic(name, partitions)?;
+                let topic = TopicImage {
+                    name: name.clone(),
+                    id: *id,
+                    configs: configs.clone(),
+                    partitions: partitions.clone(),
+                };
+                undo.push(Undo::Topic(
+                    name.clone(),
+                    self.topics.insert(name.clone(), topic),
+                ));
+                Ok(Change::Topic(name.clone()))
+            }
+            MetadataRecord::PartitionChange {
+                topic,
+                partition,
+                leader,
+                isr,
+                leader_epoch,
+            } => {
+                let unknown = || Rejection::UnknownPartition(topic.clone(), *partition);
+                let partitions = &mut self
+                    .topics
+                    .get_mut(topic)
+                    .ok_or_else(|| Rejection::UnknownTopic(topic.clone()))?
+                    .partitions;
+                let index = usize::try_from(*partition).map_err(|_| unknown())?;
+                let state = partitions.get_mut(index).ok_or_else(unknown)?;
+                check_isr(&state.replicas, isr, *leader).map_err(Rejection::Invalid)?;
+                if *leader_epoch < state.leader_epoch {
+                    return Err(Rejection::Invalid(format!(
+                        "{topic}-{partition}: leader epoch {leader_epoch} is below the current {}",
+                        state.leader_epoch
+                    )));
+                }
+                undo.push(Undo::Partition(topic.clone(), index, state.clone()));
+                state.leader = *leader;
+                state.isr = isr.clone();
+                state.leader_epoch = *leader_epoch;
+                state.partition_epoch = state.partition_epoch.saturating_add(1);
+                Ok(Change::Topic(topic.clone()))
+            }
+            MetadataRecord::RemoveTopic { name } => {
+                let removed = self
+                    .topics
+                    .remove(name)
+                    .ok_or_else(|| Rejection::UnknownTopic(name.clone()))?;
+                undo.push(Undo::Topic(name.clone(), Some(removed)));
+                Ok(Change::TopicRemoved(name.clone()))
+            }
+            MetadataRecord::ProducerIds {
+                broker,
+                first,
+                count,
+            } => {
+                if *first != self.next_producer_id || *count <= 0 {
+                    return Err(Rejection::Invalid(format!(
+                        "producer ids {first} (+{count}) do not continue at {}",
+                        self.next_producer_id
+                    )));
+                }
+                let next = first
+                    .checked_add(*count)
+                    .ok_or_else(|| Rejection::Invalid("producer ids exhausted".into()))?;
+                undo.push(Undo::NextProducerId(self.next_producer_id));
+                self.next_producer_id = next;
+                Ok(Change::ProducerIds {
+                    broker: *broker,
+                    first: *first,
+                    count: *count,
+                })
+            }
+        }
+    }
+
+    fn set_fenced(
+        &mut self,
+        id: i32,
+        incarnation: u64,
+        fenced: bool,
+        undo: &mut Vec<Undo>,
+    ) -> Result<Change, Rejection> {
+        let broker = self
+            .brokers
+            .get_mut(&id)
+            .ok_or(Rejection::UnknownBroker(id))?;
+        if broker.incarnation != incarnation {
+            return Err(Rejection::StaleIncarnation(id));
+        }
+        undo.push(Undo::Broker(id, Some(broker.clone())));
+        broker.fenced = fenced;
+        Ok(Change::Brokers)
+    }
+
+    fn check_new_topic(&self, name: &str, partitions: &[PartitionState]) -> Result<(), Rejection> {
+        if name.is_empty() {
+            return Err(Rejection::Invalid("empty topic name".into()));
+        }
+        if self.topics.contains_key(name) {
+            return Err(Rejection::TopicExists(name.to_owned()));
+        }
+        if partitions.is_empty() || i32::try_from(partitions.len()).is_err() {
+            return Err(Rejection::Invalid(format!(
+                "topic {name}: {} partitions",
+                partitions.len()
+            )));
+        }
+        for (p, state) in partitions.iter().enumerate() {
+            if state.replicas.is_empty() || has_repeats(&state.replicas) {
+                return Err(Rejection::Invalid(format!(
+                    "{name}-{p}: replicas {:?} are empty or repeat a broker",
+                    state.replicas
+                )));
+            }
+            if let Some(r) = state
+                .replicas
+                .iter()
+                .find(|r| !self.brokers.contains_key(r))
+            {
+                return Err(Rejection::UnknownBroker(*r));
+            }
+            check_isr(&state.replicas, &state.isr, state.leader)
+                .map_err(|why| Rejection::Invalid(format!("{name}-{p}: {why}")))?;
+        }
+        Ok(())
+    }
+
+    /// Puts back, newest first, what the applied records of a rejected entry changed.
+    fn roll_back(&mut self, undo: Vec<Undo>) {
+        for step in undo.into_iter().rev() {
+            match step {
+                Undo::Broker(id, Some(before)) => {
+                    self.brokers.insert(id, before);
+                }
+                Undo::Broker(id, None) => {
+                    self.brokers.remove(&id);
+                }
+                Undo::Topic(name, Some(before)) => {
+                    self.topics.insert(name, before);
+                }
+                Undo::Topic(name, None) => {
+                    self.topics.remove(&name);
+                }
+                Undo::Partition(topic, index, before) => {
+                    let slot = self
+                        .topics
+                        .get_mut(&topic)
+                        .and_then(|t| t.partitions.get_mut(index));
+                    // Undo runs newest first, so the topic is back as this record found it.
+                    let slot = slot.expect("an undone partition change finds its partition");
+                    *slot = before;
+                }
+                Undo::NextProducerId(before) => self.next_producer_id = before,
+            }
+        }
+    }
+
+    /// Records to propose when broker `id` registers: the registration (the broker starts
+    /// fenced), and — when the id is already registered — the partition changes that
+    /// [`Self::fence_records`] would make for it. A broker that comes back with a new
+    /// incarnation lost what it held in memory, so it leaves leadership and ISRs until it is
+    /// unfenced and catches up again.
+    pub fn register_records(
+        &self,
+        id: i32,
+        incarnation: u64,
+        host: String,
+        port: u16,
+        rack: Option<String>,
+    ) -> Vec<MetadataRecord> {
+        let mut records = vec![MetadataRecord::RegisterBroker {
+            id,
+            incarnation,
+            host,
+            port,
+            rack,
+        }];
+        if self.brokers.contains_key(&id) {
+            records.extend(self.leaving_records(id));
+        }
+        records
+    }
+
+    /// Records to propose to fence `broker` (it stopped heartbeating, or shuts down): the
+    /// fencing, then for every partition whose ISR holds it a change that removes it from the
+    /// ISR — unless it is the only member, which stays (Kafka keeps the last ISR member) — and,
+    /// where it led, elects the first replica in replica order that is in the new ISR, unfenced
+    /// and not `broker`, or no leader (-1), with the leader epoch + 1. Partitions whose leader
+    /// does not change keep their leader epoch. Empty when `broker` is not registered.
+    pub fn fence_records(&self, broker: i32) -> Vec<MetadataRecord> {
+        let Some(state) = self.brokers.get(&broker) else {
+            return Vec::new();
+        };
+        let mut records = vec![MetadataRecord::FenceBroker {
+            id: broker,
+            incarnation: state.incarnation,
+        }];
+        records.extend(self.leaving_records(broker));
+        records
+    }
+
+    /// The partition changes that take `broker` out of ISRs and leadership (see
+    /// [`Self::fence_records`]); none for partitions that would stay as they are.
+    fn leaving_records(&self, broker: i32) -> Vec<MetadataRecord> {
+        let mut records = Vec::new();
+        for topic in self.topics.values() {
+            // Topics hold at most i32::MAX partitions (checked when created).
+            for (partition, state) in (0i32..).zip(&topic.partitions) {
+                if !state.isr.contains(&broker) {
+                    continue;
+                }
+                let isr: Vec<i32> = if state.isr == [broker] {
+                    state.isr.clone()
+                } else {
+                    state.isr.iter().copied().filter(|r| *r != broker).collect()
+                };
+                let (leader, leader_epoch) = if state.leader == broker {
+                    let next = state
+                        .replicas
+                        .iter()
+                        .copied()
+                        .find(|r| *r != broker && isr.contains(r) && self.is_live(*r))
+                        .unwrap_or(NO_LEADER);
+                    (next, state.leader_epoch.saturating_add(1))
+                } else {
+                    (state.leader, state.leader_epoch)
+                };
+                if isr != state.isr || leader != state.leader {
+                    records.push(MetadataRecord::PartitionChange {
+                        topic: topic.name.clone(),
+                        partition,
+                        leader,
+                        isr,
+                        leader_epoch,
+                    });
+                }
+            }
+        }
+        records
+    }
+
+    /// Records to propose to unfence `broker` (it caught up with the metadata log): the
+    /// unfencing, then for every leaderless partition whose ISR holds it (it was the last
+    /// in-sync replica) a change making it the leader, with the leader epoch + 1. Empty when
+    /// `broker` is not registered or not fenced.
+    pub fn unfence_records(&self, broker: i32) -> Vec<MetadataRecord> {
+        let Some(state) = self.brokers.get(&broker).filter(|b| b.fenced) else {
+            return Vec::new();
+        };
+        let mut records = vec![MetadataRecord::UnfenceBroker {
+            id: broker,
+            incarnation: state.incarnation,
+        }];
+        for topic in self.topics.values() {
+            for (partition, state) in (0i32..).zip(&topic.partitions) {
+                if state.leader == NO_LEADER && state.isr.contains(&broker) {
+                    records.push(MetadataRecord::PartitionChange {
+                        topic: topic.name.clone(),
+                        partition,
+                        leader: broker,
+                        isr: state.isr.clone(),
+                        leader_epoch: state.leader_epoch.saturating_add(1),
+                    });
+                }
+            }
+        }
+        records
+    }
+
+    /// Replica assignments for a new topic. `replication_factor` -1 means min(3, live
+    /// brokers); it must then be between 1 and the number of live brokers, and `partitions`
+    /// at least 1. With the live brokers `L` in ascending order and a start `s` = FNV-1a (64
+    /// bit) of the topic name modulo `|L|`, partition `p` gets `L[(s + p + k) % |L|]` for `k` in
+    /// `0..replication_factor`: leaders and replicas spread evenly, and topics created one after
+    /// another do not all start on the same broker. Leader = first replica, ISR = replicas,
+    /// epochs 0.
+    pub fn assign_replicas(
+        &self,
+        topic: &str,
+        partitions: i32,
+        replication_factor: i16,
+    ) -> Result<Vec<PartitionState>, String> {
+        let live = self.live_brokers();
+        let rf = if replication_factor == DEFAULT_REPLICATION_FACTOR {
+            live.len().min(3)
+        } else {
+            usize::try_from(replication_factor).unwrap_or(0)
+        };
+        if rf < 1 || rf > live.len() {
+            return Err(format!(
+                "replication factor {replication_factor} with {} live brokers",
+                live.len()
+            ));
+        }
+        let count = usize::try_from(partitions)
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| format!("{partitions} partitions"))?;
+        let start = (fnv1a_64(topic.as_bytes()) % live.len() as u64) as usize;
+        let assignments = (0..count)
+            .map(|p| {
+                let replicas: Vec<i32> = (0..rf)
+                    .filter_map(|k| live.get((start + p + k) % live.len()).copied())
+                    .collect();
+                PartitionState {
+                    leader: replicas.first().copied().unwrap_or(NO_LEADER),
+                    isr: replicas.clone(),
+                    replicas,
+                    leader_epoch: 0,
+                    partition_epoch: 0,
+                }
+            })
+            .collect();
+        Ok(assignments)
+    }
+
+    /// The leader of a partition; None when the partition is unknown or has no leader.
+    pub fn leader_of(&self, topic: &str, partition: i32) -> Option<i32> {
+        let state = self
+            .topics
+            .get(topic)?
+            .partitions
+            .get(usize::try_from(partition).ok()?)?;
+        (state.leader != NO_LEADER).then_some(state.leader)
+    }
+
+    /// Registered, unfenced brokers, ascending.
+    pub fn live_brokers(&self) -> Vec<i32> {
+        self.brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| b.id)
+            .collect()
+    }
+
+    fn is_live(&self, id: i32) -> bool {
+        self.brokers.get(&id).is_some_and(|b| !b.fenced)
+    }
+}
+
+/// Adds `change` to an entry's changes: once, and a removed topic drops its earlier changes.
+fn note_change(changes: &mut Vec<Change>, change: Change) {
+    if let Change::TopicRemoved(name) = &change {
+        changes.retain(|c| !matches!(c, Change::Topic(t) if t == name));
+    }
+    if !changes.contains(&change) {
+        changes.push(change);
+    }
+}
+
+/// An ISR must be a non-empty subset of the replicas without repeats, and the leader one of
+/// its members or -1.
+fn check_isr(replicas: &[i32], isr: &[i32], leader: i32) -> Result<(), String> {
+    if isr.is_empty() || has_repeats(isr) || isr.iter().any(|r| !replicas.contains(r)) {
+        return Err(format!(
+            "isr {isr:?} is not a non-empty subset of replicas {replicas:?}"
+        ));
+    }
+    if leader != NO_LEADER && !isr.contains(&leader) {
+        return Err(format!("leader {leader} is not in isr {isr:?}"));
+    }
+    Ok(())
+}
+
+/// Replica lists are short (the replication factor), so the quadratic check is the cheap one.
+fn has_repeats(ids: &[i32]) -> bool {
+    ids.iter()
+        .enumerate()
+        .any(|(i, id)| ids.iter().skip(i + 1).any(|other| other == id))
+}
+
+/// FNV-1a, 64 bit: a stable hash (unlike std's, which is seeded per process), so every node
+/// computes the same assignment.
+fn fnv1a_64(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET_BASIS, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(PRIME)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROPOSER: i32 = 100;
+
+    /// Applies `records` as the next entry of one proposer.
+    fn commit(image: &mut MetadataImage, records: Vec<MetadataRecord>) -> Applied {
+        let entry = MetadataEntry {
+            proposer: PROPOSER,
+            sequence: image.last_sequence(PROPOSER) + 1,
+            records,
+        };
+        image.apply(&entry)
+    }
+
+    fn commit_ok(image: &mut MetadataImage, records: Vec<MetadataRecord>) -> Vec<Change> {
+        match commit(image, records) {
+            Applied::Changes(changes) => changes,
+            other => panic!("expected the entry to apply, got {other:?}"),
+        }
+    }
+
+    fn rejected(image: &mut MetadataImage, records: Vec<MetadataRecord>) -> Rejection {
+        match commit(image, records) {
+            Applied::Rejected(why) => why,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    fn register(id: i32, incarnation: u64) -> MetadataRecord {
+        MetadataRecord::RegisterBroker {
+            id,
+            incarnation,
+            host: format!("broker-{id}"),
+            port: 9092,
+            rack: None,
+        }
+    }
+
+    /// Brokers 1..=n registered (incarnation 10 + id) and unfenced.
+    fn cluster(n: i32) -> MetadataImage {
+        let mut image = MetadataImage::default();
+        for id in 1..=n {
+            let records = image.register_records(id, 10 + id as u64, "h".into(), 1, None);
+            commit_ok(&mut image, records);
+            let records = image.unfence_records(id);
+            commit_ok(&mut image, records);
+        }
+        image
+    }
+
+    fn partition(replicas: &[i32], isr: &[i32], leader: i32) -> PartitionState {
+        PartitionState {
+            replicas: replicas.to_vec(),
+            isr: isr.to_vec(),
+            leader,
+            leader_epoch: 0,
+            partition_epoch: 0,
+        }
+    }
+
+    fn topic(name: &str, partitions: Vec<PartitionState>) -> MetadataRecord {
+        MetadataRecord::Topic {
+            name: name.into(),
+            id: [7; 16],
+            configs: vec![("retention.ms".into(), "1000".into())],
+            partitions,
+        }
+    }
+
+    fn change(topic: &str, partition: i32, leader: i32, isr: &[i32], epoch: i32) -> MetadataRecord {
+        MetadataRecord::PartitionChange {
+            topic: topic.into(),
+            partition,
+            leader,
+            isr: isr.to_vec(),
+            leader_epoch: epoch,
+        }
+    }
+
+    fn state<'a>(image: &'a MetadataImage, topic: &str, p: usize) -> &'a PartitionState {
+        &image.topics[topic].partitions[p]
+    }
+
+    #[test]
+    fn brokers_register_fenced_and_fence_by_incarnation() {
+        let mut image = MetadataImage::default();
+        assert_eq!(
+            commit_ok(&mut image, vec![register(1, 5)]),
+            vec![Change::Brokers]
+        );
+        assert!(image.brokers[&1].fenced);
+        assert!(image.live_brokers().is_empty());
+        let unfence = |incarnation| MetadataRecord::UnfenceBroker { id: 1, incarnation };
+        assert_eq!(
+            rejected(&mut image, vec![unfence(4)]),
+            Rejection::StaleIncarnation(1)
+        );
+        assert_eq!(
+            rejected(
+                &mut image,
+                vec![MetadataRecord::FenceBroker {
+                    id: 2,
+                    incarnation: 5
+                }]
+            ),
+            Rejection::UnknownBroker(2)
+        );
+        commit_ok(&mut image, vec![unfence(5)]);
+        assert_eq!(image.live_brokers(), vec![1]);
+        // A restart: new incarnation, new endpoint, fenced again.
+        commit_ok(
+            &mut image,
+            vec![MetadataRecord::RegisterBroker {
+                id: 1,
+                incarnation: 6,
+                host: "elsewhere".into(),
+                port: 9093,
+                rack: Some("r1".into()),
+            }],
+        );
+        let broker = &image.brokers[&1];
+        assert_eq!(
+            (
+                broker.incarnation,
+                broker.host.as_str(),
+                broker.port,
+                broker.fenced
+            ),
+            (6, "elsewhere", 9093, true)
+        );
+        assert_eq!(broker.rack.as_deref(), Some("r1"));
+        assert_eq!(
+            rejected(&mut image, vec![unfence(5)]),
+            Rejection::StaleIncarnation(1)
+        );
+        assert!(matches!(
+            rejected(&mut image, vec![register(-1, 1)]),
+            Rejection::Invalid(_)
+        ));
+    }
+
+    #[test]
+    fn topics_are_validated() {
+        let mut image = cluster(3);
+        let p = |replicas: &[i32], isr: &[i32], leader| vec![partition(replicas, isr, leader)];
+        assert!(matches!(
+            rejected(&mut image, vec![topic("t", vec![])]),
+            Rejection::Invalid(_)
+        ));
+        assert!(matches!(
+            rejected(&mut image, vec![topic("", p(&[1], &[1], 1))]),
+            Rejection::Invalid(_)
+        ));
+        for bad in [
+            p(&[], &[], -1),        // no replica
+            p(&[1, 1], &[1], 1),    // a replica twice
+            p(&[1, 2], &[], -1),    // empty ISR
+            p(&[1, 2], &[1, 3], 1), // ISR outside the replicas
+            p(&[1, 2], &[1, 1], 1), // ISR repeats
+            p(&[1, 2], &[2], 1),    // leader outside the ISR
+        ] {
+            assert!(
+                matches!(
+                    rejected(&mut image, vec![topic("t", bad.clone())]),
+                    Rejection::Invalid(_)
+                ),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            rejected(&mut image, vec![topic("t", p(&[1, 4], &[1], 1))]),
+            Rejection::UnknownBroker(4)
+        );
+        assert!(image.topics.is_empty());
+        assert_eq!(
+            commit_ok(&mut image, vec![topic("t", p(&[1, 2], &[2], -1))]),
+            vec![Change::Topic("t".into())]
+        );
+        assert_eq!(image.leader_of("t", 0), None);
+        assert_eq!(
+            rejected(&mut image, vec![topic("t", p(&[1], &[1], 1))]),
+            Rejection::TopicExists("t".into())
+        );
+    }
+
+    #[test]
+    fn partition_changes_are_validated_and_bump_the_partition_epoch() {
+        let mut image = cluster(3);
+        commit_ok(
+            &mut image,
+            vec![topic("t", vec![partition(&[1, 2, 3], &[1, 2, 3], 1)])],
+        );
+        assert_eq!(
+            rejected(&mut image, vec![change("u", 0, 1, &[1], 1)]),
+            Rejection::UnknownTopic("u".into())
+        );
+        for p in [1, -1] {
+            assert_eq!(
+                rejected(&mut image, vec![change("t", p, 1, &[1], 1)]),
+                Rejection::UnknownPartition("t".into(), p)
+            );
+        }
+        for (leader, isr) in [(1, &[][..]), (1, &[1, 4]), (3, &[1, 2]), (1, &[1, 1])] {
+            assert!(matches!(
+                rejected(&mut image, vec![change("t", 0, leader, isr, 1)]),
+                Rejection::Invalid(_)
+            ));
+        }
+        assert_eq!(
+            commit_ok(&mut image, vec![change("t", 0, 2, &[2, 3], 4)]),
+            vec![Change::Topic("t".into())]
+        );
+        assert_eq!(
+            state(&image, "t", 0),
+            &PartitionState {
+                replicas: vec![1, 2, 3],
+                isr: vec![2, 3],
+                leader: 2,
+                leader_epoch: 4,
+                partition_epoch: 1,
+            }
+        );
+        // The same leader epoch with a new ISR is fine (a leader shrinking its ISR); an older
+        // epoch is not.
+        commit_ok(&mut image, vec![change("t", 0, 2, &[2], 4)]);
+        assert_eq!(state(&image, "t", 0).partition_epoch, 2);
+        assert!(matches!(
+            rejected(&mut image, vec![change("t", 0, 2, &[2], 3)]),
+            Rejection::Invalid(_)
+        ));
+        assert_eq!(image.leader_of("t", 0), Some(2));
+        assert_eq!(image.leader_of("t", 1), None);
+        assert_eq!(image.leader_of("nope", 0), None);
+    }
+
+    #[test]
+    fn topics_are_removed_once() {
+        let mut image = cluster(1);
+        assert_eq!(
+            rejected(
+                &mut image,
+                vec![MetadataRecord::RemoveTopic { name: "t".into() }]
+            ),
+            Rejection::UnknownTopic("t".into())
+        );
+        commit_ok(&mut image, vec![topic("t", vec![partition(&[1], &[1], 1)])]);
+        assert_eq!(
+            commit_ok(
+                &mut image,
+                vec![MetadataRecord::RemoveTopic { name: "t".into() }]
+            ),
+            vec![Change::TopicRemoved("t".into())]
+        );
+        assert!(image.topics.is_empty());
+    }
+
+    #[test]
+    fn producer_id_blocks_continue_where_the_last_ended() {
+        let mut image = MetadataImage::default();
+        let block = |first, count| MetadataRecord::ProducerIds {
+            broker: 1,
+            first,
+            count,
+        };
+        assert_eq!(
+            commit_ok(&mut image, vec![block(0, 1000)]),
+            vec![Change::ProducerIds {
+                broker: 1,
+                first: 0,
+                count: 1000
+            }]
+        );
+        assert_eq!(image.next_producer_id, 1000);
+        for (first, count) in [(0, 1000), (1001, 1000), (1000, 0), (1000, -5)] {
+            assert!(matches!(
+                rejected(&mut image, vec![block(first, count)]),
+                Rejection::Invalid(_)
+            ));
+        }
+        commit_ok(&mut image, vec![block(1000, 1000)]);
+        assert_eq!(image.next_producer_id, 2000);
+    }
+
+    #[test]
+    fn entries_are_deduplicated_by_proposer_sequence() {
+        let mut image = MetadataImage::default();
+        let entry = |proposer, sequence, id| MetadataEntry {
+            proposer,
+            sequence,
+            records: vec![register(id, 1)],
+        };
+        assert!(matches!(image.apply(&entry(1, 1, 1)), Applied::Changes(_)));
+        assert_eq!(image.apply(&entry(1, 1, 2)), Applied::Duplicate);
+        assert!(!image.brokers.contains_key(&2));
+        // Sequences are per proposer, and gaps are fine.
+        assert!(matches!(image.apply(&entry(2, 1, 2)), Applied::Changes(_)));
+        assert!(matches!(image.apply(&entry(1, 5, 3)), Applied::Changes(_)));
+        assert_eq!(image.apply(&entry(1, 4, 4)), Applied::Duplicate);
+        assert_eq!(image.apply(&entry(1, 0, 4)), Applied::Duplicate);
+        assert_eq!(image.last_sequence(1), 5);
+        // A rejected entry uses up its sequence: its retry is a duplicate, not a second try.
+        let bad = MetadataEntry {
+            proposer: 1,
+            sequence: 6,
+            records: vec![MetadataRecord::RemoveTopic { name: "x".into() }],
+        };
+        assert!(matches!(image.apply(&bad), Applied::Rejected(_)));
+        assert_eq!(image.apply(&bad), Applied::Duplicate);
+        assert_eq!(image.last_sequence(1), 6);
+    }
+
+    #[test]
+    fn a_rejected_entry_changes_nothing() {
+        let mut image = cluster(3);
+        commit_ok(
+            &mut image,
+            vec![
+                topic("a", vec![partition(&[1, 2], &[1, 2], 1)]),
+                topic("b", vec![partition(&[3], &[3], 3)]),
+                MetadataRecord::ProducerIds {
+                    broker: 1,
+                    first: 0,
+                    count: 10,
+                },
+            ],
+        );
+        let before = image.clone();
+        // Every kind of record applies, then the last one is invalid.
+        let why = rejected(
+            &mut image,
+            vec![
+                register(4, 1),
+                register(1, 99),
+                MetadataRecord::FenceBroker {
+                    id: 2,
+                    incarnation: 12,
+                },
+                topic("c", vec![partition(&[4], &[4], 4)]),
+                change("a", 0, 2, &[2], 1),
+                MetadataRecord::RemoveTopic { name: "b".into() },
+                MetadataRecord::ProducerIds {
+                    broker: 1,
+                    first: 10,
+                    count: 10,
+                },
+                change("a", 0, 1, &[1, 2], 1),
+                topic("a", vec![partition(&[1], &[1], 1)]),
+            ],
+        );
+        assert_eq!(why, Rejection::TopicExists("a".into()));
+        assert_eq!(image.brokers, before.brokers);
+        assert_eq!(image.topics, before.topics);
+        assert_eq!(image.next_producer_id, before.next_producer_id);
+        assert_eq!(
+            image.last_sequence(PROPOSER),
+            before.last_sequence(PROPOSER) + 1
+        );
+    }
+
+    #[test]
+    fn records_see_the_earlier_records_of_their_entry() {
+        let mut image = cluster(1);
+        // A topic on a broker registered in the same entry.
+        let changes = commit_ok(
+            &mut image,
+            vec![register(2, 1), topic("t", vec![partition(&[2], &[2], 2)])],
+        );
+        assert_eq!(changes, vec![Change::Brokers, Change::Topic("t".into())]);
+        // A change to a topic removed earlier in the entry.
+        assert_eq!(
+            rejected(
+                &mut image,
+                vec![
+                    MetadataRecord::RemoveTopic { name: "t".into() },
+                    change("t", 0, 2, &[2], 1)
+                ]
+            ),
+            Rejection::UnknownTopic("t".into())
+        );
+        // Created, changed and removed in one entry: only the removal is reported.
+        let changes = commit_ok(
+            &mut image,
+            vec![
+                topic("u", vec![partition(&[1], &[1], 1)]),
+                change("u", 0, 1, &[1], 1),
+                MetadataRecord::RemoveTopic { name: "u".into() },
+            ],
+        );
+        assert_eq!(changes, vec![Change::TopicRemoved("u".into())]);
+    }
+
+    #[test]
+    fn fencing_the_leader_elects_the_next_in_sync_replica() {
+        let mut image = cluster(3);
+        commit_ok(
+            &mut image,
+            vec![topic(
+                "t",
+                vec![
+                    partition(&[1, 2, 3], &[1, 2, 3], 1),
+                    partition(&[2, 3, 1], &[2, 3, 1], 2),
+                    partition(&[1, 2, 3], &[1, 3], 1),
+                ],
+            )],
+        );
+        let records = image.fence_records(1);
+        assert_eq!(
+            records,
+            vec![
+                MetadataRecord::FenceBroker {
+                    id: 1,
+                    incarnation: 11
+                },
+                change("t", 0, 2, &[2, 3], 1),
+                // A follower leaves the ISR; leader and epoch stay.
+                change("t", 1, 2, &[2, 3], 0),
+                // Replica 2 is not in sync: the next in-sync one leads.
+                change("t", 2, 3, &[3], 1),
+            ]
+        );
+        commit_ok(&mut image, records);
+        assert!(image.brokers[&1].fenced);
+        assert_eq!(
+            state(&image, "t", 0),
+            &PartitionState {
+                replicas: vec![1, 2, 3],
+                isr: vec![2, 3],
+                leader: 2,
+                leader_epoch: 1,
+                partition_epoch: 1,
+            }
+        );
+        assert_eq!(state(&image, "t", 1).leader_epoch, 0);
+        assert_eq!(image.leader_of("t", 2), Some(3));
+        // Fencing again changes no partition.
+        assert_eq!(image.fence_records(1).len(), 1);
+        assert!(image.fence_records(9).is_empty());
+    }
+
+    #[test]
+    fn fenced_replicas_are_not_elected() {
+        let mut image = cluster(3);
+        // Broker 2 is fenced but still in the ISR (a bare FenceBroker: the controller's own
+        // records would have taken it out), so it is passed over.
+        commit_ok(
+            &mut image,
+            vec![topic("t", vec![partition(&[1, 2, 3], &[1, 2, 3], 1)])],
+        );
+        commit_ok(
+            &mut image,
+            vec![MetadataRecord::FenceBroker {
+                id: 2,
+                incarnation: 12,
+            }],
+        );
+        let records = image.fence_records(1);
+        assert_eq!(records[1], change("t", 0, 3, &[2, 3], 1));
+    }
+
+    #[test]
+    fn the_last_in_sync_replica_stays_and_comes_back_as_leader() {
+        let mut image = cluster(2);
+        commit_ok(
+            &mut image,
+            vec![topic(
+                "t",
+                vec![partition(&[1, 2], &[1], 1), partition(&[2, 1], &[2], 2)],
+            )],
+        );
+        let records = image.fence_records(1);
+        assert_eq!(records[1..], [change("t", 0, NO_LEADER, &[1], 1)]);
+        commit_ok(&mut image, records);
+        assert_eq!(image.leader_of("t", 0), None);
+        assert_eq!(state(&image, "t", 0).isr, vec![1]);
+
+        let records = image.unfence_records(1);
+        assert_eq!(
+            records,
+            vec![
+                MetadataRecord::UnfenceBroker {
+                    id: 1,
+                    incarnation: 11
+                },
+                change("t", 0, 1, &[1], 2),
+            ]
+        );
+        commit_ok(&mut image, records);
+        assert_eq!(image.leader_of("t", 0), Some(1));
+        assert_eq!(state(&image, "t", 0).leader_epoch, 2);
+        assert_eq!(state(&image, "t", 0).partition_epoch, 2);
+        // Unfencing a live or unknown broker proposes nothing.
+        assert!(image.unfence_records(1).is_empty());
+        assert!(image.unfence_records(9).is_empty());
+    }
+
+    #[test]
+    fn a_broker_that_registers_again_leaves_leadership_and_isrs() {
+        let mut image = cluster(3);
+        commit_ok(
+            &mut image,
+            vec![topic("t", vec![partition(&[1, 2, 3], &[1, 2, 3], 1)])],
+        );
+        assert_eq!(image.register_records(4, 1, "h".into(), 1, None).len(), 1);
+        let records = image.register_records(1, 99, "new-host".into(), 9092, None);
+        assert_eq!(
+            records,
+            vec![
+                MetadataRecord::RegisterBroker {
+                    id: 1,
+                    incarnation: 99,
+                    host: "new-host".into(),
+                    port: 9092,
+                    rack: None,
+                },
+                change("t", 0, 2, &[2, 3], 1),
+            ]
+        );
+        commit_ok(&mut image, records);
+        assert!(image.brokers[&1].fenced);
+        assert_eq!(image.live_brokers(), vec![2, 3]);
+        assert_eq!(image.leader_of("t", 0), Some(2));
+    }
+
+    #[test]
+    fn assignments_spread_leaders_and_replicas_evenly() {
+        let image = cluster(3);
+        let assignment = image.assign_replicas("orders", 6, 3).expect("assign");
+        assert_eq!(assignment.len(), 6);
+        let mut leaders = BTreeMap::new();
+        for p in &assignment {
+            assert_eq!(p.replicas.len(), 3);
+            assert!(!has_repeats(&p.replicas));
+            assert_eq!(p.isr, p.replicas);
+            assert_eq!(p.leader, p.replicas[0]);
+            assert_eq!((p.leader_epoch, p.partition_epoch), (0, 0));
+            *leaders.entry(p.leader).or_insert(0) += 1;
+        }
+        assert_eq!(leaders, BTreeMap::from([(1, 2), (2, 2), (3, 2)]));
+        // The documented placement, and a stable result on every node.
+        let start = (fnv1a_64(b"orders") % 3) as i32;
+        assert_eq!(assignment[0].replicas[0], 1 + start);
+        assert_eq!(image.assign_replicas("orders", 6, 3), Ok(assignment));
+        // The assignment is valid for the image.
+        let mut image = image;
+        let partitions = image.assign_replicas("t", 4, 2).expect("assign");
+        commit_ok(&mut image, vec![topic("t", partitions)]);
+    }
+
+    #[test]
+    fn assignment_uses_live_brokers_and_checks_its_arguments() {
+        let mut image = cluster(4);
+        assert!(image
+            .assign_replicas("t", 8, -1)
+            .expect("default rf")
+            .iter()
+            .all(|p| p.replicas.len() == 3));
+        let records = image.fence_records(2);
+        commit_ok(&mut image, records);
+        let assignment = image.assign_replicas("t", 9, 3).expect("assign");
+        assert!(assignment.iter().all(|p| !p.replicas.contains(&2)));
+        assert!(image.assign_replicas("t", 1, 4).is_err());
+        assert!(image.assign_replicas("t", 1, 0).is_err());
+        assert!(image.assign_replicas("t", 1, -2).is_err());
+        assert!(image.assign_replicas("t", 0, 1).is_err());
+        assert!(MetadataImage::default()
+            .assign_replicas("t", 1, -1)
+            .is_err());
+        let two = cluster(2);
+        assert!(two
+            .assign_replicas("t", 3, -1)
+            .expect("default rf on two brokers")
+            .iter()
+            .all(|p| p.replicas.len() == 2));
+    }
+
+    #[test]
+    fn fnv1a_matches_the_reference_values() {
+        assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a_64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+}
