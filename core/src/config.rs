@@ -137,8 +137,32 @@ pub struct BrokerConfig {
     pub log_cleaner_min_cleanable_ratio_ppm: u32,
     pub log_cleaner_min_compaction_lag_ms: i64,
     pub log_cleaner_max_compaction_lag_ms: i64,
+    /// The metadata quorum (`controller.quorum.voters`, `id@host:port,...`). Empty (the
+    /// default): a single node keeping its metadata in local files, with no quorum. Otherwise
+    /// every node listed is a controller and a broker (KRaft's combined mode), and this node
+    /// must be one of them.
+    pub controller_quorum_voters: Vec<Voter>,
+    /// How often a broker tells the active controller it is alive
+    /// (`broker.heartbeat.interval.ms`, Kafka's 2 s), and how long the controller waits without
+    /// one before fencing the broker and moving its leaderships (`broker.session.timeout.ms`,
+    /// Kafka's 9 s).
+    pub broker_heartbeat_interval_ms: u64,
+    pub broker_session_timeout_ms: u64,
+    /// How long a controller waits without hearing from the quorum's leader before it stands
+    /// for election (`controller.quorum.election.timeout.ms`, Kafka's 1 s).
+    pub controller_quorum_election_timeout_ms: u64,
+    /// `broker.rack`, reported in Metadata.
+    pub broker_rack: Option<String>,
     /// Settings that were given but have no effect in sluice, reported once at start.
     pub ignored: Vec<String>,
+}
+
+/// A member of the metadata quorum: its node id and where its controller listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voter {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
 }
 
 impl Default for BrokerConfig {
@@ -191,6 +215,11 @@ impl Default for BrokerConfig {
             log_cleaner_min_cleanable_ratio_ppm: 500_000,
             log_cleaner_min_compaction_lag_ms: 0,
             log_cleaner_max_compaction_lag_ms: i64::MAX,
+            controller_quorum_voters: Vec::new(),
+            broker_heartbeat_interval_ms: 2_000,
+            broker_session_timeout_ms: 9_000,
+            controller_quorum_election_timeout_ms: 1_000,
+            broker_rack: None,
             ignored: Vec::new(),
         }
     }
@@ -204,8 +233,6 @@ const IGNORED_KEYS: &[&str] = &[
     "num.recovery.threads.per.data.dir",
     "socket.send.buffer.bytes",
     "socket.receive.buffer.bytes",
-    "process.roles",
-    "controller.quorum.voters",
     "controller.quorum.bootstrap.servers",
     "controller.listener.names",
     "listener.security.protocol.map",
@@ -273,6 +300,7 @@ impl BrokerConfig {
         let mut advertised: Option<String> = None;
         let mut retention: BTreeMap<&str, i64> = BTreeMap::new();
         let mut roll: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut roles: Option<String> = None;
         for (key, value) in settings {
             let (k, v) = (key.as_str(), value.trim());
             match k {
@@ -399,6 +427,18 @@ impl BrokerConfig {
                 "log.cleaner.max.compaction.lag.ms" => {
                     config.log_cleaner_max_compaction_lag_ms = positive(k, v)?
                 }
+                "process.roles" => roles = Some(v.to_string()),
+                "controller.quorum.voters" => config.controller_quorum_voters = parse_voters(k, v)?,
+                "broker.heartbeat.interval.ms" => {
+                    config.broker_heartbeat_interval_ms = positive(k, v)? as u64
+                }
+                "broker.session.timeout.ms" => {
+                    config.broker_session_timeout_ms = positive(k, v)? as u64
+                }
+                "controller.quorum.election.timeout.ms" => {
+                    config.controller_quorum_election_timeout_ms = positive(k, v)? as u64
+                }
+                "broker.rack" => config.broker_rack = (!v.is_empty()).then(|| v.to_string()),
                 "cores" => config.cores = parse_i64(k, v)?.max(0) as usize,
                 "sluice.io.memory.bytes" => config.io_memory_bytes = positive(k, v)? as usize,
                 "sluice.socket.send.zerocopy" => config.socket_send_zerocopy = parse_bool(k, v)?,
@@ -432,7 +472,56 @@ impl BrokerConfig {
             config.advertised_host = host;
             config.advertised_port = port;
         }
+        config.check_roles(roles.as_deref())?;
         Ok(config)
+    }
+
+    /// Whether this node is one of a quorum's (false: a single node with local metadata).
+    pub fn clustered(&self) -> bool {
+        !self.controller_quorum_voters.is_empty()
+    }
+
+    /// Where this node's controller listens: its own entry in `controller.quorum.voters`.
+    pub fn controller_listener(&self) -> Option<SocketAddr> {
+        let me = self
+            .controller_quorum_voters
+            .iter()
+            .find(|v| v.id == self.node_id)?;
+        let host = if me.host == "localhost" {
+            "127.0.0.1"
+        } else {
+            &me.host
+        };
+        Some(SocketAddr::new(host.parse().ok()?, me.port))
+    }
+
+    /// A quorum needs this node among its voters, each running both roles: sluice runs
+    /// KRaft's combined mode (`process.roles=broker,controller`) only.
+    fn check_roles(&self, roles: Option<&str>) -> Result<(), ConfigError> {
+        if let Some(roles) = roles {
+            let mut set: Vec<&str> = roles.split(',').map(str::trim).collect();
+            set.sort_unstable();
+            let combined = set == ["broker", "controller"];
+            let single_broker = set == ["broker"] && !self.clustered();
+            if !combined && !single_broker {
+                return Err(ConfigError::invalid(
+                    "process.roles",
+                    roles,
+                    "sluice runs every node as both broker and controller: use broker,controller",
+                ));
+            }
+        }
+        if self.clustered() && self.controller_listener().is_none() {
+            return Err(ConfigError::invalid(
+                "controller.quorum.voters",
+                &format!("{:?}", self.controller_quorum_voters),
+                &format!(
+                    "must list this node (node.id={}) with an IP address or localhost",
+                    self.node_id
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The broker settings DescribeConfigs reports, with Kafka's names and effective values.
@@ -670,6 +759,34 @@ fn parse_host_port(key: &str, value: &str) -> Result<(String, u16), ConfigError>
     Ok((host.to_string(), port))
 }
 
+/// `id@host:port,...`, as Kafka's `controller.quorum.voters`.
+fn parse_voters(key: &str, value: &str) -> Result<Vec<Voter>, ConfigError> {
+    let mut voters: Vec<Voter> = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let bad = || ConfigError::invalid(key, value, "expected id@host:port,...");
+        let (id, address) = entry.split_once('@').ok_or_else(bad)?;
+        let id: i32 = id.trim().parse().map_err(|_| bad())?;
+        let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if id < 0 || voters.iter().any(|v| v.id == id) {
+            return Err(ConfigError::invalid(
+                key,
+                value,
+                "voter ids must be distinct and >= 0",
+            ));
+        }
+        voters.push(Voter {
+            id,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+        });
+    }
+    Ok(voters)
+}
+
 fn parse_listener(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     let (host, port) = parse_host_port(key, value)?;
     let host = if host == "localhost" {
@@ -716,6 +833,50 @@ mod tests {
         assert_eq!(c.advertised_host, "127.0.0.1");
         assert_eq!(c.log_retention_ms, 5000);
         assert_eq!(c.cores, 2);
+    }
+
+    #[test]
+    fn a_quorum_lists_this_node_and_runs_both_roles() {
+        let voters = "controller.quorum.voters=1@127.0.0.1:9093,2@localhost:9094";
+        let c = BrokerConfig::from_args(&args(&[
+            "--override",
+            "node.id=2",
+            "--override",
+            voters,
+            "--override",
+            "process.roles=controller,broker",
+        ]))
+        .expect("combined mode");
+        assert!(c.clustered());
+        assert_eq!(c.controller_quorum_voters.len(), 2);
+        assert_eq!(
+            c.controller_listener(),
+            Some(SocketAddr::from(([127, 0, 0, 1], 9094)))
+        );
+        let e = BrokerConfig::from_args(&args(&["--override", "node.id=3", "--override", voters]))
+            .expect_err("not a voter");
+        assert!(e.to_string().contains("node.id=3"), "{e}");
+        let e = BrokerConfig::from_args(&args(&[
+            "--override",
+            "node.id=1",
+            "--override",
+            voters,
+            "--override",
+            "process.roles=broker",
+        ]))
+        .expect_err("broker only");
+        assert!(e.to_string().contains("process.roles"), "{e}");
+        for bad in ["1@host", "x@h:1", "1@h:1,1@h:2", "-1@h:1"] {
+            let setting = format!("controller.quorum.voters={bad}");
+            assert!(
+                BrokerConfig::from_args(&args(&["--override", &setting])).is_err(),
+                "{bad}"
+            );
+        }
+        // A single node may keep its server.properties' KRaft settings.
+        let c = BrokerConfig::from_args(&args(&["--override", "process.roles=broker"]))
+            .expect("single node");
+        assert!(!c.clustered());
     }
 
     #[test]

@@ -33,11 +33,12 @@ impl std::fmt::Display for TopicPartition {
 /// A change to the table, stamped with the revision it produces.
 #[derive(Debug, Clone)]
 pub enum ShardUpdate {
-    /// The topic now exists with one owning core per partition (index = partition).
+    /// The topic now exists (or changed) with, per partition (index = partition), the core that
+    /// serves it here, or None where this broker does not lead the partition.
     TopicPlaced {
         revision: u64,
         topic: String,
-        cores: Vec<usize>,
+        cores: Vec<Option<usize>>,
     },
     TopicRemoved {
         revision: u64,
@@ -54,11 +55,12 @@ impl ShardUpdate {
     }
 }
 
-/// partition → core, one copy per core.
+/// partition → core, one copy per core. A partition of a topic this table knows but that this
+/// broker does not lead (in a cluster) has no core.
 #[derive(Debug, Default, Clone)]
 pub struct ShardTable {
     revision: u64,
-    topics: HashMap<String, Vec<usize>>,
+    topics: HashMap<String, Vec<Option<usize>>>,
 }
 
 impl ShardTable {
@@ -70,12 +72,20 @@ impl ShardTable {
         self.revision
     }
 
-    /// The core that owns the partition, or None if the topic or partition does not exist.
+    /// The core that serves the partition here, or None if the topic or partition does not
+    /// exist or this broker does not lead it.
     pub fn core_of(&self, topic: &str, partition: i32) -> Option<usize> {
         let cores = self.topics.get(topic)?;
         usize::try_from(partition)
             .ok()
-            .and_then(|p| cores.get(p).copied())
+            .and_then(|p| cores.get(p).copied().flatten())
+    }
+
+    /// Whether the partition exists, whether or not this broker serves it.
+    pub fn exists(&self, topic: &str, partition: i32) -> bool {
+        self.topics
+            .get(topic)
+            .is_some_and(|cores| usize::try_from(partition).is_ok_and(|p| p < cores.len()))
     }
 
     /// Number of partitions of a topic, if it exists.
@@ -111,19 +121,22 @@ mod tests {
         let placed = ShardUpdate::TopicPlaced {
             revision: 2,
             topic: "t".into(),
-            cores: vec![1, 0],
+            cores: vec![Some(1), Some(0), None],
         };
         assert!(table.apply(&placed));
         assert_eq!(table.core_of("t", 0), Some(1));
         assert_eq!(table.core_of("t", 1), Some(0));
         assert_eq!(table.core_of("t", 2), None);
+        assert!(table.exists("t", 2));
+        assert!(!table.exists("t", 3));
+        assert_eq!(table.core_of("t", 3), None);
         assert_eq!(table.core_of("t", -1), None);
         let stale = ShardUpdate::TopicRemoved {
             revision: 1,
             topic: "t".into(),
         };
         assert!(!table.apply(&stale));
-        assert_eq!(table.partition_count("t"), Some(2));
+        assert_eq!(table.partition_count("t"), Some(3));
         let removed = ShardUpdate::TopicRemoved {
             revision: 3,
             topic: "t".into(),

@@ -13,6 +13,7 @@ pub mod alloc_guard;
 pub mod connection;
 pub mod consumer_group_records;
 pub mod consumer_groups;
+pub mod controller;
 pub mod error;
 pub mod groups;
 pub mod handlers;

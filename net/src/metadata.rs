@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use sluice_core::config::BrokerConfig;
 use sluice_core::topic::TopicConfig;
+use sluice_replication::metadata_records::PartitionState;
 
 const FORMAT_VERSION: u32 = 1;
 
@@ -24,6 +25,80 @@ pub struct TopicMeta {
     pub id: [u8; 16],
     pub partitions: i32,
     pub config: TopicConfig,
+    /// Replicas, ISR, leader and leader epoch of each partition (index = partition). On a single
+    /// node this broker is the one replica and the leader of every partition, at epoch 0.
+    pub states: Vec<PartitionState>,
+}
+
+impl TopicMeta {
+    /// A topic of a single node: `node` holds and leads every partition.
+    pub fn single_node(
+        name: String,
+        id: [u8; 16],
+        partitions: i32,
+        config: TopicConfig,
+        node: i32,
+    ) -> TopicMeta {
+        let state = PartitionState {
+            replicas: vec![node],
+            isr: vec![node],
+            leader: node,
+            leader_epoch: 0,
+            partition_epoch: 0,
+        };
+        TopicMeta {
+            name,
+            id,
+            partitions,
+            config,
+            states: vec![state; partitions.max(0) as usize],
+        }
+    }
+
+    /// The leader of a partition, if it has one.
+    pub fn leader(&self, partition: i32) -> Option<i32> {
+        let state = self.states.get(usize::try_from(partition).ok()?)?;
+        (state.leader >= 0).then_some(state.leader)
+    }
+}
+
+/// A broker of the cluster as every core knows it (Metadata, FindCoordinator, DescribeCluster).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerEndpoint {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+    pub fenced: bool,
+}
+
+/// The brokers of the cluster and the active controller, one copy per core (core 0 keeps them
+/// current by broadcast).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    pub brokers: Vec<BrokerEndpoint>,
+    /// The node leading the metadata quorum, -1 while there is none.
+    pub controller_id: i32,
+}
+
+impl ClusterView {
+    /// A single node: this broker, its own controller.
+    pub fn single_node(broker: &BrokerConfig) -> ClusterView {
+        ClusterView {
+            brokers: vec![BrokerEndpoint {
+                id: broker.node_id,
+                host: broker.advertised_host.clone(),
+                port: broker.advertised_port,
+                rack: broker.broker_rack.clone(),
+                fenced: false,
+            }],
+            controller_id: broker.node_id,
+        }
+    }
+
+    pub fn broker(&self, id: i32) -> Option<&BrokerEndpoint> {
+        self.brokers.iter().find(|b| b.id == id)
+    }
 }
 
 pub fn metadata_dir(log_dirs: &Path) -> PathBuf {
@@ -86,12 +161,13 @@ pub fn decode(text: &str, broker: &BrokerConfig) -> Result<TopicMeta, String> {
         .parse()
         .map_err(|_| "bad partitions")?;
     let config = TopicConfig::with_overrides(broker, &overrides).map_err(|e| e.to_string())?;
-    Ok(TopicMeta {
+    Ok(TopicMeta::single_node(
         name,
         id,
         partitions,
         config,
-    })
+        broker.node_id,
+    ))
 }
 
 /// Loads every topic at start (before the reactors run).
@@ -143,13 +219,42 @@ pub fn cluster_id(broker: &BrokerConfig) -> std::io::Result<String> {
             return Ok(id.trim().to_string());
         }
     }
-    let id = base64_url(uuid::Uuid::new_v4().as_bytes());
+    let id = if broker.clustered() {
+        quorum_cluster_id(broker)
+    } else {
+        base64_url(uuid::Uuid::new_v4().as_bytes())
+    };
     let text = format!("version=1\ncluster.id={id}\nnode.id={}\n", broker.node_id);
     let tmp = broker.log_dirs.join(".meta.properties.tmp");
     std::fs::write(&tmp, text)?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, &path)?;
     Ok(id)
+}
+
+/// The nodes of a quorum must agree on the cluster id without a formatting step (Kafka's
+/// `kafka-storage.sh format --cluster-id`): it is derived from the voter list they share.
+fn quorum_cluster_id(broker: &BrokerConfig) -> String {
+    let voters: Vec<String> = broker
+        .controller_quorum_voters
+        .iter()
+        .map(|v| format!("{}@{}:{}", v.id, v.host, v.port))
+        .collect();
+    let text = voters.join(",");
+    let mut bytes = [0u8; 16];
+    let (low, high) = (fnv1a(text.as_bytes(), 0), fnv1a(text.as_bytes(), 1));
+    bytes[..8].copy_from_slice(&low.to_le_bytes());
+    bytes[8..].copy_from_slice(&high.to_le_bytes());
+    base64_url(&bytes)
+}
+
+fn fnv1a(bytes: &[u8], seed: u8) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in std::iter::once(&seed).chain(bytes) {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -193,12 +298,13 @@ mod tests {
         let broker = BrokerConfig::default();
         let mut overrides = BTreeMap::new();
         overrides.insert("retention.ms".to_string(), "60000".to_string());
-        let meta = TopicMeta {
-            name: "orders".into(),
-            id: [7; 16],
-            partitions: 12,
-            config: TopicConfig::with_overrides(&broker, &overrides).expect("valid"),
-        };
+        let meta = TopicMeta::single_node(
+            "orders".into(),
+            [7; 16],
+            12,
+            TopicConfig::with_overrides(&broker, &overrides).expect("valid"),
+            broker.node_id,
+        );
         let text = encode(&meta);
         let back = decode(&text, &broker).expect("decodes");
         assert_eq!(back.name, "orders");

@@ -6,21 +6,34 @@
 //! [`BLOCK_SIZE`], as Kafka's controller hands them out: the end of the current block is made
 //! durable in `<log.dirs>/.sluice/producer-ids` (written to a temporary file, fsync'ed,
 //! renamed) before any id of the block is used, and a restarted broker starts at the stored end,
-//! skipping whatever the last block had left.
+//! skipping whatever the last block had left. In a cluster the blocks come from the metadata
+//! quorum instead, which records each in its log (Kafka's AllocateProducerIds).
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Duration;
+
+use futures::future::LocalBoxFuture;
 
 use crate::metadata::metadata_dir;
 
 /// Ids per durable block.
 pub const BLOCK_SIZE: i64 = 1000;
 
+/// Where blocks of ids come from.
+enum Source {
+    /// A single node: the end of the last block handed out, in a local file.
+    File(PathBuf),
+    /// A cluster: the metadata quorum hands out blocks (a ProducerIds record each), so no two
+    /// brokers ever use the same id. Returns (first id, count).
+    Quorum(Rc<dyn Fn() -> LocalBoxFuture<'static, Result<(i64, i64), String>>>),
+}
+
 pub struct ProducerIds {
-    path: PathBuf,
+    source: Source,
     next: Cell<i64>,
-    /// Ids below this may be handed out: the stored block end.
+    /// Ids below this (and from `next`) may be handed out: the end of the current durable block.
     durable_end: Cell<i64>,
     persisting: Cell<bool>,
 }
@@ -36,31 +49,54 @@ impl ProducerIds {
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
         Ok(ProducerIds {
-            path,
+            source: Source::File(path),
             next: Cell::new(end),
             durable_end: Cell::new(end),
             persisting: Cell::new(false),
         })
     }
 
+    /// Ids from blocks the metadata quorum hands out through `block`.
+    pub fn from_quorum(
+        block: Rc<dyn Fn() -> LocalBoxFuture<'static, Result<(i64, i64), String>>>,
+    ) -> ProducerIds {
+        ProducerIds {
+            source: Source::Quorum(block),
+            next: Cell::new(0),
+            durable_end: Cell::new(0),
+            persisting: Cell::new(false),
+        }
+    }
+
     /// The next producer id, after making its block durable if it starts a new one.
     pub async fn allocate(&self) -> std::io::Result<i64> {
-        let id = self.next.get();
-        self.next.set(id + 1);
-        while id >= self.durable_end.get() {
+        loop {
+            let id = self.next.get();
+            if id < self.durable_end.get() {
+                self.next.set(id + 1);
+                return Ok(id);
+            }
             if self.persisting.replace(true) {
-                // Another allocation is storing the next block; it covers this id too, or the
-                // loop stores one more.
+                // Another allocation is getting the next block; it covers this one too, or the
+                // loop gets one more.
                 glommio::timer::sleep(Duration::from_millis(1)).await;
                 continue;
             }
-            let end = (id / BLOCK_SIZE + 1) * BLOCK_SIZE;
-            let stored = store(&self.path, end);
+            let block = match &self.source {
+                Source::File(path) => {
+                    let end = (id / BLOCK_SIZE + 1) * BLOCK_SIZE;
+                    store(path, end).map(|()| (id, end))
+                }
+                Source::Quorum(block) => block()
+                    .await
+                    .map(|(first, count)| (first, first + count))
+                    .map_err(std::io::Error::other),
+            };
             self.persisting.set(false);
-            stored?;
+            let (first, end) = block?;
+            self.next.set(first);
             self.durable_end.set(end);
         }
-        Ok(id)
     }
 }
 

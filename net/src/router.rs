@@ -52,6 +52,8 @@ pub enum CoreRequest {
     DeleteTopics { names: Vec<String> },
     /// From core 0 to every core: apply a topic change to the local tables and logs.
     ApplyTopic(TopicChange),
+    /// From core 0 to every core: the cluster's brokers and controller changed.
+    ApplyCluster(crate::metadata::ClusterView),
     /// To core 0, which hands out producer ids.
     AllocateProducerId,
     /// To the core owning the group's `__consumer_offsets` partition.
@@ -131,7 +133,8 @@ pub enum TopicChange {
     Created {
         revision: u64,
         meta: TopicMeta,
-        cores: Vec<usize>,
+        /// Per partition, the core serving it on this broker (None: another broker leads it).
+        cores: Vec<Option<usize>>,
     },
     Deleted {
         revision: u64,

@@ -10,7 +10,7 @@
 //! core stops accepting, lets in-flight requests finish (bounded wait), flushes and closes its
 //! logs, and exits; the process exits 0.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -24,7 +24,7 @@ use sluice_core::config::BrokerConfig;
 use sluice_core::ShardTable;
 use sluice_storage::Flusher;
 
-use crate::metadata::{self, TopicMeta};
+use crate::metadata::{self, ClusterView, TopicMeta};
 use crate::producer_ids::ProducerIds;
 use crate::router::{Envelope, Router, TopicChange};
 use crate::shard::{now_ms, Shard};
@@ -59,7 +59,22 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         .map_err(|e| format!("log.dirs {}: {e}", config.log_dirs.display()))?;
     sluice_storage::io_probe::prepare(&config.log_dirs)
         .map_err(|e| format!("log.dirs {}: {e}", config.log_dirs.display()))?;
-    let topics = metadata::load_all(&config)?;
+    // A cluster's metadata is its quorum's log, replayed here before any core starts; a single
+    // node's is its topic files.
+    let mut quorum = match config.clustered() {
+        true => Some(crate::controller::recover(&config)?),
+        false => None,
+    };
+    let (topics, cluster) = match &quorum {
+        Some(q) => (
+            crate::controller::topics_of(&q.image, &config),
+            crate::controller::cluster_of(&q.image, -1),
+        ),
+        None => (
+            metadata::load_all(&config)?,
+            ClusterView::single_node(&config),
+        ),
+    };
     let cluster_id = metadata::cluster_id(&config).map_err(|e| format!("meta.properties: {e}"))?;
     for key in &config.ignored {
         eprintln!("sluice: setting '{key}' has no effect in sluice and is ignored");
@@ -90,6 +105,8 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         let cpu = cpus[core % cpus.len()];
         let config = config.clone();
         let topics = topics.clone();
+        let cluster = cluster.clone();
+        let quorum = if core == 0 { quorum.take() } else { None };
         let cluster_id = cluster_id.clone();
         let mesh = mesh.clone();
         let life = life.clone();
@@ -97,7 +114,13 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
             .name(&format!("sluice-core-{core}"))
             .io_memory(config.io_memory_bytes)
             .spawn(move || async move {
-                let result = core_main(core, config, topics, cluster_id, mesh, life.clone()).await;
+                let start = CoreStart {
+                    topics,
+                    cluster,
+                    quorum,
+                    cluster_id,
+                };
+                let result = core_main(core, config, start, mesh, life.clone()).await;
                 if let Err(e) = &result {
                     // One core failing stops the broker: say why now, not at exit.
                     eprintln!("sluice: {e}");
@@ -124,14 +147,28 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
     }
 }
 
+/// What a core starts from: the topics and brokers the node knows, and on core 0 of a cluster
+/// node the recovered metadata quorum.
+struct CoreStart {
+    topics: Vec<TopicMeta>,
+    cluster: ClusterView,
+    quorum: Option<crate::controller::Recovered>,
+    cluster_id: String,
+}
+
 async fn core_main(
     core: usize,
     config: BrokerConfig,
-    topics: Vec<TopicMeta>,
-    cluster_id: String,
+    start: CoreStart,
     mesh: Option<MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>>,
     life: Arc<Lifecycle>,
 ) -> Result<(), String> {
+    let CoreStart {
+        topics,
+        cluster,
+        quorum,
+        cluster_id,
+    } = start;
     sluice_storage::io_probe::guard(&config.log_dirs)
         .await
         .map_err(|e| {
@@ -145,9 +182,7 @@ async fn core_main(
     let mut revision = 1u64;
     let mut placements = Vec::new();
     for meta in &topics {
-        let cores_of: Vec<usize> = (0..meta.partitions)
-            .map(|p| sluice_core::placement::core_for_partition(&meta.name, p, shard_count))
-            .collect();
+        let cores_of = crate::shard::placement(meta, config.node_id, shard_count);
         placements.push(TopicChange::Created {
             revision,
             meta: meta.clone(),
@@ -169,6 +204,25 @@ async fn core_main(
             (router, Some(receivers))
         }
     };
+    let controller_cell: Rc<OnceCell<Rc<crate::controller::Controller>>> = Rc::default();
+    let producer_ids = match (core, config.clustered()) {
+        (0, false) => {
+            Some(ProducerIds::load(&config.log_dirs).map_err(|e| format!("core 0: {e}"))?)
+        }
+        (0, true) => {
+            let cell = controller_cell.clone();
+            Some(ProducerIds::from_quorum(Rc::new(move || {
+                let controller = cell.get().cloned();
+                Box::pin(async move {
+                    match controller {
+                        Some(c) => c.producer_id_block().await,
+                        None => Err("the metadata quorum is not running yet".to_string()),
+                    }
+                })
+            })))
+        }
+        _ => None,
+    };
     let shard = Rc::new(Shard {
         core_id: core,
         broker: Rc::new(config.clone()),
@@ -184,11 +238,9 @@ async fn core_main(
         consumer_groups: RefCell::new(Default::default()),
         txn_offsets: RefCell::new(Default::default()),
         txns: RefCell::new(Default::default()),
-        producer_ids: if core == 0 {
-            Some(ProducerIds::load(&config.log_dirs).map_err(|e| format!("core 0: {e}"))?)
-        } else {
-            None
-        },
+        producer_ids,
+        cluster: RefCell::new(cluster),
+        controller: controller_cell,
         stopping: Cell::new(false),
         inflight: Cell::new(0),
     });
@@ -230,6 +282,12 @@ async fn core_main(
             })
             .detach();
         }
+    }
+    if let Some(recovered) = quorum {
+        // Before this core serves anything: a topic change must never take the single-node
+        // path on a cluster node.
+        let controller = crate::controller::Controller::start(&shard, recovered)?;
+        let _ = shard.controller.set(controller);
     }
     let flusher_task =
         glommio::spawn_local(flusher.clone().run(now_ms, Duration::from_millis(100)));
@@ -330,7 +388,7 @@ async fn retention_loop(shard: Rc<Shard>) {
 /// This core's listening socket: SO_REUSEPORT so every core listens on the port (the kernel
 /// spreads connections), SO_REUSEADDR so a restart is not refused by the previous run's
 /// connections in TIME_WAIT (glommio's own `bind` sets only the first).
-fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     use std::os::fd::{FromRawFd, IntoRawFd};
     let domain = if addr.is_ipv6() {
         socket2::Domain::IPV6

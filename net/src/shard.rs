@@ -60,6 +60,11 @@ pub struct Shard {
     pub txn_offsets: RefCell<crate::offsets::PendingTxnOffsets>,
     /// Transactions this core coordinates (their `__transaction_state` partitions are here).
     pub txns: RefCell<crate::txn_coordinator::TxnTable>,
+    /// The brokers of the cluster and its active controller.
+    pub cluster: RefCell<crate::metadata::ClusterView>,
+    /// Core 0 of a node in a metadata quorum: the quorum's driver (None on other cores and on
+    /// a single node).
+    pub controller: Rc<std::cell::OnceCell<Rc<crate::controller::Controller>>>,
     pub stopping: Cell<bool>,
     /// Requests read from clients of this core and not yet answered.
     pub inflight: Cell<usize>,
@@ -258,6 +263,10 @@ impl Shard {
                 }
                 async move { CoreResponse::Fetched(fetched) }.boxed_local()
             }
+            CoreRequest::ApplyCluster(view) => {
+                *self.cluster.borrow_mut() = view;
+                async move { CoreResponse::Applied }.boxed_local()
+            }
             CoreRequest::ApplyTopic(change) => {
                 let shard = self.clone();
                 async move {
@@ -379,7 +388,7 @@ impl Shard {
     /// The log of a partition this core owns, or the Kafka error to answer with.
     pub(crate) fn owned_log(&self, tp: &TopicPartition) -> Result<Rc<PartitionLog>, i16> {
         match self.table.borrow().core_of(&tp.topic, tp.partition) {
-            None => return Err(ResponseError::UnknownTopicOrPartition.code()),
+            None => return Err(self.unserved_error(&tp.topic, tp.partition).code()),
             Some(core) if core != self.core_id => {
                 return Err(ResponseError::NotLeaderOrFollower.code())
             }
@@ -531,9 +540,10 @@ impl Shard {
                 self.topics
                     .borrow_mut()
                     .insert(meta.name.clone(), meta.clone());
+                self.close_unserved(&meta.name, &cores).await;
                 for (partition, core) in cores.iter().enumerate() {
-                    if *core == self.core_id {
-                        let tp = TopicPartition::new(meta.name.clone(), partition as i32);
+                    let tp = TopicPartition::new(meta.name.clone(), partition as i32);
+                    if *core == Some(self.core_id) && !self.logs.borrow().contains_key(&tp) {
                         match self.open_log(&meta, partition as i32).await {
                             Ok(log) => {
                                 if meta.name == crate::offsets::OFFSETS_TOPIC {
@@ -609,6 +619,34 @@ impl Shard {
         }
     }
 
+    /// Closes the logs of `topic` this core has open but no longer serves (this broker stopped
+    /// leading the partition). Its data stays on disk for when leadership comes back.
+    async fn close_unserved(&self, topic: &str, cores: &[Option<usize>]) {
+        let unserved: Vec<Rc<PartitionLog>> = {
+            let mut logs = self.logs.borrow_mut();
+            let keys: Vec<TopicPartition> = logs
+                .keys()
+                .filter(|tp| {
+                    tp.topic == topic
+                        && usize::try_from(tp.partition)
+                            .ok()
+                            .and_then(|p| cores.get(p))
+                            .is_none_or(|core| *core != Some(self.core_id))
+                })
+                .cloned()
+                .collect();
+            keys.iter().filter_map(|tp| logs.remove(tp)).collect()
+        };
+        for log in unserved {
+            if let Err(e) = log.close().await {
+                eprintln!(
+                    "sluice: core {}: closing {}-{}: {e}",
+                    self.core_id, log.topic, log.partition
+                );
+            }
+        }
+    }
+
     /// Opens (recovering) a partition's log on this core.
     pub async fn open_log(
         &self,
@@ -645,12 +683,37 @@ impl Shard {
         }
     }
 
-    /// The partition → core placement of a new topic.
-    pub fn place(&self, name: &str, partitions: i32) -> Vec<usize> {
-        (0..partitions)
-            .map(|p| sluice_core::placement::core_for_partition(name, p, self.cores()))
-            .collect()
+    /// The partition → core placement of a topic on this broker.
+    pub fn place(&self, meta: &TopicMeta) -> Vec<Option<usize>> {
+        placement(meta, self.broker.node_id, self.cores())
     }
+
+    /// The error for a partition this broker does not serve: NOT_LEADER_OR_FOLLOWER for a
+    /// partition that exists (led by another broker, or by none), UNKNOWN_TOPIC_OR_PARTITION
+    /// otherwise.
+    pub fn unserved_error(&self, topic: &str, partition: i32) -> ResponseError {
+        if self.table.borrow().exists(topic, partition) {
+            ResponseError::NotLeaderOrFollower
+        } else {
+            ResponseError::UnknownTopicOrPartition
+        }
+    }
+
+    /// The active controller's handle: core 0 of a node in a quorum only.
+    pub fn controller(&self) -> Option<Rc<crate::controller::Controller>> {
+        self.controller.get().cloned()
+    }
+}
+
+/// Which core serves each partition of `meta` on broker `node`: the placement policy's core for
+/// the partitions `node` leads, None for the others.
+pub fn placement(meta: &TopicMeta, node: i32, cores: usize) -> Vec<Option<usize>> {
+    (0..meta.partitions)
+        .map(|p| {
+            (meta.leader(p) == Some(node))
+                .then(|| sluice_core::placement::core_for_partition(&meta.name, p, cores))
+        })
+        .collect()
 }
 
 /// Runs `f` for at most `limit`; None when the time ran out first.

@@ -57,7 +57,7 @@ async fn create_one(shard: &Rc<Shard>, topic: NewTopic, validate_only: bool) -> 
         return failure(
             name,
             ResponseError::InvalidRequest,
-            "manual replica assignment needs a cluster".into(),
+            "manual replica assignment is not supported yet".into(),
         );
     }
     let partitions = if topic.partitions == -1 {
@@ -75,14 +75,23 @@ async fn create_one(shard: &Rc<Shard>, topic: NewTopic, validate_only: bool) -> 
             ),
         );
     }
+    let clustered = shard.broker.clustered();
     if topic.replication_factor != -1 && topic.replication_factor != 1 {
         return failure(
             name,
             ResponseError::InvalidReplicationFactor,
-            format!(
-                "Replication factor {} is larger than the 1 available broker.",
-                topic.replication_factor
-            ),
+            if clustered {
+                format!(
+                    "Replication factor {} needs partition replication, which this version of \
+                     sluice does not have yet: use 1.",
+                    topic.replication_factor
+                )
+            } else {
+                format!(
+                    "Replication factor {} is larger than the 1 available broker.",
+                    topic.replication_factor
+                )
+            },
         );
     }
     let mut overrides = BTreeMap::new();
@@ -102,12 +111,13 @@ async fn create_one(shard: &Rc<Shard>, topic: NewTopic, validate_only: bool) -> 
         Ok(c) => c,
         Err(e) => return failure(name, ResponseError::InvalidConfig, e.to_string()),
     };
-    let meta = TopicMeta {
-        name: name.clone(),
-        id: *uuid::Uuid::new_v4().as_bytes(),
+    let meta = TopicMeta::single_node(
+        name.clone(),
+        *uuid::Uuid::new_v4().as_bytes(),
         partitions,
         config,
-    };
+        shard.broker.node_id,
+    );
     if validate_only {
         return TopicResult {
             name,
@@ -116,12 +126,22 @@ async fn create_one(shard: &Rc<Shard>, topic: NewTopic, validate_only: bool) -> 
             meta: Some(meta),
         };
     }
+    if shard.broker.clustered() {
+        return match shard.controller() {
+            Some(controller) => crate::controller::create_topic(&controller, meta, 1).await,
+            None => failure(
+                name,
+                ResponseError::NotController,
+                "the metadata quorum is not running yet".into(),
+            ),
+        };
+    }
     if let Err(e) = metadata::store(&shard.broker.log_dirs, &meta) {
         return failure(name, ResponseError::KafkaStorageError, e.to_string());
     }
     let revision = shard.next_revision.get();
     shard.next_revision.set(revision + 1);
-    let cores = shard.place(&name, partitions);
+    let cores = shard.place(&meta);
     broadcast(
         shard,
         TopicChange::Created {
@@ -152,6 +172,17 @@ pub async fn delete(shard: &Rc<Shard>, names: Vec<String>) -> Vec<TopicResult> {
             ));
             continue;
         };
+        if shard.broker.clustered() {
+            results.push(match shard.controller() {
+                Some(controller) => crate::controller::delete_topic(&controller, meta).await,
+                None => failure(
+                    name,
+                    ResponseError::NotController,
+                    "the metadata quorum is not running yet".into(),
+                ),
+            });
+            continue;
+        }
         if let Err(e) = metadata::remove(&shard.broker.log_dirs, &name) {
             results.push(failure(
                 name,
@@ -181,7 +212,7 @@ pub async fn delete(shard: &Rc<Shard>, names: Vec<String>) -> Vec<TopicResult> {
 }
 
 /// Applies a change on every core (this one included) and waits for all of them.
-async fn broadcast(shard: &Rc<Shard>, change: TopicChange) {
+pub(crate) async fn broadcast(shard: &Rc<Shard>, change: TopicChange) {
     let calls = (0..shard.cores()).map(|core| {
         let shard = shard.clone();
         let change = change.clone();

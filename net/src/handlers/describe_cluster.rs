@@ -1,4 +1,5 @@
-//! DescribeCluster (key 60): this broker, its cluster id, and itself as controller.
+//! DescribeCluster (key 60): the cluster id, the live brokers, and the active controller (on a
+//! single node: itself).
 
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{ApiKey, BrokerId, DescribeClusterRequest, DescribeClusterResponse};
@@ -14,15 +15,24 @@ pub const API: Api = Api {
 };
 
 pub fn handle(shard: &Shard, ctx: &RequestContext, _request: DescribeClusterRequest) -> Outcome {
-    let broker = &shard.broker;
+    let cluster = shard.cluster.borrow();
+    let brokers = cluster
+        .brokers
+        .iter()
+        .filter(|b| !b.fenced)
+        .map(|b| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(b.id))
+                .with_host(str_bytes(&b.host))
+                .with_port(i32::from(b.port))
+                .with_rack(b.rack.as_deref().map(str_bytes))
+        })
+        .collect();
     let response = DescribeClusterResponse::default()
         .with_cluster_id(str_bytes(&shard.cluster_id))
-        .with_controller_id(BrokerId(broker.node_id))
+        .with_controller_id(BrokerId(cluster.controller_id))
         .with_endpoint_type(1)
         .with_cluster_authorized_operations(i32::MIN)
-        .with_brokers(vec![DescribeClusterBroker::default()
-            .with_broker_id(BrokerId(broker.node_id))
-            .with_host(str_bytes(&broker.advertised_host))
-            .with_port(i32::from(broker.advertised_port))]);
+        .with_brokers(brokers);
     encode_response(ctx, &response)
 }

@@ -108,6 +108,9 @@ fn resolve(shard: &Shard, ctx: &RequestContext, request: &FetchRequest) -> Vec<W
             let (core, early_error) = match &name {
                 None => (None, ResponseError::UnknownTopicId.code()),
                 Some(n) => match table.core_of(n, p.partition) {
+                    None if table.exists(n, p.partition) => {
+                        (None, ResponseError::NotLeaderOrFollower.code())
+                    }
                     None => (None, ResponseError::UnknownTopicOrPartition.code()),
                     Some(core) => (Some(core), 0),
                 },

@@ -1,5 +1,6 @@
-//! FindCoordinator (key 10): the coordinator of a group is this broker (the one node), once
-//! `__consumer_offsets` exists — created here at the first request for a group. Kafka answers
+//! FindCoordinator (key 10): the coordinator of a group is the broker leading the group's
+//! partition of `__consumer_offsets` (on a single node, this one), once the topic exists —
+//! created here at the first request for a group. Kafka answers
 //! COORDINATOR_NOT_AVAILABLE until its asynchronous creation is done; sluice creates it before
 //! answering. Versions 4+ carry a batch of keys, answered one coordinator each. Like Kafka, the
 //! empty group id is a valid key.
@@ -17,6 +18,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{str_bytes, Api, Outcome};
 use crate::connection::{encode_response, RequestContext};
+use crate::metadata::BrokerEndpoint;
 use crate::offsets;
 use crate::shard::Shard;
 
@@ -41,35 +43,47 @@ pub async fn handle(
     };
     let mut coordinators = Vec::with_capacity(keys.len());
     for key in keys {
-        let failure = match request.key_type {
-            KEY_TYPE_GROUP => (!offsets::ensure_topic(shard).await).then_some((
-                ResponseError::CoordinatorNotAvailable,
-                "__consumer_offsets could not be created",
+        let topic = match request.key_type {
+            KEY_TYPE_GROUP => offsets::ensure_topic(shard)
+                .await
+                .then_some(offsets::OFFSETS_TOPIC)
+                .ok_or((
+                    ResponseError::CoordinatorNotAvailable,
+                    "__consumer_offsets could not be created",
+                )),
+            KEY_TYPE_TRANSACTION if shard.broker.clustered() => Err((
+                ResponseError::InvalidRequest,
+                "transactions need a single-node sluice for now",
             )),
-            KEY_TYPE_TRANSACTION => {
-                (!crate::txn_coordinator::ensure_topic(shard).await).then_some((
+            KEY_TYPE_TRANSACTION => crate::txn_coordinator::ensure_topic(shard)
+                .await
+                .then_some(crate::transactions::TXN_TOPIC)
+                .ok_or((
                     ResponseError::CoordinatorNotAvailable,
                     "__transaction_state could not be created",
-                ))
-            }
-            _ => Some((ResponseError::InvalidRequest, "unknown key type")),
+                )),
+            _ => Err((ResponseError::InvalidRequest, "unknown key type")),
         };
-        let broker = &shard.broker;
-        let found = failure.is_none();
-        let message = failure.map_or("", |f| f.1);
-        coordinators.push(
-            Coordinator::default()
+        let found = topic.and_then(|topic| {
+            coordinator_of(shard, topic, &key).ok_or((
+                ResponseError::CoordinatorNotAvailable,
+                "the coordinator's partition has no leader",
+            ))
+        });
+        coordinators.push(match found {
+            Ok(broker) => Coordinator::default()
                 .with_key(key)
-                .with_error_code(failure.map_or(0, |f| f.0.code()))
-                .with_error_message((!found).then(|| str_bytes(message)))
-                .with_node_id(BrokerId(if found { broker.node_id } else { -1 }))
-                .with_host(str_bytes(if found { &broker.advertised_host } else { "" }))
-                .with_port(if found {
-                    i32::from(broker.advertised_port)
-                } else {
-                    -1
-                }),
-        );
+                .with_node_id(BrokerId(broker.id))
+                .with_host(str_bytes(&broker.host))
+                .with_port(i32::from(broker.port)),
+            Err((error, message)) => Coordinator::default()
+                .with_key(key)
+                .with_error_code(error.code())
+                .with_error_message(Some(str_bytes(message)))
+                .with_node_id(BrokerId(-1))
+                .with_host(str_bytes(""))
+                .with_port(-1),
+        });
     }
     let response = if ctx.api_version >= 4 {
         FindCoordinatorResponse::default().with_coordinators(coordinators)
@@ -83,4 +97,19 @@ pub async fn handle(
             .with_port(c.port)
     };
     encode_response(ctx, &response)
+}
+
+/// The live broker leading `key`'s partition of the coordinator topic `topic`.
+fn coordinator_of(shard: &Shard, topic: &str, key: &str) -> Option<BrokerEndpoint> {
+    let leader = {
+        let topics = shard.topics.borrow();
+        let meta = topics.get(topic)?;
+        meta.leader(offsets::partition_for(key, meta.partitions))?
+    };
+    shard
+        .cluster
+        .borrow()
+        .broker(leader)
+        .filter(|b| !b.fenced)
+        .cloned()
 }

@@ -47,7 +47,10 @@ pub async fn handle(
             let core = shard.table.borrow().core_of(&tp.topic, tp.partition);
             match core {
                 Some(core) => by_core.entry(core).or_default().push((tp, p.timestamp)),
-                None => _ = early.insert(tp, ResponseError::UnknownTopicOrPartition.code()),
+                None => {
+                    let error = shard.unserved_error(&tp.topic, tp.partition);
+                    early.insert(tp, error.code());
+                }
             }
         }
     }

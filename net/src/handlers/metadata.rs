@@ -63,13 +63,23 @@ pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: MetadataRe
             }
         }
     }
+    let cluster = shard.cluster.borrow().clone();
+    let brokers = cluster
+        .brokers
+        .iter()
+        .filter(|b| !b.fenced)
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(str_bytes(&b.host))
+                .with_port(i32::from(b.port))
+                .with_rack(b.rack.as_deref().map(str_bytes))
+        })
+        .collect();
     let response = MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(BrokerId(broker.node_id))
-            .with_host(str_bytes(&broker.advertised_host))
-            .with_port(i32::from(broker.advertised_port))])
+        .with_brokers(brokers)
         .with_cluster_id(Some(str_bytes(&shard.cluster_id)))
-        .with_controller_id(BrokerId(broker.node_id))
+        .with_controller_id(BrokerId(cluster.controller_id))
         .with_cluster_authorized_operations(i32::MIN)
         .with_topics(topics);
     encode_response(ctx, &response)
@@ -140,16 +150,35 @@ async fn describe_wanted(
     }
 }
 
+/// A topic's partitions as the metadata says: leader (LEADER_NOT_AVAILABLE without one),
+/// leader epoch, replicas, ISR, and the replicas on brokers that are not alive.
 fn describe(shard: &Shard, meta: &TopicMeta) -> MetadataResponseTopic {
-    let node = BrokerId(shard.broker.node_id);
-    let partitions = (0..meta.partitions)
-        .map(|p| {
+    let cluster = shard.cluster.borrow();
+    let alive = |id: &i32| cluster.broker(*id).is_some_and(|b| !b.fenced);
+    let ids = |list: &[i32]| list.iter().map(|id| BrokerId(*id)).collect::<Vec<_>>();
+    let partitions = meta
+        .states
+        .iter()
+        .enumerate()
+        .map(|(p, state)| {
+            let offline: Vec<i32> = state
+                .replicas
+                .iter()
+                .copied()
+                .filter(|r| !alive(r))
+                .collect();
             MetadataResponsePartition::default()
-                .with_partition_index(p)
-                .with_leader_id(node)
-                .with_leader_epoch(0)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+                .with_error_code(if state.leader < 0 {
+                    ResponseError::LeaderNotAvailable.code()
+                } else {
+                    0
+                })
+                .with_partition_index(p as i32)
+                .with_leader_id(BrokerId(state.leader))
+                .with_leader_epoch(state.leader_epoch)
+                .with_replica_nodes(ids(&state.replicas))
+                .with_isr_nodes(ids(&state.isr))
+                .with_offline_replicas(ids(&offline))
         })
         .collect();
     MetadataResponseTopic::default()

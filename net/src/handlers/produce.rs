@@ -107,10 +107,11 @@ pub fn handle(
                     "a transactional batch needs the request's transactional id",
                 )
             } else {
-                match shard.table.borrow().core_of(&name, p.index) {
+                let core = shard.table.borrow().core_of(&name, p.index);
+                match core {
                     None => early(
-                        ResponseError::UnknownTopicOrPartition,
-                        "This server does not host this topic-partition.",
+                        shard.unserved_error(&name, p.index),
+                        "This server is not the leader of this topic-partition.",
                     ),
                     Some(core) => {
                         // Only a version-2 transactional request reads the header here.

@@ -83,8 +83,19 @@ impl Broker {
         broker
     }
 
+    /// A broker on `port`, not started yet ([`Broker::restart`] starts it), its stderr appended
+    /// to `log`: the nodes of a cluster need each other's ports before any of them starts.
+    pub fn prepare(data: PathBuf, port: u16, extra: &[&str], log: PathBuf) -> Broker {
+        let mut broker = Broker::build_on(data, port, extra);
+        broker.log = Some(log);
+        broker
+    }
+
     fn build(data: PathBuf, extra: &[&str]) -> Broker {
-        let port = free_port();
+        Broker::build_on(data, free_port(), extra)
+    }
+
+    fn build_on(data: PathBuf, port: u16, extra: &[&str]) -> Broker {
         let mut args = vec![
             "--cores".to_string(),
             "2".to_string(),

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod clients;
+mod cluster;
 mod common;
 mod compaction;
 mod groups;
