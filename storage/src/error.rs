@@ -53,6 +53,13 @@ pub enum StorageError {
     /// A batch a client may not write: a control batch, or a transactional one outside a
     /// transaction.
     InvalidRecord(&'static str),
+    /// A replicated append (`PartitionLog::append_replicated`) whose first batch does not begin
+    /// at the log end, or whose batches do not follow one another: a gap or an overlap with what
+    /// the follower holds. Nothing was appended.
+    NotContiguous {
+        expected: i64,
+        found: i64,
+    },
 }
 
 impl From<std::io::Error> for StorageError {
@@ -91,6 +98,10 @@ impl fmt::Display for StorageError {
             StorageError::Corrupt(why) => write!(f, "corrupt log: {why}"),
             StorageError::Sequence(e) => write!(f, "{e}"),
             StorageError::InvalidRecord(why) => write!(f, "{why}"),
+            StorageError::NotContiguous { expected, found } => write!(
+                f,
+                "replicated batch at offset {found} does not follow: expected offset {expected}"
+            ),
         }
     }
 }

@@ -8,8 +8,16 @@
 //! * `log_end` (LEO): next offset to assign.
 //! * `written`: DMA write completed — survives `kill -9`. acks=1 is answered here.
 //! * `synced`: fdatasync completed — survives power loss. acks=all is answered here by default.
-//! * `high_watermark`: what consumers may read. On one node it is the durable end: `synced`
-//!   under the default policy, `written` when a flush.messages/flush.ms policy is configured.
+//! * `high_watermark`: what consumers may read: the durable end (`synced` under the default
+//!   policy, `written` when a flush.messages/flush.ms policy is configured), capped by the
+//!   replication layer's high watermark cap. On one node the cap is `i64::MAX` and the high
+//!   watermark is the durable end; with replicas, the leader caps it at the lowest log end of
+//!   its in-sync followers and a follower at its leader's high watermark. It never moves back
+//!   except through [`PartitionLog::reset_high_watermark`].
+//!
+//! Replication (Kafka's model): a follower reads its leader's written batches
+//! ([`Isolation::Replica`]), appends them byte for byte ([`PartitionLog::append_replicated`]),
+//! and a follower whose tail diverged truncates it while the log is closed ([`truncate_dir`]).
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
@@ -163,11 +171,16 @@ pub struct ReadResult {
 }
 
 /// What a fetch may see: everything below the high watermark, or only what is below the last
-/// stable offset (transactions decided), with the aborted ones listed.
+/// stable offset (transactions decided), with the aborted ones listed, or — for a follower
+/// replica — everything written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isolation {
     ReadUncommitted,
     ReadCommitted,
+    /// A follower's fetch: every batch whose DMA write completed (below `written`), past the
+    /// high watermark, since the follower's copy is what lets the high watermark advance. Never
+    /// bytes only in memory: a failed write may still take those back. No aborted list.
+    Replica,
 }
 
 struct LogState {
@@ -177,6 +190,8 @@ struct LogState {
     written: i64,
     synced: i64,
     high_watermark: i64,
+    /// The replication layer's bound on the high watermark; `i64::MAX` (no bound) on one node.
+    high_watermark_cap: i64,
     unsynced_messages: i64,
     last_sync_ms: i64,
     discard_generation: u64,
@@ -219,7 +234,10 @@ pub struct PartitionLog {
 }
 
 mod cleaner;
+mod replica;
+mod truncate;
 pub use cleaner::{CleanBudget, CleanCrashPoint, CleanStats};
+pub use truncate::truncate_dir;
 
 impl PartitionLog {
     /// Opens (recovering) or creates the log in `dir`.
@@ -227,6 +245,10 @@ impl PartitionLog {
     /// Recovery: every segment but the last is trusted if its index files check out, else it is
     /// scanned and its indexes rebuilt; the last segment is always scanned batch by batch with
     /// CRC checks and truncated at the first torn or corrupt batch.
+    ///
+    /// The high watermark starts at the recovered log end with no cap (one node's answer: all
+    /// of it survived). A replica, whose committed extent the log cannot know, calls
+    /// [`Self::reset_high_watermark`] before serving reads.
     pub async fn open(
         dir: &Path,
         topic: &str,
@@ -236,17 +258,7 @@ impl PartitionLog {
     ) -> Result<Rc<PartitionLog>> {
         std::fs::create_dir_all(dir)?;
         cleaner::remove_unfinished(dir)?;
-        let mut bases = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
-            let name = entry?.file_name();
-            let name = name.to_string_lossy();
-            if let Some(stem) = name.strip_suffix(".log") {
-                if let Ok(base) = stem.parse::<i64>() {
-                    bases.push(base);
-                }
-            }
-        }
-        bases.sort_unstable();
+        let bases = segment_bases(dir)?;
         let mut segments = Vec::new();
         let mut seen = Recovery::default();
         let count = bases.len();
@@ -270,6 +282,7 @@ impl PartitionLog {
             written: log_end,
             synced: log_end,
             high_watermark: log_end,
+            high_watermark_cap: i64::MAX,
             unsynced_messages: 0,
             last_sync_ms: now_ms,
             discard_generation: 0,
@@ -431,7 +444,7 @@ impl PartitionLog {
                 discard_generation: state.discard_generation,
             });
         }
-        Ok(self.append_checked(&mut state, &config, records, batches, now_ms))
+        Ok(self.append_checked(&mut state, &config, records, batches, now_ms, true))
     }
 
     /// Writes a transaction marker (COMMIT or ABORT control batch) for `producer_id`, as the
@@ -460,10 +473,12 @@ impl PartitionLog {
         }
         let bytes = txn::build_marker(producer_id, producer_epoch, marker, now_ms).freeze();
         let batches = batch::split_and_validate(&bytes)?;
-        Ok(self.append_checked(&mut state, &config, &bytes, batches, now_ms))
+        Ok(self.append_checked(&mut state, &config, &bytes, batches, now_ms, true))
     }
 
-    /// Appends validated and checked batches to memory, assigning offsets.
+    /// Appends validated and checked batches to memory. `assign`: a leader's append, which
+    /// assigns offsets from the log end, stamps its leader epoch and applies LogAppendTime;
+    /// otherwise a replicated one, stored exactly as given (its offsets checked contiguous).
     fn append_checked(
         &self,
         state: &mut LogState,
@@ -471,23 +486,33 @@ impl PartitionLog {
         records: &Bytes,
         batches: Vec<(usize, BatchHeader)>,
         now_ms: i64,
+        assign: bool,
     ) -> AppendInfo {
         let base_offset = state.log_end;
-        let log_append_time = config.timestamp_type == TimestampType::LogAppendTime;
+        let log_append_time = assign && config.timestamp_type == TimestampType::LogAppendTime;
         let mut messages = 0i64;
         for (pos, header) in batches {
             let total = header.total_bytes();
             self.maybe_roll(state, config, total as u64, now_ms);
-            let mut patched = BytesMut::from(&records[pos..pos + batch::HEADER_BYTES]);
             let body = records.slice(pos + batch::HEADER_BYTES..pos + total);
-            let offset = state.log_end;
-            batch::assign_offset(&mut patched, offset, self.leader_epoch.get());
             let mut header = header;
-            header.base_offset = offset;
-            if log_append_time {
-                batch::set_log_append_time_split(&mut patched, &body, now_ms);
-                header.max_timestamp = now_ms;
-            }
+            let stored_header = if assign {
+                let mut patched = BytesMut::from(&records[pos..pos + batch::HEADER_BYTES]);
+                let offset = state.log_end;
+                batch::assign_offset(&mut patched, offset, self.leader_epoch.get());
+                header.base_offset = offset;
+                if log_append_time {
+                    batch::set_log_append_time_split(&mut patched, &body, now_ms);
+                    header.max_timestamp = now_ms;
+                }
+                patched.freeze()
+            } else {
+                assert_eq!(
+                    header.base_offset, state.log_end,
+                    "replicated batches are checked contiguous before they are appended"
+                );
+                records.slice(pos..pos + batch::HEADER_BYTES)
+            };
             let interval = config.index_interval_bytes;
             let active = state
                 .segments
@@ -497,7 +522,7 @@ impl PartitionLog {
                 .is_control()
                 .then(|| txn::parse_marker(&records[pos..pos + total]))
                 .flatten();
-            active.append(patched.freeze(), body, &header, now_ms, interval);
+            active.append(stored_header, body, &header, now_ms, interval);
             if let Some(event) = state.producers.replay(&ProducerBatch { header, marker }) {
                 state.txns.apply(event);
             }
@@ -819,15 +844,13 @@ impl PartitionLog {
         }
     }
 
+    /// Moves the high watermark up to min(durable end, cap), never down.
     fn advance_high_watermark(&self) {
         let changed = {
             let mut s = self.state.borrow_mut();
-            let durable = match self.config.borrow().sync {
-                SyncPolicy::EveryWrite => s.synced,
-                SyncPolicy::Interval { .. } => s.written,
-            };
-            let changed = durable > s.high_watermark;
-            s.high_watermark = s.high_watermark.max(durable);
+            let target = durable_end(&s, self.config.borrow().sync).min(s.high_watermark_cap);
+            let changed = target > s.high_watermark;
+            s.high_watermark = s.high_watermark.max(target);
             let hw = s.high_watermark;
             s.txns.on_high_watermark(hw);
             changed
@@ -904,7 +927,8 @@ impl PartitionLog {
     }
 
     /// [`Self::read`] at an isolation level: read_committed stops at the last stable offset and
-    /// lists the aborted transactions whose records the answer may hold.
+    /// lists the aborted transactions whose records the answer may hold; a replica's read stops
+    /// at the written end instead of the high watermark (see [`Isolation::Replica`]).
     pub async fn read_isolated(
         &self,
         offset: i64,
@@ -946,13 +970,14 @@ impl PartitionLog {
         min_one: bool,
         isolation: Isolation,
     ) -> Result<(ReadResult, i64)> {
-        let (high_watermark, last_stable, log_start, log_end) = {
+        let (high_watermark, last_stable, log_start, log_end, written) = {
             let s = self.state.borrow();
-            (s.high_watermark, lso(&s), s.log_start, s.log_end)
+            (s.high_watermark, lso(&s), s.log_start, s.log_end, s.written)
         };
         let hw = match isolation {
             Isolation::ReadUncommitted => high_watermark,
             Isolation::ReadCommitted => last_stable,
+            Isolation::Replica => written,
         };
         let outcome = |records| ReadResult {
             records,
@@ -1418,6 +1443,14 @@ fn refuse_after_io_error(s: &LogState, now_ms: i64) -> Result<()> {
     }
 }
 
+/// Where the high watermark may go on this node alone: what survives per the sync policy.
+fn durable_end(s: &LogState, sync: SyncPolicy) -> i64 {
+    match sync {
+        SyncPolicy::EveryWrite => s.synced,
+        SyncPolicy::Interval { .. } => s.written,
+    }
+}
+
 /// The last stable offset of a log's state (never below the log start: retention may delete
 /// the segment an open transaction began in, as Kafka clamps it).
 fn lso(s: &LogState) -> i64 {
@@ -1438,6 +1471,22 @@ pub(crate) async fn write_txn_index(dir: &Path, base: i64, aborted: &[AbortedTxn
 
 /// Producer-state snapshot files kept per partition (the newest ones).
 const SNAPSHOTS_KEPT: usize = 2;
+
+/// Base offsets of the segment files in `dir` (`<base>.log`), lowest first.
+fn segment_bases(dir: &Path) -> Result<Vec<i64>> {
+    let mut bases = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(stem) = name.strip_suffix(".log") {
+            if let Ok(base) = stem.parse::<i64>() {
+                bases.push(base);
+            }
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
 
 /// Offsets of the producer-state snapshot files in `dir` (`<offset>.snapshot`).
 fn snapshot_offsets(dir: &Path) -> Vec<i64> {

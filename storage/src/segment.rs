@@ -318,7 +318,8 @@ pub struct ScanResult {
 }
 
 /// Walks every batch of `file` from position 0, checking header sanity, that offsets follow
-/// (`contiguous`) or at least grow, and CRC, and stops at the first batch that fails: that is where a torn or corrupt tail begins.
+/// (`contiguous`) or at least grow, and CRC, and stops at the first batch that fails: that is
+/// where a torn or corrupt tail begins.
 ///
 /// `on_batch` sees the header of every valid batch, with its offset, in log order.
 pub async fn scan(
@@ -327,6 +328,23 @@ pub async fn scan(
     interval: u32,
     contiguous: bool,
     on_batch: &mut dyn FnMut(&BatchHeader, &[u8]),
+) -> Result<ScanResult> {
+    scan_while(file, base_offset, interval, contiguous, &mut |h, bytes| {
+        on_batch(h, bytes);
+        true
+    })
+    .await
+}
+
+/// [`scan`], which also stops before the first valid batch `keep` refuses: that batch and
+/// everything after it count as not valid (`valid_bytes` is its position, `next_offset` the end
+/// of the batch before it). Truncation finds where to cut a segment this way.
+pub async fn scan_while(
+    file: &DmaFile,
+    base_offset: i64,
+    interval: u32,
+    contiguous: bool,
+    keep: &mut dyn FnMut(&BatchHeader, &[u8]) -> bool,
 ) -> Result<ScanResult> {
     let file_size = file.file_size().await?;
     let mut result = ScanResult {
@@ -387,6 +405,9 @@ pub async fn scan(
             result.garbage_after = true;
             break;
         }
+        if !keep(&header, bytes) {
+            break;
+        }
         let relative = (header.base_offset - base_offset) as u32;
         result.index.on_append(
             relative,
@@ -399,7 +420,6 @@ pub async fn scan(
             result.max_timestamp = header.max_timestamp;
             result.max_timestamp_position = pos;
         }
-        on_batch(&header, bytes);
         result.next_offset = header.last_offset() + 1;
         pos += total;
         result.valid_bytes = pos;

@@ -809,7 +809,7 @@ pub(super) fn remove_unfinished(dir: &Path) -> Result<()> {
 /// CRC-32C of the bytes before it (all big-endian). None when absent or damaged: the whole log
 /// then counts as dirty, which costs one extra clean and loses nothing.
 pub(super) fn read_checkpoint(dir: &Path) -> Option<(i64, Option<i64>)> {
-    let bytes = std::fs::read(dir.join(CHECKPOINT_FILE)).ok()?;
+    let bytes = std::fs::read(checkpoint_path(dir)).ok()?;
     let bytes: &[u8; CHECKPOINT_BYTES] = bytes.as_slice().try_into().ok()?;
     let (body, crc) = bytes.split_at(CHECKPOINT_BYTES - 4);
     if &body[..4] != CHECKPOINT_MAGIC
@@ -823,6 +823,11 @@ pub(super) fn read_checkpoint(dir: &Path) -> Option<(i64, Option<i64>)> {
     Some((offset, (horizon >= 0).then_some(horizon)))
 }
 
+/// Where the cleaner checkpoint of the log in `dir` lives.
+pub(super) fn checkpoint_path(dir: &Path) -> std::path::PathBuf {
+    dir.join(CHECKPOINT_FILE)
+}
+
 async fn write_checkpoint(dir: &Path, offset: i64, horizon_ms: Option<i64>) -> Result<()> {
     let mut bytes = Vec::with_capacity(CHECKPOINT_BYTES);
     bytes.extend_from_slice(CHECKPOINT_MAGIC);
@@ -831,5 +836,5 @@ async fn write_checkpoint(dir: &Path, offset: i64, horizon_ms: Option<i64>) -> R
     bytes.extend_from_slice(&horizon_ms.unwrap_or(-1).to_be_bytes());
     let crc = crc32c::crc32c(&bytes);
     bytes.extend_from_slice(&crc.to_be_bytes());
-    write_small_file(&dir.join(CHECKPOINT_FILE), &bytes).await
+    write_small_file(&checkpoint_path(dir), &bytes).await
 }
