@@ -78,6 +78,51 @@ impl LeaderEpochFile {
         self.persist()
     }
 
+    /// Records `epoch` starting at `start_offset` unless it is already the current epoch (or an
+    /// older one): what a follower does for each batch it copies, and a leader when it takes
+    /// the lead.
+    pub fn observe(&mut self, epoch: i32, start_offset: i64) -> std::io::Result<()> {
+        if self.entries.last().is_some_and(|last| epoch <= last.epoch) {
+            return Ok(());
+        }
+        let start = self
+            .entries
+            .last()
+            .map_or(start_offset, |last| start_offset.max(last.start_offset));
+        self.begin_epoch(epoch, start)
+    }
+
+    /// The answer to OffsetForLeaderEpoch for `epoch` (KIP-101/279): the largest epoch at most
+    /// `epoch` this log has, and where it ends — the start of the next epoch, or `log_end` for
+    /// the latest. None when every epoch here is newer (Kafka's UNDEFINED_EPOCH).
+    pub fn end_offset_for(&self, epoch: i32, log_end: i64) -> Option<(i32, i64)> {
+        let at = self.entries.iter().rposition(|e| e.epoch <= epoch)?;
+        let end = self
+            .entries
+            .get(at + 1)
+            .map_or(log_end, |next| next.start_offset);
+        Some((self.entries[at].epoch, end.min(log_end)))
+    }
+
+    /// The largest epoch of this log that is at most `epoch`.
+    pub fn latest_at_most(&self, epoch: i32) -> Option<i32> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.epoch <= epoch)
+            .map(|e| e.epoch)
+    }
+
+    /// Forgets the epochs that start at or after `offset`: the log was truncated there.
+    pub fn truncate_from(&mut self, offset: i64) -> std::io::Result<()> {
+        let before = self.entries.len();
+        self.entries.retain(|e| e.start_offset < offset);
+        if self.entries.len() == before {
+            return Ok(());
+        }
+        self.persist()
+    }
+
     fn persist(&self) -> std::io::Result<()> {
         let mut text = format!("0\n{}\n", self.entries.len());
         for e in &self.entries {
@@ -131,6 +176,33 @@ mod tests {
                 start_offset: 120
             }
         );
+        std::fs::write(dir.path().join(FILE_NAME), "garbage").expect("write");
+        assert!(LeaderEpochFile::open_or_init(dir.path(), 0).is_err());
+    }
+
+    #[test]
+    fn end_offsets_per_epoch_answer_offset_for_leader_epoch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut f = LeaderEpochFile::open_or_init(dir.path(), 0).expect("init");
+        f.observe(2, 100).expect("epoch 2");
+        f.observe(2, 150).expect("same epoch: nothing");
+        f.observe(1, 160).expect("older epoch: nothing");
+        f.observe(5, 200).expect("epoch 5");
+        assert_eq!(f.entries().len(), 3);
+        // Epoch 0 ends where 2 begins; 1 is not here, so its answer is epoch 0's; the latest
+        // epoch ends at the log end.
+        assert_eq!(f.end_offset_for(0, 300), Some((0, 100)));
+        assert_eq!(f.end_offset_for(1, 300), Some((0, 100)));
+        assert_eq!(f.end_offset_for(3, 300), Some((2, 200)));
+        assert_eq!(f.end_offset_for(7, 300), Some((5, 300)));
+        assert_eq!(f.end_offset_for(-1, 300), None);
+        assert_eq!(f.latest_at_most(4), Some(2));
+        f.truncate_from(150).expect("truncate");
+        assert_eq!(f.current_epoch(), 2);
+        let again = LeaderEpochFile::open_or_init(dir.path(), 0).expect("reload");
+        assert_eq!(again.entries(), f.entries());
+        f.truncate_from(0).expect("everything");
+        assert!(f.entries().is_empty());
         std::fs::write(dir.path().join(FILE_NAME), "garbage").expect("write");
         assert!(LeaderEpochFile::open_or_init(dir.path(), 0).is_err());
     }

@@ -21,9 +21,11 @@
 pub mod leader_epoch;
 pub mod metadata_image;
 pub mod metadata_records;
+pub mod partition;
 pub mod quorum_store;
 
 pub use leader_epoch::LeaderEpochFile;
 pub use metadata_image::{Applied, Change, MetadataImage, Rejection};
 pub use metadata_records::{MetadataEntry, MetadataRecord, PartitionState};
+pub use partition::LeaderState;
 pub use quorum_store::{QuorumStore, Recovered};

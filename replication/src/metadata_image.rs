@@ -488,6 +488,34 @@ impl MetadataImage {
         records
     }
 
+    /// Unclean leader elections (`unclean.leader.election.enable`): for every partition without
+    /// a leader and without a live in-sync replica, of a topic `allowed` says may, the first live
+    /// replica (in replica order) becomes leader with itself as the whole ISR, at the next
+    /// leader epoch. Whatever only the old in-sync replicas had is lost: they truncate it when
+    /// they return. The caller reports each election.
+    pub fn unclean_elections(&self, allowed: &dyn Fn(&TopicImage) -> bool) -> Vec<MetadataRecord> {
+        let mut records = Vec::new();
+        for topic in self.topics.values() {
+            for (partition, state) in (0i32..).zip(&topic.partitions) {
+                let stranded =
+                    state.leader == NO_LEADER && !state.isr.iter().any(|r| self.is_live(*r));
+                if !stranded || !allowed(topic) {
+                    continue;
+                }
+                if let Some(next) = state.replicas.iter().copied().find(|r| self.is_live(*r)) {
+                    records.push(MetadataRecord::PartitionChange {
+                        topic: topic.name.clone(),
+                        partition,
+                        leader: next,
+                        isr: vec![next],
+                        leader_epoch: state.leader_epoch.saturating_add(1),
+                    });
+                }
+            }
+        }
+        records
+    }
+
     /// Replica assignments for a new topic. `replication_factor` -1 means min(3, live
     /// brokers); it must then be between 1 and the number of live brokers, and `partitions`
     /// at least 1. With the live brokers `L` in ascending order and a start `s` = FNV-1a (64
@@ -1182,5 +1210,68 @@ mod tests {
         assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(fnv1a_64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn unclean_elections_pick_a_live_out_of_sync_replica_only_where_allowed() {
+        let mut image = MetadataImage::default();
+        let mut seq = 0;
+        let mut apply = |image: &mut MetadataImage, records: Vec<MetadataRecord>| {
+            seq += 1;
+            let entry = MetadataEntry {
+                proposer: 1,
+                sequence: seq,
+                records,
+            };
+            assert!(matches!(image.apply(&entry), Applied::Changes(_)));
+        };
+        for id in 1..=3 {
+            let records = image.register_records(id, 1, "h".into(), 1, None);
+            apply(&mut image, records);
+            let records = image.unfence_records(id);
+            apply(&mut image, records);
+        }
+        let partitions = image.assign_replicas("t", 1, 3).expect("assigned");
+        let (first, second) = (partitions[0].replicas[0], partitions[0].replicas[1]);
+        let record = MetadataRecord::Topic {
+            name: "t".into(),
+            id: [1; 16],
+            configs: Vec::new(),
+            partitions,
+        };
+        apply(&mut image, vec![record]);
+        // The ISR shrinks to the leader, which is then fenced: no leader, ISR [leader].
+        let isr_change = MetadataRecord::PartitionChange {
+            topic: "t".into(),
+            partition: 0,
+            leader: first,
+            isr: vec![first],
+            leader_epoch: 0,
+        };
+        apply(&mut image, vec![isr_change]);
+        let records = image.fence_records(first);
+        apply(&mut image, records);
+        assert_eq!(image.leader_of("t", 0), None);
+        assert!(
+            image.unclean_elections(&|_| false).is_empty(),
+            "not allowed: stays offline"
+        );
+        let records = image.unclean_elections(&|t| t.name == "t");
+        assert_eq!(
+            records,
+            vec![MetadataRecord::PartitionChange {
+                topic: "t".into(),
+                partition: 0,
+                leader: second,
+                isr: vec![second],
+                leader_epoch: 2,
+            }]
+        );
+        apply(&mut image, records);
+        assert_eq!(image.leader_of("t", 0), Some(second));
+        assert!(
+            image.unclean_elections(&|_| true).is_empty(),
+            "led again: nothing to do"
+        );
     }
 }
