@@ -153,6 +153,13 @@ pub struct BrokerConfig {
     pub controller_quorum_election_timeout_ms: u64,
     /// `broker.rack`, reported in Metadata.
     pub broker_rack: Option<String>,
+    /// Replication: the default `min.insync.replicas` of topics (Kafka's 1), and how long a
+    /// follower may go without catching up before its leader drops it from the ISR
+    /// (`replica.lag.time.max.ms`, Kafka's 30 s).
+    pub min_insync_replicas: i32,
+    pub replica_lag_time_max_ms: i64,
+    /// The default `unclean.leader.election.enable` of topics (Kafka's false).
+    pub unclean_leader_election_enable: bool,
     /// Settings that were given but have no effect in sluice, reported once at start.
     pub ignored: Vec<String>,
 }
@@ -220,6 +227,9 @@ impl Default for BrokerConfig {
             broker_session_timeout_ms: 9_000,
             controller_quorum_election_timeout_ms: 1_000,
             broker_rack: None,
+            min_insync_replicas: 1,
+            replica_lag_time_max_ms: 30_000,
+            unclean_leader_election_enable: false,
             ignored: Vec::new(),
         }
     }
@@ -242,7 +252,6 @@ const IGNORED_KEYS: &[&str] = &[
     "transaction.state.log.min.isr",
     "share.coordinator.state.topic.replication.factor",
     "share.coordinator.state.topic.min.isr",
-    "min.insync.replicas",
     "log.cleaner.threads",
 ];
 
@@ -323,11 +332,8 @@ impl BrokerConfig {
                 }
                 "num.partitions" => config.num_partitions = positive(k, v)? as i32,
                 "default.replication.factor" => {
-                    let rf = positive(k, v)?;
-                    if rf != 1 {
-                        return Err(ConfigError::invalid(k, v, "a single node supports only 1"));
-                    }
-                    config.default_replication_factor = 1;
+                    config.default_replication_factor =
+                        positive(k, v)?.min(i64::from(i16::MAX)) as i16
                 }
                 "log.segment.bytes" => config.log_segment_bytes = positive(k, v)? as u64,
                 "log.roll.ms" => _ = roll.insert("ms", positive(k, v)?),
@@ -439,6 +445,13 @@ impl BrokerConfig {
                     config.controller_quorum_election_timeout_ms = positive(k, v)? as u64
                 }
                 "broker.rack" => config.broker_rack = (!v.is_empty()).then(|| v.to_string()),
+                "min.insync.replicas" => {
+                    config.min_insync_replicas = positive(k, v)?.min(i64::from(i32::MAX)) as i32
+                }
+                "replica.lag.time.max.ms" => config.replica_lag_time_max_ms = positive(k, v)?,
+                "unclean.leader.election.enable" => {
+                    config.unclean_leader_election_enable = parse_bool(k, v)?
+                }
                 "cores" => config.cores = parse_i64(k, v)?.max(0) as usize,
                 "sluice.io.memory.bytes" => config.io_memory_bytes = positive(k, v)? as usize,
                 "sluice.socket.send.zerocopy" => config.socket_send_zerocopy = parse_bool(k, v)?,
@@ -473,6 +486,13 @@ impl BrokerConfig {
             config.advertised_port = port;
         }
         config.check_roles(roles.as_deref())?;
+        if config.default_replication_factor != 1 && !config.clustered() {
+            return Err(ConfigError::invalid(
+                "default.replication.factor",
+                &config.default_replication_factor.to_string(),
+                "a single node supports only 1",
+            ));
+        }
         Ok(config)
     }
 

@@ -61,6 +61,12 @@ pub struct TopicConfig {
     pub min_cleanable_dirty_ratio_ppm: u32,
     pub min_compaction_lag_ms: i64,
     pub max_compaction_lag_ms: i64,
+    /// Replication: an acks=all write fails with NOT_ENOUGH_REPLICAS while the ISR has fewer
+    /// replicas than this.
+    pub min_insync_replicas: i32,
+    /// Whether a partition whose in-sync replicas are all gone may be led by an out-of-sync
+    /// one (available again, losing what only the in-sync ones had).
+    pub unclean_leader_election_enable: bool,
     /// The overrides given at creation, exactly as given: persisted and reported by
     /// DescribeConfigs as dynamic topic configs.
     pub overrides: BTreeMap<String, String>,
@@ -81,6 +87,8 @@ pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "min.cleanable.dirty.ratio",
     "min.compaction.lag.ms",
     "max.compaction.lag.ms",
+    "min.insync.replicas",
+    "unclean.leader.election.enable",
 ];
 
 impl TopicConfig {
@@ -100,6 +108,8 @@ impl TopicConfig {
             min_cleanable_dirty_ratio_ppm: broker.log_cleaner_min_cleanable_ratio_ppm,
             min_compaction_lag_ms: broker.log_cleaner_min_compaction_lag_ms,
             max_compaction_lag_ms: broker.log_cleaner_max_compaction_lag_ms,
+            min_insync_replicas: broker.min_insync_replicas,
+            unclean_leader_election_enable: broker.unclean_leader_election_enable,
             overrides: BTreeMap::new(),
         }
     }
@@ -151,6 +161,13 @@ impl TopicConfig {
             "max.compaction.lag.ms" => {
                 self.max_compaction_lag_ms = positive(parse_i64(key, value)?)?
             }
+            "min.insync.replicas" => {
+                self.min_insync_replicas =
+                    positive(parse_i64(key, value)?)?.min(i32::MAX as i64) as i32
+            }
+            "unclean.leader.election.enable" => {
+                self.unclean_leader_election_enable = crate::config::parse_bool(key, value)?
+            }
             _ => return Err(ConfigError::Unknown(key.into())),
         }
         Ok(())
@@ -186,6 +203,11 @@ impl TopicConfig {
             (
                 "max.compaction.lag.ms",
                 self.max_compaction_lag_ms.to_string(),
+            ),
+            ("min.insync.replicas", self.min_insync_replicas.to_string()),
+            (
+                "unclean.leader.election.enable",
+                self.unclean_leader_election_enable.to_string(),
             ),
         ]
     }

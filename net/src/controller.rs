@@ -351,6 +351,54 @@ impl Controller {
         }
     }
 
+    /// A leader's ISR change (Kafka's AlterPartition): proposed as a PartitionChange at the
+    /// leader's epoch, which the image refuses once a newer epoch exists. True once applied.
+    pub async fn alter_isr(
+        self: &Rc<Self>,
+        shard: &Shard,
+        tp: sluice_core::TopicPartition,
+        leader_epoch: i32,
+        isr: Vec<i32>,
+    ) -> bool {
+        let current = self.image.borrow().topics.get(&tp.topic).and_then(|t| {
+            t.partitions
+                .get(usize::try_from(tp.partition).ok()?)
+                .cloned()
+        });
+        let Some(current) = current else {
+            return false;
+        };
+        // Only the leader of this very epoch may change its ISR, never to drop itself, and
+        // never to add a broker the controller has fenced.
+        let fenced_joiner = {
+            let image = self.image.borrow();
+            isr.iter().any(|id| {
+                !current.isr.contains(id) && image.brokers.get(id).is_none_or(|b| b.fenced)
+            })
+        };
+        if current.leader != shard.broker.node_id
+            || current.leader_epoch != leader_epoch
+            || !isr.contains(&current.leader)
+            || fenced_joiner
+        {
+            return false;
+        }
+        let record = MetadataRecord::PartitionChange {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+            leader: current.leader,
+            isr: isr.clone(),
+            leader_epoch,
+        };
+        match self.propose(vec![record]).await {
+            Ok(_) => {
+                eprintln!("sluice: {tp}: ISR is now {isr:?}");
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// A block of producer ids for this broker: (first, count).
     pub async fn producer_id_block(self: &Rc<Self>) -> Result<(i64, i64), String> {
         loop {
@@ -672,7 +720,7 @@ async fn publish(shard: &Rc<Shard>, controller: &Rc<Controller>, changes: &[Chan
                         shard,
                         TopicChange::Created {
                             revision,
-                            meta,
+                            meta: Box::new(meta),
                             cores,
                         },
                     )
@@ -800,6 +848,7 @@ async fn liveness(shard: Rc<Shard>, controller: Rc<Controller>) {
                 .map(|b| b.id)
                 .collect()
         };
+        unclean_elections(&shard, &controller);
         for id in silent {
             if !controller.deciding.borrow_mut().insert(id) {
                 continue;
@@ -815,6 +864,54 @@ async fn liveness(shard: Rc<Shard>, controller: Rc<Controller>) {
             .detach();
         }
     }
+}
+
+/// The active controller elects an out-of-sync replica where a topic allows it and no in-sync
+/// replica is left (see `MetadataImage::unclean_elections`), and says so: what only the lost
+/// in-sync replicas had is gone.
+fn unclean_elections(shard: &Rc<Shard>, controller: &Rc<Controller>) {
+    // One election proposal at a time, under a key no broker id uses.
+    const UNCLEAN: i32 = -1;
+    if controller.deciding.borrow().contains(&UNCLEAN) {
+        return;
+    }
+    let broker = shard.broker.clone();
+    let allowed = |topic: &sluice_replication::metadata_image::TopicImage| {
+        let overrides = topic.configs.iter().cloned().collect();
+        TopicConfig::with_overrides(&broker, &overrides)
+            .map(|c| c.unclean_leader_election_enable)
+            .unwrap_or(broker.unclean_leader_election_enable)
+    };
+    let records = controller.image.borrow().unclean_elections(&allowed);
+    if records.is_empty() {
+        return;
+    }
+    controller.deciding.borrow_mut().insert(UNCLEAN);
+    let controller = controller.clone();
+    glommio::spawn_local(async move {
+        let proposed = controller.propose(records.clone()).await;
+        for record in records.iter().filter(|_| proposed.is_ok()) {
+            if let MetadataRecord::PartitionChange {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                ..
+            } = record
+            {
+                eprintln!(
+                    "sluice: {topic}-{partition}: unclean leader election: broker {leader} leads \
+                     at epoch {leader_epoch} without having been in sync; records only the lost \
+                     in-sync replicas had are gone"
+                );
+            }
+        }
+        if let Err(e) = proposed {
+            eprintln!("sluice: unclean leader election: {e:?}");
+        }
+        controller.deciding.borrow_mut().remove(&UNCLEAN);
+    })
+    .detach();
 }
 
 /// CreateTopics in a cluster: propose the topic, with its replicas assigned by this node from

@@ -23,5 +23,7 @@ pub fn storage_error_code(e: &StorageError) -> i16 {
             ResponseError::InvalidTxnState.code()
         }
         StorageError::InvalidRecord(_) => ResponseError::InvalidRecord.code(),
+        // Only a follower copying its leader meets this, and handles it itself.
+        StorageError::NotContiguous { .. } => ResponseError::UnknownServerError.code(),
     }
 }

@@ -21,6 +21,7 @@ pub mod log_cleaner;
 pub mod metadata;
 pub mod offsets;
 pub mod producer_ids;
+pub mod replica;
 pub mod router;
 pub mod runtime;
 pub mod send;

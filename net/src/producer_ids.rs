@@ -21,13 +21,16 @@ use crate::metadata::metadata_dir;
 /// Ids per durable block.
 pub const BLOCK_SIZE: i64 = 1000;
 
+/// Asks the metadata quorum for a block of ids: (first id, count).
+pub type BlockSource = Rc<dyn Fn() -> LocalBoxFuture<'static, Result<(i64, i64), String>>>;
+
 /// Where blocks of ids come from.
 enum Source {
     /// A single node: the end of the last block handed out, in a local file.
     File(PathBuf),
     /// A cluster: the metadata quorum hands out blocks (a ProducerIds record each), so no two
     /// brokers ever use the same id. Returns (first id, count).
-    Quorum(Rc<dyn Fn() -> LocalBoxFuture<'static, Result<(i64, i64), String>>>),
+    Quorum(BlockSource),
 }
 
 pub struct ProducerIds {
@@ -57,9 +60,7 @@ impl ProducerIds {
     }
 
     /// Ids from blocks the metadata quorum hands out through `block`.
-    pub fn from_quorum(
-        block: Rc<dyn Fn() -> LocalBoxFuture<'static, Result<(i64, i64), String>>>,
-    ) -> ProducerIds {
+    pub fn from_quorum(block: BlockSource) -> ProducerIds {
         ProducerIds {
             source: Source::Quorum(block),
             next: Cell::new(0),

@@ -37,6 +37,8 @@ pub enum CoreRequest {
         timeout_ms: u64,
         /// Wait for the last stable offset, not the high watermark, to pass the offsets.
         read_committed: bool,
+        /// A follower's fetch: wait for the written end, past the high watermark.
+        replica: bool,
     },
     ListOffsets {
         partitions: Vec<(TopicPartition, i64)>,
@@ -88,6 +90,18 @@ pub enum CoreRequest {
         commit: bool,
         partitions: Vec<TopicPartition>,
     },
+    /// From a partition leader's core to core 0: propose this ISR (at this leader epoch) to the
+    /// metadata quorum.
+    AlterIsr {
+        tp: TopicPartition,
+        leader_epoch: i32,
+        isr: Vec<i32>,
+    },
+    /// OffsetForLeaderEpoch, to the leaders' cores: (partition, the asker's current leader
+    /// epoch or -1, the epoch asked about).
+    EpochEndOffsets {
+        partitions: Vec<(TopicPartition, i32, i32)>,
+    },
     /// DescribeProducers, to the cores owning the partitions.
     DescribeProducers { partitions: Vec<TopicPartition> },
     /// TxnOffsetCommit, to the core owning the group's `__consumer_offsets` partition.
@@ -117,6 +131,8 @@ pub struct ReadPartition {
     pub offset: i64,
     pub max_bytes: usize,
     pub isolation: sluice_storage::log::Isolation,
+    /// A follower's fetch: (its broker id, the leader epoch it follows).
+    pub replica: Option<(i32, i32)>,
 }
 
 #[derive(Debug, Clone)]
@@ -132,7 +148,7 @@ pub struct NewTopic {
 pub enum TopicChange {
     Created {
         revision: u64,
-        meta: TopicMeta,
+        meta: Box<TopicMeta>,
         /// Per partition, the core serving it on this broker (None: another broker leads it).
         cores: Vec<Option<usize>>,
     },
@@ -205,6 +221,10 @@ pub enum CoreResponse {
     Markers(Vec<(TopicPartition, i16)>),
     /// Per partition: its producers by id, or an error code.
     Producers(Vec<ProducersOf>),
+    /// Whether a proposed ISR change took effect.
+    IsrAltered(bool),
+    /// Per partition: error code, epoch, end offset.
+    EpochEndOffsets(Vec<(TopicPartition, i16, i32, i64)>),
 }
 
 #[derive(Debug)]

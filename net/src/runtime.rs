@@ -185,7 +185,7 @@ async fn core_main(
         let cores_of = crate::shard::placement(meta, config.node_id, shard_count);
         placements.push(TopicChange::Created {
             revision,
-            meta: meta.clone(),
+            meta: Box::new(meta.clone()),
             cores: cores_of,
         });
         revision += 1;
@@ -240,6 +240,7 @@ async fn core_main(
         txns: RefCell::new(Default::default()),
         producer_ids,
         cluster: RefCell::new(cluster),
+        replicas: RefCell::new(Default::default()),
         controller: controller_cell,
         stopping: Cell::new(false),
         inflight: Cell::new(0),
@@ -296,6 +297,7 @@ async fn core_main(
     glommio::spawn_local(crate::groups::session_loop(shard.clone())).detach();
     glommio::spawn_local(crate::offsets::expiry_loop(shard.clone())).detach();
     glommio::spawn_local(crate::txn_coordinator::timeout_loop(shard.clone())).detach();
+    glommio::spawn_local(crate::replica::isr_loop(shard.clone())).detach();
     let listener = bind_listener(config.listener)
         .map_err(|e| format!("core {core}: cannot listen on {}: {e}", config.listener))?;
     if core == 0 {

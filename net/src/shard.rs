@@ -62,6 +62,8 @@ pub struct Shard {
     pub txns: RefCell<crate::txn_coordinator::TxnTable>,
     /// The brokers of the cluster and its active controller.
     pub cluster: RefCell<crate::metadata::ClusterView>,
+    /// The role of every replica this core holds (leader, follower, offline).
+    pub replicas: RefCell<crate::replica::Replicas>,
     /// Core 0 of a node in a metadata quorum: the quorum's driver (None on other cores and on
     /// a single node).
     pub controller: Rc<std::cell::OnceCell<Rc<crate::controller::Controller>>>,
@@ -107,11 +109,12 @@ impl Shard {
                 partitions,
                 timeout_ms,
                 read_committed,
+                replica,
             } => {
                 let shard = self.clone();
                 async move {
                     shard
-                        .wait_for_data(partitions, timeout_ms, read_committed)
+                        .wait_for_data(partitions, timeout_ms, read_committed, replica)
                         .await;
                     CoreResponse::Waited
                 }
@@ -126,6 +129,25 @@ impl Shard {
                     CoreResponse::ListOffsets(shard.list_offsets(partitions, read_committed).await)
                 }
                 .boxed_local()
+            }
+            CoreRequest::AlterIsr {
+                tp,
+                leader_epoch,
+                isr,
+            } => {
+                let shard = self.clone();
+                async move {
+                    let altered = match shard.controller() {
+                        Some(c) => c.alter_isr(&shard, tp, leader_epoch, isr).await,
+                        None => false,
+                    };
+                    CoreResponse::IsrAltered(altered)
+                }
+                .boxed_local()
+            }
+            CoreRequest::EpochEndOffsets { partitions } => {
+                let answer = crate::replica::epoch_end_offsets(self, partitions);
+                async move { CoreResponse::EpochEndOffsets(answer) }.boxed_local()
             }
             CoreRequest::DescribeProducers { partitions } => {
                 let described = partitions
@@ -305,9 +327,16 @@ impl Shard {
         partitions: Vec<(TopicPartition, bytes::Bytes)>,
     ) -> CoreFuture {
         let now = now_ms();
+        let clustered = self.broker.clustered();
         let mut appended = Vec::with_capacity(partitions.len());
         for (tp, records) in partitions {
-            let result = match self.owned_log(&tp) {
+            let owned = self.owned_log(&tp).and_then(|log| {
+                if clustered && acks == -1 {
+                    crate::replica::check_min_isr(self, &tp).map_err(|e| e.code())?;
+                }
+                Ok(log)
+            });
+            let result = match owned {
                 Err(code) => Err((code, None, -1)),
                 Ok(log) => match log.append(&records, now) {
                     Ok(info) => {
@@ -325,6 +354,7 @@ impl Shard {
             };
             appended.push((tp, result));
         }
+        let shard = self.clone();
         async move {
             let deadline = Duration::from_millis(timeout_ms.max(0) as u64);
             let mut results = Vec::with_capacity(appended.len());
@@ -344,7 +374,7 @@ impl Shard {
                             (0, _) => None,
                             _ => Some(Durability::Written),
                         };
-                        let outcome = match level {
+                        let mut outcome = match level {
                             None => Ok(()),
                             Some(level) => {
                                 let wait = log.wait_durable(&info, level);
@@ -358,6 +388,10 @@ impl Shard {
                                 }
                             }
                         };
+                        // In a cluster, acks=all also waits for every in-sync replica.
+                        if outcome.is_ok() && clustered && acks == -1 {
+                            outcome = shard.wait_replicated(&tp, &log, &info, deadline).await;
+                        }
                         match outcome {
                             Ok(()) => ProduceResult {
                                 tp,
@@ -385,6 +419,32 @@ impl Shard {
         .boxed_local()
     }
 
+    /// acks=all in a cluster: until the high watermark passes the append (every in-sync
+    /// replica wrote it), within the request's timeout.
+    async fn wait_replicated(
+        &self,
+        tp: &TopicPartition,
+        log: &PartitionLog,
+        info: &sluice_storage::log::AppendInfo,
+        deadline: Duration,
+    ) -> Result<(), (i16, String)> {
+        let Some(epoch) = crate::replica::leads(self, tp) else {
+            return Err((
+                ResponseError::NotLeaderOrFollower.code(),
+                "no longer the leader".into(),
+            ));
+        };
+        let wait = crate::replica::wait_replicated(self, tp, log, info.last_offset + 1, epoch);
+        match with_timeout(wait, deadline).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err((e.code(), e.to_string())),
+            None => Err((
+                ResponseError::RequestTimedOut.code(),
+                "timed out waiting for the in-sync replicas".into(),
+            )),
+        }
+    }
+
     /// The log of a partition this core owns, or the Kafka error to answer with.
     pub(crate) fn owned_log(&self, tp: &TopicPartition) -> Result<Rc<PartitionLog>, i16> {
         match self.table.borrow().core_of(&tp.topic, tp.partition) {
@@ -398,12 +458,23 @@ impl Shard {
             .ok_or(ResponseError::NotLeaderOrFollower.code())
     }
 
-    async fn read(&self, budget_bytes: usize, partitions: Vec<ReadPartition>) -> Vec<ReadOutcome> {
+    async fn read(
+        self: &Rc<Self>,
+        budget_bytes: usize,
+        partitions: Vec<ReadPartition>,
+    ) -> Vec<ReadOutcome> {
         let mut out = Vec::with_capacity(partitions.len());
         let mut budget = budget_bytes;
         let mut first_with_data = true;
         for p in partitions {
-            let outcome = match self.owned_log(&p.tp) {
+            let owned = self.owned_log(&p.tp).and_then(|log| {
+                if let Some((follower, epoch)) = p.replica {
+                    crate::replica::on_follower_fetch(self, &p.tp, &log, follower, epoch, p.offset)
+                        .map_err(|e| e.code())?;
+                }
+                Ok(log)
+            });
+            let outcome = match owned {
                 Err(error) => ReadOutcome {
                     tp: p.tp,
                     error,
@@ -463,10 +534,15 @@ impl Shard {
         partitions: Vec<(TopicPartition, i64)>,
         timeout_ms: u64,
         read_committed: bool,
+        replica: bool,
     ) {
         let mut waits: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::new();
         for (tp, offset) in partitions {
             let Ok(log) = self.owned_log(&tp) else { return };
+            if replica {
+                waits.push(Box::pin(async move { log.wait_written_past(offset).await }));
+                continue;
+            }
             waits.push(Box::pin(async move {
                 loop {
                     let changed = log.high_watermark_changed.notified();
@@ -539,11 +615,22 @@ impl Shard {
                 }
                 self.topics
                     .borrow_mut()
-                    .insert(meta.name.clone(), meta.clone());
-                self.close_unserved(&meta.name, &cores).await;
-                for (partition, core) in cores.iter().enumerate() {
+                    .insert(meta.name.clone(), (*meta).clone());
+                let held = self.held_here(&meta);
+                // Roles of replicas already open change now, with the table and before any
+                // wait: a replica that stops leading must not take one more client write.
+                for (partition, state) in meta.states.iter().enumerate() {
                     let tp = TopicPartition::new(meta.name.clone(), partition as i32);
-                    if *core == Some(self.core_id) && !self.logs.borrow().contains_key(&tp) {
+                    if held[partition] {
+                        if let Some(log) = self.log(&tp) {
+                            crate::replica::apply_state(self, &meta, partition as i32, state, &log);
+                        }
+                    }
+                }
+                self.close_unheld(&meta.name, &held).await;
+                for (partition, state) in meta.states.iter().enumerate() {
+                    let tp = TopicPartition::new(meta.name.clone(), partition as i32);
+                    if held[partition] && !self.logs.borrow().contains_key(&tp) {
                         match self.open_log(&meta, partition as i32).await {
                             Ok(log) => {
                                 if meta.name == crate::offsets::OFFSETS_TOPIC {
@@ -574,6 +661,13 @@ impl Shard {
                                     crate::consumer_groups::restore(self, consumer_groups);
                                 }
                                 self.logs.borrow_mut().insert(tp, log.clone());
+                                crate::replica::apply_state(
+                                    self,
+                                    &meta,
+                                    partition as i32,
+                                    state,
+                                    &log,
+                                );
                                 if meta.name == crate::transactions::TXN_TOPIC {
                                     if let Err(e) = crate::txn_coordinator::load(self, &log).await {
                                         eprintln!("sluice: core {}: {e}", self.core_id);
@@ -603,6 +697,9 @@ impl Shard {
                 let doomed: Vec<(TopicPartition, Rc<PartitionLog>)> = {
                     let mut logs = self.logs.borrow_mut();
                     let keys: Vec<_> = logs.keys().filter(|tp| tp.topic == name).cloned().collect();
+                    for tp in &keys {
+                        crate::replica::forget(self, tp);
+                    }
                     keys.into_iter()
                         .filter_map(|k| logs.remove(&k).map(|l| (k, l)))
                         .collect()
@@ -619,22 +716,44 @@ impl Shard {
         }
     }
 
-    /// Closes the logs of `topic` this core has open but no longer serves (this broker stopped
-    /// leading the partition). Its data stays on disk for when leadership comes back.
-    async fn close_unserved(&self, topic: &str, cores: &[Option<usize>]) {
+    /// Per partition of `meta`: whether this core holds a replica of it (this broker is one of
+    /// its replicas, and the placement policy puts the partition on this core).
+    fn held_here(&self, meta: &TopicMeta) -> Vec<bool> {
+        let node = self.broker.node_id;
+        meta.states
+            .iter()
+            .enumerate()
+            .map(|(p, state)| {
+                state.replicas.contains(&node)
+                    && sluice_core::placement::core_for_partition(
+                        &meta.name,
+                        p as i32,
+                        self.cores(),
+                    ) == self.core_id
+            })
+            .collect()
+    }
+
+    /// Closes the logs of `topic` this core has open but no longer holds a replica of (it was
+    /// moved away). Its data stays on disk.
+    async fn close_unheld(&self, topic: &str, held: &[bool]) {
         let unserved: Vec<Rc<PartitionLog>> = {
             let mut logs = self.logs.borrow_mut();
             let keys: Vec<TopicPartition> = logs
                 .keys()
                 .filter(|tp| {
                     tp.topic == topic
-                        && usize::try_from(tp.partition)
+                        && !usize::try_from(tp.partition)
                             .ok()
-                            .and_then(|p| cores.get(p))
-                            .is_none_or(|core| *core != Some(self.core_id))
+                            .and_then(|p| held.get(p))
+                            .copied()
+                            .unwrap_or(false)
                 })
                 .cloned()
                 .collect();
+            for tp in &keys {
+                crate::replica::forget(self, tp);
+            }
             keys.iter().filter_map(|tp| logs.remove(tp)).collect()
         };
         for log in unserved {

@@ -76,22 +76,18 @@ async fn create_one(shard: &Rc<Shard>, topic: NewTopic, validate_only: bool) -> 
         );
     }
     let clustered = shard.broker.clustered();
-    if topic.replication_factor != -1 && topic.replication_factor != 1 {
+    let replication_factor = match topic.replication_factor {
+        -1 => shard.broker.default_replication_factor,
+        rf => rf,
+    };
+    if !clustered && replication_factor != 1 {
         return failure(
             name,
             ResponseError::InvalidReplicationFactor,
-            if clustered {
-                format!(
-                    "Replication factor {} needs partition replication, which this version of \
-                     sluice does not have yet: use 1.",
-                    topic.replication_factor
-                )
-            } else {
-                format!(
-                    "Replication factor {} is larger than the 1 available broker.",
-                    topic.replication_factor
-                )
-            },
+            format!(
+                "Replication factor {} is larger than the 1 available broker.",
+                topic.replication_factor
+            ),
         );
     }
     let mut overrides = BTreeMap::new();
@@ -128,7 +124,9 @@ async fn create_one(shard: &Rc<Shard>, topic: NewTopic, validate_only: bool) -> 
     }
     if shard.broker.clustered() {
         return match shard.controller() {
-            Some(controller) => crate::controller::create_topic(&controller, meta, 1).await,
+            Some(controller) => {
+                crate::controller::create_topic(&controller, meta, replication_factor).await
+            }
             None => failure(
                 name,
                 ResponseError::NotController,
@@ -146,7 +144,7 @@ async fn create_one(shard: &Rc<Shard>, topic: NewTopic, validate_only: bool) -> 
         shard,
         TopicChange::Created {
             revision,
-            meta: meta.clone(),
+            meta: Box::new(meta.clone()),
             cores,
         },
     )

@@ -42,6 +42,8 @@ struct Wanted {
     partition: i32,
     offset: i64,
     max_bytes: usize,
+    /// The leader epoch the fetcher knows (v9+), -1 when unknown.
+    leader_epoch: i32,
     core: Option<usize>,
     early_error: i16,
 }
@@ -58,7 +60,16 @@ pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: FetchReque
         return encode_response(ctx, &response);
     }
     let wanted = resolve(shard, ctx, &request);
-    let isolation = if request.isolation_level == 1 {
+    // A follower broker copying the leader's log (Kafka's replica fetch) names itself.
+    let replica_id = if ctx.api_version >= 15 {
+        request.replica_state.replica_id.0
+    } else {
+        request.replica_id.0
+    };
+    let follower = (replica_id >= 0 && shard.broker.clustered()).then_some(replica_id);
+    let isolation = if follower.is_some() {
+        Isolation::Replica
+    } else if request.isolation_level == 1 {
         Isolation::ReadCommitted
     } else {
         Isolation::ReadUncommitted
@@ -73,7 +84,7 @@ pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: FetchReque
     let started = Instant::now();
     let mut outcomes;
     loop {
-        outcomes = read_round(shard, &wanted, max_bytes, isolation).await;
+        outcomes = read_round(shard, &wanted, max_bytes, isolation, follower).await;
         let bytes: usize = outcomes.values().map(|o| o.records.len()).sum();
         let any_error = outcomes.values().any(|o| o.error != 0);
         let elapsed = started.elapsed();
@@ -121,6 +132,7 @@ fn resolve(shard: &Shard, ctx: &RequestContext, request: &FetchRequest) -> Vec<W
                 partition: p.partition,
                 offset: p.fetch_offset,
                 max_bytes: p.partition_max_bytes.max(0) as usize,
+                leader_epoch: p.current_leader_epoch,
                 core,
                 early_error,
             });
@@ -134,6 +146,7 @@ async fn read_round(
     wanted: &[Wanted],
     max_bytes: usize,
     isolation: Isolation,
+    follower: Option<i32>,
 ) -> BTreeMap<TopicPartition, ReadOutcome> {
     let mut by_core: BTreeMap<usize, Vec<ReadPartition>> = BTreeMap::new();
     for w in wanted {
@@ -143,6 +156,7 @@ async fn read_round(
                 offset: w.offset,
                 max_bytes: w.max_bytes,
                 isolation,
+                replica: follower.map(|id| (id, w.leader_epoch)),
             });
         }
     }
@@ -207,6 +221,7 @@ async fn wait_for_data(
                     partitions,
                     timeout_ms,
                     read_committed: isolation == Isolation::ReadCommitted,
+                    replica: isolation == Isolation::Replica,
                 },
             )
         })

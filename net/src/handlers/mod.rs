@@ -39,6 +39,7 @@ pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
 pub mod offset_fetch;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod sync_group;
 pub mod txn_offset_commit;
@@ -95,6 +96,7 @@ pub const APIS: &[Api] = &[
     describe_transactions::API,
     list_transactions::API,
     write_txn_markers::API,
+    offset_for_leader_epoch::API,
 ];
 
 /// APIs that need the transaction coordinator to reach every partition of a transaction,
@@ -160,6 +162,7 @@ pub enum Request {
     DescribeTransactions(kafka_protocol::messages::DescribeTransactionsRequest),
     ListTransactions(kafka_protocol::messages::ListTransactionsRequest),
     WriteTxnMarkers(kafka_protocol::messages::WriteTxnMarkersRequest),
+    OffsetForLeaderEpoch(kafka_protocol::messages::OffsetForLeaderEpochRequest),
 }
 
 /// Decodes a request body (after the header); None when it does not decode — the connection is
@@ -200,6 +203,7 @@ pub fn decode_body(ctx: &RequestContext, mut body: Bytes) -> Option<Request> {
         ApiKey::DescribeTransactions => Request::DescribeTransactions(decode(&mut body, v)?),
         ApiKey::ListTransactions => Request::ListTransactions(decode(&mut body, v)?),
         ApiKey::WriteTxnMarkers => Request::WriteTxnMarkers(decode(&mut body, v)?),
+        ApiKey::OffsetForLeaderEpoch => Request::OffsetForLeaderEpoch(decode(&mut body, v)?),
         _ => return None,
     })
 }
@@ -298,6 +302,9 @@ pub fn start(
         }
         Request::ListTransactions(r) => {
             async move { list_transactions::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::OffsetForLeaderEpoch(r) => {
+            async move { offset_for_leader_epoch::handle(&shard, &ctx, r).await }.boxed_local()
         }
         Request::WriteTxnMarkers(r) => {
             async move { write_txn_markers::handle(&shard, &ctx, r).await }.boxed_local()

@@ -5,9 +5,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, DescribeClusterRequest,
-    DescribeClusterResponse, MetadataRequest, MetadataResponse,
+    DescribeClusterResponse, MetadataRequest, MetadataResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -156,7 +160,20 @@ fn create_topic(
     partitions: i32,
     replication: i32,
 ) -> Result<(), String> {
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+    create_topic_with(bootstrap, name, partitions, replication, &[])
+}
+
+fn create_topic_with(
+    bootstrap: &str,
+    name: &str,
+    partitions: i32,
+    replication: i32,
+    configs: &[(&str, &str)],
+) -> Result<(), String> {
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+    for (k, v) in configs {
+        topic = topic.set(k, v);
+    }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(25)));
     let results =
         block_on(admin(bootstrap).create_topics(&[topic], &options)).map_err(|e| e.to_string())?;
@@ -206,8 +223,8 @@ fn produce(bootstrap: &str, topic: &str, prefix: &str, count: usize) -> Vec<(i32
     })
 }
 
-/// Reads every partition of `topic` from the start until `count` records arrived: values by
-/// partition, in offset order.
+/// Reads every partition of `topic` from the start until at least `count` records arrived and
+/// nothing more comes for a second: values by partition, in offset order.
 fn consume(
     bootstrap: &str,
     topic: &str,
@@ -230,12 +247,14 @@ fn consume(
     let mut got: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
     let mut seen = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while seen < count {
+    let mut quiet_since = Instant::now();
+    while seen < count || quiet_since.elapsed() < Duration::from_secs(1) {
         assert!(
             Instant::now() < deadline,
             "read {seen} of {count} records of {topic}"
         );
         if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            quiet_since = Instant::now();
             let message = message.expect("a record");
             let value = String::from_utf8_lossy(message.payload().unwrap_or_default()).to_string();
             got.entry(message.partition())
@@ -290,8 +309,8 @@ fn partitions_spread_over_the_brokers_and_clients_follow_their_leaders() {
     for node in [1, 2] {
         assert_eq!(leaders(&cluster.metadata(node), "spread"), led);
     }
-    // Replication is not built yet: a replication factor above 1 is refused, not faked.
-    let refused = create_topic(&cluster.bootstrap(), "replicated", 3, 3).expect_err("refused");
+    // More replicas than brokers is refused.
+    let refused = create_topic(&cluster.bootstrap(), "too-many", 3, 4).expect_err("refused");
     assert!(refused.contains("InvalidReplicationFactor"), "{refused}");
     // The client talks to node 1 only; it finds every partition's leader by itself.
     let acked = produce(&cluster.node(1).bootstrap(), "spread", "v", 600);
@@ -413,4 +432,461 @@ fn a_frozen_broker_is_fenced_and_unfenced_when_it_thaws() {
     assert_eq!(acked.len(), 30);
     let got = consume(&cluster.bootstrap(), "thaw", 3, 30);
     assert_eq!(got.values().map(Vec::len).sum::<usize>(), 30);
+}
+
+/// (leader, replicas, isr) of one partition in a Metadata answer.
+fn partition_state(
+    metadata: &MetadataResponse,
+    topic: &str,
+    partition: i32,
+) -> (i32, Vec<i32>, Vec<i32>) {
+    let topic = metadata
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == topic))
+        .unwrap_or_else(|| panic!("{topic} in metadata"));
+    let p = topic
+        .partitions
+        .iter()
+        .find(|p| p.partition_index == partition)
+        .expect("the partition");
+    (
+        p.leader_id.0,
+        p.replica_nodes.iter().map(|r| r.0).collect(),
+        p.isr_nodes.iter().map(|r| r.0).collect(),
+    )
+}
+
+/// A producer that gives up at the first error, so a test sees the broker's answer.
+fn strict_producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "false")
+        .set("retries", "0")
+        .set("message.timeout.ms", "10000")
+        .create()
+        .expect("producer")
+}
+
+/// Values read from every partition of `topic`, in offset order per partition.
+fn values(got: &BTreeMap<i32, Vec<(i64, String)>>) -> Vec<String> {
+    got.values().flatten().map(|(_, v)| v.clone()).collect()
+}
+
+#[test]
+fn with_three_replicas_and_min_insync_two_writes_survive_one_loss_and_fail_visibly_at_two() {
+    // Five nodes keep the metadata quorum (3 of 5) while two of the topic's three replicas
+    // are down.
+    let mut settings = FAST.to_vec();
+    settings.extend(["cores=1", "replica.lag.time.max.ms=2000"]);
+    let mut cluster = Cluster::start(5, &settings);
+    create_topic_with(
+        &cluster.bootstrap(),
+        "durable",
+        1,
+        3,
+        &[("min.insync.replicas", "2")],
+    )
+    .expect("created");
+    let (leader, replicas, isr) = partition_state(&cluster.metadata(1), "durable", 0);
+    assert_eq!(replicas.len(), 3);
+    assert_eq!(isr.len(), 3);
+    assert_eq!(leader, replicas[0]);
+    let watcher = (1..=5)
+        .find(|n| !replicas.contains(n))
+        .expect("a node without a replica");
+    let mut acked = Vec::new();
+    acked.extend(produce(&cluster.bootstrap(), "durable", "a", 50));
+    // One follower down: it leaves the ISR and writes go on with two.
+    let (first, second) = (replicas[1], replicas[2]);
+    cluster.node_mut(first).kill9();
+    wait_for(
+        "the ISR without the first follower",
+        Duration::from_secs(20),
+        || {
+            partition_state(&cluster.metadata(watcher), "durable", 0)
+                .2
+                .len()
+                == 2
+        },
+    );
+    acked.extend(produce(&cluster.bootstrap(), "durable", "b", 50));
+    // A second one down: the ISR is the leader alone, below min.insync.replicas, and acks=all
+    // fails visibly rather than pretending.
+    cluster.node_mut(second).kill9();
+    wait_for(
+        "the ISR down to the leader",
+        Duration::from_secs(20),
+        || partition_state(&cluster.metadata(watcher), "durable", 0).2 == vec![leader],
+    );
+    let producer = strict_producer(&cluster.bootstrap());
+    let refused = block_on(producer.send(
+        FutureRecord::to("durable").key("k").payload("refused"),
+        Duration::from_secs(10),
+    ));
+    let error = refused.expect_err("refused").0;
+    assert_eq!(
+        error.rdkafka_error_code(),
+        Some(rdkafka::types::RDKafkaErrorCode::NotEnoughReplicas),
+        "{error:?}"
+    );
+    // They come back, catch up, and the ISR fills again.
+    cluster.node_mut(first).restart();
+    cluster.node_mut(second).restart();
+    wait_for("the ISR refilled", Duration::from_secs(30), || {
+        partition_state(&cluster.metadata(watcher), "durable", 0)
+            .2
+            .len()
+            == 3
+    });
+    acked.extend(produce(&cluster.bootstrap(), "durable", "c", 50));
+    let got = consume(&cluster.bootstrap(), "durable", 1, 150);
+    let read = values(&got);
+    let expected: Vec<String> = (0..50)
+        .map(|i| format!("a-{i}"))
+        .chain((0..50).map(|i| format!("b-{i}")))
+        .chain((0..50).map(|i| format!("c-{i}")))
+        .collect();
+    let mut sorted_read = read.clone();
+    sorted_read.sort();
+    let mut sorted_expected = expected.clone();
+    sorted_expected.sort();
+    assert_eq!(
+        sorted_read, sorted_expected,
+        "every acknowledged record once, nothing else"
+    );
+    let offsets: Vec<i64> = got[&0].iter().map(|(o, _)| *o).collect();
+    assert_eq!(
+        offsets,
+        (0..150).collect::<Vec<i64>>(),
+        "no offset twice, no gap"
+    );
+    assert_eq!(acked.len(), 150);
+}
+
+#[test]
+fn when_the_leader_dies_mid_produce_an_in_sync_replica_takes_over_and_nothing_acked_is_lost() {
+    let mut settings = FAST.to_vec();
+    settings.push("replica.lag.time.max.ms=3000");
+    let mut cluster = Cluster::start(3, &settings);
+    create_topic_with(
+        &cluster.bootstrap(),
+        "failover",
+        2,
+        3,
+        &[("min.insync.replicas", "2")],
+    )
+    .expect("created");
+    let (leader, _, _) = partition_state(&cluster.metadata(1), "failover", 0);
+    let bootstrap = cluster.bootstrap();
+    // A producer keeps writing while the leader of partition 0 is killed.
+    let writer = std::thread::spawn(move || {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "60000")
+            .set("linger.ms", "2")
+            .create()
+            .expect("producer");
+        block_on(async {
+            let mut acked = Vec::new();
+            for round in 0..40 {
+                let sends: Vec<_> = (0..25)
+                    .map(|i| {
+                        let value = format!("w-{round}-{i}");
+                        let key = format!("{}", i % 2);
+                        let producer = producer.clone();
+                        async move {
+                            let result = producer
+                                .send(
+                                    FutureRecord::to("failover")
+                                        .partition(i % 2)
+                                        .key(&key)
+                                        .payload(&value),
+                                    Duration::from_secs(60),
+                                )
+                                .await;
+                            result.ok().map(|d| (d.partition, d.offset, value))
+                        }
+                    })
+                    .collect();
+                acked.extend(futures::future::join_all(sends).await.into_iter().flatten());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            acked
+        })
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let killed_at = Instant::now();
+    cluster.node_mut(leader).kill9();
+    let watcher = (1..=3).find(|n| *n != leader).expect("a survivor");
+    wait_for("a new leader from the ISR", Duration::from_secs(15), || {
+        let (now, _, _) = partition_state(&cluster.metadata(watcher), "failover", 0);
+        now != leader && now != -1
+    });
+    let elected_after = killed_at.elapsed();
+    let acked = writer.join().expect("writer");
+    assert!(
+        acked.len() >= 900,
+        "most writes acknowledged: {}",
+        acked.len()
+    );
+    // The old leader returns as a follower, truncates whatever it had beyond the new leader,
+    // and catches up.
+    cluster.node_mut(leader).restart();
+    wait_for(
+        "the old leader back in the ISR",
+        Duration::from_secs(30),
+        || {
+            (0..2).all(|p| {
+                partition_state(&cluster.metadata(watcher), "failover", p)
+                    .2
+                    .len()
+                    == 3
+            })
+        },
+    );
+    let total: usize = 1000;
+    let got = consume(&cluster.bootstrap(), "failover", 2, acked.len());
+    let read: BTreeSet<String> = values(&got).into_iter().collect();
+    for (partition, offset, value) in &acked {
+        let at = got[partition]
+            .iter()
+            .find(|(o, _)| o == offset)
+            .unwrap_or_else(|| panic!("acknowledged {value} at {partition}/{offset} is gone"));
+        assert_eq!(
+            &at.1, value,
+            "offset {offset} of partition {partition} holds another record"
+        );
+    }
+    assert_eq!(read.len(), values(&got).len(), "no record twice");
+    assert!(read.len() <= total);
+    for (partition, records) in &got {
+        let offsets: Vec<i64> = records.iter().map(|(o, _)| *o).collect();
+        assert!(
+            offsets.windows(2).all(|w| w[1] == w[0] + 1),
+            "partition {partition} has gaps"
+        );
+    }
+    eprintln!("new leader elected {elected_after:?} after kill -9");
+    // OffsetForLeaderEpoch on the new leader: epoch 0 ended where the new leadership began;
+    // the current epoch ends at the log end; an asker with an older current epoch is fenced.
+    let metadata = cluster.metadata(watcher);
+    let (now_leader, _, _) = partition_state(&metadata, "failover", 0);
+    let epoch = metadata
+        .topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .find(|p| p.partition_index == 0 && p.leader_id.0 == now_leader)
+        .map(|p| p.leader_epoch)
+        .expect("partition 0");
+    assert!(epoch >= 1);
+    let ask = |current: i32, asked: i32| {
+        let mut raw = Raw::connect(cluster.node(now_leader).port);
+        let request = OffsetForLeaderEpochRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_topics(vec![OffsetForLeaderTopic::default()
+                .with_topic(kafka_protocol::messages::TopicName(
+                    kafka_protocol::protocol::StrBytes::from_static_str("failover"),
+                ))
+                .with_partitions(vec![OffsetForLeaderPartition::default()
+                    .with_partition(0)
+                    .with_current_leader_epoch(current)
+                    .with_leader_epoch(asked)])]);
+        let answer: OffsetForLeaderEpochResponse =
+            call(&mut raw, ApiKey::OffsetForLeaderEpoch, 4, &request);
+        let p = answer.topics[0].partitions[0].clone();
+        (p.error_code, p.leader_epoch, p.end_offset)
+    };
+    let log_end = got[&0].last().map_or(0, |(o, _)| o + 1);
+    let (error, answered, end) = ask(epoch, 0);
+    assert_eq!((error, answered), (0, 0));
+    assert!(
+        end > 0 && end <= log_end,
+        "epoch 0 ended at {end}, log end {log_end}"
+    );
+    assert_eq!(ask(epoch, epoch), (0, epoch, log_end));
+    assert_eq!(ask(epoch - 1, 0).0, 74, "FENCED_LEADER_EPOCH");
+}
+
+#[test]
+fn a_frozen_follower_leaves_the_isr_after_the_lag_time_and_rejoins_once_caught_up() {
+    // Sessions far longer than the lag time: the follower leaves the ISR because it stopped
+    // copying, not because it was fenced.
+    let cluster = Cluster::start(
+        3,
+        &[
+            "broker.heartbeat.interval.ms=200",
+            "broker.session.timeout.ms=60000",
+            "controller.quorum.election.timeout.ms=500",
+            "replica.lag.time.max.ms=1500",
+        ],
+    );
+    create_topic(&cluster.bootstrap(), "lagging", 1, 3).expect("created");
+    let controller = cluster.controller(1);
+    let (leader, replicas, _) = partition_state(&cluster.metadata(1), "lagging", 0);
+    let frozen = *replicas
+        .iter()
+        .find(|r| **r != leader && **r != controller)
+        .or_else(|| replicas.iter().find(|r| **r != leader))
+        .expect("a follower");
+    let watcher = leader;
+    produce(&cluster.bootstrap(), "lagging", "before", 20);
+    let pid = cluster.node(frozen).pid() as i32;
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    let frozen_at = Instant::now();
+    // Writes with acks=all go on once it is out (min.insync.replicas is 1).
+    let producer = std::thread::spawn({
+        let bootstrap = cluster.bootstrap();
+        move || produce(&bootstrap, "lagging", "during", 20)
+    });
+    wait_for(
+        "the frozen follower out of the ISR",
+        Duration::from_secs(15),
+        || {
+            !partition_state(&cluster.metadata(watcher), "lagging", 0)
+                .2
+                .contains(&frozen)
+        },
+    );
+    assert!(
+        frozen_at.elapsed() >= Duration::from_millis(1500),
+        "not before the lag time"
+    );
+    assert_eq!(producer.join().expect("producer").len(), 20);
+    unsafe {
+        libc::kill(pid, libc::SIGCONT);
+    }
+    wait_for(
+        "the follower back in the ISR",
+        Duration::from_secs(15),
+        || {
+            partition_state(&cluster.metadata(watcher), "lagging", 0)
+                .2
+                .contains(&frozen)
+        },
+    );
+    assert_eq!(
+        values(&consume(&cluster.bootstrap(), "lagging", 1, 40)).len(),
+        40
+    );
+}
+
+/// The scenario of a leader cut off from the cluster after its followers fell out of the ISR:
+/// it alone has the last acknowledged records. Kills the followers, writes 20 records that only
+/// the leader takes (min.insync.replicas 1), freezes the leader (cut off: no heartbeats, no
+/// fetches served), brings the followers back, and returns (the cluster, the topic's replicas,
+/// the frozen leader's pid, a node that holds no replica).
+fn strand_the_only_in_sync_replica(unclean: &str) -> (Cluster, Vec<i32>, i32, i32) {
+    // Five nodes: the quorum keeps three while the leader is cut off and one follower is down.
+    let mut settings = FAST.to_vec();
+    settings.extend(["cores=1", "replica.lag.time.max.ms=2000"]);
+    let mut cluster = Cluster::start(5, &settings);
+    create_topic_with(
+        &cluster.bootstrap(),
+        "stranded",
+        1,
+        3,
+        &[("unclean.leader.election.enable", unclean)],
+    )
+    .expect("created");
+    let (leader, replicas, _) = partition_state(&cluster.metadata(1), "stranded", 0);
+    let watcher = (1..=5)
+        .find(|n| !replicas.contains(n))
+        .expect("a bystander");
+    produce(&cluster.bootstrap(), "stranded", "shared", 30);
+    for follower in replicas.iter().filter(|r| **r != leader) {
+        cluster.node_mut(*follower).kill9();
+    }
+    wait_for(
+        "the ISR down to the leader",
+        Duration::from_secs(20),
+        || partition_state(&cluster.metadata(watcher), "stranded", 0).2 == vec![leader],
+    );
+    produce(&cluster.bootstrap(), "stranded", "only-leader", 20);
+    let pid = cluster.node(leader).pid() as i32;
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    for follower in replicas.iter().filter(|r| **r != leader) {
+        cluster.node_mut(*follower).restart();
+    }
+    // The cut-off leader is fenced; it was the last in-sync replica.
+    wait_for("the leader fenced", Duration::from_secs(20), || {
+        !cluster.brokers_seen_by(watcher).contains(&leader)
+    });
+    (cluster, replicas, pid, watcher)
+}
+
+#[test]
+fn with_unclean_election_off_a_partition_whose_in_sync_replicas_are_gone_stays_offline() {
+    let (cluster, _, pid, watcher) = strand_the_only_in_sync_replica("false");
+    // The followers are back, but not in sync: no leader, rather than a leader without the
+    // last acknowledged records.
+    std::thread::sleep(Duration::from_secs(3));
+    let (leader, _, isr) = partition_state(&cluster.metadata(watcher), "stranded", 0);
+    assert_eq!(leader, -1, "offline");
+    assert_eq!(isr.len(), 1);
+    // The in-sync replica comes back and leads again, with every acknowledged record.
+    unsafe {
+        libc::kill(pid, libc::SIGCONT);
+    }
+    wait_for(
+        "the in-sync replica leading again",
+        Duration::from_secs(20),
+        || partition_state(&cluster.metadata(watcher), "stranded", 0).0 == isr[0],
+    );
+    let read = values(&consume(&cluster.bootstrap(), "stranded", 1, 50));
+    assert_eq!(read.len(), 50, "nothing lost");
+    assert!(read.iter().any(|v| v == "only-leader-19"));
+}
+
+#[test]
+fn with_unclean_election_on_an_out_of_sync_replica_leads_and_the_loss_is_reported() {
+    let (cluster, replicas, pid, watcher) = strand_the_only_in_sync_replica("true");
+    let old_leader = {
+        let (_, _, isr) = partition_state(&cluster.metadata(watcher), "stranded", 0);
+        isr[0]
+    };
+    wait_for("an unclean leader", Duration::from_secs(20), || {
+        let (leader, _, _) = partition_state(&cluster.metadata(watcher), "stranded", 0);
+        leader != -1 && leader != old_leader
+    });
+    let (leader, _, isr) = partition_state(&cluster.metadata(watcher), "stranded", 0);
+    assert!(replicas.contains(&leader));
+    // The ISR restarted from the new leader alone (the other follower may have caught up and
+    // joined it since); the old leader is out.
+    assert!(
+        isr.contains(&leader) && !isr.contains(&old_leader),
+        "{isr:?}"
+    );
+    // Available again, without what only the old leader had: the loss is the 20 records.
+    produce(&cluster.bootstrap(), "stranded", "after", 10);
+    let read = values(&consume(&cluster.bootstrap(), "stranded", 1, 40));
+    let lost = (0..20)
+        .filter(|i| !read.contains(&format!("only-leader-{i}")))
+        .count();
+    assert_eq!(lost, 20, "{read:?}");
+    assert_eq!(read.len(), 40);
+    let reported = (1..=5).any(|n| {
+        cluster
+            .node(n)
+            .log()
+            .contains("stranded-0: unclean leader election")
+    });
+    assert!(reported, "the controller reports the unclean election");
+    // The old leader returns, truncates what it alone had, and follows.
+    unsafe {
+        libc::kill(pid, libc::SIGCONT);
+    }
+    wait_for("the old leader truncated", Duration::from_secs(20), || {
+        cluster
+            .node(old_leader)
+            .log()
+            .contains("stranded-0: truncated from 50 to 30")
+    });
 }
