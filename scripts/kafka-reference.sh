@@ -22,6 +22,21 @@
 #   scripts/kafka-reference.sh stop [--port PORT] [--keep-data]
 #       SIGTERM (SIGKILL after 60 s) the broker on PORT, or every broker this script started;
 #       removes its pidfile and the data dir (unless --keep-data). Logs stay in the run dir.
+#   scripts/kafka-reference.sh cluster-start N [--profile default|flush] [--port 9192] [--cpus 0]
+#                                              [--heap 1G] [--set KEY=VALUE]...
+#       Starts an N-node KRaft cluster on 127.0.0.1, every node combined broker+controller in a
+#       static quorum (controller.quorum.voters=1@127.0.0.1:C1,...,N@127.0.0.1:CN). Node i
+#       (node.id=i, 1..N) has PLAINTEXT on PORT+2(i-1), its controller on PORT+2(i-1)+1, its
+#       data in target/kafka-reference/data-<its port> (wiped first) and its files in run/<its
+#       port>, as start. All formatted with one cluster id; internal topics replicated
+#       min(3,N) times, min.isr min(2,N); default.replication.factor stays 1. Every node gets
+#       the same --profile, --cpus (one taskset LIST for all JVMs), --heap (each) and --set.
+#       Launches the N JVMs, waits until all serve (120 s at most) and prints two lines on
+#       stdout: the bootstrap list 127.0.0.1:P1,...,127.0.0.1:PN, then the PIDs P1,...,PN.
+#       On failure stops every node it started and exits 1.
+#   scripts/kafka-reference.sh cluster-stop N [--port 9192]
+#       Stops the N nodes of cluster-start (all at once, so that the quorum outlives every
+#       broker's controlled shutdown) and removes their data dirs, as stop does for each.
 #   scripts/kafka-reference.sh status
 #   scripts/kafka-reference.sh smoke [--profile default|flush]
 #       install, start on a free port, 100 records in and out with kcat, stop.
@@ -46,6 +61,7 @@ LIB="$KDIR/lib"
 RUNBASE="$KDIR/run"
 JAVA=${JAVA:-java}
 READY_TIMEOUT=90
+CLUSTER_READY_TIMEOUT=120
 STOP_TIMEOUT=60
 
 say() { printf 'kafka-reference: %s\n' "$*" >&2; }
@@ -146,15 +162,29 @@ cluster_id() {
     done
 }
 
-write_config() { # RUN PORT CPORT DATA PROFILE SETS...
-    local run=$1 port=$2 cport=$3 data=$4 profile=$5 kv
-    shift 5
+# write_config RUN PORT CPORT DATA PROFILE NODE_ID NODES QUORUM SETS...
+#   NODE_ID: node.id; NODES: the cluster's size (internal topics are replicated min(3,NODES)
+#   times, min.isr min(2,NODES)); QUORUM: the quorum line, controller.quorum.bootstrap.servers=...
+#   (start: one node, dynamic quorum) or controller.quorum.voters=... (cluster-start: static).
+write_config() {
+    local run=$1 port=$2 cport=$3 data=$4 profile=$5 node=$6 nodes=$7 quorum=$8 kv
+    shift 8
+    local rf=$((nodes < 3 ? nodes : 3)) isr=$((nodes < 2 ? nodes : 2))
     {
-        echo "# written by scripts/kafka-reference.sh start (profile $profile); not a Kafka default: only what"
-        echo "# a single-node KRaft combined-mode broker needs. Everything else is at Kafka's defaults."
+        case "$quorum" in
+            controller.quorum.voters=*)
+                echo "# written by scripts/kafka-reference.sh cluster-start (node $node of $nodes, profile $profile); not a"
+                echo "# Kafka default: only what a KRaft combined-mode node of a static $nodes-voter quorum needs."
+                echo "# Everything else is at Kafka's defaults (default.replication.factor too: 1)."
+                ;;
+            *)
+                echo "# written by scripts/kafka-reference.sh start (profile $profile); not a Kafka default: only what"
+                echo "# a single-node KRaft combined-mode broker needs. Everything else is at Kafka's defaults."
+                ;;
+        esac
         echo "process.roles=broker,controller"
-        echo "node.id=1"
-        echo "controller.quorum.bootstrap.servers=127.0.0.1:$cport"
+        echo "node.id=$node"
+        echo "$quorum"
         echo "listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
         echo "advertised.listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
         echo "inter.broker.listener.name=PLAINTEXT"
@@ -162,11 +192,11 @@ write_config() { # RUN PORT CPORT DATA PROFILE SETS...
         echo "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
         echo "log.dirs=$data"
         echo "num.partitions=1"
-        echo "offsets.topic.replication.factor=1"
-        echo "transaction.state.log.replication.factor=1"
-        echo "transaction.state.log.min.isr=1"
-        echo "share.coordinator.state.topic.replication.factor=1"
-        echo "share.coordinator.state.topic.min.isr=1"
+        echo "offsets.topic.replication.factor=$rf"
+        echo "transaction.state.log.replication.factor=$rf"
+        echo "transaction.state.log.min.isr=$isr"
+        echo "share.coordinator.state.topic.replication.factor=$rf"
+        echo "share.coordinator.state.topic.min.isr=$isr"
         echo "group.initial.rebalance.delay.ms=0"
         case "$profile" in
             default) echo "# profile default: page cache only, fsync left to the OS (Kafka's default)" ;;
@@ -208,6 +238,72 @@ rootLogger.appenderRef.stderr.ref = STDERR
 EOF
 }
 
+# use_cpus WHAT LIST: sets TASKSET, the command prefix that pins a JVM to the taskset CPU LIST
+# (none for "" or "all").
+TASKSET=()
+use_cpus() {
+    local what=$1 cpus=$2
+    TASKSET=()
+    if [ -n "$cpus" ] && [ "$cpus" != all ]; then
+        command -v taskset >/dev/null 2>&1 || apt_install util-linux
+        taskset -c "$cpus" true 2>/dev/null || die "$what: taskset -c '$cpus' fails (CPUs online: $(nproc))"
+        TASKSET=(taskset -c "$cpus")
+    fi
+}
+
+# prepare_data WHAT DATA KEEP: the data dir, fresh unless KEEP=1 and already formatted (then
+# FORMAT=0, else FORMAT=1); never wipes a non-empty dir that is not Kafka's.
+FORMAT=1
+prepare_data() {
+    local what=$1 data=$2 keep=$3
+    FORMAT=1
+    if [ -d "$data" ] && [ -n "$(ls -A "$data")" ]; then
+        if [ "$keep" = 1 ] && [ -f "$data/meta.properties" ]; then
+            FORMAT=0 # (format --ignore-formatted would still insist on the same cluster id)
+        elif [ -f "$data/meta.properties" ] || [ -f "$data/bootstrap.checkpoint" ]; then
+            rm -rf "$data"
+        else
+            die "$what: --data $data is not empty and holds no Kafka log dir; refusing to wipe it"
+        fi
+    fi
+}
+
+# format_storage WHAT RUN CLUSTER_ID [OPTION...]: kafka-storage format of the log dir of
+# RUN/server.properties (output in RUN/format.log).
+format_storage() {
+    local what=$1 run=$2 id=$3
+    shift 3
+    if ! "$JAVA" -Xmx256M "-Dlog4j2.configurationFile=file:$run/log4j2-tools.properties" \
+        -cp "$LIB/*" kafka.tools.StorageTool format \
+        -t "$id" -c "$run/server.properties" "$@" \
+        </dev/null >"$run/format.log" 2>&1; then
+        tail -n 30 "$run/format.log" | sed 's/^/    format: /' >&2
+        die "$what: kafka-storage format failed (log: ${run#"$ROOT"/}/format.log)"
+    fi
+}
+
+# launch_broker RUN HEAP: kafka.Kafka RUN/server.properties in the background, pinned with
+# TASKSET, output in RUN/kafka.log; sets BROKER_PID (the JVM itself) and writes RUN/kafka.pid.
+BROKER_PID=""
+launch_broker() {
+    local run=$1 heap=$2
+    local log4j="-Dlog4j2.configurationFile=file:$run/log4j2.properties"
+
+    # JVM options of Kafka's bin/kafka-run-class.sh and kafka-server-start.sh (heap, G1, GC log).
+    local jvm=(-Xms"$heap" -Xmx"$heap"
+        -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35
+        -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true
+        "-Xlog:gc*:file=$run/gc.log:time,tags:filecount=10,filesize=100M"
+        "$log4j" "-Dkafka.logs.dir=$run")
+    # shellcheck disable=SC2206 # a list of options
+    [ -z "${KAFKA_REF_JVM_OPTS:-}" ] || jvm+=(${KAFKA_REF_JVM_OPTS})
+    # nohup and taskset exec, so $! is the JVM itself.
+    nohup "${TASKSET[@]}" "$JAVA" "${jvm[@]}" -cp "$LIB/*" kafka.Kafka "$run/server.properties" \
+        </dev/null >"$run/kafka.log" 2>&1 &
+    BROKER_PID=$!
+    echo "$BROKER_PID" >"$run/kafka.pid"
+}
+
 cmd_start() {
     local profile=default port=9192 data="" cpus=0 heap=1G keep=0 sets=()
     while [ $# -gt 0 ]; do
@@ -242,56 +338,24 @@ cmd_start() {
     port_open "$port" && die "start: 127.0.0.1:$port is already in use"
     port_open "$cport" && die "start: 127.0.0.1:$cport (controller, PORT+1) is already in use"
 
-    local taskset=()
-    if [ -n "$cpus" ] && [ "$cpus" != all ]; then
-        command -v taskset >/dev/null 2>&1 || apt_install util-linux
-        taskset -c "$cpus" true 2>/dev/null || die "start: taskset -c '$cpus' fails (CPUs online: $(nproc))"
-        taskset=(taskset -c "$cpus")
-    fi
+    use_cpus start "$cpus"
 
     # The data dir: fresh unless --keep-data; never wipe a non-empty dir that is not Kafka's.
-    local format=1
-    if [ -d "$data" ] && [ -n "$(ls -A "$data")" ]; then
-        if [ "$keep" = 1 ] && [ -f "$data/meta.properties" ]; then
-            format=0 # (format --ignore-formatted would still insist on the same cluster id)
-        elif [ -f "$data/meta.properties" ] || [ -f "$data/bootstrap.checkpoint" ]; then
-            rm -rf "$data"
-        else
-            die "start: --data $data is not empty and holds no Kafka log dir; refusing to wipe it"
-        fi
-    fi
+    prepare_data start "$data" "$keep"
     mkdir -p "$data" "$run"
     rm -f "$run/kafka.pid" "$run/kafka.log" "$run/gc.log"* "$run/format.log"
-    write_config "$run" "$port" "$cport" "$data" "$profile" "${sets[@]}"
+    write_config "$run" "$port" "$cport" "$data" "$profile" 1 1 \
+        "controller.quorum.bootstrap.servers=127.0.0.1:$cport" "${sets[@]}"
     printf 'port=%s\ndata=%s\nprofile=%s\ncpus=%s\nheap=%s\n' "$port" "$data" "$profile" "$cpus" "$heap" >"$run/state"
 
     # KRaft: a fresh log dir is formatted with a new cluster id; --standalone makes this node the
     # sole voter of a dynamic quorum (controller.quorum.bootstrap.servers, KIP-853), as Kafka's
     # quickstart does. (controller.quorum.voters, the static quorum, refuses --standalone.)
-    if [ "$format" = 1 ]; then
-        if ! "$JAVA" -Xmx256M "-Dlog4j2.configurationFile=file:$run/log4j2-tools.properties" \
-            -cp "$LIB/*" kafka.tools.StorageTool format \
-            -t "$(cluster_id)" -c "$run/server.properties" --standalone \
-            </dev/null >"$run/format.log" 2>&1; then
-            tail -n 30 "$run/format.log" | sed 's/^/    format: /' >&2
-            die "start: kafka-storage format failed (log: ${run#"$ROOT"/}/format.log)"
-        fi
+    if [ "$FORMAT" = 1 ]; then
+        format_storage start "$run" "$(cluster_id)" --standalone
     fi
-    local log4j="-Dlog4j2.configurationFile=file:$run/log4j2.properties"
-
-    # JVM options of Kafka's bin/kafka-run-class.sh and kafka-server-start.sh (heap, G1, GC log).
-    local jvm=(-Xms"$heap" -Xmx"$heap"
-        -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35
-        -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true
-        "-Xlog:gc*:file=$run/gc.log:time,tags:filecount=10,filesize=100M"
-        "$log4j" "-Dkafka.logs.dir=$run")
-    # shellcheck disable=SC2206 # a list of options
-    [ -z "${KAFKA_REF_JVM_OPTS:-}" ] || jvm+=(${KAFKA_REF_JVM_OPTS})
-    # nohup and taskset exec, so $! is the JVM itself.
-    nohup "${taskset[@]}" "$JAVA" "${jvm[@]}" -cp "$LIB/*" kafka.Kafka "$run/server.properties" \
-        </dev/null >"$run/kafka.log" 2>&1 &
-    local pid=$! t0=$SECONDS
-    echo "$pid" >"$run/kafka.pid"
+    launch_broker "$run" "$heap"
+    local pid=$BROKER_PID t0=$SECONDS
     while :; do
         if ! kill -0 "$pid" 2>/dev/null; then
             wait "$pid" 2>/dev/null || true
@@ -377,6 +441,175 @@ cmd_status() {
         fi
     done
     [ "$any" = 1 ] || echo "no broker started"
+}
+
+# ---------------------------------------------------------------- cluster
+
+# check_nodes WHAT N: the first argument of cluster-start/cluster-stop.
+check_nodes() {
+    case "$2" in '' | 0* | *[!0-9]*) die "$1: the first argument is the number of nodes N (1 or more; see the header of $0)" ;; esac
+}
+
+# stop_runs RUNDIR...: stop_one (data dir removed) on every RUNDIR at once. A combined node's
+# controller outlives its broker's controlled shutdown, which needs an active controller: one
+# after the other, the last nodes would wait for a quorum majority already gone (and be killed
+# after STOP_TIMEOUT).
+stop_runs() {
+    local run pid pids=() rc=0
+    for run in "$@"; do
+        stop_one "$run" 0 &
+        pids+=("$!")
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+    return "$rc"
+}
+
+# EXIT trap of cluster-start until every node serves: stops what it started, data dirs removed.
+CLUSTER_RUNS=()
+cluster_abort() {
+    local STOP_TIMEOUT=15 # (dynamic scope: stop_one's SIGKILL delay) the data goes anyway
+    [ "${#CLUSTER_RUNS[@]}" -gt 0 ] || return 0
+    say "cluster-start: failed; stopping the ${#CLUSTER_RUNS[@]} node(s) it set up"
+    stop_runs "${CLUSTER_RUNS[@]}" || true
+}
+
+cmd_cluster_start() {
+    local n=${1:-} profile=default base=9192 cpus=0 heap=1G sets=()
+    check_nodes cluster-start "$n"
+    shift
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --profile) profile=${2:?--profile needs a value}; shift 2 ;;
+            --port) base=${2:?--port needs a value}; shift 2 ;;
+            --cpus) cpus=${2?--cpus needs a value}; shift 2 ;;
+            --heap) heap=${2:?--heap needs a value}; shift 2 ;;
+            --set) sets+=("${2:?--set needs KEY=VALUE}"); shift 2 ;;
+            --profile=* | --port=* | --cpus=* | --heap=* | --set=*)
+                set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
+            *) die "cluster-start: unknown option '$1' (see the header of $0)" ;;
+        esac
+    done
+    case "$profile" in default | flush) ;; *) die "cluster-start: --profile is default or flush, not '$profile'" ;; esac
+    case "$base" in '' | *[!0-9]*) die "cluster-start: --port must be a number" ;; esac
+    [ "$base" -ge 1 ] && [ $((base + 2 * n - 1)) -le 65535 ] \
+        || die "cluster-start: --port out of range (the $n nodes use $base..$((base + 2 * n - 1)))"
+    case "$heap" in *[!0-9kKmMgG]* | '') die "cluster-start: --heap is a JVM size such as 512M or 1G" ;; esac
+    local kv
+    for kv in "${sets[@]}"; do case "$kv" in *=*) ;; *) die "cluster-start: --set needs KEY=VALUE, not '$kv'" ;; esac; done
+
+    cmd_install
+    ensure_java
+    local i j port cport run data voters="" ports=() runs=() datas=()
+    for i in $(seq 1 "$n"); do
+        port=$((base + 2 * (i - 1)))
+        cport=$((port + 1))
+        run="$RUNBASE/$port"
+        if [ -f "$run/kafka.pid" ] && pid_is_broker "$(cat "$run/kafka.pid")"; then
+            die "cluster-start: a broker is already running on port $port (pid $(cat "$run/kafka.pid")); stop it first"
+        fi
+        port_open "$port" && die "cluster-start: 127.0.0.1:$port (node $i) is already in use"
+        port_open "$cport" && die "cluster-start: 127.0.0.1:$cport (node $i's controller) is already in use"
+        ports+=("$port")
+        runs+=("$run")
+        datas+=("$KDIR/data-$port")
+        voters+="${voters:+,}$i@127.0.0.1:$cport"
+    done
+    use_cpus cluster-start "$cpus"
+
+    # From here on, a failure (or ^C) stops and cleans up every node set up so far.
+    CLUSTER_RUNS=()
+    trap cluster_abort EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+
+    # KRaft, static quorum: every node knows all voters from controller.quorum.voters, so the
+    # format takes neither --standalone nor --initial-controllers (kraft.version 0); all log dirs
+    # share one cluster id.
+    local id
+    id=$(cluster_id)
+    for i in $(seq 1 "$n"); do
+        j=$((i - 1)) port=${ports[j]} run=${runs[j]} data=${datas[j]}
+        prepare_data cluster-start "$data" 0
+        mkdir -p "$data" "$run"
+        rm -f "$run/kafka.pid" "$run/kafka.log" "$run/gc.log"* "$run/format.log"
+        printf 'port=%s\ndata=%s\nprofile=%s\ncpus=%s\nheap=%s\nnode=%s of %s (cluster-start --port %s)\ncluster.id=%s\n' \
+            "$port" "$data" "$profile" "$cpus" "$heap" "$i" "$n" "$base" "$id" >"$run/state"
+        CLUSTER_RUNS+=("$run")
+        write_config "$run" "$port" "$((port + 1))" "$data" "$profile" "$i" "$n" \
+            "controller.quorum.voters=$voters" "${sets[@]}"
+        format_storage cluster-start "$run" "$id"
+    done
+
+    # All JVMs first: none can finish starting before a majority of the voters is up.
+    local pids=() ready=() t0=$SECONDS
+    for i in $(seq 1 "$n"); do
+        launch_broker "${runs[i - 1]}" "$heap"
+        pids+=("$BROKER_PID")
+        ready+=(0)
+    done
+    local nready late
+    while :; do
+        nready=0
+        for j in "${!pids[@]}"; do
+            if [ "${ready[j]}" = 0 ]; then
+                if ! kill -0 "${pids[j]}" 2>/dev/null; then
+                    wait "${pids[j]}" 2>/dev/null || true
+                    tail -n 40 "${runs[j]}/kafka.log" | sed 's/^/    kafka: /' >&2
+                    die "cluster-start: node $((j + 1)) (port ${ports[j]}, pid ${pids[j]}) exited during startup" \
+                        "(log: ${runs[j]#"$ROOT"/}/kafka.log)"
+                fi
+                if port_open "${ports[j]}" && grep -q 'Kafka Server started' "${runs[j]}/kafka.log" 2>/dev/null; then
+                    ready[j]=1
+                fi
+            fi
+            [ "${ready[j]}" = 0 ] || nready=$((nready + 1))
+        done
+        [ "$nready" -lt "$n" ] || break
+        if [ $((SECONDS - t0)) -ge "$CLUSTER_READY_TIMEOUT" ]; then
+            late=""
+            for j in "${!pids[@]}"; do
+                [ "${ready[j]}" = 0 ] || continue
+                late+="${late:+, }node $((j + 1)) (port ${ports[j]})"
+                say "cluster-start: node $((j + 1)), ${runs[j]#"$ROOT"/}/kafka.log:"
+                tail -n 40 "${runs[j]}/kafka.log" | sed 's/^/    kafka: /' >&2
+            done
+            die "cluster-start: $late did not serve within $CLUSTER_READY_TIMEOUT s"
+        fi
+        sleep 0.2
+    done
+    trap - EXIT INT TERM
+    CLUSTER_RUNS=()
+
+    local bootstrap=()
+    for port in "${ports[@]}"; do bootstrap+=("127.0.0.1:$port"); done
+    say "Kafka $(kafka_version) cluster of $n serving on $(IFS=,; echo "${bootstrap[*]}")" \
+        "(controllers :$((base + 1)) and every 2 ports on), pids $(IFS=,; echo "${pids[*]}"), cluster id $id," \
+        "profile $profile, cpus ${cpus:-all}, heap $heap each, logs ${RUNBASE#"$ROOT"/}/PORT/kafka.log ($((SECONDS - t0)) s)"
+    (IFS=,; echo "${bootstrap[*]}"; echo "${pids[*]}")
+}
+
+cmd_cluster_stop() {
+    local n=${1:-} base=9192 i port runs=()
+    check_nodes cluster-stop "$n"
+    shift
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --port) base=${2:?--port needs a value}; shift 2 ;;
+            --port=*) base=${1#*=}; shift ;;
+            *) die "cluster-stop: unknown option '$1'" ;;
+        esac
+    done
+    case "$base" in '' | *[!0-9]*) die "cluster-stop: --port must be a number" ;; esac
+    for i in $(seq 1 "$n"); do
+        port=$((base + 2 * (i - 1)))
+        if [ -d "$RUNBASE/$port" ]; then
+            runs+=("$RUNBASE/$port")
+        else
+            say "cluster-stop: nothing was started on port $port (node $i)"
+        fi
+    done
+    [ "${#runs[@]}" -gt 0 ] || return 0
+    stop_runs "${runs[@]}"
 }
 
 # ---------------------------------------------------------------- smoke
@@ -471,6 +704,8 @@ case "$cmd" in
     install) cmd_install "$@" ;;
     start) cmd_start "$@" ;;
     stop) cmd_stop "$@" ;;
+    cluster-start) cmd_cluster_start "$@" ;;
+    cluster-stop) cmd_cluster_stop "$@" ;;
     status) cmd_status "$@" ;;
     smoke) cmd_smoke "$@" ;;
     *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;

@@ -28,6 +28,12 @@ pub enum BrokerKind {
     Sluice { overrides: Vec<String> },
     /// `scripts/kafka-reference.sh start --profile PROFILE`.
     Kafka { profile: String },
+    /// A cluster of `nodes` sluice processes on this machine, each a broker and a voter of
+    /// the metadata quorum, all pinned to the same CPUs as a single broker would be.
+    SluiceCluster { nodes: usize },
+    /// `scripts/kafka-reference.sh cluster-start NODES --profile PROFILE`: as many Apache Kafka
+    /// brokers (KRaft combined mode, a static quorum), pinned the same way.
+    KafkaCluster { nodes: usize, profile: String },
     /// Already running; not restarted, data not wiped; CPU and RSS only with its PID.
     Running { bootstrap: String, pid: Option<u32> },
 }
@@ -41,8 +47,28 @@ pub struct BrokerSpec {
 
 impl BrokerSpec {
     /// `sluice`, `NAME=sluice+KEY=VALUE[+KEY=VALUE...]` (sluice with settings, to compare
-    /// variants of it), `kafka-default`, `kafka-flush` or `NAME=HOST:PORT[@PID]`.
+    /// variants of it), `kafka-default`, `kafka-flush`, clusters of N nodes `sluice-xN`,
+    /// `kafka-default-xN`, `kafka-flush-xN`, or `NAME=HOST:PORT[@PID]`.
     pub fn parse(text: &str) -> Result<BrokerSpec, String> {
+        if let Some((base, nodes)) = text.rsplit_once("-x") {
+            if let Ok(nodes) = nodes.parse::<usize>() {
+                if !(1..=9).contains(&nodes) {
+                    return Err(format!("broker {text:?}: a cluster has 1 to 9 nodes"));
+                }
+                let kind = match base {
+                    "sluice" => BrokerKind::SluiceCluster { nodes },
+                    "kafka-default" | "kafka-flush" => BrokerKind::KafkaCluster {
+                        nodes,
+                        profile: base.trim_start_matches("kafka-").to_string(),
+                    },
+                    _ => return Err(format!("broker {text:?}: sluice-xN or kafka-PROFILE-xN")),
+                };
+                return Ok(BrokerSpec {
+                    name: text.to_string(),
+                    kind,
+                });
+            }
+        }
         if let Some((name, variant)) = text.split_once('=') {
             if let Some(settings) = variant.strip_prefix("sluice+") {
                 let overrides: Vec<String> = settings.split('+').map(str::to_string).collect();
@@ -132,15 +158,25 @@ pub struct Setup {
 
 enum Handle {
     Sluice(Child),
-    Kafka { script: PathBuf, port: u16 },
+    Kafka {
+        script: PathBuf,
+        port: u16,
+    },
+    SluiceCluster(Vec<Child>),
+    KafkaCluster {
+        script: PathBuf,
+        port: u16,
+        nodes: usize,
+    },
     NotOurs,
     Stopped,
 }
 
-/// A broker serving for one run.
+/// A broker (or cluster) serving for one run.
 pub struct RunningBroker {
     pub bootstrap: String,
-    pub pid: Option<u32>,
+    /// Every broker process: CPU and memory are summed over them.
+    pub pids: Vec<u32>,
     handle: Handle,
 }
 
@@ -171,12 +207,164 @@ impl RunningBroker {
         match &spec.kind {
             BrokerKind::Running { bootstrap, pid } => Ok(RunningBroker {
                 bootstrap: bootstrap.clone(),
-                pid: *pid,
+                pids: pid.iter().copied().collect(),
                 handle: Handle::NotOurs,
             }),
             BrokerKind::Sluice { overrides } => RunningBroker::start_sluice(setup, overrides, log),
             BrokerKind::Kafka { profile } => RunningBroker::start_kafka(setup, profile),
+            BrokerKind::SluiceCluster { nodes } => {
+                RunningBroker::start_sluice_cluster(setup, *nodes, log)
+            }
+            BrokerKind::KafkaCluster { nodes, profile } => {
+                RunningBroker::start_kafka_cluster(setup, *nodes, profile)
+            }
         }
+    }
+
+    /// N sluice nodes: clients on PORT.., controllers on PORT+100.., data in DATA/node-I; waits
+    /// until every node's Metadata lists N brokers. Their output goes to `log`.
+    fn start_sluice_cluster(
+        setup: &Setup,
+        nodes: usize,
+        log: &Path,
+    ) -> Result<RunningBroker, String> {
+        let bin = setup.sluice_bin.as_ref().ok_or("no sluice binary")?;
+        wipe(&setup.data)?;
+        let ports: Vec<u16> = (0..nodes).map(|i| setup.port + i as u16).collect();
+        for port in &ports {
+            wait_until_port_is_free(*port)?;
+            wait_until_port_is_free(port + 100)?;
+        }
+        let voters: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("{}@127.0.0.1:{}", i + 1, port + 100))
+            .collect();
+        let log_file =
+            std::fs::File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
+        let mut broker = RunningBroker {
+            bootstrap: ports
+                .iter()
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            pids: Vec::new(),
+            handle: Handle::SluiceCluster(Vec::new()),
+        };
+        for (i, port) in ports.iter().enumerate() {
+            let data = setup.data.join(format!("node-{}", i + 1));
+            let mut command = subprocess::pinned(&setup.cpus, bin);
+            command
+                .arg("--cores")
+                .arg(setup.sluice_cores.to_string())
+                .args(["--override", &format!("node.id={}", i + 1)])
+                .args(["--override", "process.roles=broker,controller"])
+                .args([
+                    "--override",
+                    &format!("controller.quorum.voters={}", voters.join(",")),
+                ])
+                .args([
+                    "--override",
+                    &format!("listeners=PLAINTEXT://127.0.0.1:{port}"),
+                ])
+                .arg("--override")
+                .arg(format!("log.dirs={}", data.display()));
+            let out = log_file
+                .try_clone()
+                .map_err(|e| format!("{}: {e}", log.display()))?;
+            let err = log_file
+                .try_clone()
+                .map_err(|e| format!("{}: {e}", log.display()))?;
+            command
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .process_group(0);
+            subprocess::dies_with_parent(&mut command, libc::SIGTERM);
+            let child = command
+                .spawn()
+                .map_err(|e| format!("start {}: {e}", bin.display()))?;
+            broker.pids.push(child.id());
+            if let Handle::SluiceCluster(children) = &mut broker.handle {
+                children.push(child);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(PORT_WAIT_SECONDS_MAX * 2);
+        let ready = format!("sluice: cluster: {nodes} live broker(s)");
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.matches(&ready).count() >= nodes {
+                return Ok(broker);
+            }
+            if let Handle::SluiceCluster(children) = &mut broker.handle {
+                if children
+                    .iter_mut()
+                    .any(|c| matches!(c.try_wait(), Ok(Some(_))))
+                {
+                    return Err(format!(
+                        "a sluice node exited while starting; log: {}",
+                        log.display()
+                    ));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the sluice cluster did not form within {} s; log: {}",
+                    PORT_WAIT_SECONDS_MAX * 2,
+                    log.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn start_kafka_cluster(
+        setup: &Setup,
+        nodes: usize,
+        profile: &str,
+    ) -> Result<RunningBroker, String> {
+        let script = setup.kafka_script.as_ref().ok_or("no kafka-reference.sh")?;
+        let output = Command::new(script)
+            .args(["cluster-start", &nodes.to_string()])
+            .args(["--profile", profile])
+            .args(["--port", &setup.port.to_string()])
+            .args(["--cpus", &setup.cpus])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .output()
+            .map_err(|e| format!("run {}: {e}", script.display()))?;
+        let mut broker = RunningBroker {
+            bootstrap: String::new(),
+            pids: Vec::new(),
+            handle: Handle::KafkaCluster {
+                script: script.clone(),
+                port: setup.port,
+                nodes,
+            },
+        };
+        if !output.status.success() {
+            return Err(format!(
+                "kafka-reference.sh cluster-start failed ({}); its messages are above",
+                output.status
+            ));
+        }
+        // The script prints the bootstrap list, then the PIDs.
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+        let [.., bootstrap, pids] = lines.as_slice() else {
+            return Err(format!(
+                "kafka-reference.sh cluster-start printed {stdout:?}"
+            ));
+        };
+        broker.bootstrap = bootstrap.trim().to_string();
+        broker.pids = pids
+            .split(',')
+            .map(|p| p.trim().parse::<u32>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("kafka-reference.sh cluster-start printed {stdout:?}"))?;
+        Ok(broker)
     }
 
     fn start_sluice(
@@ -214,7 +402,7 @@ impl RunningBroker {
             .map_err(|e| format!("start {}: {e}", bin.display()))?;
         let mut broker = RunningBroker {
             bootstrap: format!("127.0.0.1:{}", setup.port),
-            pid: Some(child.id()),
+            pids: vec![child.id()],
             handle: Handle::Sluice(child),
         };
         let deadline = Instant::now() + Duration::from_secs(PORT_WAIT_SECONDS_MAX);
@@ -259,7 +447,7 @@ impl RunningBroker {
         // half-way.
         let mut broker = RunningBroker {
             bootstrap: format!("127.0.0.1:{}", setup.port),
-            pid: None,
+            pids: Vec::new(),
             handle: Handle::Kafka {
                 script: script.clone(),
                 port: setup.port,
@@ -274,10 +462,9 @@ impl RunningBroker {
         // The script prints the broker's PID on its last line.
         let stdout = String::from_utf8_lossy(&output.stdout);
         let pid = stdout.lines().rev().find(|l| !l.trim().is_empty());
-        broker.pid = Some(
-            pid.and_then(|p| p.trim().parse().ok())
-                .ok_or_else(|| format!("kafka-reference.sh start printed no PID: {stdout:?}"))?,
-        );
+        broker.pids = vec![pid
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| format!("kafka-reference.sh start printed no PID: {stdout:?}"))?];
         Ok(broker)
     }
 
@@ -301,6 +488,37 @@ impl RunningBroker {
                     .map_err(|e| format!("run {}: {e}", script.display()))?;
                 if !status.success() {
                     return Err(format!("kafka-reference.sh stop failed ({status})"));
+                }
+                Ok(())
+            }
+            Handle::SluiceCluster(mut children) => {
+                // SIGTERM to all at once: nodes stopping one by one would each wait for a
+                // quorum that is leaving.
+                for child in &children {
+                    subprocess::signal(child, libc::SIGTERM);
+                }
+                for child in &mut children {
+                    subprocess::stop(child, Duration::from_secs(STOP_GRACE_SECONDS))
+                        .ok_or("a sluice node could not be stopped")?;
+                }
+                Ok(())
+            }
+            Handle::KafkaCluster {
+                script,
+                port,
+                nodes,
+            } => {
+                let status = Command::new(&script)
+                    .args(["cluster-stop", &nodes.to_string()])
+                    .args(["--port", &port.to_string()])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .process_group(0)
+                    .status()
+                    .map_err(|e| format!("run {}: {e}", script.display()))?;
+                if !status.success() {
+                    return Err(format!("kafka-reference.sh cluster-stop failed ({status})"));
                 }
                 Ok(())
             }
@@ -359,6 +577,19 @@ mod tests {
             }
         );
         assert!(!running.is_started());
+        assert_eq!(
+            BrokerSpec::parse("sluice-x3").map(|b| b.kind),
+            Ok(BrokerKind::SluiceCluster { nodes: 3 })
+        );
+        assert_eq!(
+            BrokerSpec::parse("kafka-flush-x3").map(|b| b.kind),
+            Ok(BrokerKind::KafkaCluster {
+                nodes: 3,
+                profile: "flush".into()
+            })
+        );
+        assert!(BrokerSpec::parse("kafka-x3").is_err());
+        assert!(BrokerSpec::parse("sluice-x0").is_err());
         assert_eq!(
             BrokerSpec::parse("other=localhost:9092").map(|b| b.kind),
             Ok(BrokerKind::Running {

@@ -37,6 +37,9 @@ pub const USAGE: &str = "usage: sluice-bench compare [--runs 3] [--brokers sluic
     kafka-default          Apache Kafka with its defaults (scripts/kafka-reference.sh, found from
     kafka-flush            the current directory or --scripts DIR), or fsync per batch
     NAME=sluice+K=V[+K=V]  sluice started with these --override settings (compare variants of it)
+    sluice-xN              a cluster of N sluice nodes (clients on PORT.., controllers on PORT+100..)
+    kafka-default-xN       a cluster of N Kafka brokers (kafka-reference.sh cluster-start; PORT, PORT+2..),
+    kafka-flush-xN         every node pinned to the broker CPUs; CPU and RSS are summed over the nodes
     NAME=HOST:PORT[@PID]   a broker already running: not restarted, not wiped; CPU/RSS only with @PID
   CPU lists are taskset lists, or all (no pinning). Writes OUT/NAME-runK.json, OUT/NAME-runK.log
   (sluice's output) and OUT/compare.json; the brokers' data lives in DATA/log, wiped before each run.
@@ -280,7 +283,12 @@ impl Comparison {
     fn prepare(c: CompareOptions) -> Result<Comparison, String> {
         let exe = std::env::current_exe().map_err(|e| format!("this executable's path: {e}"))?;
         let any = |f: fn(&BrokerKind) -> bool| c.brokers.iter().any(|b| f(&b.kind));
-        let sluice_bin = if any(|k| matches!(k, BrokerKind::Sluice { .. })) {
+        let sluice_bin = if any(|k| {
+            matches!(
+                k,
+                BrokerKind::Sluice { .. } | BrokerKind::SluiceCluster { .. }
+            )
+        }) {
             let bin = match &c.sluice_bin {
                 Some(bin) => absolute(bin)?,
                 None => exe.with_file_name("sluice"),
@@ -295,7 +303,12 @@ impl Comparison {
         } else {
             None
         };
-        let kafka_script = if any(|k| matches!(k, BrokerKind::Kafka { .. })) {
+        let kafka_script = if any(|k| {
+            matches!(
+                k,
+                BrokerKind::Kafka { .. } | BrokerKind::KafkaCluster { .. }
+            )
+        }) {
             Some(find_kafka_script(c.scripts.as_deref(), &exe)?)
         } else {
             None
@@ -374,7 +387,7 @@ impl Comparison {
             report: None,
         };
         let outcome = RunningBroker::start(b, &self.setup, &log).and_then(|mut broker| {
-            record.broker_pid = broker.pid;
+            record.broker_pid = broker.pids.first().copied();
             if INTERRUPTED.load(Ordering::SeqCst) {
                 return Err("interrupted before the load started".to_string());
             }
@@ -421,8 +434,9 @@ impl Comparison {
             .args(["--bootstrap", &broker.bootstrap, "--topic", topic])
             .arg("--json")
             .arg(json);
-        if let Some(pid) = broker.pid {
-            command.args(["--pid", &pid.to_string()]);
+        if !broker.pids.is_empty() {
+            let pids: Vec<String> = broker.pids.iter().map(u32::to_string).collect();
+            command.args(["--pid", &pids.join(",")]);
         }
         command
             .stdin(Stdio::null())

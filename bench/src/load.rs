@@ -27,8 +27,8 @@ use crate::{processes, procfs};
 pub const USAGE: &str = "usage: sluice-bench [run] --bootstrap HOST:PORT [--topic T] [--partitions N] \
 [--record-bytes N] [--acks 0|1|all] [--linger-ms N] [--batch-bytes N] [--compression none|gzip|snappy|lz4|zstd] \
 [--rate-mb MB/s (0 = max)] [--seconds N] [--warmup-seconds N] [--producers N (per process)] [--idempotence] [--transactions RECORDS_PER_TXN] \
-[--processes N (load-generator processes, partitions split between them)] [--consume] [--pid PID] \
-[--keys N (records keyed by their sequence modulo N)] [--topic-config KEY=VALUE]... \
+[--processes N (load-generator processes, partitions split between them)] [--consume] [--pid PID[,PID...]] \
+[--keys N (records keyed by their sequence modulo N)] [--topic-config KEY=VALUE]... [--replication-factor N] \
 [--json FILE] [--charts PREFIX] [--catch-up-mb N [--drop-caches]] [--workload FILE] \
 [--plant loss|duplicate (harness self-test)]";
 
@@ -82,7 +82,10 @@ pub struct Options {
     pub warmup_seconds: u64,
     pub consume: bool,
     pub producers: usize,
-    pub pid: Option<u32>,
+    /// The broker processes (a cluster has several): CPU and memory are summed over them.
+    pub pids: Vec<u32>,
+    /// Replicas of the topic the run creates.
+    pub replication_factor: i32,
     pub json: Option<String>,
     /// Harness self-test: deliberately lose or duplicate one record; the consumer check must
     /// catch it.
@@ -204,7 +207,8 @@ impl Options {
             warmup_seconds: 3,
             consume: false,
             producers: 1,
-            pid: None,
+            pids: Vec::new(),
+            replication_factor: 1,
             json: None,
             plant: None,
             charts: None,
@@ -243,7 +247,13 @@ impl Options {
                 "--warmup-seconds" => o.warmup_seconds = num(value()?)? as u64,
                 "--consume" => o.consume = true,
                 "--producers" => o.producers = num(value()?)? as usize,
-                "--pid" => o.pid = Some(num(value()?)? as u32),
+                "--pid" => {
+                    o.pids = value()?
+                        .split(',')
+                        .map(|p| num(p.to_string()).map(|n| n as u32))
+                        .collect::<Result<_, _>>()?
+                }
+                "--replication-factor" => o.replication_factor = num(value()?)? as i32,
                 "--json" => o.json = Some(value()?),
                 "--charts" => o.charts = Some(value()?),
                 "--catch-up-mb" => o.catch_up_mb = Some(num(value()?)? as u64),
@@ -324,6 +334,7 @@ impl Options {
             ("--bootstrap", self.bootstrap.clone()),
             ("--topic", self.topic.clone()),
             ("--partitions", self.partitions.to_string()),
+            ("--replication-factor", self.replication_factor.to_string()),
             ("--record-bytes", self.record_bytes.to_string()),
             ("--acks", self.acks.clone()),
             ("--linger-ms", self.linger_ms.to_string()),
@@ -434,7 +445,11 @@ pub(crate) fn ensure_topic(o: &Options) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = client_config(o)
         .create()
         .map_err(|e| format!("admin client: {e}"))?;
-    let mut topic = NewTopic::new(&o.topic, o.partitions, TopicReplication::Fixed(1));
+    let mut topic = NewTopic::new(
+        &o.topic,
+        o.partitions,
+        TopicReplication::Fixed(o.replication_factor),
+    );
     for (k, v) in &o.topic_configs {
         topic = topic.set(k, v);
     }
@@ -719,7 +734,7 @@ pub fn run(o: &Options) -> Result<Report, String> {
     sleep_unless_interrupted(warmup);
     stats.measuring.store(true, Ordering::SeqCst);
     let measure_start = Instant::now();
-    let cpu_before = o.pid.and_then(procfs::sample);
+    let cpu_before = procfs::sample_all(&o.pids);
     let mut per_second_mb = Vec::new();
     let mut last_bytes = 0u64;
     while start.elapsed() < total && !INTERRUPTED.load(Ordering::Relaxed) {
@@ -738,7 +753,7 @@ pub fn run(o: &Options) -> Result<Report, String> {
     }
     let measured = measure_start.elapsed().as_secs_f64();
     stats.measuring.store(false, Ordering::SeqCst);
-    let cpu_after = o.pid.and_then(procfs::sample);
+    let cpu_after = procfs::sample_all(&o.pids);
     let mut sent = 0u64;
     for t in threads {
         sent += t
@@ -882,7 +897,7 @@ fn catch_up(o: &Options, mb: u64) -> Result<Report, String> {
             .map_err(|e| e.to_string())?;
     }
     consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
-    let cpu_before = o.pid.and_then(procfs::sample);
+    let cpu_before = procfs::sample_all(&o.pids);
     let start = Instant::now();
     let mut next = vec![0u64; o.partitions as usize];
     let mut received = 0u64;
@@ -926,7 +941,7 @@ fn catch_up(o: &Options, mb: u64) -> Result<Report, String> {
         }
     }
     let measured = start.elapsed().as_secs_f64();
-    let cpu_after = o.pid.and_then(procfs::sample);
+    let cpu_after = procfs::sample_all(&o.pids);
     let cpu = match (&cpu_before, &cpu_after) {
         (Some(a), Some(b)) => Some(b.cpu_seconds - a.cpu_seconds),
         _ => None,
@@ -1217,7 +1232,7 @@ mod tests {
         let expected = Options {
             processes: 1,
             slice: Some(slice),
-            pid: None,
+            pids: Vec::new(),
             json: None,
             charts: None,
             ..parent.clone()

@@ -271,13 +271,13 @@ pub fn run(o: &Options) -> Result<Report, String> {
     let warmup = Duration::from_secs(o.warmup_seconds);
     let total = warmup + Duration::from_secs(o.seconds);
     children.run_until(start + warmup)?;
-    let cpu_before = o.pid.and_then(procfs::sample);
+    let cpu_before = procfs::sample_all(&o.pids);
     let measure_start = Instant::now();
     while start.elapsed() < total && !INTERRUPTED.load(Ordering::Relaxed) {
         children.run_until((Instant::now() + Duration::from_secs(1)).min(start + total))?;
         load::progress(measure_start.elapsed().as_secs(), o.seconds, None);
     }
-    let cpu_after = o.pid.and_then(procfs::sample);
+    let cpu_after = procfs::sample_all(&o.pids);
     let finish_deadline = Instant::now() + Duration::from_secs(FINISH_SECONDS_MAX);
     children.wait_for(
         |c| c.reports.iter().all(Option::is_some),

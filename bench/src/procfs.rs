@@ -5,6 +5,23 @@ pub struct ProcessSample {
     pub peak_rss_bytes: u64,
 }
 
+/// The sum over several processes (a cluster's brokers); None if any cannot be read.
+pub fn sample_all(pids: &[u32]) -> Option<ProcessSample> {
+    if pids.is_empty() {
+        return None;
+    }
+    let mut total = ProcessSample {
+        cpu_seconds: 0.0,
+        peak_rss_bytes: 0,
+    };
+    for pid in pids {
+        let one = sample(*pid)?;
+        total.cpu_seconds += one.cpu_seconds;
+        total.peak_rss_bytes += one.peak_rss_bytes;
+    }
+    Some(total)
+}
+
 pub fn sample(pid: u32) -> Option<ProcessSample> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces) start after the last ')'.
