@@ -158,6 +158,9 @@ pub struct BrokerConfig {
     /// (`replica.lag.time.max.ms`, Kafka's 30 s).
     pub min_insync_replicas: i32,
     pub replica_lag_time_max_ms: i64,
+    /// Replicas of `__consumer_offsets` in a cluster (`offsets.topic.replication.factor`,
+    /// Kafka's 3), at most the live brokers when it is created; 1 on a single node.
+    pub offsets_topic_replication_factor: i16,
     /// The default `unclean.leader.election.enable` of topics (Kafka's false).
     pub unclean_leader_election_enable: bool,
     /// Settings that were given but have no effect in sluice, reported once at start.
@@ -230,6 +233,7 @@ impl Default for BrokerConfig {
             min_insync_replicas: 1,
             replica_lag_time_max_ms: 30_000,
             unclean_leader_election_enable: false,
+            offsets_topic_replication_factor: 3,
             ignored: Vec::new(),
         }
     }
@@ -247,7 +251,6 @@ const IGNORED_KEYS: &[&str] = &[
     "controller.listener.names",
     "listener.security.protocol.map",
     "inter.broker.listener.name",
-    "offsets.topic.replication.factor",
     "transaction.state.log.replication.factor",
     "transaction.state.log.min.isr",
     "share.coordinator.state.topic.replication.factor",
@@ -451,6 +454,10 @@ impl BrokerConfig {
                 "replica.lag.time.max.ms" => config.replica_lag_time_max_ms = positive(k, v)?,
                 "unclean.leader.election.enable" => {
                     config.unclean_leader_election_enable = parse_bool(k, v)?
+                }
+                "offsets.topic.replication.factor" => {
+                    config.offsets_topic_replication_factor =
+                        positive(k, v)?.min(i64::from(i16::MAX)) as i16
                 }
                 "cores" => config.cores = parse_i64(k, v)?.max(0) as usize,
                 "sluice.io.memory.bytes" => config.io_memory_bytes = positive(k, v)? as usize,

@@ -714,8 +714,7 @@ async fn publish(shard: &Rc<Shard>, controller: &Rc<Controller>, changes: &[Chan
                 let meta = topic_meta(&controller.image.borrow(), name, &shard.broker);
                 if let Some(meta) = meta {
                     let cores = placement(&meta, shard.broker.node_id, shard.cores());
-                    let revision = shard.next_revision.get();
-                    shard.next_revision.set(revision + 1);
+                    let revision = shard.take_revision();
                     crate::topics::broadcast(
                         shard,
                         TopicChange::Created {
@@ -728,8 +727,7 @@ async fn publish(shard: &Rc<Shard>, controller: &Rc<Controller>, changes: &[Chan
                 }
             }
             Change::TopicRemoved(name) => {
-                let revision = shard.next_revision.get();
-                shard.next_revision.set(revision + 1);
+                let revision = shard.take_revision();
                 crate::topics::broadcast(
                     shard,
                     TopicChange::Deleted {

@@ -887,6 +887,24 @@ pub enum GroupCall {
     },
 }
 
+impl GroupCall {
+    /// The group the call is about (List is about every group of the core).
+    pub fn group(&self) -> Option<&str> {
+        match self {
+            GroupCall::Join(r) => Some(&r.group),
+            GroupCall::Sync(r) => Some(&r.group),
+            GroupCall::Heartbeat { group, .. }
+            | GroupCall::Leave { group, .. }
+            | GroupCall::Describe { group }
+            | GroupCall::Delete { group }
+            | GroupCall::DeleteOffsets { group, .. }
+            | GroupCall::ConsumerDescribe { group } => Some(group),
+            GroupCall::ConsumerHeartbeat(h) => Some(&h.group),
+            GroupCall::List => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum GroupReply {
     Join(JoinAnswer),
@@ -1084,13 +1102,15 @@ pub async fn route(
     if !crate::offsets::ensure_topic(shard).await {
         return Err(ResponseError::CoordinatorNotAvailable);
     }
-    let core = crate::offsets::coordinator_core(shard, group)
-        .ok_or(ResponseError::CoordinatorNotAvailable)?;
+    let core = crate::offsets::coordinator(shard, group)?;
     match shard
         .call(core, crate::router::CoreRequest::Group(call))
         .await
     {
         Some(crate::router::CoreResponse::Group(reply)) => Ok(reply),
+        Some(crate::router::CoreResponse::NotCoordinating(code)) => {
+            Err(ResponseError::try_from_code(code).unwrap_or(ResponseError::NotCoordinator))
+        }
         _ => Err(ResponseError::CoordinatorNotAvailable),
     }
 }

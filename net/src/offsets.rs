@@ -627,8 +627,12 @@ async fn append_commit(
     append_records(log, flusher, &encoded, now_ms).await
 }
 
+/// How long a write to an internal topic waits for its in-sync replicas.
+const INTERNAL_REPLICATION_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Appends records (key, value or tombstone) to an internal partition as one batch and waits
-/// until they are durable; returns the log offset of the first.
+/// until they are durable (and, in a cluster, copied by the in-sync replicas); returns the log
+/// offset of the first.
 pub(crate) async fn append_records(
     log: &Rc<PartitionLog>,
     flusher: &sluice_storage::Flusher,
@@ -648,6 +652,21 @@ pub(crate) async fn append_records(
     log.wait_durable(&info, Durability::Synced)
         .await
         .map_err(|e| e.to_string())?;
+    // Replicated (a cluster): answered once every in-sync replica has it, as Kafka writes its
+    // internal topics with acks=all. A single node's high watermark is its durable end.
+    let end = info.last_offset + 1;
+    let replicated = async {
+        while log.high_watermark() < end {
+            let changed = log.high_watermark_changed.notified();
+            if log.high_watermark() >= end {
+                break;
+            }
+            changed.await;
+        }
+    };
+    crate::shard::with_timeout(replicated, INTERNAL_REPLICATION_WAIT)
+        .await
+        .ok_or("the in-sync replicas did not copy the write in time")?;
     Ok(info.base_offset)
 }
 
@@ -758,10 +777,27 @@ pub async fn ensure_internal_topic(
     if shard.topics.borrow().contains_key(name) {
         return true;
     }
+    // In a cluster, internal topics are replicated (`offsets.topic.replication.factor`, at most
+    // the live brokers), so that their coordinators move with leadership when a broker goes.
+    let replication_factor = if shard.broker.clustered() {
+        let live = shard
+            .cluster
+            .borrow()
+            .brokers
+            .iter()
+            .filter(|b| !b.fenced)
+            .count();
+        shard
+            .broker
+            .offsets_topic_replication_factor
+            .min(live.max(1) as i16)
+    } else {
+        1
+    };
     let topic = NewTopic {
         name: name.to_string(),
         partitions,
-        replication_factor: 1,
+        replication_factor,
         configs,
         has_assignments: false,
     };
@@ -799,6 +835,55 @@ fn group_partition(shard: &Shard, group: &str) -> Option<TopicPartition> {
 fn group_log(shard: &Shard, group: &str) -> Result<Rc<PartitionLog>, ResponseError> {
     let tp = group_partition(shard, group).ok_or(ResponseError::CoordinatorNotAvailable)?;
     shard.log(&tp).ok_or(ResponseError::NotCoordinator)
+}
+
+/// Where `group` is coordinated on this broker: COORDINATOR_NOT_AVAILABLE before
+/// `__consumer_offsets` exists, NOT_COORDINATOR when this broker does not lead the group's
+/// partition (another one does, or none: the client looks the coordinator up again).
+pub fn coordinator(shard: &Shard, group: &str) -> Result<usize, ResponseError> {
+    let tp = group_partition(shard, group).ok_or(ResponseError::CoordinatorNotAvailable)?;
+    shard
+        .table
+        .borrow()
+        .core_of(&tp.topic, tp.partition)
+        .ok_or(ResponseError::NotCoordinator)
+}
+
+/// On the coordinating core: whether the group state of `group`'s partition is loaded here
+/// (COORDINATOR_LOAD_IN_PROGRESS while it loads after this broker took the lead,
+/// NOT_COORDINATOR when this core does not coordinate it).
+pub fn check_coordinating(shard: &Shard, group: &str) -> Result<(), ResponseError> {
+    let Some(tp) = group_partition(shard, group) else {
+        return Err(ResponseError::CoordinatorNotAvailable);
+    };
+    if shard.coordinating.borrow().contains(&tp.partition) {
+        Ok(())
+    } else if shard.loading_offsets.borrow().contains(&tp.partition) {
+        Err(ResponseError::CoordinatorLoadInProgress)
+    } else {
+        Err(ResponseError::NotCoordinator)
+    }
+}
+
+/// Drops the group state of one `__consumer_offsets` partition from this core: it no longer
+/// coordinates those groups (another broker leads the partition now and loads them from its
+/// copy of the log).
+pub fn unload(shard: &Shard, partition: i32) {
+    let Some(partitions) = shard
+        .topics
+        .borrow()
+        .get(OFFSETS_TOPIC)
+        .map(|m| m.partitions)
+    else {
+        return;
+    };
+    let here = |group: &String| partition_for(group, partitions) == partition;
+    shard.offsets.borrow_mut().retain(|g, _| !here(g));
+    shard.groups.borrow_mut().retain(|g, _| !here(g));
+    shard.consumer_groups.borrow_mut().retain(|g, _| !here(g));
+    for groups in shard.txn_offsets.borrow_mut().values_mut() {
+        groups.retain(|g, _| !here(g));
+    }
 }
 
 /// The core that coordinates `group`, once `__consumer_offsets` exists.

@@ -223,6 +223,8 @@ pub enum CoreResponse {
     Producers(Vec<ProducersOf>),
     /// Whether a proposed ISR change took effect.
     IsrAltered(bool),
+    /// A group request reached a core that does not coordinate the group (yet): the error.
+    NotCoordinating(i16),
     /// Per partition: error code, epoch, end offset.
     EpochEndOffsets(Vec<(TopicPartition, i16, i32, i64)>),
 }

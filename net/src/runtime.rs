@@ -241,6 +241,8 @@ async fn core_main(
         producer_ids,
         cluster: RefCell::new(cluster),
         replicas: RefCell::new(Default::default()),
+        coordinating: RefCell::new(Default::default()),
+        loading_offsets: RefCell::new(Default::default()),
         controller: controller_cell,
         stopping: Cell::new(false),
         inflight: Cell::new(0),

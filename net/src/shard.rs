@@ -64,6 +64,10 @@ pub struct Shard {
     pub cluster: RefCell<crate::metadata::ClusterView>,
     /// The role of every replica this core holds (leader, follower, offline).
     pub replicas: RefCell<crate::replica::Replicas>,
+    /// `__consumer_offsets` partitions whose groups this core coordinates (their state loaded),
+    /// and those it is loading after taking the lead.
+    pub coordinating: RefCell<std::collections::HashSet<i32>>,
+    pub loading_offsets: RefCell<std::collections::HashSet<i32>>,
     /// Core 0 of a node in a metadata quorum: the quorum's driver (None on other cores and on
     /// a single node).
     pub controller: Rc<std::cell::OnceCell<Rc<crate::controller::Controller>>>,
@@ -194,6 +198,9 @@ impl Shard {
                 instance_id,
                 offsets,
             } => {
+                if let Some(refused) = refuse_commit(self, &group, &offsets) {
+                    return refused;
+                }
                 let shard = self.clone();
                 async move {
                     CoreResponse::Committed(
@@ -248,6 +255,9 @@ impl Shard {
                 version,
                 offsets,
             } => {
+                if let Some(refused) = refuse_commit(self, &group, &offsets) {
+                    return refused;
+                }
                 let shard = self.clone();
                 async move {
                     CoreResponse::Committed(
@@ -266,6 +276,12 @@ impl Shard {
                 .boxed_local()
             }
             CoreRequest::Group(call) => {
+                if let Some(Err(e)) = call
+                    .group()
+                    .map(|g| crate::offsets::check_coordinating(self, g))
+                {
+                    return async move { CoreResponse::NotCoordinating(e.code()) }.boxed_local();
+                }
                 let shard = self.clone();
                 async move { CoreResponse::Group(crate::groups::run(&shard, call).await) }
                     .boxed_local()
@@ -275,6 +291,9 @@ impl Shard {
                 topics,
                 require_stable,
             } => {
+                if let Err(e) = crate::offsets::check_coordinating(self, &group) {
+                    return async move { CoreResponse::NotCoordinating(e.code()) }.boxed_local();
+                }
                 let mut fetched = crate::offsets::fetch(self, &group, topics);
                 if require_stable {
                     for (topic, partition, c) in fetched.iter_mut() {
@@ -624,6 +643,10 @@ impl Shard {
                     if held[partition] {
                         if let Some(log) = self.log(&tp) {
                             crate::replica::apply_state(self, &meta, partition as i32, state, &log);
+                            if meta.name == crate::offsets::OFFSETS_TOPIC {
+                                self.follow_coordination(partition as i32, &log, false)
+                                    .await;
+                            }
                         }
                     }
                 }
@@ -633,33 +656,6 @@ impl Shard {
                     if held[partition] && !self.logs.borrow().contains_key(&tp) {
                         match self.open_log(&meta, partition as i32).await {
                             Ok(log) => {
-                                if meta.name == crate::offsets::OFFSETS_TOPIC {
-                                    // Groups belong to one partition each: the tables of
-                                    // the partitions are disjoint and simply merge.
-                                    let mut table = crate::offsets::GroupOffsets::new();
-                                    let mut pending = crate::offsets::PendingTxnOffsets::new();
-                                    let mut groups = HashMap::new();
-                                    let mut consumer_groups = HashMap::new();
-                                    let loaded = crate::offsets::load(
-                                        &mut table,
-                                        &mut pending,
-                                        &mut groups,
-                                        &mut consumer_groups,
-                                        &log,
-                                    )
-                                    .await;
-                                    if let Err(e) = loaded {
-                                        eprintln!("sluice: core {}: {e}", self.core_id);
-                                    }
-                                    self.offsets.borrow_mut().extend(table);
-                                    let mut all = self.txn_offsets.borrow_mut();
-                                    for (pid, groups) in pending {
-                                        all.entry(pid).or_default().extend(groups);
-                                    }
-                                    drop(all);
-                                    crate::groups::restore(self, groups);
-                                    crate::consumer_groups::restore(self, consumer_groups);
-                                }
                                 self.logs.borrow_mut().insert(tp, log.clone());
                                 crate::replica::apply_state(
                                     self,
@@ -668,6 +664,13 @@ impl Shard {
                                     state,
                                     &log,
                                 );
+                                if meta.name == crate::offsets::OFFSETS_TOPIC {
+                                    // A single node loads at open, before it serves. A
+                                    // cluster node may have to wait for its followers (see
+                                    // `load_groups`), who need it serving: in a task.
+                                    let wait = !self.broker.clustered();
+                                    self.follow_coordination(partition as i32, &log, wait).await;
+                                }
                                 if meta.name == crate::transactions::TXN_TOPIC {
                                     if let Err(e) = crate::txn_coordinator::load(self, &log).await {
                                         eprintln!("sluice: core {}: {e}", self.core_id);
@@ -693,6 +696,7 @@ impl Shard {
                 self.topics.borrow_mut().remove(&name);
                 if name == crate::offsets::OFFSETS_TOPIC {
                     self.offsets.borrow_mut().clear();
+                    self.coordinating.borrow_mut().clear();
                 }
                 let doomed: Vec<(TopicPartition, Rc<PartitionLog>)> = {
                     let mut logs = self.logs.borrow_mut();
@@ -714,6 +718,84 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// The groups of a `__consumer_offsets` partition follow its leadership: loaded from the log
+    /// when this core starts leading it, dropped when it stops. `wait`: load before returning
+    /// (at open), else in a task (a leadership change must not hold up the metadata broadcast).
+    async fn follow_coordination(
+        self: &Rc<Self>,
+        partition: i32,
+        log: &Rc<PartitionLog>,
+        wait: bool,
+    ) {
+        let tp = TopicPartition::new(crate::offsets::OFFSETS_TOPIC, partition);
+        let leads = crate::replica::leads(self, &tp).is_some();
+        let loaded = self.coordinating.borrow().contains(&partition);
+        if !leads {
+            if loaded {
+                self.coordinating.borrow_mut().remove(&partition);
+                crate::offsets::unload(self, partition);
+            }
+            return;
+        }
+        if loaded || !self.loading_offsets.borrow_mut().insert(partition) {
+            return;
+        }
+        let load = self.clone().load_groups(partition, log.clone());
+        if wait {
+            load.await;
+        } else {
+            glommio::spawn_local(load).detach();
+        }
+    }
+
+    /// Loads the groups of a `__consumer_offsets` partition this core now leads. What the log
+    /// holds past the high watermark may still be lost in a failover, so the load waits until
+    /// the in-sync replicas have everything (the high watermark reaches the log end).
+    async fn load_groups(self: Rc<Self>, partition: i32, log: Rc<PartitionLog>) {
+        let tp = TopicPartition::new(crate::offsets::OFFSETS_TOPIC, partition);
+        loop {
+            if crate::replica::leads(&self, &tp).is_none() || self.stopping.get() {
+                self.loading_offsets.borrow_mut().remove(&partition);
+                return;
+            }
+            if log.high_watermark() >= log.log_end_offset() {
+                break;
+            }
+            let changed = log.high_watermark_changed.notified();
+            let _ = with_timeout(changed, Duration::from_millis(100)).await;
+        }
+        // Groups belong to one partition each: the tables of the partitions are disjoint and
+        // simply merge.
+        let mut table = crate::offsets::GroupOffsets::new();
+        let mut pending = crate::offsets::PendingTxnOffsets::new();
+        let mut groups = HashMap::new();
+        let mut consumer_groups = HashMap::new();
+        let loaded = crate::offsets::load(
+            &mut table,
+            &mut pending,
+            &mut groups,
+            &mut consumer_groups,
+            &log,
+        )
+        .await;
+        if let Err(e) = loaded {
+            eprintln!("sluice: core {}: {e}", self.core_id);
+        }
+        self.loading_offsets.borrow_mut().remove(&partition);
+        if crate::replica::leads(&self, &tp).is_none() {
+            return;
+        }
+        self.offsets.borrow_mut().extend(table);
+        let mut all = self.txn_offsets.borrow_mut();
+        for (pid, groups) in pending {
+            all.entry(pid).or_default().extend(groups);
+        }
+        drop(all);
+        crate::groups::restore(&self, groups);
+        crate::consumer_groups::restore(&self, consumer_groups);
+        self.coordinating.borrow_mut().insert(partition);
     }
 
     /// Per partition of `meta`: whether this core holds a replica of it (this broker is one of
@@ -818,10 +900,31 @@ impl Shard {
         }
     }
 
+    /// Core 0: the revision of the next metadata change broadcast to the cores.
+    pub fn take_revision(&self) -> u64 {
+        let revision = self.next_revision.get();
+        self.next_revision.set(revision + 1);
+        revision
+    }
+
     /// The active controller's handle: core 0 of a node in a quorum only.
     pub fn controller(&self) -> Option<Rc<crate::controller::Controller>> {
         self.controller.get().cloned()
     }
+}
+
+/// A commit that reached a core not coordinating its group: every offset answered with why.
+fn refuse_commit(
+    shard: &Shard,
+    group: &str,
+    offsets: &[crate::router::OffsetToCommit],
+) -> Option<CoreFuture> {
+    let e = crate::offsets::check_coordinating(shard, group).err()?;
+    let codes = offsets
+        .iter()
+        .map(|o| (o.topic.clone(), o.partition, e.code()))
+        .collect();
+    Some(async move { CoreResponse::Committed(codes) }.boxed_local())
 }
 
 /// Which core serves each partition of `meta` on broker `node`: the placement policy's core for

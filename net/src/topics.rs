@@ -137,8 +137,7 @@ async fn create_one(shard: &Rc<Shard>, topic: NewTopic, validate_only: bool) -> 
     if let Err(e) = metadata::store(&shard.broker.log_dirs, &meta) {
         return failure(name, ResponseError::KafkaStorageError, e.to_string());
     }
-    let revision = shard.next_revision.get();
-    shard.next_revision.set(revision + 1);
+    let revision = shard.take_revision();
     let cores = shard.place(&meta);
     broadcast(
         shard,
@@ -189,8 +188,7 @@ pub async fn delete(shard: &Rc<Shard>, names: Vec<String>) -> Vec<TopicResult> {
             ));
             continue;
         }
-        let revision = shard.next_revision.get();
-        shard.next_revision.set(revision + 1);
+        let revision = shard.take_revision();
         broadcast(
             shard,
             TopicChange::Deleted {

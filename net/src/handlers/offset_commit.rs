@@ -54,9 +54,9 @@ pub async fn handle(
     let answers: Vec<(String, i32, i16)> = if !offsets::ensure_topic(shard).await {
         codes(&wanted, ResponseError::CoordinatorNotAvailable)
     } else {
-        match offsets::coordinator_core(shard, &group) {
-            None => codes(&wanted, ResponseError::CoordinatorNotAvailable),
-            Some(core) => {
+        match offsets::coordinator(shard, &group) {
+            Err(e) => codes(&wanted, e),
+            Ok(core) => {
                 let call = CoreRequest::CommitOffsets {
                     group,
                     generation: request.generation_id_or_member_epoch,

@@ -41,7 +41,11 @@ pub async fn handle(
                     .map(|t| (t.name.0.to_string(), t.partition_indexes))
                     .collect()
             });
-            let answer = fetch(shard, &g.group_id.0, topics, request.require_stable).await;
+            let (answer, group_error) =
+                match fetch(shard, &g.group_id.0, topics, request.require_stable).await {
+                    Ok(answer) => (answer, 0),
+                    Err(e) => (Vec::new(), e.code()),
+                };
             let topics = answer
                 .into_iter()
                 .map(|(name, partitions)| {
@@ -67,6 +71,7 @@ pub async fn handle(
             groups.push(
                 OffsetFetchResponseGroup::default()
                     .with_group_id(g.group_id)
+                    .with_error_code(group_error)
                     .with_topics(topics),
             );
         }
@@ -78,7 +83,19 @@ pub async fn handle(
                 .collect()
         });
         let stable = ctx.api_version >= 7 && request.require_stable;
-        let answer = fetch(shard, &request.group_id.0, topics, stable).await;
+        let asked = topics.clone();
+        let (answer, group_error) = match fetch(shard, &request.group_id.0, topics, stable).await {
+            Ok(answer) => (answer, 0),
+            // v2+ carries the error at the top; v1 only per partition, on the asked ones.
+            Err(e) => (
+                asked
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(t, ps)| (t, ps.into_iter().map(|p| (p, None)).collect()))
+                    .collect(),
+                e.code(),
+            ),
+        };
         let with_epoch = ctx.api_version >= 5;
         let topics = answer
             .into_iter()
@@ -89,7 +106,10 @@ pub async fn handle(
                         partitions
                             .into_iter()
                             .map(|(p, c)| {
-                                let error = error_of(&c);
+                                let error = match group_error {
+                                    0 => error_of(&c),
+                                    e => e,
+                                };
                                 let (offset, epoch, metadata) = fields(c);
                                 let partition = OffsetFetchResponsePartition::default()
                                     .with_error_code(error)
@@ -106,7 +126,9 @@ pub async fn handle(
                     )
             })
             .collect();
-        OffsetFetchResponse::default().with_topics(topics)
+        OffsetFetchResponse::default()
+            .with_error_code(group_error)
+            .with_topics(topics)
     };
     encode_response(ctx, &response)
 }
@@ -132,12 +154,16 @@ async fn fetch(
     group: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
     require_stable: bool,
-) -> GroupAnswer {
+) -> Result<GroupAnswer, kafka_protocol::error::ResponseError> {
+    use kafka_protocol::error::ResponseError;
     let asked = topics.clone();
-    let found = match offsets::coordinator_core(shard, group) {
+    let found = match offsets::coordinator(shard, group) {
         // No `__consumer_offsets` yet: nothing was ever committed.
-        None => Vec::new(),
-        Some(core) => {
+        Err(ResponseError::CoordinatorNotAvailable) => Vec::new(),
+        // Another broker coordinates the group: the client must ask it, never read "nothing
+        // committed" here.
+        Err(e) => return Err(e),
+        Ok(core) => {
             let call = CoreRequest::FetchOffsets {
                 group: group.to_string(),
                 topics,
@@ -145,11 +171,16 @@ async fn fetch(
             };
             match shard.call(core, call).await {
                 Some(CoreResponse::Fetched(found)) => found,
-                _ => Vec::new(),
+                Some(CoreResponse::NotCoordinating(code)) => {
+                    return Err(
+                        ResponseError::try_from_code(code).unwrap_or(ResponseError::NotCoordinator)
+                    )
+                }
+                _ => return Err(ResponseError::CoordinatorNotAvailable),
             }
         }
     };
-    match asked {
+    Ok(match asked {
         Some(asked) => asked
             .into_iter()
             .map(|(name, partitions)| {
@@ -174,5 +205,5 @@ async fn fetch(
             }
             by_topic.into_iter().collect()
         }
-    }
+    })
 }

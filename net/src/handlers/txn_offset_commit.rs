@@ -58,9 +58,9 @@ pub async fn handle(
     } else if let Err(e) = add_implicitly(shard, ctx, &request, &group).await {
         failed(e)
     } else {
-        match offsets::coordinator_core(shard, &group) {
-            None => failed(ResponseError::CoordinatorNotAvailable),
-            Some(core) => {
+        match offsets::coordinator(shard, &group) {
+            Err(e) => failed(e),
+            Ok(core) => {
                 let call = CoreRequest::TxnCommitOffsets {
                     group: group.clone(),
                     producer_id: request.producer_id.0,

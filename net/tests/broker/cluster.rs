@@ -10,8 +10,8 @@ use kafka_protocol::messages::offset_for_leader_epoch_request::{
 };
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, DescribeClusterRequest,
-    DescribeClusterResponse, MetadataRequest, MetadataResponse, OffsetForLeaderEpochRequest,
-    OffsetForLeaderEpochResponse,
+    DescribeClusterResponse, FindCoordinatorRequest, FindCoordinatorResponse, MetadataRequest,
+    MetadataResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -889,4 +889,88 @@ fn with_unclean_election_on_an_out_of_sync_replica_leads_and_the_loss_is_reporte
             .log()
             .contains("stranded-0: truncated from 50 to 30")
     });
+}
+
+#[test]
+fn a_group_coordinator_moves_with_leadership_and_committed_offsets_survive_its_broker() {
+    let mut cluster = Cluster::start(3, FAST);
+    create_topic(&cluster.bootstrap(), "work", 3, 3).expect("created");
+    produce(&cluster.bootstrap(), "work", "before", 60);
+    let member = |bootstrap: &str| -> BaseConsumer {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "workers")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "6000")
+            .create()
+            .expect("consumer");
+        c.subscribe(&["work"]).expect("subscribe");
+        c
+    };
+    let read = |c: &BaseConsumer, count: usize| -> Vec<String> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while got.len() < count {
+            assert!(Instant::now() < deadline, "read {} of {count}", got.len());
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+                got.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string());
+            }
+        }
+        got
+    };
+    {
+        let first = member(&cluster.bootstrap());
+        assert_eq!(read(&first, 60).len(), 60);
+        first
+            .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+            .expect("committed");
+    }
+    // The group's coordinator, and its __consumer_offsets partition replicated on 3 brokers.
+    let mut raw = Raw::connect(cluster.node(1).port);
+    let found: FindCoordinatorResponse = call(
+        &mut raw,
+        ApiKey::FindCoordinator,
+        3,
+        &FindCoordinatorRequest::default().with_key(
+            kafka_protocol::protocol::StrBytes::from_static_str("workers"),
+        ),
+    );
+    assert_eq!(found.error_code, 0);
+    let coordinator = found.node_id.0;
+    let metadata = cluster.metadata(1);
+    let offsets_topic = metadata
+        .topics
+        .iter()
+        .find(|t| {
+            t.name
+                .as_ref()
+                .is_some_and(|n| n.as_str() == "__consumer_offsets")
+        })
+        .expect("__consumer_offsets");
+    assert!(offsets_topic
+        .partitions
+        .iter()
+        .all(|p| p.replica_nodes.len() == 3));
+    // Its broker dies: another in-sync replica of the partition takes over the group, loading
+    // it from its copy of the log.
+    cluster.node_mut(coordinator).kill9();
+    produce(&cluster.bootstrap(), "work", "after", 30);
+    let second = member(&cluster.bootstrap());
+    let got = read(&second, 30);
+    assert!(
+        got.iter().all(|v| v.starts_with("after-")),
+        "the group resumed from its committed offsets: {got:?}"
+    );
+    let mut raw = Raw::connect(cluster.node((coordinator % 3) + 1).port);
+    let moved: FindCoordinatorResponse = call(
+        &mut raw,
+        ApiKey::FindCoordinator,
+        3,
+        &FindCoordinatorRequest::default().with_key(
+            kafka_protocol::protocol::StrBytes::from_static_str("workers"),
+        ),
+    );
+    assert_eq!(moved.error_code, 0);
+    assert_ne!(moved.node_id.0, coordinator, "the coordinator moved");
 }
