@@ -478,18 +478,7 @@ impl RunningBroker {
                 Ok(())
             }
             Handle::Kafka { script, port } => {
-                let status = Command::new(&script)
-                    .args(["stop", "--port", &port.to_string()])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .process_group(0)
-                    .status()
-                    .map_err(|e| format!("run {}: {e}", script.display()))?;
-                if !status.success() {
-                    return Err(format!("kafka-reference.sh stop failed ({status})"));
-                }
-                Ok(())
+                run_script(&script, &["stop", "--port", &port.to_string()])
             }
             Handle::SluiceCluster(mut children) => {
                 // SIGTERM to all at once: nodes stopping one by one would each wait for a
@@ -507,24 +496,34 @@ impl RunningBroker {
                 script,
                 port,
                 nodes,
-            } => {
-                let status = Command::new(&script)
-                    .args(["cluster-stop", &nodes.to_string()])
-                    .args(["--port", &port.to_string()])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .process_group(0)
-                    .status()
-                    .map_err(|e| format!("run {}: {e}", script.display()))?;
-                if !status.success() {
-                    return Err(format!("kafka-reference.sh cluster-stop failed ({status})"));
-                }
-                Ok(())
-            }
+            } => run_script(
+                &script,
+                &[
+                    "cluster-stop",
+                    &nodes.to_string(),
+                    "--port",
+                    &port.to_string(),
+                ],
+            ),
             Handle::NotOurs | Handle::Stopped => Ok(()),
         }
     }
+}
+
+/// Runs kafka-reference.sh with `args` (its messages to our stderr), failing on a non-zero exit.
+fn run_script(script: &Path, args: &[&str]) -> Result<(), String> {
+    let status = Command::new(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .status()
+        .map_err(|e| format!("run {}: {e}", script.display()))?;
+    if !status.success() {
+        return Err(format!("kafka-reference.sh {} failed ({status})", args[0]));
+    }
+    Ok(())
 }
 
 impl Drop for RunningBroker {
