@@ -271,6 +271,14 @@ check_cli() {
     else
         say "cli: kafka-consumer-groups --delete:"; cat "$dir/delete.out"; ok=1
     fi
+    # kafka-leader-election: on one node the only replica leads already.
+    kafka_tool org.apache.kafka.tools.LeaderElectionCommand --election-type preferred --topic cli-compat \
+        --partition 0 </dev/null >"$dir/election.out" 2>&1
+    if grep -q "Valid replica already elected for partitions cli-compat-0" "$dir/election.out"; then
+        say "cli: kafka-leader-election --election-type preferred: the leader is the preferred replica already"
+    else
+        say "cli: kafka-leader-election:"; cat "$dir/election.out"; ok=1
+    fi
     check_cli_transactions "$dir" || ok=1
     return "$ok"
 }

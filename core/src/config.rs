@@ -158,6 +158,14 @@ pub struct BrokerConfig {
     /// (`replica.lag.time.max.ms`, Kafka's 30 s).
     pub min_insync_replicas: i32,
     pub replica_lag_time_max_ms: i64,
+    /// Automatic preferred-leader election: whether the active controller moves leadership back
+    /// to each partition's first replica (`auto.leader.rebalance.enable`, Kafka's true), how
+    /// often it looks (`leader.imbalance.check.interval.seconds`, 300), and the share of a
+    /// broker's preferred partitions led elsewhere that triggers it
+    /// (`leader.imbalance.per.broker.percentage`, 10).
+    pub auto_leader_rebalance_enable: bool,
+    pub leader_imbalance_check_interval_seconds: u64,
+    pub leader_imbalance_per_broker_percentage: u32,
     /// Replicas of `__consumer_offsets` in a cluster (`offsets.topic.replication.factor`,
     /// Kafka's 3), at most the live brokers when it is created; 1 on a single node.
     pub offsets_topic_replication_factor: i16,
@@ -234,6 +242,9 @@ impl Default for BrokerConfig {
             replica_lag_time_max_ms: 30_000,
             unclean_leader_election_enable: false,
             offsets_topic_replication_factor: 3,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_check_interval_seconds: 300,
+            leader_imbalance_per_broker_percentage: 10,
             ignored: Vec::new(),
         }
     }
@@ -454,6 +465,16 @@ impl BrokerConfig {
                 "replica.lag.time.max.ms" => config.replica_lag_time_max_ms = positive(k, v)?,
                 "unclean.leader.election.enable" => {
                     config.unclean_leader_election_enable = parse_bool(k, v)?
+                }
+                "auto.leader.rebalance.enable" => {
+                    config.auto_leader_rebalance_enable = parse_bool(k, v)?
+                }
+                "leader.imbalance.check.interval.seconds" => {
+                    config.leader_imbalance_check_interval_seconds = positive(k, v)? as u64
+                }
+                "leader.imbalance.per.broker.percentage" => {
+                    config.leader_imbalance_per_broker_percentage =
+                        parse_i64(k, v)?.clamp(0, 100) as u32
                 }
                 "offsets.topic.replication.factor" => {
                     config.offsets_topic_replication_factor =

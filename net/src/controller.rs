@@ -45,7 +45,9 @@ use raft::storage::MemStorage;
 use raft::{RawNode, StateRole};
 use sluice_core::config::BrokerConfig;
 use sluice_core::topic::TopicConfig;
-use sluice_replication::metadata_image::{Applied, Change, MetadataImage, Rejection};
+use sluice_replication::metadata_image::{
+    Applied, Change, ElectionRefusal, MetadataImage, Rejection,
+};
 use sluice_replication::metadata_records::{MetadataEntry, MetadataRecord};
 use sluice_replication::quorum_store::QuorumStore;
 
@@ -284,6 +286,9 @@ impl Controller {
         glommio::spawn_local(drive(shard.clone(), controller.clone(), inbound)).detach();
         glommio::spawn_local(heartbeats(shard.clone(), controller.clone())).detach();
         glommio::spawn_local(liveness(shard.clone(), controller.clone())).detach();
+        if config.auto_leader_rebalance_enable {
+            glommio::spawn_local(rebalance_loop(shard.clone(), controller.clone())).detach();
+        }
         Ok(controller)
     }
 
@@ -397,6 +402,84 @@ impl Controller {
             }
             Err(_) => false,
         }
+    }
+
+    /// ElectLeaders: one entry with every election that can be made; each partition's answer.
+    /// With no partitions named, every partition whose preferred (or, unclean, any) leader is
+    /// missing; those already led as wanted are left out of the answer, as in Kafka.
+    pub async fn elect_leaders(
+        self: &Rc<Self>,
+        preferred: bool,
+        partitions: Option<Vec<sluice_core::TopicPartition>>,
+    ) -> Vec<(sluice_core::TopicPartition, i16, Option<String>)> {
+        let named = partitions.is_some();
+        let wanted = partitions.unwrap_or_else(|| {
+            let image = self.image.borrow();
+            image
+                .topics
+                .values()
+                .flat_map(|t| {
+                    (0..t.partitions.len() as i32)
+                        .map(|p| sluice_core::TopicPartition::new(t.name.clone(), p))
+                })
+                .collect()
+        });
+        let mut records = Vec::new();
+        let mut answers = Vec::new();
+        for tp in wanted {
+            let decided = self
+                .image
+                .borrow()
+                .election(&tp.topic, tp.partition, preferred);
+            match decided {
+                Ok(record) => {
+                    records.push(record);
+                    answers.push((tp, 0, None));
+                }
+                Err(ElectionRefusal::NotNeeded) if !named => {}
+                Err(refusal) => {
+                    let (error, message) = match (refusal, preferred) {
+                        (ElectionRefusal::UnknownPartition, _) => {
+                            (ResponseError::UnknownTopicOrPartition, "no such partition")
+                        }
+                        (ElectionRefusal::NotNeeded, true) => (
+                            ResponseError::ElectionNotNeeded,
+                            "the preferred replica leads already",
+                        ),
+                        (ElectionRefusal::NotNeeded, false) => (
+                            ResponseError::ElectionNotNeeded,
+                            "the partition has a leader",
+                        ),
+                        (ElectionRefusal::NotAvailable, true) => (
+                            ResponseError::PreferredLeaderNotAvailable,
+                            "the preferred replica is not alive and in sync",
+                        ),
+                        (ElectionRefusal::NotAvailable, false) => (
+                            ResponseError::EligibleLeadersNotAvailable,
+                            "no replica is alive",
+                        ),
+                    };
+                    answers.push((tp, error.code(), Some(message.to_string())));
+                }
+            }
+        }
+        if records.is_empty() {
+            return answers;
+        }
+        if let Err(e) = self.propose(records).await {
+            let (error, message) = match e {
+                ProposeError::TimedOut => (
+                    ResponseError::RequestTimedOut,
+                    "the metadata quorum did not commit the election in time".to_string(),
+                ),
+                ProposeError::Rejected(why) => (ResponseError::InvalidRequest, why.to_string()),
+            };
+            for answer in answers.iter_mut().filter(|a| a.1 == 0) {
+                answer.1 = error.code();
+                answer.2 = Some(message.clone());
+            }
+        }
+        answers
     }
 
     /// A block of producer ids for this broker: (first, count).
@@ -910,6 +993,65 @@ fn unclean_elections(shard: &Rc<Shard>, controller: &Rc<Controller>) {
         controller.deciding.borrow_mut().remove(&UNCLEAN);
     })
     .detach();
+}
+
+/// ElectLeaders on a single node: it is the only replica and the leader of every partition.
+pub fn single_node_elections(
+    shard: &Shard,
+    partitions: Option<Vec<sluice_core::TopicPartition>>,
+) -> Vec<(sluice_core::TopicPartition, i16, Option<String>)> {
+    partitions
+        .unwrap_or_default()
+        .into_iter()
+        .map(|tp| {
+            if shard.table.borrow().exists(&tp.topic, tp.partition) {
+                let message = "the only replica leads already".to_string();
+                (tp, ResponseError::ElectionNotNeeded.code(), Some(message))
+            } else {
+                let message = "no such partition".to_string();
+                (
+                    tp,
+                    ResponseError::UnknownTopicOrPartition.code(),
+                    Some(message),
+                )
+            }
+        })
+        .collect()
+}
+
+/// The active controller's automatic preferred-leader election (`auto.leader.rebalance.enable`):
+/// every `leader.imbalance.check.interval.seconds`, partitions of brokers whose preferred
+/// partitions are led elsewhere beyond `leader.imbalance.per.broker.percentage` go back to
+/// their preferred replica.
+async fn rebalance_loop(shard: Rc<Shard>, controller: Rc<Controller>) {
+    let interval = Duration::from_secs(shard.broker.leader_imbalance_check_interval_seconds);
+    loop {
+        glommio::timer::sleep(interval).await;
+        if shard.stopping.get() {
+            return;
+        }
+        if !controller.is_leader() {
+            continue;
+        }
+        let moves = controller
+            .image
+            .borrow()
+            .imbalanced(shard.broker.leader_imbalance_per_broker_percentage);
+        if moves.is_empty() {
+            continue;
+        }
+        let partitions = moves
+            .into_iter()
+            .map(|(topic, p)| sluice_core::TopicPartition::new(topic, p))
+            .collect();
+        for (tp, error, message) in controller.elect_leaders(true, Some(partitions)).await {
+            if error == 0 {
+                eprintln!("sluice: {tp}: leadership back to its preferred replica");
+            } else if let Some(message) = message {
+                eprintln!("sluice: {tp}: preferred leader election: {message}");
+            }
+        }
+    }
 }
 
 /// CreateTopics in a cluster: propose the topic, with its replicas assigned by this node from

@@ -97,6 +97,12 @@ pub enum CoreRequest {
         leader_epoch: i32,
         isr: Vec<i32>,
     },
+    /// ElectLeaders, to core 0: preferred (or unclean) elections for these partitions, or for
+    /// every partition that needs one (None).
+    ElectLeaders {
+        preferred: bool,
+        partitions: Option<Vec<TopicPartition>>,
+    },
     /// OffsetForLeaderEpoch, to the leaders' cores: (partition, the asker's current leader
     /// epoch or -1, the epoch asked about).
     EpochEndOffsets {
@@ -223,6 +229,8 @@ pub enum CoreResponse {
     Producers(Vec<ProducersOf>),
     /// Whether a proposed ISR change took effect.
     IsrAltered(bool),
+    /// Per partition: error code and message of an election.
+    Elected(Vec<(TopicPartition, i16, Option<String>)>),
     /// A group request reached a core that does not coordinate the group (yet): the error.
     NotCoordinating(i16),
     /// Per partition: error code, epoch, end offset.

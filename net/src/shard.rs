@@ -149,6 +149,19 @@ impl Shard {
                 }
                 .boxed_local()
             }
+            CoreRequest::ElectLeaders {
+                preferred,
+                partitions,
+            } => {
+                let shard = self.clone();
+                async move {
+                    CoreResponse::Elected(match shard.controller() {
+                        Some(c) => c.elect_leaders(preferred, partitions).await,
+                        None => crate::controller::single_node_elections(&shard, partitions),
+                    })
+                }
+                .boxed_local()
+            }
             CoreRequest::EpochEndOffsets { partitions } => {
                 let answer = crate::replica::epoch_end_offsets(self, partitions);
                 async move { CoreResponse::EpochEndOffsets(answer) }.boxed_local()

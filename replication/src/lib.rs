@@ -25,7 +25,7 @@ pub mod partition;
 pub mod quorum_store;
 
 pub use leader_epoch::LeaderEpochFile;
-pub use metadata_image::{Applied, Change, MetadataImage, Rejection};
+pub use metadata_image::{Applied, Change, ElectionRefusal, MetadataImage, Rejection};
 pub use metadata_records::{MetadataEntry, MetadataRecord, PartitionState};
 pub use partition::LeaderState;
 pub use quorum_store::{QuorumStore, Recovered};

@@ -100,6 +100,16 @@ impl fmt::Display for Rejection {
 
 impl std::error::Error for Rejection {}
 
+/// Why ElectLeaders elects nobody for a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElectionRefusal {
+    UnknownPartition,
+    /// The wanted leader leads already (ELECTION_NOT_NEEDED).
+    NotNeeded,
+    /// Nobody may lead it (PREFERRED_LEADER_NOT_AVAILABLE / ELIGIBLE_LEADERS_NOT_AVAILABLE).
+    NotAvailable,
+}
+
 /// The outcome of applying one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
@@ -514,6 +524,94 @@ impl MetadataImage {
             }
         }
         records
+    }
+
+    /// ElectLeaders (KIP-460) for one partition: the change to propose, or why there is none.
+    /// Preferred: the first replica leads, if it is live and in sync and does not lead already.
+    /// Unclean: a partition without a leader gets one — a live in-sync replica if any, else the
+    /// first live replica (with itself as the ISR).
+    pub fn election(
+        &self,
+        topic: &str,
+        partition: i32,
+        preferred: bool,
+    ) -> Result<MetadataRecord, ElectionRefusal> {
+        let state = self
+            .topics
+            .get(topic)
+            .and_then(|t| t.partitions.get(usize::try_from(partition).ok()?))
+            .ok_or(ElectionRefusal::UnknownPartition)?;
+        let change = |leader: i32, isr: Vec<i32>| MetadataRecord::PartitionChange {
+            topic: topic.to_string(),
+            partition,
+            leader,
+            isr,
+            leader_epoch: state.leader_epoch.saturating_add(1),
+        };
+        if preferred {
+            let first = *state
+                .replicas
+                .first()
+                .ok_or(ElectionRefusal::NotAvailable)?;
+            if state.leader == first {
+                return Err(ElectionRefusal::NotNeeded);
+            }
+            if !self.is_live(first) || !state.isr.contains(&first) {
+                return Err(ElectionRefusal::NotAvailable);
+            }
+            return Ok(change(first, state.isr.clone()));
+        }
+        if state.leader != NO_LEADER {
+            return Err(ElectionRefusal::NotNeeded);
+        }
+        if let Some(r) = state
+            .replicas
+            .iter()
+            .find(|r| state.isr.contains(r) && self.is_live(**r))
+        {
+            return Ok(change(*r, state.isr.clone()));
+        }
+        match state.replicas.iter().find(|r| self.is_live(**r)) {
+            Some(r) => Ok(change(*r, vec![*r])),
+            None => Err(ElectionRefusal::NotAvailable),
+        }
+    }
+
+    /// Partitions whose preferred replica (the first) is live and in sync but does not lead,
+    /// on brokers where more than `imbalance_percent` of the partitions they prefer are led by
+    /// others (Kafka's `leader.imbalance.per.broker.percentage`): what the automatic leader
+    /// rebalance moves back.
+    pub fn imbalanced(&self, imbalance_percent: u32) -> Vec<(String, i32)> {
+        let mut preferred: BTreeMap<i32, (u32, u32)> = BTreeMap::new();
+        for topic in self.topics.values() {
+            for state in &topic.partitions {
+                if let Some(first) = state.replicas.first() {
+                    let entry = preferred.entry(*first).or_default();
+                    entry.0 += 1;
+                    if state.leader != *first {
+                        entry.1 += 1;
+                    }
+                }
+            }
+        }
+        let mut moves = Vec::new();
+        for topic in self.topics.values() {
+            for (partition, state) in (0i32..).zip(&topic.partitions) {
+                let Some(first) = state.replicas.first() else {
+                    continue;
+                };
+                let (total, off) = preferred.get(first).copied().unwrap_or((0, 0));
+                let over = off * 100 > total * imbalance_percent;
+                if over
+                    && state.leader != *first
+                    && self.is_live(*first)
+                    && state.isr.contains(first)
+                {
+                    moves.push((topic.name.clone(), partition));
+                }
+            }
+        }
+        moves
     }
 
     /// Replica assignments for a new topic. `replication_factor` -1 means min(3, live
@@ -1272,6 +1370,91 @@ mod tests {
         assert!(
             image.unclean_elections(&|_| true).is_empty(),
             "led again: nothing to do"
+        );
+    }
+
+    #[test]
+    fn preferred_and_unclean_elections_and_the_imbalance_check() {
+        let mut image = MetadataImage::default();
+        let mut seq = 100;
+        let mut apply = |image: &mut MetadataImage, records: Vec<MetadataRecord>| {
+            seq += 1;
+            let entry = MetadataEntry {
+                proposer: 1,
+                sequence: seq,
+                records,
+            };
+            assert!(matches!(image.apply(&entry), Applied::Changes(_)));
+        };
+        for id in 1..=3 {
+            let records = image.register_records(id, 1, "h".into(), 1, None);
+            apply(&mut image, records);
+            let records = image.unfence_records(id);
+            apply(&mut image, records);
+        }
+        let partitions = image.assign_replicas("e", 3, 3).expect("assigned");
+        let preferred0 = partitions[0].replicas[0];
+        let record = MetadataRecord::Topic {
+            name: "e".into(),
+            id: [2; 16],
+            configs: Vec::new(),
+            partitions,
+        };
+        apply(&mut image, vec![record]);
+        assert_eq!(
+            image.election("e", 0, true),
+            Err(ElectionRefusal::NotNeeded)
+        );
+        assert_eq!(
+            image.election("e", 9, true),
+            Err(ElectionRefusal::UnknownPartition)
+        );
+        assert!(image.imbalanced(10).is_empty());
+        // The preferred leader of partition 0 is fenced (leadership moves) and comes back.
+        let records = image.fence_records(preferred0);
+        apply(&mut image, records);
+        assert_eq!(
+            image.election("e", 0, true),
+            Err(ElectionRefusal::NotAvailable)
+        );
+        let records = image.unfence_records(preferred0);
+        apply(&mut image, records);
+        // Back, but not in the ISR until its leader adds it.
+        assert_eq!(
+            image.election("e", 0, true),
+            Err(ElectionRefusal::NotAvailable)
+        );
+        let isr = vec![1, 2, 3];
+        let leader = image.leader_of("e", 0).expect("a leader");
+        apply(
+            &mut image,
+            vec![MetadataRecord::PartitionChange {
+                topic: "e".into(),
+                partition: 0,
+                leader,
+                isr: isr.clone(),
+                leader_epoch: 1,
+            }],
+        );
+        assert_eq!(image.imbalanced(10), vec![("e".to_string(), 0)]);
+        assert_eq!(image.imbalanced(100), Vec::<(String, i32)>::new());
+        let elected = image.election("e", 0, true).expect("elected");
+        assert_eq!(
+            elected,
+            MetadataRecord::PartitionChange {
+                topic: "e".into(),
+                partition: 0,
+                leader: preferred0,
+                isr,
+                leader_epoch: 2,
+            }
+        );
+        apply(&mut image, vec![elected]);
+        assert_eq!(image.leader_of("e", 0), Some(preferred0));
+        // Unclean: only where there is no leader.
+        assert_eq!(
+            image.election("e", 1, false),
+            Err(ElectionRefusal::NotNeeded)
         );
     }
 }

@@ -25,6 +25,7 @@ pub mod describe_configs;
 pub mod describe_groups;
 pub mod describe_producers;
 pub mod describe_transactions;
+pub mod elect_leaders;
 pub mod end_txn;
 pub mod fetch;
 pub mod find_coordinator;
@@ -97,6 +98,7 @@ pub const APIS: &[Api] = &[
     list_transactions::API,
     write_txn_markers::API,
     offset_for_leader_epoch::API,
+    elect_leaders::API,
 ];
 
 /// APIs that need the transaction coordinator to reach every partition of a transaction,
@@ -163,6 +165,7 @@ pub enum Request {
     ListTransactions(kafka_protocol::messages::ListTransactionsRequest),
     WriteTxnMarkers(kafka_protocol::messages::WriteTxnMarkersRequest),
     OffsetForLeaderEpoch(kafka_protocol::messages::OffsetForLeaderEpochRequest),
+    ElectLeaders(kafka_protocol::messages::ElectLeadersRequest),
 }
 
 /// Decodes a request body (after the header); None when it does not decode — the connection is
@@ -204,6 +207,7 @@ pub fn decode_body(ctx: &RequestContext, mut body: Bytes) -> Option<Request> {
         ApiKey::ListTransactions => Request::ListTransactions(decode(&mut body, v)?),
         ApiKey::WriteTxnMarkers => Request::WriteTxnMarkers(decode(&mut body, v)?),
         ApiKey::OffsetForLeaderEpoch => Request::OffsetForLeaderEpoch(decode(&mut body, v)?),
+        ApiKey::ElectLeaders => Request::ElectLeaders(decode(&mut body, v)?),
         _ => return None,
     })
 }
@@ -302,6 +306,9 @@ pub fn start(
         }
         Request::ListTransactions(r) => {
             async move { list_transactions::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::ElectLeaders(r) => {
+            async move { elect_leaders::handle(&shard, &ctx, r).await }.boxed_local()
         }
         Request::OffsetForLeaderEpoch(r) => {
             async move { offset_for_leader_epoch::handle(&shard, &ctx, r).await }.boxed_local()

@@ -10,8 +10,9 @@ use kafka_protocol::messages::offset_for_leader_epoch_request::{
 };
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, DescribeClusterRequest,
-    DescribeClusterResponse, FindCoordinatorRequest, FindCoordinatorResponse, MetadataRequest,
-    MetadataResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
+    DescribeClusterResponse, ElectLeadersRequest, ElectLeadersResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, MetadataRequest, MetadataResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -580,7 +581,10 @@ fn when_the_leader_dies_mid_produce_an_in_sync_replica_takes_over_and_nothing_ac
     .expect("created");
     let (leader, _, _) = partition_state(&cluster.metadata(1), "failover", 0);
     let bootstrap = cluster.bootstrap();
-    // A producer keeps writing while the leader of partition 0 is killed.
+    // A producer keeps writing while the leader of partition 0 is killed, once it has had
+    // writes acknowledged.
+    let acks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = acks.clone();
     let writer = std::thread::spawn(move || {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)
@@ -598,6 +602,7 @@ fn when_the_leader_dies_mid_produce_an_in_sync_replica_takes_over_and_nothing_ac
                         let value = format!("w-{round}-{i}");
                         let key = format!("{}", i % 2);
                         let producer = producer.clone();
+                        let counted = counted.clone();
                         async move {
                             let result = producer
                                 .send(
@@ -608,6 +613,9 @@ fn when_the_leader_dies_mid_produce_an_in_sync_replica_takes_over_and_nothing_ac
                                     Duration::from_secs(60),
                                 )
                                 .await;
+                            if result.is_ok() {
+                                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
                             result.ok().map(|d| (d.partition, d.offset, value))
                         }
                     })
@@ -618,7 +626,11 @@ fn when_the_leader_dies_mid_produce_an_in_sync_replica_takes_over_and_nothing_ac
             acked
         })
     });
-    std::thread::sleep(Duration::from_millis(700));
+    wait_for(
+        "writes acknowledged before the kill",
+        Duration::from_secs(30),
+        || acks.load(std::sync::atomic::Ordering::SeqCst) >= 100,
+    );
     let killed_at = Instant::now();
     cluster.node_mut(leader).kill9();
     let watcher = (1..=3).find(|n| *n != leader).expect("a survivor");
@@ -973,4 +985,106 @@ fn a_group_coordinator_moves_with_leadership_and_committed_offsets_survive_its_b
     );
     assert_eq!(moved.error_code, 0);
     assert_ne!(moved.node_id.0, coordinator, "the coordinator moved");
+}
+
+/// Kills node 1 and brings it back: leadership of the partitions it preferred has moved to
+/// other replicas; returns once node 1 is back in every ISR of `topic`.
+fn displace_node_one(cluster: &mut Cluster, topic: &str, partitions: i32) -> Vec<i32> {
+    let preferred_by_one: Vec<i32> = (0..partitions)
+        .filter(|p| partition_state(&cluster.metadata(2), topic, *p).1[0] == 1)
+        .collect();
+    assert!(!preferred_by_one.is_empty());
+    cluster.node_mut(1).kill9();
+    wait_for("leaders off node 1", Duration::from_secs(15), || {
+        (0..partitions).all(|p| partition_state(&cluster.metadata(2), topic, p).0 != 1)
+    });
+    cluster.node_mut(1).restart();
+    wait_for("node 1 back in every ISR", Duration::from_secs(30), || {
+        (0..partitions).all(|p| partition_state(&cluster.metadata(2), topic, p).2.len() == 3)
+    });
+    preferred_by_one
+}
+
+#[test]
+fn elect_leaders_moves_leadership_back_to_the_preferred_replica() {
+    let mut settings = FAST.to_vec();
+    settings.push("auto.leader.rebalance.enable=false");
+    let mut cluster = Cluster::start(3, &settings);
+    create_topic(&cluster.bootstrap(), "preferred", 6, 3).expect("created");
+    let moved = displace_node_one(&mut cluster, "preferred", 6);
+    // Without the automatic rebalance, node 1 stays a follower of what it prefers.
+    std::thread::sleep(Duration::from_secs(1));
+    for p in &moved {
+        assert_ne!(partition_state(&cluster.metadata(2), "preferred", *p).0, 1);
+    }
+    // ElectLeaders (preferred, every partition): exactly the displaced ones are elected.
+    let mut raw = Raw::connect(cluster.node(3).port);
+    let answer: ElectLeadersResponse = call(
+        &mut raw,
+        ApiKey::ElectLeaders,
+        2,
+        &ElectLeadersRequest::default()
+            .with_election_type(0)
+            .with_topic_partitions(None)
+            .with_timeout_ms(10_000),
+    );
+    let mut elected: Vec<i32> = answer
+        .replica_election_results
+        .iter()
+        .flat_map(|t| &t.partition_result)
+        .map(|p| {
+            assert_eq!(p.error_code, 0, "{p:?}");
+            p.partition_id
+        })
+        .collect();
+    elected.sort_unstable();
+    assert_eq!(elected, moved);
+    wait_for(
+        "node 1 leading what it prefers",
+        Duration::from_secs(10),
+        || {
+            moved
+                .iter()
+                .all(|p| partition_state(&cluster.metadata(2), "preferred", *p).0 == 1)
+        },
+    );
+    // Asking again for a named partition: not needed.
+    let topic = kafka_protocol::messages::elect_leaders_request::TopicPartitions::default()
+        .with_topic(kafka_protocol::messages::TopicName(
+            kafka_protocol::protocol::StrBytes::from_static_str("preferred"),
+        ))
+        .with_partitions(vec![moved[0]]);
+    let again: ElectLeadersResponse = call(
+        &mut raw,
+        ApiKey::ElectLeaders,
+        2,
+        &ElectLeadersRequest::default()
+            .with_election_type(0)
+            .with_topic_partitions(Some(vec![topic]))
+            .with_timeout_ms(10_000),
+    );
+    assert_eq!(
+        again.replica_election_results[0].partition_result[0].error_code, 84,
+        "ELECTION_NOT_NEEDED"
+    );
+    // Nothing was lost moving leadership around.
+    produce(&cluster.bootstrap(), "preferred", "x", 60);
+    assert_eq!(
+        values(&consume(&cluster.bootstrap(), "preferred", 6, 60)).len(),
+        60
+    );
+}
+
+#[test]
+fn the_controller_moves_leadership_back_to_preferred_replicas_by_itself() {
+    let mut settings = FAST.to_vec();
+    settings.push("leader.imbalance.check.interval.seconds=1");
+    let mut cluster = Cluster::start(3, &settings);
+    create_topic(&cluster.bootstrap(), "rebalanced", 6, 3).expect("created");
+    let moved = displace_node_one(&mut cluster, "rebalanced", 6);
+    wait_for("leadership back on node 1", Duration::from_secs(15), || {
+        moved
+            .iter()
+            .all(|p| partition_state(&cluster.metadata(2), "rebalanced", *p).0 == 1)
+    });
 }
