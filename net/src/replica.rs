@@ -270,6 +270,12 @@ pub fn on_follower_fetch(
     if !l.has_follower(follower) {
         return Err(ResponseError::NotLeaderOrFollower);
     }
+    // Past this log's end the follower holds a tail this leader never wrote: it must
+    // truncate before its offset counts as copied (or it could join the ISR, and hold up the
+    // high watermark, with records that are not the leader's).
+    if fetch_offset > log.log_end_offset() {
+        return Err(ResponseError::OffsetOutOfRange);
+    }
     l.on_fetch(follower, fetch_offset, log.written_offset(), now_ms());
     log.set_high_watermark_cap(l.high_watermark_cap(log.high_watermark()));
     if let Some(isr) = l.expand(log.high_watermark()) {
@@ -663,7 +669,9 @@ async fn copy(
             Ok(info) => info,
             Err(sluice_storage::error::StorageError::NotContiguous { .. }) => return false,
             Err(e) => {
+                // A failing disk: try again after a pause, not in a tight loop.
                 eprintln!("sluice: {tp}: copying from the leader: {e}");
+                glommio::timer::sleep(RETRY_BACKOFF).await;
                 return true;
             }
         };
