@@ -205,6 +205,22 @@ pub fn leads(shard: &Shard, tp: &TopicPartition) -> Option<i32> {
     }
 }
 
+/// A consumer's view of the leadership (the leader epoch it sends in Fetch v9+), as Kafka checks
+/// it: older than this leader's epoch is FENCED_LEADER_EPOCH, newer UNKNOWN_LEADER_EPOCH; the
+/// client refreshes its metadata either way.
+pub fn check_client_epoch(
+    shard: &Shard,
+    tp: &TopicPartition,
+    client_epoch: i32,
+) -> Result<(), ResponseError> {
+    match leads(shard, tp) {
+        Some(epoch) if client_epoch < epoch => Err(ResponseError::FencedLeaderEpoch),
+        Some(epoch) if client_epoch > epoch => Err(ResponseError::UnknownLeaderEpoch),
+        Some(_) => Ok(()),
+        None => Err(ResponseError::NotLeaderOrFollower),
+    }
+}
+
 /// Before an acks=all append: NOT_ENOUGH_REPLICAS while the ISR is smaller than
 /// `min.insync.replicas`.
 pub fn check_min_isr(shard: &Shard, tp: &TopicPartition) -> Result<(), ResponseError> {

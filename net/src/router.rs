@@ -139,6 +139,9 @@ pub struct ReadPartition {
     pub isolation: sluice_storage::log::Isolation,
     /// A follower's fetch: (its broker id, the leader epoch it follows).
     pub replica: Option<(i32, i32)>,
+    /// The leader epoch a consumer knows (Fetch v9+), -1 when unknown: checked against this
+    /// leader's.
+    pub leader_epoch: i32,
 }
 
 #[derive(Debug, Clone)]

@@ -503,6 +503,9 @@ impl Shard {
                 if let Some((follower, epoch)) = p.replica {
                     crate::replica::on_follower_fetch(self, &p.tp, &log, follower, epoch, p.offset)
                         .map_err(|e| e.code())?;
+                } else if p.leader_epoch >= 0 {
+                    crate::replica::check_client_epoch(self, &p.tp, p.leader_epoch)
+                        .map_err(|e| e.code())?;
                 }
                 Ok(log)
             });

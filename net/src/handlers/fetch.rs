@@ -157,6 +157,8 @@ async fn read_round(
                 max_bytes: w.max_bytes,
                 isolation,
                 replica: follower.map(|id| (id, w.leader_epoch)),
+                // -1 before v9 (the field's default) and from clients that do not know it.
+                leader_epoch: w.leader_epoch,
             });
         }
     }

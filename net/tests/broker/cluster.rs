@@ -1043,9 +1043,11 @@ fn elect_leaders_moves_leadership_back_to_the_preferred_replica() {
         "node 1 leading what it prefers",
         Duration::from_secs(10),
         || {
-            moved
-                .iter()
-                .all(|p| partition_state(&cluster.metadata(2), "preferred", *p).0 == 1)
+            // Node 1's own view too: the fetches below go to it.
+            moved.iter().all(|p| {
+                partition_state(&cluster.metadata(2), "preferred", *p).0 == 1
+                    && partition_state(&cluster.metadata(1), "preferred", *p).0 == 1
+            })
         },
     );
     // Asking again for a named partition: not needed.
@@ -1067,6 +1069,45 @@ fn elect_leaders_moves_leadership_back_to_the_preferred_replica() {
         again.replica_election_results[0].partition_result[0].error_code, 84,
         "ELECTION_NOT_NEEDED"
     );
+    // A consumer fetching with the leader epoch it knows: the current one is served, an older
+    // one is fenced, a newer one unknown (the client refreshes its metadata).
+    let metadata = cluster.metadata(1);
+    let epoch = metadata
+        .topics
+        .iter()
+        .filter(|t| t.name.as_ref().is_some_and(|n| n.as_str() == "preferred"))
+        .flat_map(|t| &t.partitions)
+        .find(|p| p.partition_index == moved[0])
+        .map(|p| p.leader_epoch)
+        .expect("the partition");
+    let fetch_with = |leader_epoch: i32| {
+        let mut raw = Raw::connect(cluster.node(1).port);
+        let request = kafka_protocol::messages::FetchRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_max_bytes(1 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![
+                kafka_protocol::messages::fetch_request::FetchTopic::default()
+                    .with_topic(kafka_protocol::messages::TopicName(
+                        kafka_protocol::protocol::StrBytes::from_static_str("preferred"),
+                    ))
+                    .with_partitions(vec![
+                        kafka_protocol::messages::fetch_request::FetchPartition::default()
+                            .with_partition(moved[0])
+                            .with_current_leader_epoch(leader_epoch)
+                            .with_fetch_offset(0)
+                            .with_partition_max_bytes(1 << 20),
+                    ]),
+            ]);
+        let answer: kafka_protocol::messages::FetchResponse =
+            call(&mut raw, ApiKey::Fetch, 12, &request);
+        answer.responses[0].partitions[0].error_code
+    };
+    assert_eq!(fetch_with(epoch), 0);
+    assert_eq!(fetch_with(-1), 0, "an epoch-less client is served");
+    assert_eq!(fetch_with(epoch - 1), 74, "FENCED_LEADER_EPOCH");
+    assert_eq!(fetch_with(epoch + 1), 75, "UNKNOWN_LEADER_EPOCH");
     // Nothing was lost moving leadership around.
     produce(&cluster.bootstrap(), "preferred", "x", 60);
     assert_eq!(
