@@ -13,8 +13,8 @@ pub fn core_for_partition(topic: &str, partition: i32, cores: usize) -> usize {
     (start + partition.max(0) as usize) % cores
 }
 
-/// FNV-1a: stable across releases and platforms, unlike std's randomly seeded hasher.
-fn fnv1a(bytes: &[u8]) -> u64 {
+/// FNV-1a (64 bit): stable across releases and platforms, unlike std's randomly seeded hasher.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         hash ^= u64::from(*b);

@@ -643,7 +643,7 @@ impl MetadataImage {
             .ok()
             .filter(|n| *n >= 1)
             .ok_or_else(|| format!("{partitions} partitions"))?;
-        let start = (fnv1a_64(topic.as_bytes()) % live.len() as u64) as usize;
+        let start = (sluice_core::placement::fnv1a(topic.as_bytes()) % live.len() as u64) as usize;
         let assignments = (0..count)
             .map(|p| {
                 let replicas: Vec<i32> = (0..rf)
@@ -714,16 +714,6 @@ fn has_repeats(ids: &[i32]) -> bool {
     ids.iter()
         .enumerate()
         .any(|(i, id)| ids.iter().skip(i + 1).any(|other| other == id))
-}
-
-/// FNV-1a, 64 bit: a stable hash (unlike std's, which is seeded per process), so every node
-/// computes the same assignment.
-fn fnv1a_64(bytes: &[u8]) -> u64 {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes.iter().fold(OFFSET_BASIS, |hash, b| {
-        (hash ^ u64::from(*b)).wrapping_mul(PRIME)
-    })
 }
 
 #[cfg(test)]
@@ -1267,7 +1257,7 @@ mod tests {
         }
         assert_eq!(leaders, BTreeMap::from([(1, 2), (2, 2), (3, 2)]));
         // The documented placement, and a stable result on every node.
-        let start = (fnv1a_64(b"orders") % 3) as i32;
+        let start = (sluice_core::placement::fnv1a(b"orders") % 3) as i32;
         assert_eq!(assignment[0].replicas[0], 1 + start);
         assert_eq!(image.assign_replicas("orders", 6, 3), Ok(assignment));
         // The assignment is valid for the image.
@@ -1305,30 +1295,17 @@ mod tests {
 
     #[test]
     fn fnv1a_matches_the_reference_values() {
-        assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a_64(b"foobar"), 0x8594_4171_f739_67e8);
+        assert_eq!(sluice_core::placement::fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(sluice_core::placement::fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(
+            sluice_core::placement::fnv1a(b"foobar"),
+            0x8594_4171_f739_67e8
+        );
     }
 
     #[test]
     fn unclean_elections_pick_a_live_out_of_sync_replica_only_where_allowed() {
-        let mut image = MetadataImage::default();
-        let mut seq = 0;
-        let mut apply = |image: &mut MetadataImage, records: Vec<MetadataRecord>| {
-            seq += 1;
-            let entry = MetadataEntry {
-                proposer: 1,
-                sequence: seq,
-                records,
-            };
-            assert!(matches!(image.apply(&entry), Applied::Changes(_)));
-        };
-        for id in 1..=3 {
-            let records = image.register_records(id, 1, "h".into(), 1, None);
-            apply(&mut image, records);
-            let records = image.unfence_records(id);
-            apply(&mut image, records);
-        }
+        let mut image = cluster(3);
         let partitions = image.assign_replicas("t", 1, 3).expect("assigned");
         let (first, second) = (partitions[0].replicas[0], partitions[0].replicas[1]);
         let record = MetadataRecord::Topic {
@@ -1337,7 +1314,7 @@ mod tests {
             configs: Vec::new(),
             partitions,
         };
-        apply(&mut image, vec![record]);
+        commit_ok(&mut image, vec![record]);
         // The ISR shrinks to the leader, which is then fenced: no leader, ISR [leader].
         let isr_change = MetadataRecord::PartitionChange {
             topic: "t".into(),
@@ -1346,9 +1323,9 @@ mod tests {
             isr: vec![first],
             leader_epoch: 0,
         };
-        apply(&mut image, vec![isr_change]);
+        commit_ok(&mut image, vec![isr_change]);
         let records = image.fence_records(first);
-        apply(&mut image, records);
+        commit_ok(&mut image, records);
         assert_eq!(image.leader_of("t", 0), None);
         assert!(
             image.unclean_elections(&|_| false).is_empty(),
@@ -1365,7 +1342,7 @@ mod tests {
                 leader_epoch: 2,
             }]
         );
-        apply(&mut image, records);
+        commit_ok(&mut image, records);
         assert_eq!(image.leader_of("t", 0), Some(second));
         assert!(
             image.unclean_elections(&|_| true).is_empty(),
@@ -1375,23 +1352,7 @@ mod tests {
 
     #[test]
     fn preferred_and_unclean_elections_and_the_imbalance_check() {
-        let mut image = MetadataImage::default();
-        let mut seq = 100;
-        let mut apply = |image: &mut MetadataImage, records: Vec<MetadataRecord>| {
-            seq += 1;
-            let entry = MetadataEntry {
-                proposer: 1,
-                sequence: seq,
-                records,
-            };
-            assert!(matches!(image.apply(&entry), Applied::Changes(_)));
-        };
-        for id in 1..=3 {
-            let records = image.register_records(id, 1, "h".into(), 1, None);
-            apply(&mut image, records);
-            let records = image.unfence_records(id);
-            apply(&mut image, records);
-        }
+        let mut image = cluster(3);
         let partitions = image.assign_replicas("e", 3, 3).expect("assigned");
         let preferred0 = partitions[0].replicas[0];
         let record = MetadataRecord::Topic {
@@ -1400,7 +1361,7 @@ mod tests {
             configs: Vec::new(),
             partitions,
         };
-        apply(&mut image, vec![record]);
+        commit_ok(&mut image, vec![record]);
         assert_eq!(
             image.election("e", 0, true),
             Err(ElectionRefusal::NotNeeded)
@@ -1412,13 +1373,13 @@ mod tests {
         assert!(image.imbalanced(10).is_empty());
         // The preferred leader of partition 0 is fenced (leadership moves) and comes back.
         let records = image.fence_records(preferred0);
-        apply(&mut image, records);
+        commit_ok(&mut image, records);
         assert_eq!(
             image.election("e", 0, true),
             Err(ElectionRefusal::NotAvailable)
         );
         let records = image.unfence_records(preferred0);
-        apply(&mut image, records);
+        commit_ok(&mut image, records);
         // Back, but not in the ISR until its leader adds it.
         assert_eq!(
             image.election("e", 0, true),
@@ -1426,7 +1387,7 @@ mod tests {
         );
         let isr = vec![1, 2, 3];
         let leader = image.leader_of("e", 0).expect("a leader");
-        apply(
+        commit_ok(
             &mut image,
             vec![MetadataRecord::PartitionChange {
                 topic: "e".into(),
@@ -1449,7 +1410,7 @@ mod tests {
                 leader_epoch: 2,
             }
         );
-        apply(&mut image, vec![elected]);
+        commit_ok(&mut image, vec![elected]);
         assert_eq!(image.leader_of("e", 0), Some(preferred0));
         // Unclean: only where there is no leader.
         assert_eq!(
