@@ -253,37 +253,12 @@ impl RunningBroker {
         };
         for (i, port) in ports.iter().enumerate() {
             let data = setup.data.join(format!("node-{}", i + 1));
-            let mut command = subprocess::pinned(&setup.cpus, bin);
-            command
-                .arg("--cores")
-                .arg(setup.sluice_cores.to_string())
-                .args(["--override", &format!("node.id={}", i + 1)])
-                .args(["--override", "process.roles=broker,controller"])
-                .args([
-                    "--override",
-                    &format!("controller.quorum.voters={}", voters.join(",")),
-                ])
-                .args([
-                    "--override",
-                    &format!("listeners=PLAINTEXT://127.0.0.1:{port}"),
-                ])
-                .arg("--override")
-                .arg(format!("log.dirs={}", data.display()));
-            let out = log_file
-                .try_clone()
-                .map_err(|e| format!("{}: {e}", log.display()))?;
-            let err = log_file
-                .try_clone()
-                .map_err(|e| format!("{}: {e}", log.display()))?;
-            command
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .process_group(0);
-            subprocess::dies_with_parent(&mut command, libc::SIGTERM);
-            let child = command
-                .spawn()
-                .map_err(|e| format!("start {}: {e}", bin.display()))?;
+            let settings = [
+                format!("node.id={}", i + 1),
+                "process.roles=broker,controller".to_string(),
+                format!("controller.quorum.voters={}", voters.join(",")),
+            ];
+            let child = spawn_sluice(setup, bin, *port, &data, &settings, &log_file, log)?;
             broker.pids.push(child.id());
             if let Handle::SluiceCluster(children) = &mut broker.handle {
                 children.push(child);
@@ -377,29 +352,15 @@ impl RunningBroker {
         wait_until_port_is_free(setup.port)?;
         let log_file =
             std::fs::File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
-        let log_err = log_file
-            .try_clone()
-            .map_err(|e| format!("{}: {e}", log.display()))?;
-        let mut command = subprocess::pinned(&setup.cpus, bin);
-        command
-            .arg("--cores")
-            .arg(setup.sluice_cores.to_string())
-            .arg("--override")
-            .arg(format!("listeners=PLAINTEXT://127.0.0.1:{}", setup.port))
-            .arg("--override")
-            .arg(format!("log.dirs={}", setup.data.display()));
-        for o in overrides {
-            command.arg("--override").arg(o);
-        }
-        command
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err)
-            .process_group(0);
-        subprocess::dies_with_parent(&mut command, libc::SIGTERM);
-        let child = command
-            .spawn()
-            .map_err(|e| format!("start {}: {e}", bin.display()))?;
+        let child = spawn_sluice(
+            setup,
+            bin,
+            setup.port,
+            &setup.data,
+            overrides,
+            &log_file,
+            log,
+        )?;
         let mut broker = RunningBroker {
             bootstrap: format!("127.0.0.1:{}", setup.port),
             pids: vec![child.id()],
@@ -508,6 +469,45 @@ impl RunningBroker {
             Handle::NotOurs | Handle::Stopped => Ok(()),
         }
     }
+}
+
+/// Starts one sluice process pinned to the broker CPUs, listening on `port` with its data in
+/// `data` and these `--override` settings, its output appended to `log_file` (named `log`), in
+/// its own process group and sent SIGTERM should sluice-bench die.
+fn spawn_sluice(
+    setup: &Setup,
+    bin: &Path,
+    port: u16,
+    data: &Path,
+    settings: &[String],
+    log_file: &std::fs::File,
+    log: &Path,
+) -> Result<Child, String> {
+    let output = || {
+        log_file
+            .try_clone()
+            .map_err(|e| format!("{}: {e}", log.display()))
+    };
+    let mut command = subprocess::pinned(&setup.cpus, bin);
+    command
+        .arg("--cores")
+        .arg(setup.sluice_cores.to_string())
+        .arg("--override")
+        .arg(format!("listeners=PLAINTEXT://127.0.0.1:{port}"))
+        .arg("--override")
+        .arg(format!("log.dirs={}", data.display()));
+    for s in settings {
+        command.arg("--override").arg(s);
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(output()?)
+        .stderr(output()?)
+        .process_group(0);
+    subprocess::dies_with_parent(&mut command, libc::SIGTERM);
+    command
+        .spawn()
+        .map_err(|e| format!("start {}: {e}", bin.display()))
 }
 
 /// Runs kafka-reference.sh with `args` (its messages to our stderr), failing on a non-zero exit.

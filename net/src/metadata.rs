@@ -248,13 +248,9 @@ fn quorum_cluster_id(broker: &BrokerConfig) -> String {
     base64_url(&bytes)
 }
 
+/// FNV-1a of `seed` then `bytes`: two independent halves of one id.
 fn fnv1a(bytes: &[u8], seed: u8) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in std::iter::once(&seed).chain(bytes) {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
+    sluice_core::placement::fnv1a(&[&[seed][..], bytes].concat())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -886,12 +886,6 @@ pub fn unload(shard: &Shard, partition: i32) {
     }
 }
 
-/// The core that coordinates `group`, once `__consumer_offsets` exists.
-pub fn coordinator_core(shard: &Shard, group: &str) -> Option<usize> {
-    let tp = group_partition(shard, group)?;
-    shard.table.borrow().core_of(&tp.topic, tp.partition)
-}
-
 /// A commit, on the coordinating core. A group with members takes it only from a current
 /// member of the current generation (`groups::validate_commit`). A group without members, as
 /// in Kafka, accepts a commit without a generation (-1, whatever the member id) and refuses one

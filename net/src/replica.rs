@@ -108,18 +108,18 @@ pub fn apply_state(
     partition: i32,
     state: &PartitionState,
     log: &Rc<PartitionLog>,
+    opened_epochs: Option<LeaderEpochFile>,
 ) {
     let tp = TopicPartition::new(meta.name.clone(), partition);
     let node = shard.broker.node_id;
     let now = now_ms();
     let mut replicas = shard.replicas.borrow_mut();
     if !replicas.partitions.contains_key(&tp) {
-        let epochs = match LeaderEpochFile::open_or_init(log.dir(), log.log_end_offset()) {
-            Ok(e) => e,
-            Err(e) => {
-                eprintln!("sluice: {tp}: leader-epoch checkpoint: {e}");
-                return;
-            }
+        // The checkpoint `Shard::open_log` loaded with the log (a replica is always opened
+        // there first).
+        let Some(epochs) = opened_epochs else {
+            eprintln!("sluice: {tp}: no leader-epoch checkpoint loaded with the log");
+            return;
         };
         // A replicated partition's committed extent is not known after a start: the leader
         // learns it again from its followers' fetches, a follower from its leader.
@@ -831,9 +831,10 @@ async fn truncate_log(shard: &Rc<Shard>, tp: &TopicPartition, offset: i64) {
         }
     };
     match shard.open_log(&meta, tp.partition).await {
-        Ok(log) => {
+        Ok((log, epochs)) => {
             log.reset_high_watermark(high_watermark.min(end));
             if let Some(r) = shard.replicas.borrow_mut().partitions.get_mut(tp) {
+                r.epochs = epochs;
                 if let Err(e) = r.epochs.truncate_from(end) {
                     eprintln!("sluice: {tp}: leader-epoch checkpoint: {e}");
                 }

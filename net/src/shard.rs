@@ -658,7 +658,14 @@ impl Shard {
                     let tp = TopicPartition::new(meta.name.clone(), partition as i32);
                     if held[partition] {
                         if let Some(log) = self.log(&tp) {
-                            crate::replica::apply_state(self, &meta, partition as i32, state, &log);
+                            crate::replica::apply_state(
+                                self,
+                                &meta,
+                                partition as i32,
+                                state,
+                                &log,
+                                None,
+                            );
                             if meta.name == crate::offsets::OFFSETS_TOPIC {
                                 self.follow_coordination(partition as i32, &log, false)
                                     .await;
@@ -671,7 +678,7 @@ impl Shard {
                     let tp = TopicPartition::new(meta.name.clone(), partition as i32);
                     if held[partition] && !self.logs.borrow().contains_key(&tp) {
                         match self.open_log(&meta, partition as i32).await {
-                            Ok(log) => {
+                            Ok((log, epochs)) => {
                                 self.logs.borrow_mut().insert(tp, log.clone());
                                 crate::replica::apply_state(
                                     self,
@@ -679,6 +686,7 @@ impl Shard {
                                     partition as i32,
                                     state,
                                     &log,
+                                    Some(epochs),
                                 );
                                 if meta.name == crate::offsets::OFFSETS_TOPIC {
                                     // A single node loads at open, before it serves. A
@@ -869,7 +877,8 @@ impl Shard {
         &self,
         meta: &TopicMeta,
         partition: i32,
-    ) -> sluice_storage::error::Result<Rc<PartitionLog>> {
+    ) -> sluice_storage::error::Result<(Rc<PartitionLog>, sluice_replication::LeaderEpochFile)>
+    {
         let dir = self
             .broker
             .log_dirs
@@ -880,12 +889,12 @@ impl Shard {
             self.broker.sync_before_ack(),
         );
         let log = PartitionLog::open(&dir, &meta.name, partition, config, now_ms()).await?;
-        let epoch = sluice_replication::LeaderEpochFile::open_or_init(&dir, log.log_end_offset())?;
-        log.set_leader_epoch(epoch.current_epoch());
+        let epochs = sluice_replication::LeaderEpochFile::open_or_init(&dir, log.log_end_offset())?;
+        log.set_leader_epoch(epochs.current_epoch());
         if log.needs_flush() {
             self.flusher.mark_dirty(&log);
         }
-        Ok(log)
+        Ok((log, epochs))
     }
 
     /// Splits the per-core batch cache budget over the partitions this core owns.
