@@ -168,6 +168,7 @@ remove_broker_dir() {
 cleanup() {
     stop_broker >/dev/null 2>&1 || true
     remove_broker_dir
+    if [ -n "${CLUSTER_DIR:-}" ]; then scripts/cluster.sh stop "$CLUSTER_DIR" >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -279,8 +280,125 @@ check_cli() {
     else
         say "cli: kafka-leader-election:"; cat "$dir/election.out"; ok=1
     fi
+    check_cli_partitions "$dir" || ok=1
     check_cli_transactions "$dir" || ok=1
     return "$ok"
+}
+
+# kafka-topics --alter --partitions (CreatePartitions), kafka-reassign-partitions (on one node
+# the only move is to itself: AlterPartitionReassignments, ListPartitionReassignments and
+# DescribeLogDirs are still asked) and kafka-log-dirs.
+check_cli_partitions() {
+    local dir=$1 ok=0 topics=org.apache.kafka.tools.TopicCommand node
+    local reassign=org.apache.kafka.tools.reassign.ReassignPartitionsCommand
+    kafka_tool "$topics" --create --topic cli-grow --partitions 1 </dev/null >"$dir/grow.out" 2>&1 \
+        || { cat "$dir/grow.out"; return 1; }
+    kafka_tool "$topics" --alter --topic cli-grow --partitions 3 </dev/null >"$dir/alter.out" 2>&1 \
+        || { say "cli: kafka-topics --alter --partitions:"; cat "$dir/alter.out"; return 1; }
+    kafka_tool "$topics" --describe --topic cli-grow </dev/null >"$dir/grown.out" 2>&1
+    if grep -q "PartitionCount: 3" "$dir/grown.out"; then
+        say "cli: kafka-topics --alter --partitions 3: PartitionCount 3"
+    else
+        say "cli: after kafka-topics --alter --partitions 3:"; cat "$dir/grown.out"; ok=1
+    fi
+    node=$(awk '$3 == "Partition:" && $4 == 0 { print $6 }' "$dir/grown.out")
+    printf '{"version":1,"partitions":[{"topic":"cli-grow","partition":0,"replicas":[%s]}]}\n' \
+        "$node" >"$dir/move.json"
+    kafka_tool "$reassign" --execute --reassignment-json-file "$dir/move.json" \
+        </dev/null >"$dir/execute.out" 2>&1
+    kafka_tool "$reassign" --verify --preserve-throttles --reassignment-json-file "$dir/move.json" \
+        </dev/null >"$dir/verify.out" 2>&1
+    if grep -q "Successfully started partition reassignment for cli-grow-0" "$dir/execute.out" \
+        && grep -q "Reassignment of partition cli-grow-0 is completed" "$dir/verify.out"; then
+        say "cli: kafka-reassign-partitions --execute/--verify: cli-grow-0 stays on broker $node"
+    else
+        say "cli: kafka-reassign-partitions:"; cat "$dir/execute.out" "$dir/verify.out"; ok=1
+    fi
+    kafka_tool org.apache.kafka.tools.LogDirsCommand --describe --topic-list cli-grow \
+        </dev/null >"$dir/logdirs.out" 2>&1
+    if grep -q '"partition":"cli-grow-2"' "$dir/logdirs.out"; then
+        say "cli: kafka-log-dirs --describe lists cli-grow-0..2"
+    else
+        say "cli: kafka-log-dirs:"; cat "$dir/logdirs.out"; ok=1
+    fi
+    return "$ok"
+}
+
+# The tools against a 3-node cluster (scripts/cluster.sh): a topic with 2 replicas takes 200
+# lines and grows to 4 partitions; kafka-reassign-partitions moves partition 0 onto the third
+# broker and gives partition 1 a third replica, --verify until both are done; kafka-topics
+# --describe shows the new replicas, and every line is read back.
+check_cli_cluster() {
+    local dir ok=0 i p0 spare target topics=org.apache.kafka.tools.TopicCommand
+    local reassign=org.apache.kafka.tools.reassign.ReassignPartitionsCommand
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/sluice-compat-cluster.XXXXXX")
+    CLUSTER_DIR=$dir/cluster
+    if ! SLUICE_BIN="$SLUICE_BIN" SLUICE_CLUSTER_PORT=$((21000 + RANDOM % 20000)) \
+        scripts/cluster.sh start 3 "$CLUSTER_DIR" </dev/null >"$dir/start.out" 2>&1; then
+        say "cli-cluster: scripts/cluster.sh start failed:"; tail -n 20 "$dir/start.out"
+        return 1
+    fi
+    BOOTSTRAP=$(tail -n 1 "$dir/start.out")
+    say "cli-cluster: 3 nodes on $BOOTSTRAP"
+    kafka_tool "$topics" --create --topic cli-moving --partitions 2 --replication-factor 2 \
+        </dev/null >"$dir/create.out" 2>&1 || { cat "$dir/create.out"; ok=1; }
+    for i in $(seq 1 200); do echo "moving line $i"; done >"$dir/in.txt"
+    kafka_tool org.apache.kafka.tools.ConsoleProducer --topic cli-moving --producer-property acks=all \
+        <"$dir/in.txt" >"$dir/produce.out" 2>&1 || { cat "$dir/produce.out"; ok=1; }
+    kafka_tool "$topics" --alter --topic cli-moving --partitions 4 </dev/null >"$dir/alter.out" 2>&1 \
+        || { cat "$dir/alter.out"; ok=1; }
+    kafka_tool "$topics" --describe --topic cli-moving </dev/null >"$dir/before.out" 2>&1
+    p0=$(awk '$3 == "Partition:" && $4 == 0 { print $8 }' "$dir/before.out")
+    spare=$(for i in 1 2 3; do case ",$p0," in *",$i,"*) ;; *) echo "$i" ;; esac; done)
+    target="$spare,${p0%%,*}"
+    printf '{"version":1,"partitions":[%s,%s]}\n' \
+        "{\"topic\":\"cli-moving\",\"partition\":0,\"replicas\":[$target]}" \
+        '{"topic":"cli-moving","partition":1,"replicas":[1,2,3]}' >"$dir/move.json"
+    kafka_tool "$reassign" --execute --reassignment-json-file "$dir/move.json" \
+        </dev/null >"$dir/execute.out" 2>&1 || { cat "$dir/execute.out"; ok=1; }
+    for i in $(seq 1 60); do
+        kafka_tool "$reassign" --verify --preserve-throttles --reassignment-json-file "$dir/move.json" \
+            </dev/null >"$dir/verify.out" 2>&1 || true
+        [ "$(grep -c "is completed" "$dir/verify.out")" = 2 ] && break
+        sleep 1
+    done
+    kafka_tool "$topics" --describe --topic cli-moving </dev/null >"$dir/after.out" 2>&1
+    if [ "$(grep -c "is completed" "$dir/verify.out")" = 2 ] \
+        && awk -v t="$target" '$3 == "Partition:" && $4 == 0 && $8 == t { a = 1 }
+                                $3 == "Partition:" && $4 == 1 && split($8, r, ",") == 3 { b = 1 }
+                                END { exit !(a && b) }' "$dir/after.out"; then
+        say "cli-cluster: kafka-reassign-partitions moved cli-moving-0 from [$p0] to [$target] and gave cli-moving-1 three replicas"
+    else
+        say "cli-cluster: reassignment:"; cat "$dir/execute.out" "$dir/verify.out" "$dir/after.out"; ok=1
+    fi
+    kafka_tool org.apache.kafka.tools.consumer.ConsoleConsumer --topic cli-moving --from-beginning \
+        --max-messages 200 --timeout-ms 30000 </dev/null >"$dir/out.txt" 2>"$dir/consume.err" || true
+    if [ "$(sort "$dir/in.txt")" = "$(sort "$dir/out.txt")" ]; then
+        say "cli-cluster: all 200 lines read back after the moves"
+    else
+        say "cli-cluster: read $(wc -l <"$dir/out.txt") of 200 lines"; tail -n 20 "$dir/consume.err"; ok=1
+    fi
+    if [ "$ok" != 0 ]; then
+        for i in 1 2 3; do tail -n 15 "$CLUSTER_DIR/node-$i/sluice.log" | sed "s/^/    node $i: /"; done
+    fi
+    scripts/cluster.sh stop "$CLUSTER_DIR" >/dev/null 2>&1 || true
+    CLUSTER_DIR=""
+    [ "${COMPAT_KEEP:-0}" = 1 ] || rm -rf "$dir"
+    return "$ok"
+}
+
+# run_cluster_check NAME: a check that starts its own brokers.
+run_cluster_check() {
+    local name=$1 start=$SECONDS
+    say "--- $name"
+    if "check_${name//-/_}"; then
+        PASSED=$((PASSED + 1))
+        say "$name: PASS ($((SECONDS - start)) s)"
+    else
+        FAILED=$((FAILED + 1))
+        FAILED_NAMES+=("$name")
+        say "$name: FAIL ($((SECONDS - start)) s)"
+    fi
 }
 
 # Kafka's own exactly-once tool: TransactionalMessageCopier copies a topic in transactions of 20
@@ -489,7 +607,12 @@ main() {
                 if build_go; then run_check go; else record_failure go "go build failed"; fi
                 ;;
             cli)
-                if build_cli; then run_check cli; else record_failure cli "mvn (kafka-tools) failed"; fi
+                if build_cli; then
+                    run_check cli
+                    run_cluster_check cli-cluster
+                else
+                    record_failure cli "mvn (kafka-tools) failed"
+                fi
                 ;;
         esac
     done

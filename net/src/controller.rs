@@ -930,6 +930,7 @@ async fn liveness(shard: Rc<Shard>, controller: Rc<Controller>) {
                 .collect()
         };
         unclean_elections(&shard, &controller);
+        complete_reassignments(&controller);
         for id in silent {
             if !controller.deciding.borrow_mut().insert(id) {
                 continue;
@@ -995,6 +996,49 @@ fn unclean_elections(shard: &Rc<Shard>, controller: &Rc<Controller>) {
     .detach();
 }
 
+/// The active controller completes the reassignments whose new replicas are all in sync: the
+/// replicas being removed go (see `MetadataImage::reassignment_completions`). Their brokers
+/// then stop following and delete their copies.
+fn complete_reassignments(controller: &Rc<Controller>) {
+    // One completion proposal at a time, under a key no broker id uses.
+    const COMPLETING: i32 = -2;
+    if controller.deciding.borrow().contains(&COMPLETING) {
+        return;
+    }
+    let records = controller.image.borrow().reassignment_completions();
+    if records.is_empty() {
+        return;
+    }
+    controller.deciding.borrow_mut().insert(COMPLETING);
+    let controller = controller.clone();
+    glommio::spawn_local(async move {
+        // One entry per partition: a partition that changed meanwhile (a stale partition
+        // epoch) must not hold up the others; it is looked at again on the next round.
+        for record in records {
+            let MetadataRecord::PartitionReplicas {
+                topic,
+                partition,
+                replicas,
+                leader,
+                ..
+            } = &record
+            else {
+                continue;
+            };
+            let what = format!(
+                "{topic}-{partition}: reassignment complete, replicas {replicas:?}, leader {leader}"
+            );
+            match controller.propose(vec![record.clone()]).await {
+                Ok(_) => eprintln!("sluice: {what}"),
+                Err(ProposeError::Rejected(Rejection::StalePartitionEpoch(..))) => {}
+                Err(e) => eprintln!("sluice: completing a reassignment: {e:?}"),
+            }
+        }
+        controller.deciding.borrow_mut().remove(&COMPLETING);
+    })
+    .detach();
+}
+
 /// ElectLeaders on a single node: it is the only replica and the leader of every partition.
 pub fn single_node_elections(
     shard: &Shard,
@@ -1054,12 +1098,14 @@ async fn rebalance_loop(shard: Rc<Shard>, controller: Rc<Controller>) {
     }
 }
 
-/// CreateTopics in a cluster: propose the topic, with its replicas assigned by this node from
-/// the live brokers it knows, and answer once it is applied here.
+/// CreateTopics in a cluster: propose the topic, with its replicas as the client assigned them
+/// (`manual`: `meta.states`) or assigned by this node from the live brokers it knows, and
+/// answer once it is applied here.
 pub async fn create_topic(
     controller: &Rc<Controller>,
     meta: TopicMeta,
     replication_factor: i16,
+    manual: bool,
 ) -> TopicResult {
     let name = meta.name.clone();
     let failure = |error: ResponseError, message: String| TopicResult {
@@ -1068,11 +1114,14 @@ pub async fn create_topic(
         message: Some(message),
         meta: None,
     };
-    let assigned =
+    let assigned = if manual {
+        Ok(meta.states.clone())
+    } else {
         controller
             .image
             .borrow()
-            .assign_replicas(&meta.name, meta.partitions, replication_factor);
+            .assign_replicas(&meta.name, meta.partitions, replication_factor)
+    };
     let partitions = match assigned {
         Ok(p) => p,
         Err(why) => return failure(ResponseError::InvalidReplicationFactor, why),

@@ -20,6 +20,7 @@ pub mod handlers;
 pub mod log_cleaner;
 pub mod metadata;
 pub mod offsets;
+pub mod partitions;
 pub mod producer_ids;
 pub mod replica;
 pub mod router;

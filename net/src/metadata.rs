@@ -39,13 +39,7 @@ impl TopicMeta {
         config: TopicConfig,
         node: i32,
     ) -> TopicMeta {
-        let state = PartitionState {
-            replicas: vec![node],
-            isr: vec![node],
-            leader: node,
-            leader_epoch: 0,
-            partition_epoch: 0,
-        };
+        let state = PartitionState::new(vec![node], vec![node], node, 0);
         TopicMeta {
             name,
             id,

@@ -799,7 +799,7 @@ pub async fn ensure_internal_topic(
         partitions,
         replication_factor,
         configs,
-        has_assignments: false,
+        assignments: Vec::new(),
     };
     let created = shard
         .call(

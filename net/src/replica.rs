@@ -140,7 +140,7 @@ pub fn apply_state(
     let mut start_fetcher = None;
     match &mut replica.role {
         Role::Leader(l) if state.leader == node && l.leader_epoch == state.leader_epoch => {
-            l.replicas = state.replicas.clone();
+            l.set_replicas(state.replicas.clone());
             l.set_isr(state.isr.clone(), now);
         }
         Role::Follower {
@@ -203,6 +203,21 @@ pub fn leads(shard: &Shard, tp: &TopicPartition) -> Option<i32> {
         Role::Leader(l) => Some(l.leader_epoch),
         _ => None,
     }
+}
+
+/// The leader epoch of `offset` in a local replica's log (None: of its end, the newest epoch);
+/// -1 when unknown (no epoch recorded that early).
+pub fn epoch_of(shard: &Shard, tp: &TopicPartition, offset: Option<i64>) -> i32 {
+    let replicas = shard.replicas.borrow();
+    let Some(replica) = replicas.partitions.get(tp) else {
+        return -1;
+    };
+    let entries = replica.epochs.entries();
+    let found = match offset {
+        None => entries.last(),
+        Some(offset) => entries.iter().rev().find(|e| e.start_offset <= offset),
+    };
+    found.map_or(-1, |e| e.epoch)
 }
 
 /// A consumer's view of the leadership (the leader epoch it sends in Fetch v9+), as Kafka checks
@@ -823,7 +838,15 @@ async fn truncate_log(shard: &Rc<Shard>, tp: &TopicPartition, offset: i64) {
     }
     log.retire().await;
     drop(log);
-    let end = match sluice_storage::log::truncate_dir(&dir, offset).await {
+    let cut = if offset > old_end {
+        // Behind the leader's log start: nothing here is worth keeping.
+        sluice_storage::log::restart_dir(&dir, offset)
+            .await
+            .map(|()| offset)
+    } else {
+        sluice_storage::log::truncate_dir(&dir, offset).await
+    };
+    let end = match cut {
         Ok(end) => end,
         Err(e) => {
             eprintln!("sluice: {tp}: truncating at {offset}: {e}");
@@ -840,10 +863,18 @@ async fn truncate_log(shard: &Rc<Shard>, tp: &TopicPartition, offset: i64) {
                 }
                 log.set_leader_epoch(r.leader_epoch().max(0));
             }
-            eprintln!(
-                "sluice: {tp}: truncated from {old_end} to {end} ({} offsets) to follow the leader",
-                old_end - end
-            );
+            if end > old_end {
+                eprintln!(
+                    "sluice: {tp}: restarted empty at {end} (the leader's log starts there; \
+                     this replica ended at {old_end})"
+                );
+            } else {
+                eprintln!(
+                    "sluice: {tp}: truncated from {old_end} to {end} ({} offsets) to follow the \
+                     leader",
+                    old_end - end
+                );
+            }
             shard.logs.borrow_mut().insert(tp.clone(), log);
         }
         Err(e) => eprintln!("sluice: {tp}: reopening after truncation: {e}"),

@@ -41,7 +41,8 @@ pub enum CoreRequest {
         replica: bool,
     },
     ListOffsets {
-        partitions: Vec<(TopicPartition, i64)>,
+        /// (partition, timestamp asked for, the client's current leader epoch or -1).
+        partitions: Vec<(TopicPartition, i64, i32)>,
         /// isolation_level read_committed: LATEST is the last stable offset.
         read_committed: bool,
     },
@@ -103,6 +104,25 @@ pub enum CoreRequest {
         preferred: bool,
         partitions: Option<Vec<TopicPartition>>,
     },
+    /// DescribeLogDirs, to every core: the logs it holds (of these partitions; None: all).
+    LogSizes {
+        partitions: Option<Vec<TopicPartition>>,
+    },
+    /// CreatePartitions, to core 0.
+    CreatePartitions {
+        topics: Vec<crate::partitions::PartitionsWanted>,
+        validate_only: bool,
+    },
+    /// AlterPartitionReassignments, to core 0: per partition the target replicas (None
+    /// cancels).
+    Reassign {
+        partitions: Vec<(TopicPartition, Option<Vec<i32>>)>,
+        allow_replication_factor_change: bool,
+    },
+    /// ListPartitionReassignments, to core 0 (None: every partition).
+    ListReassignments {
+        partitions: Option<Vec<TopicPartition>>,
+    },
     /// OffsetForLeaderEpoch, to the leaders' cores: (partition, the asker's current leader
     /// epoch or -1, the epoch asked about).
     EpochEndOffsets {
@@ -150,7 +170,8 @@ pub struct NewTopic {
     pub partitions: i32,
     pub replication_factor: i16,
     pub configs: Vec<(String, Option<String>)>,
-    pub has_assignments: bool,
+    /// Replica lists given by the client, by partition index (empty: placed by the broker).
+    pub assignments: Vec<(i32, Vec<i32>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -201,6 +222,8 @@ pub struct OffsetResult {
     pub error: i16,
     pub timestamp: i64,
     pub offset: i64,
+    /// The leader epoch of the offset's batch (latest: of the log's end), -1 when unknown.
+    pub leader_epoch: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -234,6 +257,13 @@ pub enum CoreResponse {
     IsrAltered(bool),
     /// Per partition: error code and message of an election.
     Elected(Vec<(TopicPartition, i16, Option<String>)>),
+    /// Per item of an admin request, in request order: error code and message.
+    Answers(Vec<crate::partitions::Answer>),
+    /// Per log a core holds: its size in bytes and how far its end is behind the high
+    /// watermark.
+    LogSizes(Vec<(TopicPartition, u64, i64)>),
+    /// Partitions being reassigned.
+    Reassignments(Vec<(TopicPartition, sluice_replication::PartitionState)>),
     /// A group request reached a core that does not coordinate the group (yet): the error.
     NotCoordinating(i16),
     /// Per partition: error code, epoch, end offset.

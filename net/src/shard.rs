@@ -162,6 +162,52 @@ impl Shard {
                 }
                 .boxed_local()
             }
+            CoreRequest::LogSizes { partitions } => {
+                let sizes = self
+                    .logs
+                    .borrow()
+                    .iter()
+                    .filter(|(tp, _)| partitions.as_ref().is_none_or(|named| named.contains(tp)))
+                    .map(|(tp, log)| {
+                        let lag = (log.high_watermark() - log.log_end_offset()).max(0);
+                        (tp.clone(), log.size_bytes(), lag)
+                    })
+                    .collect();
+                async move { CoreResponse::LogSizes(sizes) }.boxed_local()
+            }
+            CoreRequest::CreatePartitions {
+                topics,
+                validate_only,
+            } => {
+                let shard = self.clone();
+                async move {
+                    CoreResponse::Answers(
+                        crate::partitions::create(&shard, topics, validate_only).await,
+                    )
+                }
+                .boxed_local()
+            }
+            CoreRequest::Reassign {
+                partitions,
+                allow_replication_factor_change,
+            } => {
+                let shard = self.clone();
+                async move {
+                    CoreResponse::Answers(
+                        crate::partitions::reassign(
+                            &shard,
+                            partitions,
+                            allow_replication_factor_change,
+                        )
+                        .await,
+                    )
+                }
+                .boxed_local()
+            }
+            CoreRequest::ListReassignments { partitions } => {
+                let listed = crate::partitions::list(self, partitions);
+                async move { CoreResponse::Reassignments(listed) }.boxed_local()
+            }
             CoreRequest::EpochEndOffsets { partitions } => {
                 let answer = crate::replica::epoch_end_offsets(self, partitions);
                 async move { CoreResponse::EpochEndOffsets(answer) }.boxed_local()
@@ -602,22 +648,39 @@ impl Shard {
 
     async fn list_offsets(
         &self,
-        partitions: Vec<(TopicPartition, i64)>,
+        partitions: Vec<(TopicPartition, i64, i32)>,
         read_committed: bool,
     ) -> Vec<OffsetResult> {
         let mut out = Vec::with_capacity(partitions.len());
-        for (tp, timestamp) in partitions {
+        for (tp, timestamp, client_epoch) in partitions {
             let result = match self.owned_log(&tp) {
                 Err(error) => Err(error),
-                Ok(log) => {
+                Ok(_) if client_epoch >= 0 => {
+                    match crate::replica::check_client_epoch(self, &tp, client_epoch) {
+                        Err(e) => Err(e.code()),
+                        Ok(()) => Ok(()),
+                    }
+                }
+                Ok(_) => Ok(()),
+            };
+            let result = match (result, self.log(&tp)) {
+                (Ok(()), Some(log)) => {
                     crate::handlers::list_offsets::lookup(&log, timestamp, read_committed).await
                 }
+                (Ok(()), None) => Err(ResponseError::NotLeaderOrFollower.code()),
+                (Err(e), _) => Err(e),
             };
             out.push(match result {
-                Ok((timestamp, offset)) => OffsetResult {
+                Ok((found_timestamp, offset)) => OffsetResult {
+                    leader_epoch: crate::replica::epoch_of(
+                        self,
+                        &tp,
+                        (timestamp != crate::handlers::list_offsets::LATEST && offset >= 0)
+                            .then_some(offset),
+                    ),
                     tp,
                     error: 0,
-                    timestamp,
+                    timestamp: found_timestamp,
                     offset,
                 },
                 Err(error) => OffsetResult {
@@ -625,6 +688,7 @@ impl Shard {
                     error,
                     timestamp: -1,
                     offset: -1,
+                    leader_epoch: -1,
                 },
             });
         }
@@ -673,7 +737,7 @@ impl Shard {
                         }
                     }
                 }
-                self.close_unheld(&meta.name, &held).await;
+                self.drop_unheld(&meta.name, &held).await;
                 for (partition, state) in meta.states.iter().enumerate() {
                     let tp = TopicPartition::new(meta.name.clone(), partition as i32);
                     if held[partition] && !self.logs.borrow().contains_key(&tp) {
@@ -840,9 +904,10 @@ impl Shard {
             .collect()
     }
 
-    /// Closes the logs of `topic` this core has open but no longer holds a replica of (it was
-    /// moved away). Its data stays on disk.
-    async fn close_unheld(&self, topic: &str, held: &[bool]) {
+    /// Deletes the logs of `topic` this core has open but no longer holds a replica of: a
+    /// reassignment moved them away (Kafka's StopReplica with deletion). The new replicas have
+    /// copied everything the high watermark covers before the controller removed this one.
+    async fn drop_unheld(&self, topic: &str, held: &[bool]) {
         let unserved: Vec<Rc<PartitionLog>> = {
             let mut logs = self.logs.borrow_mut();
             let keys: Vec<TopicPartition> = logs
@@ -863,11 +928,16 @@ impl Shard {
             keys.iter().filter_map(|tp| logs.remove(tp)).collect()
         };
         for log in unserved {
+            let dir = log.dir().to_path_buf();
+            let name = format!("{}-{}", log.topic, log.partition);
             if let Err(e) = log.close().await {
-                eprintln!(
-                    "sluice: core {}: closing {}-{}: {e}",
-                    self.core_id, log.topic, log.partition
-                );
+                eprintln!("sluice: core {}: closing {name}: {e}", self.core_id);
+            }
+            log.retire().await;
+            drop(log);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => eprintln!("sluice: {name}: replica moved to other brokers; log deleted"),
+                Err(e) => eprintln!("sluice: cannot remove {}: {e} ({name})", dir.display()),
             }
         }
     }

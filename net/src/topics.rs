@@ -7,6 +7,7 @@ use std::rc::Rc;
 
 use kafka_protocol::error::ResponseError;
 use sluice_core::topic::{validate_topic_name, TopicConfig};
+use sluice_replication::PartitionState;
 
 use crate::metadata::{self, TopicMeta};
 use crate::router::{CoreRequest, NewTopic, TopicChange, TopicResult};
@@ -53,14 +54,17 @@ async fn create_one(shard: &Rc<Shard>, topic: NewTopic, validate_only: bool) -> 
             "too many topics".into(),
         );
     }
-    if topic.has_assignments {
-        return failure(
-            name,
-            ResponseError::InvalidRequest,
-            "manual replica assignment is not supported yet".into(),
-        );
-    }
-    let partitions = if topic.partitions == -1 {
+    let assigned = if topic.assignments.is_empty() {
+        None
+    } else {
+        match assigned_partitions(shard, &topic) {
+            Ok(states) => Some(states),
+            Err((error, message)) => return failure(name, error, message),
+        }
+    };
+    let partitions = if let Some(states) = &assigned {
+        states.len() as i32
+    } else if topic.partitions == -1 {
         shard.broker.num_partitions
     } else {
         topic.partitions
@@ -107,13 +111,17 @@ async fn create_one(shard: &Rc<Shard>, topic: NewTopic, validate_only: bool) -> 
         Ok(c) => c,
         Err(e) => return failure(name, ResponseError::InvalidConfig, e.to_string()),
     };
-    let meta = TopicMeta::single_node(
+    let mut meta = TopicMeta::single_node(
         name.clone(),
         *uuid::Uuid::new_v4().as_bytes(),
         partitions,
         config,
         shard.broker.node_id,
     );
+    let manual = assigned.is_some();
+    if let Some(states) = assigned {
+        meta.states = states;
+    }
     if validate_only {
         return TopicResult {
             name,
@@ -125,7 +133,7 @@ async fn create_one(shard: &Rc<Shard>, topic: NewTopic, validate_only: bool) -> 
     if shard.broker.clustered() {
         return match shard.controller() {
             Some(controller) => {
-                crate::controller::create_topic(&controller, meta, replication_factor).await
+                crate::controller::create_topic(&controller, meta, replication_factor, manual).await
             }
             None => failure(
                 name,
@@ -154,6 +162,38 @@ async fn create_one(shard: &Rc<Shard>, topic: NewTopic, validate_only: bool) -> 
         message: None,
         meta: Some(meta),
     }
+}
+
+/// The partitions of a new topic as the client assigned them (Kafka's rules): only with
+/// num_partitions and replication_factor left at -1, partition indexes 0, 1, 2, … each once, and
+/// replica lists the metadata image accepts (see `MetadataImage::assigned_partitions`).
+fn assigned_partitions(
+    shard: &Shard,
+    topic: &NewTopic,
+) -> Result<Vec<PartitionState>, (ResponseError, String)> {
+    if topic.partitions != -1 || topic.replication_factor != -1 {
+        return Err((
+            ResponseError::InvalidRequest,
+            "Both numPartitions or replicationFactor and replicasAssignments were set. Both \
+             cannot be used at the same time."
+                .into(),
+        ));
+    }
+    let mut by_index = topic.assignments.clone();
+    by_index.sort_by_key(|(index, _)| *index);
+    if by_index
+        .iter()
+        .enumerate()
+        .any(|(i, (index, _))| usize::try_from(*index).ok() != Some(i))
+    {
+        return Err((
+            ResponseError::InvalidReplicaAssignment,
+            "Partitions should be a consecutive 0-based integer sequence".into(),
+        ));
+    }
+    let lists: Vec<Vec<i32>> = by_index.into_iter().map(|(_, list)| list).collect();
+    crate::partitions::decide(shard, |image| image.assigned_partitions(0, None, &lists))
+        .map_err(|why| (ResponseError::InvalidReplicaAssignment, why))
 }
 
 pub async fn delete(shard: &Rc<Shard>, names: Vec<String>) -> Vec<TopicResult> {

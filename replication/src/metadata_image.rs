@@ -78,6 +78,8 @@ pub enum Rejection {
     UnknownBroker(i32),
     /// The broker is registered with another incarnation: the record is about an earlier life.
     StaleIncarnation(i32),
+    /// A `PartitionReplicas` decided at another partition epoch than the partition's now.
+    StalePartitionEpoch(String, i32),
     Invalid(String),
 }
 
@@ -92,6 +94,9 @@ impl fmt::Display for Rejection {
             Rejection::UnknownBroker(id) => write!(f, "broker {id} is not registered"),
             Rejection::StaleIncarnation(id) => {
                 write!(f, "broker {id} is registered with another incarnation")
+            }
+            Rejection::StalePartitionEpoch(name, p) => {
+                write!(f, "{name}-{p} changed since the change was decided")
             }
             Rejection::Invalid(why) => write!(f, "invalid metadata record: {why}"),
         }
@@ -108,6 +113,32 @@ pub enum ElectionRefusal {
     NotNeeded,
     /// Nobody may lead it (PREFERRED_LEADER_NOT_AVAILABLE / ELIGIBLE_LEADERS_NOT_AVAILABLE).
     NotAvailable,
+}
+
+/// Why AlterPartitionReassignments changes nothing for a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReassignRefusal {
+    UnknownPartition,
+    /// A cancellation for a partition that is not being reassigned.
+    NoReassignmentInProgress,
+    /// The target is empty, repeats a broker or names an unregistered one.
+    InvalidAssignment(String),
+    /// The target has another replication factor, which the request does not allow (KIP-860).
+    ReplicationFactorChange,
+    /// None of the in-sync replicas would be left, so no replica is known to hold every
+    /// committed record.
+    NoInSyncReplica,
+}
+
+/// Why CreatePartitions adds nothing to a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddPartitionsRefusal {
+    UnknownTopic,
+    /// The count is not above the topic's partitions.
+    InvalidPartitions(String),
+    InvalidAssignment(String),
+    /// Fewer live brokers than the topic's replication factor.
+    InvalidReplicationFactor(String),
 }
 
 /// The outcome of applying one entry.
@@ -169,6 +200,12 @@ impl MetadataImage {
     /// * `RemoveTopic`: the topic exists.
     /// * `ProducerIds`: `first` is `next_producer_id` and `count` > 0; `next_producer_id`
     ///   moves to `first + count`.
+    /// * `PartitionReplicas`: the partition exists and is at the record's partition epoch; the
+    ///   replicas as for `Topic`; adding and removing are disjoint subsets of them; the ISR and
+    ///   leader as above; the leader epoch does not go back. Sets all of them; the partition
+    ///   epoch grows by one.
+    /// * `AddPartitions`: the topic exists; the new partitions as for `Topic`, and the topic's
+    ///   partition count stays within i32.
     pub fn apply(&mut self, entry: &MetadataEntry) -> Applied {
         if entry.sequence <= self.last_sequence(entry.proposer) {
             return Applied::Duplicate;
@@ -279,6 +316,82 @@ impl MetadataImage {
                 undo.push(Undo::Topic(name.clone(), Some(removed)));
                 Ok(Change::TopicRemoved(name.clone()))
             }
+            MetadataRecord::PartitionReplicas {
+                topic,
+                partition,
+                partition_epoch,
+                replicas,
+                isr,
+                leader,
+                leader_epoch,
+                adding,
+                removing,
+            } => {
+                let name = format!("{topic}-{partition}");
+                self.check_replicas(&name, replicas)?;
+                check_isr(replicas, isr, *leader)
+                    .map_err(|why| Rejection::Invalid(format!("{name}: {why}")))?;
+                let subset =
+                    |ids: &[i32]| !has_repeats(ids) && ids.iter().all(|r| replicas.contains(r));
+                if !subset(adding)
+                    || !subset(removing)
+                    || adding.iter().any(|r| removing.contains(r))
+                {
+                    return Err(Rejection::Invalid(format!(
+                        "{name}: adding {adding:?} and removing {removing:?} are not disjoint \
+                         subsets of replicas {replicas:?}"
+                    )));
+                }
+                let unknown = || Rejection::UnknownPartition(topic.clone(), *partition);
+                let partitions = &mut self
+                    .topics
+                    .get_mut(topic)
+                    .ok_or_else(|| Rejection::UnknownTopic(topic.clone()))?
+                    .partitions;
+                let index = usize::try_from(*partition).map_err(|_| unknown())?;
+                let state = partitions.get_mut(index).ok_or_else(unknown)?;
+                if state.partition_epoch != *partition_epoch {
+                    return Err(Rejection::StalePartitionEpoch(topic.clone(), *partition));
+                }
+                if *leader_epoch < state.leader_epoch {
+                    return Err(Rejection::Invalid(format!(
+                        "{name}: leader epoch {leader_epoch} is below the current {}",
+                        state.leader_epoch
+                    )));
+                }
+                undo.push(Undo::Partition(topic.clone(), index, state.clone()));
+                *state = PartitionState {
+                    replicas: replicas.clone(),
+                    isr: isr.clone(),
+                    leader: *leader,
+                    leader_epoch: *leader_epoch,
+                    partition_epoch: state.partition_epoch.saturating_add(1),
+                    adding: adding.clone(),
+                    removing: removing.clone(),
+                };
+                Ok(Change::Topic(topic.clone()))
+            }
+            MetadataRecord::AddPartitions { topic, partitions } => {
+                let before = self
+                    .topics
+                    .get(topic)
+                    .ok_or_else(|| Rejection::UnknownTopic(topic.clone()))?;
+                let total = before.partitions.len() + partitions.len();
+                if partitions.is_empty() || i32::try_from(total).is_err() {
+                    return Err(Rejection::Invalid(format!(
+                        "topic {topic}: {} partitions added to {}",
+                        partitions.len(),
+                        before.partitions.len()
+                    )));
+                }
+                self.check_partitions(topic, before.partitions.len(), partitions)?;
+                let before = before.clone();
+                let mut after = before.clone();
+                after.partitions.extend(partitions.iter().cloned());
+                self.topics.insert(topic.clone(), after);
+                undo.push(Undo::Topic(topic.clone(), Some(before)));
+                Ok(Change::Topic(topic.clone()))
+            }
             MetadataRecord::ProducerIds {
                 broker,
                 first,
@@ -336,24 +449,41 @@ impl MetadataImage {
                 partitions.len()
             )));
         }
-        for (p, state) in partitions.iter().enumerate() {
-            if state.replicas.is_empty() || has_repeats(&state.replicas) {
+        self.check_partitions(name, 0, partitions)
+    }
+
+    /// New partitions `first..` of topic `name`: valid replicas and ISR, not being reassigned.
+    fn check_partitions(
+        &self,
+        name: &str,
+        first: usize,
+        partitions: &[PartitionState],
+    ) -> Result<(), Rejection> {
+        for (p, state) in (first..).zip(partitions) {
+            let partition = format!("{name}-{p}");
+            self.check_replicas(&partition, &state.replicas)?;
+            check_isr(&state.replicas, &state.isr, state.leader)
+                .map_err(|why| Rejection::Invalid(format!("{partition}: {why}")))?;
+            if state.reassigning() {
                 return Err(Rejection::Invalid(format!(
-                    "{name}-{p}: replicas {:?} are empty or repeat a broker",
-                    state.replicas
+                    "{partition}: a new partition is not being reassigned"
                 )));
             }
-            if let Some(r) = state
-                .replicas
-                .iter()
-                .find(|r| !self.brokers.contains_key(r))
-            {
-                return Err(Rejection::UnknownBroker(*r));
-            }
-            check_isr(&state.replicas, &state.isr, state.leader)
-                .map_err(|why| Rejection::Invalid(format!("{name}-{p}: {why}")))?;
         }
         Ok(())
+    }
+
+    /// A replica list: not empty, no broker twice, only registered brokers.
+    fn check_replicas(&self, partition: &str, replicas: &[i32]) -> Result<(), Rejection> {
+        if replicas.is_empty() || has_repeats(replicas) {
+            return Err(Rejection::Invalid(format!(
+                "{partition}: replicas {replicas:?} are empty or repeat a broker"
+            )));
+        }
+        match replicas.iter().find(|r| !self.brokers.contains_key(r)) {
+            Some(r) => Err(Rejection::UnknownBroker(*r)),
+            None => Ok(()),
+        }
     }
 
     /// Puts back, newest first, what the applied records of a rejected entry changed.
@@ -614,6 +744,267 @@ impl MetadataImage {
         moves
     }
 
+    /// AlterPartitionReassignments for one partition (Kafka's KIP-455 model): the change to
+    /// propose, None when there is nothing to do, or why not. `target` None cancels a
+    /// reassignment in progress (back to the original replicas).
+    ///
+    /// From the original replicas `O` (before any reassignment in progress) and the target `T`:
+    /// replicas = `T` then `O - T`, adding = `T - O`, removing = `O - T`, ISR = the current ISR
+    /// within those replicas. The new replicas follow the leader and join the ISR when caught
+    /// up; [`Self::reassignment_completions`] then drops the removing ones. When every adding
+    /// replica is in sync already (none is added, or a cancellation), the change completes at
+    /// once. The leader stays if it is kept and in sync, else the first live in-sync replica of
+    /// `T` (then of the rest) leads. The leader epoch grows when the leader changes or a replica
+    /// leaves, so a removed replica's fetches are fenced.
+    pub fn reassignment(
+        &self,
+        topic: &str,
+        partition: i32,
+        target: Option<&[i32]>,
+        allow_replication_factor_change: bool,
+    ) -> Result<Option<MetadataRecord>, ReassignRefusal> {
+        let state = self
+            .topics
+            .get(topic)
+            .and_then(|t| t.partitions.get(usize::try_from(partition).ok()?))
+            .ok_or(ReassignRefusal::UnknownPartition)?;
+        let original = state.original_replicas();
+        let target = match target {
+            None if !state.reassigning() => return Err(ReassignRefusal::NoReassignmentInProgress),
+            None => original.clone(),
+            Some(target) => {
+                if target.is_empty() || has_repeats(target) {
+                    return Err(ReassignRefusal::InvalidAssignment(format!(
+                        "the replica list {target:?} is empty or repeats a broker"
+                    )));
+                }
+                if let Some(r) = target.iter().find(|r| !self.brokers.contains_key(r)) {
+                    return Err(ReassignRefusal::InvalidAssignment(format!(
+                        "the assignment names broker {r}, which is not registered"
+                    )));
+                }
+                if !allow_replication_factor_change && target.len() != original.len() {
+                    return Err(ReassignRefusal::ReplicationFactorChange);
+                }
+                target.to_vec()
+            }
+        };
+        self.replicas_change(topic, partition, state, &original, &target)
+    }
+
+    /// The changes that complete reassignments whose adding replicas are all in sync now: the
+    /// removing replicas go (see [`Self::reassignment`]).
+    pub fn reassignment_completions(&self) -> Vec<MetadataRecord> {
+        let mut records = Vec::new();
+        for topic in self.topics.values() {
+            for (partition, state) in (0i32..).zip(&topic.partitions) {
+                if !state.reassigning() || !state.adding.iter().all(|r| state.isr.contains(r)) {
+                    continue;
+                }
+                let change = self.replicas_change(
+                    &topic.name,
+                    partition,
+                    state,
+                    &state.original_replicas(),
+                    &state.target_replicas(),
+                );
+                if let Ok(Some(record)) = change {
+                    records.push(record);
+                }
+            }
+        }
+        records
+    }
+
+    /// Partitions being reassigned (ListPartitionReassignments): (topic, partition, state).
+    pub fn reassignments(&self) -> Vec<(&str, i32, &PartitionState)> {
+        let mut out = Vec::new();
+        for topic in self.topics.values() {
+            for (partition, state) in (0i32..).zip(&topic.partitions) {
+                if state.reassigning() {
+                    out.push((topic.name.as_str(), partition, state));
+                }
+            }
+        }
+        out
+    }
+
+    fn replicas_change(
+        &self,
+        topic: &str,
+        partition: i32,
+        state: &PartitionState,
+        original: &[i32],
+        target: &[i32],
+    ) -> Result<Option<MetadataRecord>, ReassignRefusal> {
+        let adding: Vec<i32> = target
+            .iter()
+            .copied()
+            .filter(|r| !original.contains(r))
+            .collect();
+        let mut removing: Vec<i32> = original
+            .iter()
+            .copied()
+            .filter(|r| !target.contains(r))
+            .collect();
+        let mut replicas: Vec<i32> = target.iter().chain(&removing).copied().collect();
+        let mut isr: Vec<i32> = state
+            .isr
+            .iter()
+            .copied()
+            .filter(|r| replicas.contains(r))
+            .collect();
+        let mut adding = adding;
+        if adding.iter().all(|r| isr.contains(r)) {
+            // Every new replica holds the log already: the removing ones go now.
+            replicas = target.to_vec();
+            isr.retain(|r| target.contains(r));
+            adding.clear();
+            removing.clear();
+        }
+        if isr.is_empty() {
+            return Err(ReassignRefusal::NoInSyncReplica);
+        }
+        let leader = if isr.contains(&state.leader) {
+            state.leader
+        } else {
+            replicas
+                .iter()
+                .copied()
+                .find(|r| isr.contains(r) && self.is_live(*r))
+                .unwrap_or(NO_LEADER)
+        };
+        let replica_left = state.replicas.iter().any(|r| !replicas.contains(r));
+        let leader_epoch = if leader != state.leader || replica_left {
+            state.leader_epoch.saturating_add(1)
+        } else {
+            state.leader_epoch
+        };
+        if replicas == state.replicas
+            && isr == state.isr
+            && leader == state.leader
+            && adding == state.adding
+            && removing == state.removing
+        {
+            return Ok(None);
+        }
+        Ok(Some(MetadataRecord::PartitionReplicas {
+            topic: topic.to_string(),
+            partition,
+            partition_epoch: state.partition_epoch,
+            replicas,
+            isr,
+            leader,
+            leader_epoch,
+            adding,
+            removing,
+        }))
+    }
+
+    /// CreatePartitions: the partitions to append so that `topic` has `count`. With
+    /// `assignments` (one replica list per new partition) they are used as given: each as long
+    /// as the topic's replication factor, no broker twice, only registered brokers, and at
+    /// least one of them live (it leads; the live ones are the ISR). Without, the new
+    /// partitions continue the topic's placement (see [`Self::assign_replicas`]) over the live
+    /// brokers, at the replication factor of its first partition.
+    pub fn new_partitions(
+        &self,
+        topic: &str,
+        count: i32,
+        assignments: Option<&[Vec<i32>]>,
+    ) -> Result<Vec<PartitionState>, AddPartitionsRefusal> {
+        let image = self
+            .topics
+            .get(topic)
+            .ok_or(AddPartitionsRefusal::UnknownTopic)?;
+        let current = image.partitions.len();
+        let wanted = usize::try_from(count).unwrap_or(0);
+        if wanted <= current {
+            return Err(AddPartitionsRefusal::InvalidPartitions(
+                if wanted == current {
+                    format!("Topic already has {current} partitions.")
+                } else {
+                    format!(
+                        "Topic currently has {current} partitions, which is higher than the \
+                     requested {count}."
+                    )
+                },
+            ));
+        }
+        let factor = image
+            .partitions
+            .first()
+            .map_or(1, |p| p.target_replicas().len());
+        let Some(assignments) = assignments else {
+            let rf = i16::try_from(factor).unwrap_or(i16::MAX);
+            let all = self
+                .assign_replicas(topic, count, rf)
+                .map_err(AddPartitionsRefusal::InvalidReplicationFactor)?;
+            return Ok(all.into_iter().skip(current).collect());
+        };
+        if assignments.len() != wanted - current {
+            return Err(AddPartitionsRefusal::InvalidAssignment(format!(
+                "Attempted to add {} additional partitions, but only {} assignments were \
+                 specified.",
+                wanted - current,
+                assignments.len()
+            )));
+        }
+        self.assigned_partitions(current, Some(factor), assignments)
+            .map_err(AddPartitionsRefusal::InvalidAssignment)
+    }
+
+    /// Partitions `first..` as a client assigned them (CreateTopics, CreatePartitions): one
+    /// replica list each, all as long as `factor` (when given, else as the first), no broker
+    /// twice, only registered brokers, and at least one of them live: the live ones are the
+    /// ISR, the first of them leads. Kafka's messages on refusal.
+    pub fn assigned_partitions(
+        &self,
+        first: usize,
+        factor: Option<usize>,
+        assignments: &[Vec<i32>],
+    ) -> Result<Vec<PartitionState>, String> {
+        let factor = factor.or_else(|| assignments.first().map(Vec::len));
+        let mut added = Vec::with_capacity(assignments.len());
+        for (p, replicas) in (first..).zip(assignments) {
+            if replicas.is_empty() {
+                return Err(format!(
+                    "The manual partition assignment of partition {p} is an empty replica list."
+                ));
+            }
+            if let Some(factor) = factor.filter(|f| *f != replicas.len()) {
+                return Err(format!(
+                    "The manual partition assignment of partition {p} has {} replica(s), but \
+                     the topic's other partitions have {factor}.",
+                    replicas.len()
+                ));
+            }
+            if has_repeats(replicas) {
+                return Err(format!(
+                    "The manual partition assignment of partition {p} repeats a broker."
+                ));
+            }
+            if let Some(r) = replicas.iter().find(|r| !self.brokers.contains_key(r)) {
+                return Err(format!(
+                    "The manual partition assignment includes broker {r}, but no such broker \
+                     is registered."
+                ));
+            }
+            let isr: Vec<i32> = replicas
+                .iter()
+                .copied()
+                .filter(|r| self.is_live(*r))
+                .collect();
+            let Some(leader) = isr.first().copied() else {
+                return Err(format!(
+                    "All brokers of the manual partition assignment of partition {p} are fenced."
+                ));
+            };
+            added.push(PartitionState::new(replicas.clone(), isr, leader, 0));
+        }
+        Ok(added)
+    }
+
     /// Replica assignments for a new topic. `replication_factor` -1 means min(3, live
     /// brokers); it must then be between 1 and the number of live brokers, and `partitions`
     /// at least 1. With the live brokers `L` in ascending order and a start `s` = FNV-1a (64
@@ -649,13 +1040,12 @@ impl MetadataImage {
                 let replicas: Vec<i32> = (0..rf)
                     .filter_map(|k| live.get((start + p + k) % live.len()).copied())
                     .collect();
-                PartitionState {
-                    leader: replicas.first().copied().unwrap_or(NO_LEADER),
-                    isr: replicas.clone(),
-                    replicas,
-                    leader_epoch: 0,
-                    partition_epoch: 0,
-                }
+                PartitionState::new(
+                    replicas.clone(),
+                    replicas.clone(),
+                    replicas.first().copied().unwrap_or(NO_LEADER),
+                    0,
+                )
             })
             .collect();
         Ok(assignments)
@@ -769,13 +1159,7 @@ mod tests {
     }
 
     fn partition(replicas: &[i32], isr: &[i32], leader: i32) -> PartitionState {
-        PartitionState {
-            replicas: replicas.to_vec(),
-            isr: isr.to_vec(),
-            leader,
-            leader_epoch: 0,
-            partition_epoch: 0,
-        }
+        PartitionState::new(replicas.to_vec(), isr.to_vec(), leader, 0)
     }
 
     fn topic(name: &str, partitions: Vec<PartitionState>) -> MetadataRecord {
@@ -933,11 +1317,8 @@ mod tests {
         assert_eq!(
             state(&image, "t", 0),
             &PartitionState {
-                replicas: vec![1, 2, 3],
-                isr: vec![2, 3],
-                leader: 2,
-                leader_epoch: 4,
                 partition_epoch: 1,
+                ..PartitionState::new(vec![1, 2, 3], vec![2, 3], 2, 4)
             }
         );
         // The same leader epoch with a new ISR is fine (a leader shrinking its ISR); an older
@@ -1143,11 +1524,8 @@ mod tests {
         assert_eq!(
             state(&image, "t", 0),
             &PartitionState {
-                replicas: vec![1, 2, 3],
-                isr: vec![2, 3],
-                leader: 2,
-                leader_epoch: 1,
                 partition_epoch: 1,
+                ..PartitionState::new(vec![1, 2, 3], vec![2, 3], 2, 1)
             }
         );
         assert_eq!(state(&image, "t", 1).leader_epoch, 0);
@@ -1417,5 +1795,230 @@ mod tests {
             image.election("e", 1, false),
             Err(ElectionRefusal::NotNeeded)
         );
+    }
+
+    /// Moving a partition from [1, 2, 3] to [4, 2, 3] with 1 leading: 4 is added first, the
+    /// partition completes only once 4 is in sync, 1 leaves, and the leader moves to 4 with a
+    /// new epoch.
+    #[test]
+    fn a_reassignment_adds_then_completes_once_in_sync() {
+        let mut image = cluster(4);
+        commit_ok(
+            &mut image,
+            vec![topic("t", vec![partition(&[1, 2, 3], &[1, 2, 3], 1)])],
+        );
+        let start = image
+            .reassignment("t", 0, Some(&[4, 2, 3]), true)
+            .expect("allowed")
+            .expect("a change");
+        commit_ok(&mut image, vec![start]);
+        let s = state(&image, "t", 0).clone();
+        assert_eq!(s.replicas, vec![4, 2, 3, 1]);
+        assert_eq!((s.adding.clone(), s.removing.clone()), (vec![4], vec![1]));
+        assert_eq!(
+            (s.leader, s.leader_epoch, s.isr.clone()),
+            (1, 0, vec![1, 2, 3])
+        );
+        assert_eq!(image.reassignments().len(), 1);
+        assert!(
+            image.reassignment_completions().is_empty(),
+            "4 is not in sync yet"
+        );
+        // The leader adds 4 to the ISR once it caught up.
+        commit_ok(&mut image, vec![change("t", 0, 1, &[1, 2, 3, 4], 0)]);
+        let done = image.reassignment_completions();
+        assert_eq!(done.len(), 1);
+        commit_ok(&mut image, done);
+        let s = state(&image, "t", 0);
+        assert_eq!(s.replicas, vec![4, 2, 3]);
+        assert_eq!(s.isr, vec![2, 3, 4]);
+        assert!(!s.reassigning());
+        assert_eq!(
+            (s.leader, s.leader_epoch),
+            (4, 1),
+            "the leader left: 4 leads, epoch + 1"
+        );
+        assert!(image.reassignments().is_empty());
+        assert!(image.reassignment_completions().is_empty());
+        // The same target again: nothing to do.
+        assert_eq!(image.reassignment("t", 0, Some(&[4, 2, 3]), true), Ok(None));
+    }
+
+    #[test]
+    fn a_reassignment_is_cancelled_back_to_the_original_replicas() {
+        let mut image = cluster(5);
+        commit_ok(
+            &mut image,
+            vec![topic("t", vec![partition(&[1, 2], &[1, 2], 1)])],
+        );
+        assert_eq!(
+            image.reassignment("t", 0, None, true),
+            Err(ReassignRefusal::NoReassignmentInProgress)
+        );
+        let start = image
+            .reassignment("t", 0, Some(&[3, 4]), true)
+            .expect("allowed")
+            .expect("a change");
+        commit_ok(&mut image, vec![start]);
+        assert_eq!(state(&image, "t", 0).replicas, vec![3, 4, 1, 2]);
+        // 3 caught up, 4 did not; a new target replaces the old one from the original replicas.
+        commit_ok(&mut image, vec![change("t", 0, 1, &[1, 2, 3], 0)]);
+        let next = image
+            .reassignment("t", 0, Some(&[3, 5]), true)
+            .expect("allowed")
+            .expect("a change");
+        commit_ok(&mut image, vec![next]);
+        let s = state(&image, "t", 0).clone();
+        assert_eq!(s.replicas, vec![3, 5, 1, 2]);
+        assert_eq!(
+            (s.adding.clone(), s.removing.clone()),
+            (vec![3, 5], vec![1, 2])
+        );
+        assert_eq!(s.isr, vec![1, 2, 3]);
+        let cancel = image
+            .reassignment("t", 0, None, true)
+            .expect("allowed")
+            .expect("a change");
+        commit_ok(&mut image, vec![cancel]);
+        let s = state(&image, "t", 0);
+        assert_eq!(
+            (s.replicas.clone(), s.isr.clone()),
+            (vec![1, 2], vec![1, 2])
+        );
+        assert!(!s.reassigning());
+        assert_eq!(s.leader, 1);
+        assert_eq!(
+            s.leader_epoch, 2,
+            "replicas left twice: their fetches are fenced"
+        );
+    }
+
+    #[test]
+    fn reassignments_are_validated_and_stale_ones_refused() {
+        let mut image = cluster(3);
+        commit_ok(
+            &mut image,
+            vec![topic("t", vec![partition(&[1, 2], &[1, 2], 1)])],
+        );
+        let refusal = |image: &MetadataImage, target: &[i32], allow: bool| {
+            image
+                .reassignment("t", 0, Some(target), allow)
+                .expect_err("refused")
+        };
+        assert!(matches!(
+            refusal(&image, &[], true),
+            ReassignRefusal::InvalidAssignment(_)
+        ));
+        assert!(matches!(
+            refusal(&image, &[1, 1], true),
+            ReassignRefusal::InvalidAssignment(_)
+        ));
+        assert!(matches!(
+            refusal(&image, &[1, 9], true),
+            ReassignRefusal::InvalidAssignment(_)
+        ));
+        assert_eq!(
+            refusal(&image, &[1, 2, 3], false),
+            ReassignRefusal::ReplicationFactorChange
+        );
+        assert_eq!(
+            image.reassignment("t", 5, Some(&[1]), true),
+            Err(ReassignRefusal::UnknownPartition)
+        );
+        // Decided, then the ISR changes before it commits: the decision is refused.
+        let decided = image
+            .reassignment("t", 0, Some(&[2, 3]), true)
+            .expect("allowed")
+            .expect("a change");
+        commit_ok(&mut image, vec![change("t", 0, 1, &[1], 0)]);
+        assert_eq!(
+            rejected(&mut image, vec![decided]),
+            Rejection::StalePartitionEpoch("t".into(), 0)
+        );
+        // Reordering is a reassignment that completes at once (a new preferred leader).
+        let reorder = image
+            .reassignment("t", 0, Some(&[2, 1]), true)
+            .expect("allowed")
+            .expect("a change");
+        commit_ok(&mut image, vec![reorder]);
+        let s = state(&image, "t", 0);
+        assert_eq!(
+            (s.replicas.clone(), s.leader, s.leader_epoch),
+            (vec![2, 1], 1, 0)
+        );
+        // Cancelling when only an added replica is in sync would leave nobody known to hold
+        // every record.
+        let start = image
+            .reassignment("t", 0, Some(&[3]), true)
+            .expect("allowed")
+            .expect("a change");
+        commit_ok(&mut image, vec![start]);
+        commit_ok(&mut image, vec![change("t", 0, 3, &[3], 1)]);
+        assert_eq!(
+            image.reassignment("t", 0, None, true),
+            Err(ReassignRefusal::NoInSyncReplica)
+        );
+    }
+
+    #[test]
+    fn partitions_are_added_by_placement_or_as_assigned() {
+        let mut image = cluster(3);
+        let placed = image.assign_replicas("t", 2, 2).expect("valid");
+        commit_ok(&mut image, vec![topic("t", placed)]);
+        assert!(matches!(
+            image.new_partitions("t", 2, None),
+            Err(AddPartitionsRefusal::InvalidPartitions(_))
+        ));
+        assert!(matches!(
+            image.new_partitions("t", 1, None),
+            Err(AddPartitionsRefusal::InvalidPartitions(_))
+        ));
+        assert_eq!(
+            image.new_partitions("u", 3, None),
+            Err(AddPartitionsRefusal::UnknownTopic)
+        );
+        let added = image.new_partitions("t", 4, None).expect("valid");
+        assert_eq!(
+            added,
+            image.assign_replicas("t", 4, 2).expect("valid")[2..].to_vec()
+        );
+        commit_ok(
+            &mut image,
+            vec![MetadataRecord::AddPartitions {
+                topic: "t".into(),
+                partitions: added,
+            }],
+        );
+        assert_eq!(image.topics["t"].partitions.len(), 4);
+        for bad in [
+            vec![vec![1]],
+            vec![vec![1, 1]],
+            vec![vec![1, 7]],
+            vec![vec![1, 2]; 2],
+        ] {
+            assert!(matches!(
+                image.new_partitions("t", 5, Some(&bad)),
+                Err(AddPartitionsRefusal::InvalidAssignment(_))
+            ));
+        }
+        let fenced = image.fence_records(3);
+        commit_ok(&mut image, fenced);
+        let added = image
+            .new_partitions("t", 5, Some(&[vec![3, 2]]))
+            .expect("valid");
+        assert_eq!(added, vec![partition(&[3, 2], &[2], 2)]);
+        // Fewer live brokers than the replication factor.
+        let fenced = image.fence_records(2);
+        commit_ok(&mut image, fenced);
+        assert!(matches!(
+            image.new_partitions("t", 5, None),
+            Err(AddPartitionsRefusal::InvalidReplicationFactor(_))
+        ));
+        // A new partition must be valid as in a new topic.
+        let bad = MetadataRecord::AddPartitions {
+            topic: "t".into(),
+            partitions: vec![partition(&[1, 9], &[1], 1)],
+        };
+        assert_eq!(rejected(&mut image, vec![bad]), Rejection::UnknownBroker(9));
     }
 }

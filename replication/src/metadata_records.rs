@@ -13,14 +13,15 @@
 //! proposer  i32
 //! sequence  u64
 //! count     u16   records
-//! per record: type u8 (1..=7, the order of MetadataRecord's variants), then its fields
+//! per record: type u8 (1..=9, the order of MetadataRecord's variants), then its fields
 //!
 //! string          u16 length + UTF-8
 //! optional string i16 length + UTF-8, -1 = None
 //! list of i32     u16 count + i32 each
 //! configs         u16 count + (key string, value string) each
 //! partitions      u32 count + PartitionState each: replicas, isr (lists of i32), leader i32,
-//!                 leader_epoch i32, partition_epoch i32
+//!                 leader_epoch i32, partition_epoch i32 (a new partition is never being
+//!                 reassigned, so its adding and removing lists are not written)
 //! ```
 //!
 //! Pure: no I/O. Decoding checks the version and the CRC before it parses anything, refuses
@@ -45,12 +46,56 @@ pub struct PartitionState {
     /// The leader's broker id; -1 when the partition has no leader (offline).
     pub leader: i32,
     pub leader_epoch: i32,
-    /// Grows by one on every change of leader or ISR (Kafka's partition epoch).
+    /// Grows by one on every change of leader, ISR or replicas (Kafka's partition epoch).
     pub partition_epoch: i32,
+    /// While the partition is being reassigned: replicas being added (copying the log, not yet
+    /// all in sync) and replicas being removed once they are. Both empty otherwise. `replicas`
+    /// holds the target replicas first, then the removing ones (Kafka's order).
+    pub adding: Vec<i32>,
+    pub removing: Vec<i32>,
+}
+
+impl PartitionState {
+    /// A partition not being reassigned: `replicas` with `isr`, led by `leader`.
+    pub fn new(replicas: Vec<i32>, isr: Vec<i32>, leader: i32, leader_epoch: i32) -> Self {
+        PartitionState {
+            replicas,
+            isr,
+            leader,
+            leader_epoch,
+            partition_epoch: 0,
+            adding: Vec::new(),
+            removing: Vec::new(),
+        }
+    }
+
+    /// Adding or removing replicas.
+    pub fn reassigning(&self) -> bool {
+        !self.adding.is_empty() || !self.removing.is_empty()
+    }
+
+    /// The replicas the partition had before its reassignment began (its current ones when it
+    /// is not being reassigned), in their order.
+    pub fn original_replicas(&self) -> Vec<i32> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.adding.contains(r))
+            .collect()
+    }
+
+    /// The replicas the partition will have once its reassignment completes.
+    pub fn target_replicas(&self) -> Vec<i32> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.removing.contains(r))
+            .collect()
+    }
 }
 
 /// One change to the cluster's metadata. The variant order gives the record type numbers
-/// (1 = `RegisterBroker` … 7 = `ProducerIds`): never reorder, only append.
+/// (1 = `RegisterBroker` … 9 = `AddPartitions`): never reorder, only append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetadataRecord {
     /// A broker (re)started: its incarnation is new on every start.
@@ -92,6 +137,26 @@ pub enum MetadataRecord {
         broker: i32,
         first: i64,
         count: i64,
+    },
+    /// A partition's replicas change (a reassignment starts, completes or is cancelled), with
+    /// the leader, ISR and leader epoch that go with them. Applied only while the partition is
+    /// at `partition_epoch` (Kafka's AlterPartition check): a decision taken on an image that
+    /// has moved on since is refused rather than undoing a newer change.
+    PartitionReplicas {
+        topic: String,
+        partition: i32,
+        partition_epoch: i32,
+        replicas: Vec<i32>,
+        isr: Vec<i32>,
+        leader: i32,
+        leader_epoch: i32,
+        adding: Vec<i32>,
+        removing: Vec<i32>,
+    },
+    /// CreatePartitions: partitions appended to an existing topic.
+    AddPartitions {
+        topic: String,
+        partitions: Vec<PartitionState>,
     },
 }
 
@@ -170,6 +235,8 @@ const TYPE_TOPIC: u8 = 4;
 const TYPE_PARTITION_CHANGE: u8 = 5;
 const TYPE_REMOVE_TOPIC: u8 = 6;
 const TYPE_PRODUCER_IDS: u8 = 7;
+const TYPE_PARTITION_REPLICAS: u8 = 8;
+const TYPE_ADD_PARTITIONS: u8 = 9;
 
 /// The fewest bytes one encoded item can take, used to bound counts by the bytes left.
 const RECORD_BYTES_MIN: usize = 3; // RemoveTopic with an empty name
@@ -265,19 +332,7 @@ fn encode_record(out: &mut Vec<u8>, record: &MetadataRecord) -> Result<(), Encod
                 put_string(out, "config key", key)?;
                 put_string(out, "config value", value)?;
             }
-            let count = u32::try_from(partitions.len()).map_err(|_| EncodeError {
-                field: "partition count",
-                len: partitions.len(),
-                max: u32::MAX as usize,
-            })?;
-            out.extend_from_slice(&count.to_le_bytes());
-            for p in partitions {
-                put_i32s(out, "replica list", &p.replicas)?;
-                put_i32s(out, "isr", &p.isr)?;
-                out.extend_from_slice(&p.leader.to_le_bytes());
-                out.extend_from_slice(&p.leader_epoch.to_le_bytes());
-                out.extend_from_slice(&p.partition_epoch.to_le_bytes());
-            }
+            put_partitions(out, partitions)?;
         }
         MetadataRecord::PartitionChange {
             topic,
@@ -307,6 +362,50 @@ fn encode_record(out: &mut Vec<u8>, record: &MetadataRecord) -> Result<(), Encod
             out.extend_from_slice(&first.to_le_bytes());
             out.extend_from_slice(&count.to_le_bytes());
         }
+        MetadataRecord::PartitionReplicas {
+            topic,
+            partition,
+            partition_epoch,
+            replicas,
+            isr,
+            leader,
+            leader_epoch,
+            adding,
+            removing,
+        } => {
+            out.push(TYPE_PARTITION_REPLICAS);
+            put_string(out, "topic name", topic)?;
+            out.extend_from_slice(&partition.to_le_bytes());
+            out.extend_from_slice(&partition_epoch.to_le_bytes());
+            put_i32s(out, "replica list", replicas)?;
+            put_i32s(out, "isr", isr)?;
+            out.extend_from_slice(&leader.to_le_bytes());
+            out.extend_from_slice(&leader_epoch.to_le_bytes());
+            put_i32s(out, "adding replicas", adding)?;
+            put_i32s(out, "removing replicas", removing)?;
+        }
+        MetadataRecord::AddPartitions { topic, partitions } => {
+            out.push(TYPE_ADD_PARTITIONS);
+            put_string(out, "topic name", topic)?;
+            put_partitions(out, partitions)?;
+        }
+    }
+    Ok(())
+}
+
+fn put_partitions(out: &mut Vec<u8>, partitions: &[PartitionState]) -> Result<(), EncodeError> {
+    let count = u32::try_from(partitions.len()).map_err(|_| EncodeError {
+        field: "partition count",
+        len: partitions.len(),
+        max: u32::MAX as usize,
+    })?;
+    out.extend_from_slice(&count.to_le_bytes());
+    for p in partitions {
+        put_i32s(out, "replica list", &p.replicas)?;
+        put_i32s(out, "isr", &p.isr)?;
+        out.extend_from_slice(&p.leader.to_le_bytes());
+        out.extend_from_slice(&p.leader_epoch.to_le_bytes());
+        out.extend_from_slice(&p.partition_epoch.to_le_bytes());
     }
     Ok(())
 }
@@ -380,23 +479,11 @@ fn decode_record(reader: &mut Reader<'_>) -> Result<MetadataRecord, DecodeError>
             for _ in 0..count {
                 configs.push((reader.string()?, reader.string()?));
             }
-            let count = usize::try_from(reader.u32()?).map_err(|_| DecodeError::Truncated)?;
-            let count = reader.count(count, PARTITION_BYTES_MIN)?;
-            let mut partitions = Vec::with_capacity(count);
-            for _ in 0..count {
-                partitions.push(PartitionState {
-                    replicas: reader.i32s()?,
-                    isr: reader.i32s()?,
-                    leader: reader.i32()?,
-                    leader_epoch: reader.i32()?,
-                    partition_epoch: reader.i32()?,
-                });
-            }
             MetadataRecord::Topic {
                 name,
                 id,
                 configs,
-                partitions,
+                partitions: reader.partitions()?,
             }
         }
         TYPE_PARTITION_CHANGE => MetadataRecord::PartitionChange {
@@ -413,6 +500,21 @@ fn decode_record(reader: &mut Reader<'_>) -> Result<MetadataRecord, DecodeError>
             broker: reader.i32()?,
             first: reader.i64()?,
             count: reader.i64()?,
+        },
+        TYPE_PARTITION_REPLICAS => MetadataRecord::PartitionReplicas {
+            topic: reader.string()?,
+            partition: reader.i32()?,
+            partition_epoch: reader.i32()?,
+            replicas: reader.i32s()?,
+            isr: reader.i32s()?,
+            leader: reader.i32()?,
+            leader_epoch: reader.i32()?,
+            adding: reader.i32s()?,
+            removing: reader.i32s()?,
+        },
+        TYPE_ADD_PARTITIONS => MetadataRecord::AddPartitions {
+            topic: reader.string()?,
+            partitions: reader.partitions()?,
         },
         other => return Err(DecodeError::UnknownRecordType(other)),
     };
@@ -497,6 +599,24 @@ impl<'a> Reader<'a> {
         }
     }
 
+    fn partitions(&mut self) -> Result<Vec<PartitionState>, DecodeError> {
+        let count = usize::try_from(self.u32()?).map_err(|_| DecodeError::Truncated)?;
+        let count = self.count(count, PARTITION_BYTES_MIN)?;
+        let mut partitions = Vec::with_capacity(count);
+        for _ in 0..count {
+            partitions.push(PartitionState {
+                replicas: self.i32s()?,
+                isr: self.i32s()?,
+                leader: self.i32()?,
+                leader_epoch: self.i32()?,
+                partition_epoch: self.i32()?,
+                adding: Vec::new(),
+                removing: Vec::new(),
+            });
+        }
+        Ok(partitions)
+    }
+
     fn i32s(&mut self) -> Result<Vec<i32>, DecodeError> {
         let count = self.u16()?;
         let count = self.count(usize::from(count), 4)?;
@@ -514,11 +634,8 @@ mod tests {
 
     fn partition(replicas: &[i32], leader: i32) -> PartitionState {
         PartitionState {
-            replicas: replicas.to_vec(),
-            isr: replicas.to_vec(),
-            leader,
-            leader_epoch: 3,
             partition_epoch: 7,
+            ..PartitionState::new(replicas.to_vec(), replicas.to_vec(), leader, 3)
         }
     }
 
@@ -583,6 +700,25 @@ mod tests {
                 broker: 1,
                 first: 1000,
                 count: i64::MAX,
+            },
+            MetadataRecord::PartitionReplicas {
+                topic: "orders".into(),
+                partition: 0,
+                partition_epoch: 8,
+                replicas: vec![4, 5, 1],
+                isr: vec![1, 4],
+                leader: 1,
+                leader_epoch: 4,
+                adding: vec![4, 5],
+                removing: vec![1],
+            },
+            MetadataRecord::AddPartitions {
+                topic: "orders".into(),
+                partitions: vec![partition(&[3, 1], 3)],
+            },
+            MetadataRecord::AddPartitions {
+                topic: "o".into(),
+                partitions: vec![],
             },
         ]
     }

@@ -90,6 +90,21 @@ impl LeaderState {
         self.pending_isr = None;
     }
 
+    /// The metadata now says `replicas` (for this epoch; a reassignment added or removed some):
+    /// new followers start unknown and out of sync, removed ones are forgotten.
+    pub fn set_replicas(&mut self, replicas: Vec<i32>) {
+        self.followers.retain(|id, _| replicas.contains(id));
+        for r in replicas.iter().filter(|r| **r != self.node) {
+            self.followers.entry(*r).or_insert(Follower {
+                log_end: -1,
+                last_caught_up_ms: 0,
+                last_fetch_ms: 0,
+                last_fetch_leader_log_end: -1,
+            });
+        }
+        self.replicas = replicas;
+    }
+
     /// A follower fetched from `fetch_offset` (so its log ends there) while this leader's log
     /// ended at `leader_log_end`. Kafka's rule: it is caught up as of now if it reached the
     /// leader's end, or as of its previous fetch if it reached the end the leader had then.
@@ -262,5 +277,20 @@ mod tests {
         );
         l.on_fetch(3, 200, 200, 30);
         assert_eq!(l.expand(200), Some(vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn a_replica_added_by_a_reassignment_joins_once_caught_up() {
+        let mut l = leader();
+        assert!(!l.has_follower(4));
+        l.set_replicas(vec![4, 2, 3, 1]);
+        assert!(l.has_follower(4));
+        l.on_fetch(4, 150, 300, 2_000);
+        assert_eq!(l.expand(200), None, "4 is behind the high watermark");
+        l.on_fetch(4, 300, 300, 2_100);
+        assert_eq!(l.expand(300), Some(vec![4, 2, 3, 1]), "in replica order");
+        l.set_replicas(vec![4, 1, 3]);
+        assert!(!l.has_follower(2), "a removed replica is forgotten");
+        assert!(l.has_follower(4) && l.has_follower(3));
     }
 }

@@ -237,7 +237,7 @@ mod cleaner;
 mod replica;
 mod truncate;
 pub use cleaner::{CleanBudget, CleanCrashPoint, CleanStats};
-pub use truncate::truncate_dir;
+pub use truncate::{restart_dir, truncate_dir};
 
 impl PartitionLog {
     /// Opens (recovering) or creates the log in `dir`.

@@ -11,7 +11,7 @@ use futures_lite::future::poll_once;
 use sluice_core::config::BrokerConfig;
 use sluice_core::topic::{TimestampType, TopicConfig};
 use sluice_storage::batch::{self, build_batch, build_keyed_batch, BatchHeader};
-use sluice_storage::log::{truncate_dir, Isolation};
+use sluice_storage::log::{restart_dir, truncate_dir, Isolation};
 use sluice_storage::txn::Marker;
 use sluice_storage::{BatchError, CleanBudget, LogConfig, PartitionLog, StorageError, SyncPolicy};
 
@@ -654,6 +654,41 @@ fn truncation_at_or_below_the_first_base_leaves_an_empty_log_starting_there() {
             let log = open(&at, config(1000)).await;
             assert_eq!(values(&log).await, vec![(offset, "restart".to_string())]);
         }
+    });
+}
+
+#[test]
+fn a_log_behind_its_leaders_start_restarts_empty_there() {
+    let dir = scratch();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        probe(&path).await;
+        let at = path.join("behind");
+        many_segments(&at, true).await;
+        // The leader's log starts at 250, past this log's end (100).
+        restart_dir(&at, 250).await.expect("restart");
+        let logs: Vec<String> = files(&at)
+            .into_iter()
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        assert_eq!(logs, vec![format!("{:020}.log", 250)], "one empty segment");
+        let log = open(&at, config(1000)).await;
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (250, 250));
+        assert_eq!(log.producer_count(), 0, "no batch left, no producer");
+        assert_eq!(
+            log.append(&plain("copied"), 0).expect("append").base_offset,
+            250
+        );
+        log.flush(0).await.expect("flush");
+        drop(log);
+        let log = open(&at, config(1000)).await;
+        assert_eq!(values(&log).await, vec![(250, "copied".to_string())]);
+        // An empty directory (a replica that never held anything) restarts the same way.
+        let at = path.join("empty");
+        std::fs::create_dir_all(&at).expect("dir");
+        restart_dir(&at, 7).await.expect("restart");
+        let log = open(&at, config(1000)).await;
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (7, 7));
     });
 }
 

@@ -39,7 +39,16 @@ pub async fn handle(
                 .iter()
                 .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string())))
                 .collect(),
-            has_assignments: !t.assignments.is_empty(),
+            assignments: t
+                .assignments
+                .iter()
+                .map(|a| {
+                    (
+                        a.partition_index,
+                        a.broker_ids.iter().map(|id| id.0).collect(),
+                    )
+                })
+                .collect(),
         })
         .collect();
     let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
@@ -84,7 +93,9 @@ pub async fn handle(
                 answer = answer
                     .with_topic_id(Uuid::from_bytes(meta.id))
                     .with_num_partitions(meta.partitions)
-                    .with_replication_factor(1)
+                    .with_replication_factor(
+                        meta.states.first().map_or(1, |s| s.replicas.len() as i16),
+                    )
                     .with_configs(Some(configs));
             }
             answer

@@ -1,6 +1,9 @@
 //! ListOffsets (key 2): earliest (-2), latest (-1, the high watermark), max timestamp (-3), or
 //! the first offset whose timestamp is at or after a given time — found with the time index,
 //! then the exact record inside the batch (compressed batches are decompressed for this).
+//! From v4 the answer carries the leader epoch of the offset (latest: the log's newest epoch),
+//! and a client's current leader epoch is checked as Fetch checks it: older than the leader's
+//! is FENCED_LEADER_EPOCH, newer UNKNOWN_LEADER_EPOCH.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -28,7 +31,7 @@ pub const API: Api = Api {
     max_version: 8,
 };
 
-const LATEST: i64 = -1;
+pub const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 
@@ -39,14 +42,25 @@ pub async fn handle(
 ) -> Outcome {
     // isolation_level (v2+): 1 is read_committed.
     let read_committed = ctx.api_version >= 2 && request.isolation_level == 1;
-    let mut by_core: BTreeMap<usize, Vec<(TopicPartition, i64)>> = BTreeMap::new();
+    let mut by_core: BTreeMap<usize, Vec<(TopicPartition, i64, i32)>> = BTreeMap::new();
     let mut early: BTreeMap<TopicPartition, i16> = BTreeMap::new();
     for topic in &request.topics {
         for p in &topic.partitions {
             let tp = TopicPartition::new(topic.name.0.to_string(), p.partition_index);
             let core = shard.table.borrow().core_of(&tp.topic, tp.partition);
             match core {
-                Some(core) => by_core.entry(core).or_default().push((tp, p.timestamp)),
+                Some(core) => {
+                    // current_leader_epoch (v4+): a client with a stale view is fenced.
+                    let epoch = if ctx.api_version >= 4 {
+                        p.current_leader_epoch
+                    } else {
+                        -1
+                    };
+                    by_core
+                        .entry(core)
+                        .or_default()
+                        .push((tp, p.timestamp, epoch))
+                }
                 None => {
                     let error = shard.unserved_error(&tp.topic, tp.partition);
                     early.insert(tp, error.code());
@@ -91,13 +105,18 @@ pub async fn handle(
                             .unwrap_or(ResponseError::NotLeaderOrFollower.code()),
                         timestamp: -1,
                         offset: -1,
+                        leader_epoch: -1,
                     });
                     ListOffsetsPartitionResponse::default()
                         .with_partition_index(p.partition_index)
                         .with_error_code(r.error)
                         .with_timestamp(r.timestamp)
                         .with_offset(r.offset)
-                        .with_leader_epoch(if ctx.api_version >= 4 { 0 } else { -1 })
+                        .with_leader_epoch(if ctx.api_version >= 4 {
+                            r.leader_epoch
+                        } else {
+                            -1
+                        })
                 })
                 .collect();
             ListOffsetsTopicResponse::default()

@@ -128,7 +128,7 @@ async fn describe_wanted(
             partitions: -1,
             replication_factor: -1,
             configs: Vec::new(),
-            has_assignments: false,
+            assignments: Vec::new(),
         }],
         validate_only: false,
     };

@@ -14,15 +14,18 @@ use crate::shard::Shard;
 
 pub mod add_offsets_to_txn;
 pub mod add_partitions_to_txn;
+pub mod alter_partition_reassignments;
 pub mod api_versions;
 pub mod consumer_group_describe;
 pub mod consumer_group_heartbeat;
+pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_groups;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
+pub mod describe_log_dirs;
 pub mod describe_producers;
 pub mod describe_transactions;
 pub mod elect_leaders;
@@ -35,6 +38,7 @@ pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
 pub mod list_offsets;
+pub mod list_partition_reassignments;
 pub mod list_transactions;
 pub mod metadata;
 pub mod offset_commit;
@@ -99,6 +103,10 @@ pub const APIS: &[Api] = &[
     write_txn_markers::API,
     offset_for_leader_epoch::API,
     elect_leaders::API,
+    create_partitions::API,
+    alter_partition_reassignments::API,
+    list_partition_reassignments::API,
+    describe_log_dirs::API,
 ];
 
 /// APIs that need the transaction coordinator to reach every partition of a transaction,
@@ -166,6 +174,10 @@ pub enum Request {
     WriteTxnMarkers(kafka_protocol::messages::WriteTxnMarkersRequest),
     OffsetForLeaderEpoch(kafka_protocol::messages::OffsetForLeaderEpochRequest),
     ElectLeaders(kafka_protocol::messages::ElectLeadersRequest),
+    CreatePartitions(kafka_protocol::messages::CreatePartitionsRequest),
+    DescribeLogDirs(kafka_protocol::messages::DescribeLogDirsRequest),
+    AlterPartitionReassignments(kafka_protocol::messages::AlterPartitionReassignmentsRequest),
+    ListPartitionReassignments(kafka_protocol::messages::ListPartitionReassignmentsRequest),
 }
 
 /// Decodes a request body (after the header); None when it does not decode — the connection is
@@ -208,6 +220,14 @@ pub fn decode_body(ctx: &RequestContext, mut body: Bytes) -> Option<Request> {
         ApiKey::WriteTxnMarkers => Request::WriteTxnMarkers(decode(&mut body, v)?),
         ApiKey::OffsetForLeaderEpoch => Request::OffsetForLeaderEpoch(decode(&mut body, v)?),
         ApiKey::ElectLeaders => Request::ElectLeaders(decode(&mut body, v)?),
+        ApiKey::CreatePartitions => Request::CreatePartitions(decode(&mut body, v)?),
+        ApiKey::DescribeLogDirs => Request::DescribeLogDirs(decode(&mut body, v)?),
+        ApiKey::AlterPartitionReassignments => {
+            Request::AlterPartitionReassignments(decode(&mut body, v)?)
+        }
+        ApiKey::ListPartitionReassignments => {
+            Request::ListPartitionReassignments(decode(&mut body, v)?)
+        }
         _ => return None,
     })
 }
@@ -309,6 +329,19 @@ pub fn start(
         }
         Request::ElectLeaders(r) => {
             async move { elect_leaders::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::DescribeLogDirs(r) => {
+            async move { describe_log_dirs::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::CreatePartitions(r) => {
+            async move { create_partitions::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::AlterPartitionReassignments(r) => {
+            async move { alter_partition_reassignments::handle(&shard, &ctx, r).await }
+                .boxed_local()
+        }
+        Request::ListPartitionReassignments(r) => {
+            async move { list_partition_reassignments::handle(&shard, &ctx, r).await }.boxed_local()
         }
         Request::OffsetForLeaderEpoch(r) => {
             async move { offset_for_leader_epoch::handle(&shard, &ctx, r).await }.boxed_local()

@@ -25,7 +25,7 @@ use crate::common::{call, free_port, Broker, Raw};
 
 /// Timeouts short enough for tests: a broker heartbeats every 200 ms and is fenced after 2 s
 /// of silence; a controller stands for election after 500 ms without a leader.
-const FAST: &[&str] = &[
+pub(crate) const FAST: &[&str] = &[
     "broker.heartbeat.interval.ms=200",
     "broker.session.timeout.ms=2000",
     "controller.quorum.election.timeout.ms=500",
@@ -139,7 +139,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -147,7 +147,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+pub(crate) fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
@@ -155,7 +155,7 @@ fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
 }
 
 /// CreateTopics through the nodes of `bootstrap`; the topic's own error, if any.
-fn create_topic(
+pub(crate) fn create_topic(
     bootstrap: &str,
     name: &str,
     partitions: i32,
@@ -164,7 +164,7 @@ fn create_topic(
     create_topic_with(bootstrap, name, partitions, replication, &[])
 }
 
-fn create_topic_with(
+pub(crate) fn create_topic_with(
     bootstrap: &str,
     name: &str,
     partitions: i32,
@@ -188,7 +188,7 @@ fn create_topic_with(
 
 /// Produces `count` records `{prefix}-{i}` keyed by i with acks=all and idempotence; returns
 /// (partition, offset) of each, in order.
-fn produce(bootstrap: &str, topic: &str, prefix: &str, count: usize) -> Vec<(i32, i64)> {
+pub(crate) fn produce(bootstrap: &str, topic: &str, prefix: &str, count: usize) -> Vec<(i32, i64)> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("acks", "all")
@@ -226,7 +226,7 @@ fn produce(bootstrap: &str, topic: &str, prefix: &str, count: usize) -> Vec<(i32
 
 /// Reads every partition of `topic` from the start until at least `count` records arrived and
 /// nothing more comes for a second: values by partition, in offset order.
-fn consume(
+pub(crate) fn consume(
     bootstrap: &str,
     topic: &str,
     partitions: i32,
@@ -268,7 +268,7 @@ fn consume(
 }
 
 /// The leader of each partition of `topic` in a Metadata answer (-1: none).
-fn leaders(metadata: &MetadataResponse, topic: &str) -> Vec<i32> {
+pub(crate) fn leaders(metadata: &MetadataResponse, topic: &str) -> Vec<i32> {
     let topic = metadata
         .topics
         .iter()
@@ -436,7 +436,7 @@ fn a_frozen_broker_is_fenced_and_unfenced_when_it_thaws() {
 }
 
 /// (leader, replicas, isr) of one partition in a Metadata answer.
-fn partition_state(
+pub(crate) fn partition_state(
     metadata: &MetadataResponse,
     topic: &str,
     partition: i32,
@@ -459,7 +459,7 @@ fn partition_state(
 }
 
 /// A producer that gives up at the first error, so a test sees the broker's answer.
-fn strict_producer(bootstrap: &str) -> FutureProducer {
+pub(crate) fn strict_producer(bootstrap: &str) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("acks", "all")
@@ -471,7 +471,7 @@ fn strict_producer(bootstrap: &str) -> FutureProducer {
 }
 
 /// Values read from every partition of `topic`, in offset order per partition.
-fn values(got: &BTreeMap<i32, Vec<(i64, String)>>) -> Vec<String> {
+pub(crate) fn values(got: &BTreeMap<i32, Vec<(i64, String)>>) -> Vec<String> {
     got.values().flatten().map(|(_, v)| v.clone()).collect()
 }
 
@@ -1108,6 +1108,32 @@ fn elect_leaders_moves_leadership_back_to_the_preferred_replica() {
     assert_eq!(fetch_with(-1), 0, "an epoch-less client is served");
     assert_eq!(fetch_with(epoch - 1), 74, "FENCED_LEADER_EPOCH");
     assert_eq!(fetch_with(epoch + 1), 75, "UNKNOWN_LEADER_EPOCH");
+    // ListOffsets checks it the same way, and answers with the log's newest leader epoch.
+    let list_with = |leader_epoch: i32| {
+        let mut raw = Raw::connect(cluster.node(1).port);
+        let request = kafka_protocol::messages::ListOffsetsRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_topics(vec![
+                kafka_protocol::messages::list_offsets_request::ListOffsetsTopic::default()
+                    .with_name(kafka_protocol::messages::TopicName(
+                        kafka_protocol::protocol::StrBytes::from_static_str("preferred"),
+                    ))
+                    .with_partitions(vec![
+                        kafka_protocol::messages::list_offsets_request::ListOffsetsPartition::default()
+                            .with_partition_index(moved[0])
+                            .with_current_leader_epoch(leader_epoch)
+                            .with_timestamp(-1),
+                    ]),
+            ]);
+        let answer: kafka_protocol::messages::ListOffsetsResponse =
+            call(&mut raw, ApiKey::ListOffsets, 8, &request);
+        let p = &answer.topics[0].partitions[0];
+        (p.error_code, p.leader_epoch)
+    };
+    assert_eq!(list_with(epoch), (0, epoch));
+    assert_eq!(list_with(-1), (0, epoch));
+    assert_eq!(list_with(epoch - 1).0, 74, "FENCED_LEADER_EPOCH");
+    assert_eq!(list_with(epoch + 1).0, 75, "UNKNOWN_LEADER_EPOCH");
     // Nothing was lost moving leadership around.
     produce(&cluster.bootstrap(), "preferred", "x", 60);
     assert_eq!(

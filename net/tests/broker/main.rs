@@ -10,5 +10,6 @@ mod groups;
 mod harness;
 mod idempotence;
 mod offsets;
+mod partitions;
 mod proxy;
 mod transactions;

@@ -50,6 +50,34 @@ pub async fn truncate_dir(dir: &Path, offset: i64) -> Result<i64> {
     Ok(new_end)
 }
 
+/// Empties the log in `dir` and restarts it at `offset` (Kafka's `truncateFullyAndStartAt`): a
+/// follower whose log ends before its leader's log start (the leader deleted what it lacks)
+/// starts over there. `dir` must be closed, as for [`truncate_dir`].
+///
+/// Every segment goes (highest first), with the producer snapshots and the cleaner checkpoint;
+/// then an empty `<offset>` segment is made. A crash before that leaves an empty log starting
+/// at 0 (still behind the leader: the follower restarts it again), never old records after a
+/// hole. Durable on return.
+pub async fn restart_dir(dir: &Path, offset: i64) -> Result<()> {
+    assert!(offset >= 0, "a log restarted at a negative offset {offset}");
+    let plan = Plan {
+        dir: dir.to_path_buf(),
+        doomed: segment_bases(dir)?,
+        cut: None,
+        successor: None,
+        new_end: 0,
+        snapshots_kept_to: None,
+    };
+    cleaner::off_reactor(move || {
+        plan.remove_stale_state()?;
+        plan.remove_doomed()?;
+        let empty = std::fs::File::create(segment::segment_path(&plan.dir, offset, "log"))?;
+        empty.sync_all()?;
+        sync_dir(&plan.dir)
+    })
+    .await
+}
+
 /// What a truncation does to the files, decided before anything changes.
 #[derive(Debug)]
 struct Plan {
