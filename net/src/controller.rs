@@ -208,6 +208,10 @@ pub struct Controller {
     heartbeat_interval: Duration,
     /// The last cluster summary logged (each change is logged once).
     last_summary: RefCell<String>,
+    /// When a message from the quorum's leader last arrived (this node's start at first).
+    last_leader_contact: Cell<Instant>,
+    /// Cut off from the quorum for the session timeout (see `Shard::isolated`).
+    isolated: Cell<bool>,
 }
 
 impl Controller {
@@ -276,6 +280,8 @@ impl Controller {
             session_timeout: Duration::from_millis(config.broker_session_timeout_ms),
             heartbeat_interval: Duration::from_millis(config.broker_heartbeat_interval_ms),
             last_summary: RefCell::new(String::new()),
+            last_leader_contact: Cell::new(Instant::now()),
+            isolated: Cell::new(false),
         });
         let listen = config
             .controller_listener()
@@ -687,8 +693,13 @@ async fn drive(shard: Rc<Shard>, controller: Rc<Controller>, inbound: LocalRecei
 fn handle(controller: &Rc<Controller>, message: Inbound) {
     match message {
         Inbound::Raft(m) => {
+            let from = m.from;
+            let mut raft = controller.raft.borrow_mut();
             // Errors are messages from unknown peers or stale terms: nothing to do.
-            let _ = controller.raft.borrow_mut().step(m);
+            let _ = raft.step(m);
+            if from == raft.raft.leader_id {
+                controller.last_leader_contact.set(Instant::now());
+            }
         }
         Inbound::Propose(entry) => {
             if controller.is_leader() {
@@ -908,6 +919,7 @@ async fn liveness(shard: Rc<Shard>, controller: Rc<Controller>) {
         if shard.stopping.get() {
             return;
         }
+        watch_contact(&shard, &controller).await;
         let Some(since) = controller.leader_since.get() else {
             continue;
         };
@@ -946,6 +958,36 @@ async fn liveness(shard: Rc<Shard>, controller: Rc<Controller>) {
             .detach();
         }
     }
+}
+
+/// A node that has heard nothing from the quorum's leader for `broker.session.timeout.ms`
+/// (and does not lead the quorum itself: with check_quorum a leader steps down sooner) has
+/// been fenced by the active controller, which counts the same timeout from this node's last
+/// heartbeat, and its partitions have other leaders or none. It stops serving clients (see
+/// `Shard::isolated`) so that they find the new leaders, instead of waiting on it until their
+/// requests time out and asking it again for metadata it no longer has; it serves again once
+/// the quorum's leader is heard.
+async fn watch_contact(shard: &Rc<Shard>, controller: &Rc<Controller>) {
+    let silent = controller.last_leader_contact.get().elapsed();
+    let isolated = !controller.is_leader() && silent > controller.session_timeout;
+    if isolated == controller.isolated.get() {
+        return;
+    }
+    controller.isolated.set(isolated);
+    if isolated {
+        eprintln!(
+            "sluice: cut off from the metadata quorum for {} ms: fenced, serving no client until \
+             it is back",
+            silent.as_millis()
+        );
+    } else {
+        eprintln!("sluice: back in contact with the metadata quorum");
+    }
+    let calls = (0..shard.cores()).map(|core| {
+        let shard = shard.clone();
+        async move { shard.call(core, CoreRequest::Isolated(isolated)).await }
+    });
+    futures::future::join_all(calls).await;
 }
 
 /// The active controller elects an out-of-sync replica where a topic allows it and no in-sync

@@ -262,7 +262,7 @@ pub async fn wait_replicated(
 ) -> Result<(), ResponseError> {
     loop {
         let changed = log.high_watermark_changed.notified();
-        if leads(shard, tp) != Some(leader_epoch) {
+        if leads(shard, tp) != Some(leader_epoch) || shard.isolated.get() {
             return Err(ResponseError::NotLeaderOrFollower);
         }
         if log.high_watermark() >= end {

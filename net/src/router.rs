@@ -57,6 +57,9 @@ pub enum CoreRequest {
     ApplyTopic(TopicChange),
     /// From core 0 to every core: the cluster's brokers and controller changed.
     ApplyCluster(crate::metadata::ClusterView),
+    /// From core 0 to every core: this node lost (true) or regained contact with the metadata
+    /// quorum (see `Shard::isolated`).
+    Isolated(bool),
     /// To core 0, which hands out producer ids.
     AllocateProducerId,
     /// To the core owning the group's `__consumer_offsets` partition.

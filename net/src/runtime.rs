@@ -245,6 +245,7 @@ async fn core_main(
         loading_offsets: RefCell::new(Default::default()),
         controller: controller_cell,
         stopping: Cell::new(false),
+        isolated: Cell::new(false),
         inflight: Cell::new(0),
     });
     // Recover the partitions this core owns, then wait for every core to have done the same:

@@ -72,6 +72,10 @@ pub struct Shard {
     /// a single node).
     pub controller: Rc<std::cell::OnceCell<Rc<crate::controller::Controller>>>,
     pub stopping: Cell<bool>,
+    /// A cluster node cut off from the metadata quorum for `broker.session.timeout.ms`: the
+    /// controller has fenced it, so it serves no client (closing their connections), and
+    /// producers still waiting for acks are told NOT_LEADER_OR_FOLLOWER.
+    pub isolated: Cell<bool>,
     /// Requests read from clients of this core and not yet answered.
     pub inflight: Cell<usize>,
 }
@@ -367,6 +371,14 @@ impl Shard {
                 *self.cluster.borrow_mut() = view;
                 async move { CoreResponse::Applied }.boxed_local()
             }
+            CoreRequest::Isolated(isolated) => {
+                self.isolated.set(isolated);
+                // Producers waiting for acks re-check whether they may still be answered.
+                for log in self.logs.borrow().values() {
+                    log.high_watermark_changed.notify_all();
+                }
+                async move { CoreResponse::Applied }.boxed_local()
+            }
             CoreRequest::ApplyTopic(change) => {
                 let shard = self.clone();
                 async move {
@@ -409,6 +421,9 @@ impl Shard {
         let mut appended = Vec::with_capacity(partitions.len());
         for (tp, records) in partitions {
             let owned = self.owned_log(&tp).and_then(|log| {
+                if self.isolated.get() {
+                    return Err(ResponseError::NotLeaderOrFollower.code());
+                }
                 if clustered && acks == -1 {
                     crate::replica::check_min_isr(self, &tp).map_err(|e| e.code())?;
                 }

@@ -242,6 +242,12 @@ pub fn start(
     if !served(ctx.api_key, shard.broker.clustered()) {
         return async { Outcome::Close }.boxed_local();
     }
+    // A node cut off from the metadata quorum has been fenced: its metadata is stale and it
+    // leads nothing any more. Closing the connection sends the client to the other brokers
+    // (ApiVersions is still answered, so the client does not take it for an old broker).
+    if shard.isolated.get() && ctx.api_key != ApiKey::ApiVersions {
+        return async { Outcome::Close }.boxed_local();
+    }
     match request {
         Request::ApiVersions(r) => {
             async move { api_versions::handle(&ctx, r, shard.broker.clustered()) }.boxed_local()

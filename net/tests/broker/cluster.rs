@@ -22,6 +22,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::common::{call, free_port, Broker, Raw};
+use crate::netns::Network;
 
 /// Timeouts short enough for tests: a broker heartbeats every 200 ms and is fenced after 2 s
 /// of silence; a controller stands for election after 500 ms without a leader.
@@ -34,18 +35,43 @@ pub(crate) const FAST: &[&str] = &[
 /// N nodes, each a broker and a voter of the metadata quorum (node ids 1..=N; `nodes[i]` is
 /// node i+1).
 pub struct Cluster {
+    /// Declared before the network: the nodes stop before their namespaces go.
     pub nodes: Vec<Broker>,
+    /// The namespaces the nodes run in, for clusters whose links a test cuts.
+    pub network: Option<Network>,
     _dir: tempfile::TempDir,
 }
 
+/// A node's client and controller ports inside its own network namespace.
+const NETNS_PORTS: (u16, u16) = (9092, 9093);
+
 impl Cluster {
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_on(None, n, extra)
+    }
+
+    /// N nodes, each in its own network namespace (see `netns`): `network()` cuts links.
+    pub fn start_partitionable(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_on(Some(Network::create(n)), n, extra)
+    }
+
+    fn start_on(network: Option<Network>, n: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| match network {
+                Some(_) => NETNS_PORTS,
+                None => (free_port(), free_port()),
+            })
+            .collect();
+        let host = |i: usize| {
+            network
+                .as_ref()
+                .map_or("127.0.0.1".to_string(), |net| net.host(i + 1))
+        };
         let voters: Vec<String> = ports
             .iter()
             .enumerate()
-            .map(|(i, (_, controller))| format!("{}@127.0.0.1:{controller}", i + 1))
+            .map(|(i, (_, controller))| format!("{}@{}:{controller}", i + 1, host(i)))
             .collect();
         let voters = format!("controller.quorum.voters={}", voters.join(","));
         let mut nodes = Vec::new();
@@ -58,17 +84,27 @@ impl Cluster {
             ];
             settings.extend_from_slice(extra);
             let node_dir = dir.path().join(format!("node-{}", i + 1));
-            nodes.push(Broker::prepare(
-                node_dir.join("data"),
-                *port,
-                &settings,
-                dir.path().join(format!("node-{}.log", i + 1)),
-            ));
+            let log = dir.path().join(format!("node-{}.log", i + 1));
+            nodes.push(match &network {
+                Some(net) => Broker::prepare_in(
+                    &net.netns(i + 1),
+                    &host(i),
+                    node_dir.join("data"),
+                    *port,
+                    &settings,
+                    log,
+                ),
+                None => Broker::prepare(node_dir.join("data"), *port, &settings, log),
+            });
         }
         for node in &mut nodes {
             node.restart();
         }
-        let cluster = Cluster { nodes, _dir: dir };
+        let cluster = Cluster {
+            nodes,
+            network,
+            _dir: dir,
+        };
         for node in 1..=n {
             cluster.wait_for_brokers(node, n);
         }
@@ -83,6 +119,17 @@ impl Cluster {
         &mut self.nodes[id as usize - 1]
     }
 
+    /// The namespaces of a cluster started with `start_partitionable`.
+    pub fn network(&self) -> &Network {
+        self.network.as_ref().expect("a partitionable cluster")
+    }
+
+    /// A raw connection to node `id`.
+    pub fn raw(&self, id: i32) -> Raw {
+        let node = self.node(id);
+        Raw::connect_to(&node.host, node.port)
+    }
+
     /// Every node's address: what a client is given.
     pub fn bootstrap(&self) -> String {
         let all: Vec<String> = self.nodes.iter().map(Broker::bootstrap).collect();
@@ -91,7 +138,7 @@ impl Cluster {
 
     /// Metadata (v12, every topic) as node `id` answers it.
     pub fn metadata(&self, id: i32) -> MetadataResponse {
-        let mut raw = Raw::connect(self.node(id).port);
+        let mut raw = self.raw(id);
         call(
             &mut raw,
             ApiKey::Metadata,
@@ -100,9 +147,21 @@ impl Cluster {
         )
     }
 
+    /// Metadata as node `id` answers it, if it does (it may be down, cut off or restarting).
+    pub fn try_metadata(&self, id: i32) -> Option<MetadataResponse> {
+        let node = self.node(id);
+        crate::common::try_call(
+            &node.host,
+            node.port,
+            ApiKey::Metadata,
+            12,
+            &MetadataRequest::default().with_topics(None),
+        )
+    }
+
     /// The active controller, as node `id` knows it (-1: none).
     pub fn controller(&self, id: i32) -> i32 {
-        let mut raw = Raw::connect(self.node(id).port);
+        let mut raw = self.raw(id);
         let answer: DescribeClusterResponse = call(
             &mut raw,
             ApiKey::DescribeCluster,
@@ -793,11 +852,19 @@ fn a_frozen_follower_leaves_the_isr_after_the_lag_time_and_rejoins_once_caught_u
 /// the leader takes (min.insync.replicas 1), freezes the leader (cut off: no heartbeats, no
 /// fetches served), brings the followers back, and returns (the cluster, the topic's replicas,
 /// the frozen leader's pid, a node that holds no replica).
-fn strand_the_only_in_sync_replica(unclean: &str) -> (Cluster, Vec<i32>, i32, i32) {
+/// The leader of a partition becomes its only in-sync replica (its followers are killed), takes
+/// 20 more records, and is then partitioned off from everyone (its network unplugged: it runs
+/// on, unreachable) while the followers come back. None when network namespaces cannot be made
+/// here (outside CI).
+fn strand_the_only_in_sync_replica(unclean: &str) -> Option<(Cluster, Vec<i32>, i32)> {
+    if !Network::available() {
+        eprintln!("skipped: network namespaces cannot be made here (run as root)");
+        return None;
+    }
     // Five nodes: the quorum keeps three while the leader is cut off and one follower is down.
     let mut settings = FAST.to_vec();
     settings.extend(["cores=1", "replica.lag.time.max.ms=2000"]);
-    let mut cluster = Cluster::start(5, &settings);
+    let mut cluster = Cluster::start_partitionable(5, &settings);
     create_topic_with(
         &cluster.bootstrap(),
         "stranded",
@@ -820,10 +887,7 @@ fn strand_the_only_in_sync_replica(unclean: &str) -> (Cluster, Vec<i32>, i32, i3
         || partition_state(&cluster.metadata(watcher), "stranded", 0).2 == vec![leader],
     );
     produce(&cluster.bootstrap(), "stranded", "only-leader", 20);
-    let pid = cluster.node(leader).pid() as i32;
-    unsafe {
-        libc::kill(pid, libc::SIGSTOP);
-    }
+    cluster.network().disconnect(leader as usize);
     for follower in replicas.iter().filter(|r| **r != leader) {
         cluster.node_mut(*follower).restart();
     }
@@ -831,12 +895,14 @@ fn strand_the_only_in_sync_replica(unclean: &str) -> (Cluster, Vec<i32>, i32, i3
     wait_for("the leader fenced", Duration::from_secs(20), || {
         !cluster.brokers_seen_by(watcher).contains(&leader)
     });
-    (cluster, replicas, pid, watcher)
+    Some((cluster, replicas, watcher))
 }
 
 #[test]
 fn with_unclean_election_off_a_partition_whose_in_sync_replicas_are_gone_stays_offline() {
-    let (cluster, _, pid, watcher) = strand_the_only_in_sync_replica("false");
+    let Some((cluster, _, watcher)) = strand_the_only_in_sync_replica("false") else {
+        return;
+    };
     // The followers are back, but not in sync: no leader, rather than a leader without the
     // last acknowledged records.
     std::thread::sleep(Duration::from_secs(3));
@@ -844,9 +910,7 @@ fn with_unclean_election_off_a_partition_whose_in_sync_replicas_are_gone_stays_o
     assert_eq!(leader, -1, "offline");
     assert_eq!(isr.len(), 1);
     // The in-sync replica comes back and leads again, with every acknowledged record.
-    unsafe {
-        libc::kill(pid, libc::SIGCONT);
-    }
+    cluster.network().reconnect(isr[0] as usize);
     wait_for(
         "the in-sync replica leading again",
         Duration::from_secs(20),
@@ -859,7 +923,9 @@ fn with_unclean_election_off_a_partition_whose_in_sync_replicas_are_gone_stays_o
 
 #[test]
 fn with_unclean_election_on_an_out_of_sync_replica_leads_and_the_loss_is_reported() {
-    let (cluster, replicas, pid, watcher) = strand_the_only_in_sync_replica("true");
+    let Some((cluster, replicas, watcher)) = strand_the_only_in_sync_replica("true") else {
+        return;
+    };
     let old_leader = {
         let (_, _, isr) = partition_state(&cluster.metadata(watcher), "stranded", 0);
         isr[0]
@@ -892,9 +958,7 @@ fn with_unclean_election_on_an_out_of_sync_replica_leads_and_the_loss_is_reporte
     });
     assert!(reported, "the controller reports the unclean election");
     // The old leader returns, truncates what it alone had, and follows.
-    unsafe {
-        libc::kill(pid, libc::SIGCONT);
-    }
+    cluster.network().reconnect(old_leader as usize);
     wait_for("the old leader truncated", Duration::from_secs(20), || {
         cluster
             .node(old_leader)

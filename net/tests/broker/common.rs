@@ -9,7 +9,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Broker {
+    /// The address it listens on (127.0.0.1 unless it runs in a network namespace).
+    pub host: String,
     pub port: u16,
+    /// The network namespace it runs in (`ip netns exec`), if any.
+    netns: Option<String>,
     pub data: PathBuf,
     child: Option<Child>,
     args: Vec<String>,
@@ -95,12 +99,31 @@ impl Broker {
         Broker::build_on(data, free_port(), extra)
     }
 
+    /// A broker in network namespace `netns`, listening on `host:port` there; not started yet.
+    pub fn prepare_in(
+        netns: &str,
+        host: &str,
+        data: PathBuf,
+        port: u16,
+        extra: &[&str],
+        log: PathBuf,
+    ) -> Broker {
+        let mut broker = Broker::build_at(host, data, port, extra);
+        broker.netns = Some(netns.to_string());
+        broker.log = Some(log);
+        broker
+    }
+
     fn build_on(data: PathBuf, port: u16, extra: &[&str]) -> Broker {
+        Broker::build_at("127.0.0.1", data, port, extra)
+    }
+
+    fn build_at(host: &str, data: PathBuf, port: u16, extra: &[&str]) -> Broker {
         let mut args = vec![
             "--cores".to_string(),
             "2".to_string(),
             "--override".to_string(),
-            format!("listeners=PLAINTEXT://127.0.0.1:{port}"),
+            format!("listeners=PLAINTEXT://{host}:{port}"),
             "--override".to_string(),
             format!("log.dirs={}", data.display()),
         ];
@@ -109,7 +132,9 @@ impl Broker {
             args.push(e.to_string());
         }
         Broker {
+            host: host.to_string(),
             port,
+            netns: None,
             data,
             child: None,
             args,
@@ -119,7 +144,16 @@ impl Broker {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let mut command = match &self.netns {
+            Some(netns) => {
+                // `ip netns exec` execs the broker: the child's pid is the broker's.
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_sluice")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_sluice")),
+        };
+        let child = command
             .args(&self.args)
             .stdout(Stdio::null())
             .stderr(match &self.log {
@@ -135,11 +169,11 @@ impl Broker {
             .spawn()
             .expect("start sluice");
         self.child = Some(child);
-        wait_for_port(self.port);
+        wait_for_address(&self.host, self.port);
     }
 
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     pub fn pid(&self) -> u32 {
@@ -196,8 +230,12 @@ impl Drop for Broker {
 /// accepted connection: after `kill -9` the dead broker's listening socket can linger for a
 /// moment while the kernel tears down its io_uring rings.
 pub fn wait_for_port(port: u16) {
+    wait_for_address("127.0.0.1", port)
+}
+
+pub fn wait_for_address(host: &str, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !answers_api_versions(port) {
+    while !answers_api_versions(host, port) {
         assert!(
             Instant::now() < deadline,
             "sluice did not serve on {port} within 30 s"
@@ -206,8 +244,8 @@ pub fn wait_for_port(port: u16) {
     }
 }
 
-fn answers_api_versions(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+fn answers_api_versions(host: &str, port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect((host, port)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -222,7 +260,11 @@ pub struct Raw(pub TcpStream);
 
 impl Raw {
     pub fn connect(port: u16) -> Raw {
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        Raw::connect_to("127.0.0.1", port)
+    }
+
+    pub fn connect_to(host: &str, port: u16) -> Raw {
+        let s = TcpStream::connect((host, port)).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
         Raw(s)
@@ -303,6 +345,35 @@ pub fn request_frame<R: kafka_protocol::protocol::Encodable>(
     let size = buf.len() as i32 - 4;
     buf[..4].copy_from_slice(&size.to_be_bytes());
     buf.to_vec()
+}
+
+/// One request to `host:port` that may fail (a broker being restarted, cut off or turning
+/// clients away): None instead of a panic.
+pub fn try_call<Req, Resp>(
+    host: &str,
+    port: u16,
+    key: kafka_protocol::messages::ApiKey,
+    version: i16,
+    body: &Req,
+) -> Option<Resp>
+where
+    Req: kafka_protocol::protocol::Encodable,
+    Resp: kafka_protocol::protocol::Decodable,
+{
+    use kafka_protocol::protocol::Decodable;
+    let address = format!("{host}:{port}").parse().ok()?;
+    let stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut raw = Raw(stream);
+    raw.send(&request_frame(key, version, 11, body));
+    let mut answer = bytes::Bytes::from(raw.recv()?);
+    let header = kafka_protocol::messages::ResponseHeader::decode(
+        &mut answer,
+        key.response_header_version(version),
+    )
+    .ok()?;
+    (header.correlation_id == 11).then_some(())?;
+    Resp::decode(&mut answer, version).ok()
 }
 
 /// Sends one request on a raw connection and decodes its answer, checking the correlation id.
