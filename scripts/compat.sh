@@ -327,7 +327,8 @@ check_cli_partitions() {
 # The tools against a 3-node cluster (scripts/cluster.sh): a topic with 2 replicas takes 200
 # lines and grows to 4 partitions; kafka-reassign-partitions moves partition 0 onto the third
 # broker and gives partition 1 a third replica, --verify until both are done; kafka-topics
-# --describe shows the new replicas, and every line is read back.
+# --describe shows the new replicas, and every line is read back. Then Kafka's
+# TransactionalMessageCopier and kafka-transactions, as on one node.
 check_cli_cluster() {
     local dir ok=0 i p0 spare target topics=org.apache.kafka.tools.TopicCommand
     local reassign=org.apache.kafka.tools.reassign.ReassignPartitionsCommand
@@ -378,6 +379,9 @@ check_cli_cluster() {
     else
         say "cli-cluster: read $(wc -l <"$dir/out.txt") of 200 lines"; tail -n 20 "$dir/consume.err"; ok=1
     fi
+    # Exactly-once across brokers: the copier's transactions, their markers and the group's
+    # offsets live on different nodes.
+    check_cli_transactions "$dir" || ok=1
     if [ "$ok" != 0 ]; then
         for i in 1 2 3; do tail -n 15 "$CLUSTER_DIR/node-$i/sluice.log" | sed "s/^/    node $i: /"; done
     fi

@@ -169,6 +169,12 @@ pub struct BrokerConfig {
     /// Replicas of `__consumer_offsets` in a cluster (`offsets.topic.replication.factor`,
     /// Kafka's 3), at most the live brokers when it is created; 1 on a single node.
     pub offsets_topic_replication_factor: i16,
+    /// Replicas of `__transaction_state` in a cluster
+    /// (`transaction.state.log.replication.factor`, Kafka's 3), at most the live brokers when it
+    /// is created, and its `min.insync.replicas` (`transaction.state.log.min.isr`, Kafka's 2, at
+    /// most its replicas).
+    pub transaction_state_log_replication_factor: i16,
+    pub transaction_state_log_min_isr: i32,
     /// The default `unclean.leader.election.enable` of topics (Kafka's false).
     pub unclean_leader_election_enable: bool,
     /// Settings that were given but have no effect in sluice, reported once at start.
@@ -242,6 +248,8 @@ impl Default for BrokerConfig {
             replica_lag_time_max_ms: 30_000,
             unclean_leader_election_enable: false,
             offsets_topic_replication_factor: 3,
+            transaction_state_log_replication_factor: 3,
+            transaction_state_log_min_isr: 2,
             auto_leader_rebalance_enable: true,
             leader_imbalance_check_interval_seconds: 300,
             leader_imbalance_per_broker_percentage: 10,
@@ -262,8 +270,6 @@ const IGNORED_KEYS: &[&str] = &[
     "controller.listener.names",
     "listener.security.protocol.map",
     "inter.broker.listener.name",
-    "transaction.state.log.replication.factor",
-    "transaction.state.log.min.isr",
     "share.coordinator.state.topic.replication.factor",
     "share.coordinator.state.topic.min.isr",
     "log.cleaner.threads",
@@ -479,6 +485,14 @@ impl BrokerConfig {
                 "offsets.topic.replication.factor" => {
                     config.offsets_topic_replication_factor =
                         positive(k, v)?.min(i64::from(i16::MAX)) as i16
+                }
+                "transaction.state.log.replication.factor" => {
+                    config.transaction_state_log_replication_factor =
+                        positive(k, v)?.min(i64::from(i16::MAX)) as i16
+                }
+                "transaction.state.log.min.isr" => {
+                    config.transaction_state_log_min_isr =
+                        positive(k, v)?.min(i64::from(i32::MAX)) as i32
                 }
                 "cores" => config.cores = parse_i64(k, v)?.max(0) as usize,
                 "sluice.io.memory.bytes" => config.io_memory_bytes = positive(k, v)? as usize,

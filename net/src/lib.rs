@@ -21,6 +21,7 @@ pub mod log_cleaner;
 pub mod metadata;
 pub mod offsets;
 pub mod partitions;
+pub mod peer;
 pub mod producer_ids;
 pub mod replica;
 pub mod router;

@@ -763,7 +763,15 @@ pub async fn expiry_loop(shard: Rc<Shard>) {
 pub async fn ensure_topic(shard: &Rc<Shard>) -> bool {
     let partitions = shard.broker.offsets_topic_num_partitions;
     let configs = offsets_topic_configs(&shard.broker);
-    ensure_internal_topic(shard, OFFSETS_TOPIC, partitions, configs).await
+    ensure_internal_topic(
+        shard,
+        OFFSETS_TOPIC,
+        partitions,
+        shard.broker.offsets_topic_replication_factor,
+        None,
+        configs,
+    )
+    .await
 }
 
 /// Creates an internal topic (through core 0, the metadata owner) unless it exists; false if
@@ -772,13 +780,15 @@ pub async fn ensure_internal_topic(
     shard: &Rc<Shard>,
     name: &str,
     partitions: i32,
-    configs: Vec<(String, Option<String>)>,
+    wanted_replication_factor: i16,
+    min_insync_replicas: Option<i32>,
+    mut configs: Vec<(String, Option<String>)>,
 ) -> bool {
     if shard.topics.borrow().contains_key(name) {
         return true;
     }
-    // In a cluster, internal topics are replicated (`offsets.topic.replication.factor`, at most
-    // the live brokers), so that their coordinators move with leadership when a broker goes.
+    // In a cluster, internal topics are replicated (`wanted_replication_factor`, at most the
+    // live brokers), so that their coordinators move with leadership when a broker goes.
     let replication_factor = if shard.broker.clustered() {
         let live = shard
             .cluster
@@ -787,13 +797,14 @@ pub async fn ensure_internal_topic(
             .iter()
             .filter(|b| !b.fenced)
             .count();
-        shard
-            .broker
-            .offsets_topic_replication_factor
-            .min(live.max(1) as i16)
+        wanted_replication_factor.min(live.max(1) as i16)
     } else {
         1
     };
+    if let Some(min) = min_insync_replicas {
+        let min = min.min(i32::from(replication_factor)).max(1);
+        configs.push(("min.insync.replicas".to_string(), Some(min.to_string())));
+    }
     let topic = NewTopic {
         name: name.to_string(),
         partitions,

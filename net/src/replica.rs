@@ -24,9 +24,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
+use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
@@ -34,9 +32,9 @@ use kafka_protocol::messages::offset_for_leader_epoch_request::{
 };
 use kafka_protocol::messages::{
     ApiKey, BrokerId, FetchRequest, FetchResponse, OffsetForLeaderEpochRequest,
-    OffsetForLeaderEpochResponse, RequestHeader, ResponseHeader, TopicName,
+    OffsetForLeaderEpochResponse, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use sluice_core::TopicPartition;
 use sluice_replication::{LeaderEpochFile, LeaderState, PartitionState};
 use sluice_storage::batch::BatchHeader;
@@ -44,6 +42,7 @@ use sluice_storage::log::Durability;
 use sluice_storage::PartitionLog;
 
 use crate::metadata::TopicMeta;
+use crate::peer::PeerConnection;
 use crate::router::{CoreRequest, CoreResponse};
 use crate::shard::{now_ms, Shard};
 
@@ -54,8 +53,6 @@ const OFFSET_FOR_LEADER_EPOCH_VERSION: i16 = 4;
 const FOLLOWER_FETCH_WAIT_MS: i32 = 500;
 const FOLLOWER_FETCH_BYTES_MAX: i32 = 16 << 20;
 const FOLLOWER_PARTITION_BYTES_MAX: i32 = 4 << 20;
-/// Largest answer a follower reads from a leader.
-const RESPONSE_BYTES_MAX: usize = 64 << 20;
 /// Pause after a failed connection or an error that waits for new metadata.
 const RETRY_BACKOFF: Duration = Duration::from_millis(100);
 /// Rounds of OffsetForLeaderEpoch before a follower gives up finding the divergence point
@@ -414,73 +411,6 @@ pub fn epoch_end_offsets(
         .collect()
 }
 
-/// A follower's connection to its leader: Kafka requests over the leader's client port.
-struct LeaderConnection {
-    stream: TcpStream,
-    correlation_id: i32,
-}
-
-impl LeaderConnection {
-    async fn connect(shard: &Shard, leader: i32) -> Option<LeaderConnection> {
-        let endpoint = shard.cluster.borrow().broker(leader).cloned()?;
-        let host = if endpoint.host == "localhost" {
-            "127.0.0.1".to_string()
-        } else {
-            endpoint.host
-        };
-        let address: std::net::SocketAddr = format!("{host}:{}", endpoint.port).parse().ok()?;
-        let stream = TcpStream::connect_timeout(address, Duration::from_secs(1))
-            .await
-            .ok()?;
-        let _ = stream.set_nodelay(true);
-        Some(LeaderConnection {
-            stream,
-            correlation_id: 0,
-        })
-    }
-
-    async fn call<Req: Encodable, Resp: Decodable>(
-        &mut self,
-        node: i32,
-        key: ApiKey,
-        version: i16,
-        request: &Req,
-    ) -> Option<Resp> {
-        self.correlation_id = self.correlation_id.wrapping_add(1);
-        let header = RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(StrBytes::from_string(format!(
-                "sluice-replica-{node}"
-            ))));
-        let mut buf = BytesMut::with_capacity(256);
-        buf.put_i32(0);
-        header
-            .encode(&mut buf, key.request_header_version(version))
-            .ok()?;
-        request.encode(&mut buf, version).ok()?;
-        let size = (buf.len() - 4) as i32;
-        buf[..4].copy_from_slice(&size.to_be_bytes());
-        self.stream.write_all(&buf).await.ok()?;
-        let mut size = [0u8; 4];
-        self.stream.read_exact(&mut size).await.ok()?;
-        let size = usize::try_from(i32::from_be_bytes(size)).ok()?;
-        if size > RESPONSE_BYTES_MAX {
-            return None;
-        }
-        let mut body = vec![0u8; size];
-        self.stream.read_exact(&mut body).await.ok()?;
-        let mut body = Bytes::from(body);
-        let header =
-            ResponseHeader::decode(&mut body, key.response_header_version(version)).ok()?;
-        if header.correlation_id != self.correlation_id {
-            return None;
-        }
-        Resp::decode(&mut body, version).ok()
-    }
-}
-
 /// What a fetcher does next for one partition it follows.
 struct Followed {
     tp: TopicPartition,
@@ -533,7 +463,7 @@ fn set_truncated(shard: &Shard, tp: &TopicPartition, leader_epoch: i32, value: b
 /// none left.
 async fn fetch_from(shard: Rc<Shard>, leader: i32) {
     let node = shard.broker.node_id;
-    let mut connection: Option<LeaderConnection> = None;
+    let mut connection: Option<PeerConnection> = None;
     loop {
         if shard.stopping.get() {
             break;
@@ -543,7 +473,7 @@ async fn fetch_from(shard: Rc<Shard>, leader: i32) {
             break;
         }
         if connection.is_none() {
-            connection = LeaderConnection::connect(&shard, leader).await;
+            connection = PeerConnection::connect(&shard, leader).await;
             if connection.is_none() {
                 glommio::timer::sleep(RETRY_BACKOFF).await;
                 continue;
@@ -592,7 +522,7 @@ async fn fetch_from(shard: Rc<Shard>, leader: i32) {
 /// One Fetch round for the partitions ready to copy. False when the connection failed.
 async fn fetch_once(
     shard: &Rc<Shard>,
-    conn: &mut LeaderConnection,
+    conn: &mut PeerConnection,
     node: i32,
     ready: &[&Followed],
 ) -> bool {
@@ -738,7 +668,7 @@ async fn copy(
 /// not agree yet), Err(None) for a failed connection.
 async fn truncate_diverged(
     shard: &Rc<Shard>,
-    conn: &mut LeaderConnection,
+    conn: &mut PeerConnection,
     f: &Followed,
 ) -> Result<(), Option<ResponseError>> {
     let node = shard.broker.node_id;

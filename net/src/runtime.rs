@@ -243,9 +243,12 @@ async fn core_main(
         replicas: RefCell::new(Default::default()),
         coordinating: RefCell::new(Default::default()),
         loading_offsets: RefCell::new(Default::default()),
+        txn_coordinating: RefCell::new(Default::default()),
+        txn_loading: RefCell::new(Default::default()),
         controller: controller_cell,
         stopping: Cell::new(false),
         isolated: Cell::new(false),
+        peers: RefCell::new(Default::default()),
         inflight: Cell::new(0),
     });
     // Recover the partitions this core owns, then wait for every core to have done the same:

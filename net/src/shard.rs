@@ -68,6 +68,10 @@ pub struct Shard {
     /// and those it is loading after taking the lead.
     pub coordinating: RefCell<std::collections::HashSet<i32>>,
     pub loading_offsets: RefCell<std::collections::HashSet<i32>>,
+    /// `__transaction_state` partitions whose transactions this core coordinates (loaded), and
+    /// those it is loading after taking the lead.
+    pub txn_coordinating: RefCell<std::collections::HashSet<i32>>,
+    pub txn_loading: RefCell<std::collections::HashSet<i32>>,
     /// Core 0 of a node in a metadata quorum: the quorum's driver (None on other cores and on
     /// a single node).
     pub controller: Rc<std::cell::OnceCell<Rc<crate::controller::Controller>>>,
@@ -76,6 +80,8 @@ pub struct Shard {
     /// controller has fenced it, so it serves no client (closing their connections), and
     /// producers still waiting for acks are told NOT_LEADER_OR_FOLLOWER.
     pub isolated: Cell<bool>,
+    /// Idle connections to other brokers (see `peer`).
+    pub peers: RefCell<crate::peer::PeerPool>,
     /// Requests read from clients of this core and not yet answered.
     pub inflight: Cell<usize>,
 }
@@ -749,6 +755,10 @@ impl Shard {
                                 self.follow_coordination(partition as i32, &log, false)
                                     .await;
                             }
+                            if meta.name == crate::transactions::TXN_TOPIC {
+                                self.follow_txn_coordination(partition as i32, &log, false)
+                                    .await;
+                            }
                         }
                     }
                 }
@@ -775,9 +785,9 @@ impl Shard {
                                     self.follow_coordination(partition as i32, &log, wait).await;
                                 }
                                 if meta.name == crate::transactions::TXN_TOPIC {
-                                    if let Err(e) = crate::txn_coordinator::load(self, &log).await {
-                                        eprintln!("sluice: core {}: {e}", self.core_id);
-                                    }
+                                    let wait = !self.broker.clustered();
+                                    self.follow_txn_coordination(partition as i32, &log, wait)
+                                        .await;
                                 }
                             }
                             Err(e) => {
@@ -899,6 +909,63 @@ impl Shard {
         crate::groups::restore(&self, groups);
         crate::consumer_groups::restore(&self, consumer_groups);
         self.coordinating.borrow_mut().insert(partition);
+    }
+
+    /// The transactions of a `__transaction_state` partition follow its leadership, as groups
+    /// do (see `follow_coordination`): loaded when this core starts leading it — once the high
+    /// watermark reaches the log end, so that nothing loaded can still be lost in a failover —
+    /// and dropped when it stops. Transactions found prepared are finished by
+    /// `txn_coordinator::timeout_loop`, as after a restart.
+    async fn follow_txn_coordination(
+        self: &Rc<Self>,
+        partition: i32,
+        log: &Rc<PartitionLog>,
+        wait: bool,
+    ) {
+        let tp = TopicPartition::new(crate::transactions::TXN_TOPIC, partition);
+        let leads = crate::replica::leads(self, &tp).is_some();
+        let loaded = self.txn_coordinating.borrow().contains(&partition);
+        if !leads {
+            if loaded {
+                self.txn_coordinating.borrow_mut().remove(&partition);
+                crate::txn_coordinator::unload(self, partition);
+            }
+            return;
+        }
+        if loaded || !self.txn_loading.borrow_mut().insert(partition) {
+            return;
+        }
+        let load = self.clone().load_txns(partition, log.clone());
+        if wait {
+            load.await;
+        } else {
+            glommio::spawn_local(load).detach();
+        }
+    }
+
+    async fn load_txns(self: Rc<Self>, partition: i32, log: Rc<PartitionLog>) {
+        let tp = TopicPartition::new(crate::transactions::TXN_TOPIC, partition);
+        loop {
+            if crate::replica::leads(&self, &tp).is_none() || self.stopping.get() {
+                self.txn_loading.borrow_mut().remove(&partition);
+                return;
+            }
+            if log.high_watermark() >= log.log_end_offset() {
+                break;
+            }
+            let changed = log.high_watermark_changed.notified();
+            let _ = with_timeout(changed, Duration::from_millis(100)).await;
+        }
+        let loaded = crate::txn_coordinator::load(&self, &log).await;
+        self.txn_loading.borrow_mut().remove(&partition);
+        if let Err(e) = loaded {
+            eprintln!("sluice: core {}: {e}", self.core_id);
+        }
+        if crate::replica::leads(&self, &tp).is_none() {
+            crate::txn_coordinator::unload(&self, partition);
+            return;
+        }
+        self.txn_coordinating.borrow_mut().insert(partition);
     }
 
     /// Per partition of `meta`: whether this core holds a replica of it (this broker is one of

@@ -91,7 +91,15 @@ fn txn_topic_configs(broker: &BrokerConfig) -> Vec<(String, Option<String>)> {
 pub async fn ensure_topic(shard: &Rc<Shard>) -> bool {
     let partitions = shard.broker.transaction_state_log_num_partitions;
     let configs = txn_topic_configs(&shard.broker);
-    crate::offsets::ensure_internal_topic(shard, TXN_TOPIC, partitions, configs).await
+    crate::offsets::ensure_internal_topic(
+        shard,
+        TXN_TOPIC,
+        partitions,
+        shard.broker.transaction_state_log_replication_factor,
+        Some(shard.broker.transaction_state_log_min_isr),
+        configs,
+    )
+    .await
 }
 
 fn txn_partition(shard: &Shard, transactional_id: &str) -> Option<TopicPartition> {
@@ -108,13 +116,25 @@ pub fn coordinator_core(shard: &Shard, transactional_id: &str) -> Option<usize> 
     shard.table.borrow().core_of(&tp.topic, tp.partition)
 }
 
+/// The answer to `call` when this broker cannot run it: `error` in the call's reply type.
+fn refused(call: &TxnCall, error: ResponseError) -> TxnReply {
+    match call {
+        TxnCall::InitProducerId { .. } | TxnCall::EndTxn { .. } => TxnReply::ProducerId(Err(error)),
+        TxnCall::AddPartitions { .. } => TxnReply::Done(Err(error)),
+        TxnCall::Describe { .. } => TxnReply::States(Vec::new()),
+    }
+}
+
 /// Sends `call` to the coordinating core of `transactional_id` (creating `__transaction_state`
-/// first if needed).
+/// first if needed). In a cluster, NOT_COORDINATOR when another broker leads the id's
+/// partition (the client looks the coordinator up again).
 pub async fn call(shard: &Rc<Shard>, transactional_id: &str, call: TxnCall) -> Option<TxnReply> {
     if !ensure_topic(shard).await {
         return None;
     }
-    let core = coordinator_core(shard, transactional_id)?;
+    let Some(core) = coordinator_core(shard, transactional_id) else {
+        return Some(refused(&call, ResponseError::NotCoordinator));
+    };
     match shard.call(core, CoreRequest::Txn(call)).await {
         Some(CoreResponse::Txn(reply)) => Some(reply),
         _ => None,
@@ -155,14 +175,28 @@ pub async fn add_with_retries(
             producer_epoch,
             partitions: partitions.clone(),
         };
-        let answer = match call(shard, transactional_id, request).await {
-            Some(TxnReply::Done(answer)) => answer,
-            _ => Err(ResponseError::CoordinatorNotAvailable),
+        let answer = match coordinator_broker(shard, transactional_id) {
+            Some(broker) if broker != shard.broker.node_id => {
+                add_remotely(
+                    shard,
+                    broker,
+                    transactional_id,
+                    producer_id,
+                    producer_epoch,
+                    &partitions,
+                )
+                .await
+            }
+            _ => match call(shard, transactional_id, request).await {
+                Some(TxnReply::Done(answer)) => answer,
+                _ => Err(ResponseError::CoordinatorNotAvailable),
+            },
         };
         let retriable = matches!(
             answer,
             Err(ResponseError::ConcurrentTransactions
                 | ResponseError::CoordinatorNotAvailable
+                | ResponseError::CoordinatorLoadInProgress
                 | ResponseError::NotCoordinator)
         );
         if !retriable || std::time::Instant::now() >= deadline || shard.stopping.get() {
@@ -170,6 +204,65 @@ pub async fn add_with_retries(
         }
         glommio::timer::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// The broker leading `transactional_id`'s partition of `__transaction_state` (its
+/// coordinator), once the topic exists and the partition has a leader.
+fn coordinator_broker(shard: &Shard, transactional_id: &str) -> Option<i32> {
+    let tp = txn_partition(shard, transactional_id)?;
+    shard.topics.borrow().get(&tp.topic)?.leader(tp.partition)
+}
+
+/// AddPartitionsToTxn (v3, as the producer would send it) to the coordinator on `broker`: a
+/// partition leader adding a transaction version 2 producer's partitions on its behalf.
+async fn add_remotely(
+    shard: &Shard,
+    broker: i32,
+    transactional_id: &str,
+    producer_id: i64,
+    producer_epoch: i16,
+    partitions: &[(String, i32)],
+) -> Result<(), ResponseError> {
+    use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+    use kafka_protocol::messages::{
+        AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, ApiKey, ProducerId, TransactionalId,
+    };
+    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for (topic, p) in partitions {
+        by_topic.entry(topic).or_default().push(*p);
+    }
+    let request = AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(TransactionalId(crate::handlers::str_bytes(
+            transactional_id,
+        )))
+        .with_v3_and_below_producer_id(ProducerId(producer_id))
+        .with_v3_and_below_producer_epoch(producer_epoch)
+        .with_v3_and_below_topics(
+            by_topic
+                .into_iter()
+                .map(|(topic, ps)| {
+                    AddPartitionsToTxnTopic::default()
+                        .with_name(crate::handlers::topic_name(topic))
+                        .with_partitions(ps)
+                })
+                .collect(),
+        );
+    let answer: Option<AddPartitionsToTxnResponse> =
+        crate::peer::call(shard, broker, ApiKey::AddPartitionsToTxn, 3, &request).await;
+    let Some(answer) = answer else {
+        return Err(ResponseError::CoordinatorNotAvailable);
+    };
+    let code = answer
+        .results_by_topic_v3_and_below
+        .iter()
+        .flat_map(|t| &t.results_by_partition)
+        .map(|p| p.partition_error_code)
+        .find(|code| *code != 0)
+        .unwrap_or(answer.error_code);
+    match ResponseError::try_from_code(code) {
+        None => Ok(()),
+        Some(e) => Err(e),
     }
 }
 
@@ -234,11 +327,34 @@ pub async fn run(shard: &Rc<Shard>, call: TxnCall) -> TxnReply {
     }
 }
 
-/// The log of the id's partition on this core: NOT_COORDINATOR when another core owns it.
+/// The log of the id's partition on this core: NOT_COORDINATOR when another core or broker
+/// leads it, COORDINATOR_LOAD_IN_PROGRESS while this core loads its transactions after taking
+/// the lead.
 fn txn_log(shard: &Shard, transactional_id: &str) -> Result<Rc<PartitionLog>, ResponseError> {
     let tp =
         txn_partition(shard, transactional_id).ok_or(ResponseError::CoordinatorNotAvailable)?;
-    shard.log(&tp).ok_or(ResponseError::NotCoordinator)
+    if !shard.txn_coordinating.borrow().contains(&tp.partition) {
+        return Err(if shard.txn_loading.borrow().contains(&tp.partition) {
+            ResponseError::CoordinatorLoadInProgress
+        } else {
+            ResponseError::NotCoordinator
+        });
+    }
+    shard
+        .owned_log(&tp)
+        .map_err(|_| ResponseError::NotCoordinator)
+}
+
+/// Drops the transactions of one `__transaction_state` partition from this core: another
+/// broker leads the partition now and loads them from its copy.
+pub fn unload(shard: &Shard, partition: i32) {
+    let Some(partitions) = shard.topics.borrow().get(TXN_TOPIC).map(|m| m.partitions) else {
+        return;
+    };
+    shard
+        .txns
+        .borrow_mut()
+        .retain(|id, _| crate::offsets::partition_for(id, partitions) != partition);
 }
 
 /// The id's current state unless a change is in flight.
@@ -272,6 +388,9 @@ async fn persist(
         eprintln!("sluice: writing the state of transaction {transactional_id}: {why}");
         return Err(ResponseError::CoordinatorNotAvailable);
     }
+    // The lead may have moved while the write waited for the replicas: the new coordinator
+    // has the state from its own copy, and this core must not hold it any more.
+    txn_log(shard, transactional_id)?;
     let mut table = shard.txns.borrow_mut();
     let entry = table
         .entry(transactional_id.to_string())
@@ -482,7 +601,7 @@ async fn finish_inner(
     if !already {
         persist(shard, transactional_id, prepared.clone()).await?;
     }
-    if !write_markers(shard, &prepared).await {
+    if !write_markers(shard, transactional_id, &prepared).await {
         // Stopping: the Prepare state stays, and the next start writes the markers.
         return Err(ResponseError::CoordinatorNotAvailable);
     }
@@ -500,7 +619,7 @@ async fn finish_inner(
 /// waits until each is durable. A partition whose marker fails is retried until it succeeds
 /// or its topic is deleted, as Kafka's marker channel retries; false when the broker stopped
 /// first (the transaction must stay prepared).
-async fn write_markers(shard: &Rc<Shard>, meta: &TxnMetadata) -> bool {
+async fn write_markers(shard: &Rc<Shard>, transactional_id: &str, meta: &TxnMetadata) -> bool {
     let commit = meta.state == TxnState::PrepareCommit;
     let mut remaining: Vec<TopicPartition> = meta
         .partitions
@@ -512,10 +631,13 @@ async fn write_markers(shard: &Rc<Shard>, meta: &TxnMetadata) -> bool {
         if remaining.is_empty() {
             return true;
         }
-        if shard.stopping.get() {
+        // Stopping, or no longer the coordinator: the transaction stays prepared, and whoever
+        // coordinates it next writes the markers.
+        if shard.stopping.get() || txn_log(shard, transactional_id).is_err() {
             return false;
         }
         let mut by_core: BTreeMap<usize, Vec<TopicPartition>> = BTreeMap::new();
+        let mut by_broker: BTreeMap<i32, Vec<TopicPartition>> = BTreeMap::new();
         let mut unplaced = Vec::new();
         {
             let table = shard.table.borrow();
@@ -524,12 +646,30 @@ async fn write_markers(shard: &Rc<Shard>, meta: &TxnMetadata) -> bool {
                 match table.core_of(&tp.topic, tp.partition) {
                     Some(core) => by_core.entry(core).or_default().push(tp),
                     // A partition of a deleted topic needs no marker.
-                    None if !topics.contains_key(&tp.topic) => {}
-                    None => unplaced.push(tp),
+                    None => match topics.get(&tp.topic) {
+                        None => {}
+                        // Led by another broker: its marker goes there (WriteTxnMarkers).
+                        Some(topic) => match topic.leader(tp.partition) {
+                            Some(leader) if leader != shard.broker.node_id => {
+                                by_broker.entry(leader).or_default().push(tp)
+                            }
+                            _ => unplaced.push(tp),
+                        },
+                    },
                 }
             }
         }
         remaining.extend(unplaced);
+        let remote = join_all(by_broker.into_iter().map(|(broker, partitions)| {
+            remote_markers(
+                shard,
+                broker,
+                meta.producer_id,
+                meta.producer_epoch,
+                commit,
+                partitions,
+            )
+        }));
         let sent: Vec<Vec<TopicPartition>> = by_core.values().cloned().collect();
         let answers = dispatch_markers(
             shard,
@@ -551,11 +691,82 @@ async fn write_markers(shard: &Rc<Shard>, meta: &TxnMetadata) -> bool {
                 _ => remaining.extend(partitions),
             }
         }
+        for results in remote.await {
+            remaining.extend(results.into_iter().filter_map(|(tp, error)| {
+                (error != 0 && error != ResponseError::InvalidProducerEpoch.code()).then_some(tp)
+            }));
+        }
         if !remaining.is_empty() {
             glommio::timer::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(1));
         }
     }
+}
+
+/// WriteTxnMarkers (v1) to the broker leading `partitions`: one error code per partition
+/// (NOT_LEADER_OR_FOLLOWER for all of them when the broker cannot be reached).
+async fn remote_markers(
+    shard: &Rc<Shard>,
+    broker: i32,
+    producer_id: i64,
+    producer_epoch: i16,
+    commit: bool,
+    partitions: Vec<TopicPartition>,
+) -> Vec<(TopicPartition, i16)> {
+    use kafka_protocol::messages::write_txn_markers_request::{
+        WritableTxnMarker, WritableTxnMarkerTopic,
+    };
+    use kafka_protocol::messages::{
+        ApiKey, ProducerId, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
+    };
+    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for tp in &partitions {
+        by_topic.entry(&tp.topic).or_default().push(tp.partition);
+    }
+    let marker = WritableTxnMarker::default()
+        .with_producer_id(ProducerId(producer_id))
+        .with_producer_epoch(producer_epoch)
+        .with_transaction_result(commit)
+        .with_coordinator_epoch(0)
+        .with_topics(
+            by_topic
+                .into_iter()
+                .map(|(topic, ps)| {
+                    WritableTxnMarkerTopic::default()
+                        .with_name(crate::handlers::topic_name(topic))
+                        .with_partition_indexes(ps)
+                })
+                .collect(),
+        );
+    let request = WriteTxnMarkersRequest::default().with_markers(vec![marker]);
+    let answer: Option<WriteTxnMarkersResponse> =
+        crate::peer::call(shard, broker, ApiKey::WriteTxnMarkers, 1, &request).await;
+    let Some(answer) = answer else {
+        let error = ResponseError::NotLeaderOrFollower.code();
+        return partitions.into_iter().map(|tp| (tp, error)).collect();
+    };
+    let mut codes: HashMap<TopicPartition, i16> = answer
+        .markers
+        .iter()
+        .flat_map(|m| &m.topics)
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| {
+                (
+                    TopicPartition::new(t.name.0.to_string(), p.partition_index),
+                    p.error_code,
+                )
+            })
+        })
+        .collect();
+    partitions
+        .into_iter()
+        .map(|tp| {
+            let code = codes
+                .remove(&tp)
+                .unwrap_or(ResponseError::NotLeaderOrFollower.code());
+            (tp, code)
+        })
+        .collect()
 }
 
 /// Sends one `WriteMarkers` message to each core of `by_core` for its partitions; the answers
@@ -602,9 +813,12 @@ pub async fn write_local_markers(
     let mut appended = Vec::with_capacity(partitions.len());
     let mut out = Vec::with_capacity(partitions.len());
     for tp in partitions {
-        let Ok(log) = shard.owned_log(&tp) else {
-            out.push((tp, ResponseError::UnknownTopicOrPartition.code()));
-            continue;
+        let log = match shard.owned_log(&tp) {
+            Ok(log) => log,
+            Err(code) => {
+                out.push((tp, code));
+                continue;
+            }
         };
         match log.append_marker(producer_id, producer_epoch, marker, now) {
             Ok(info) => {
@@ -619,7 +833,28 @@ pub async fn write_local_markers(
             SyncPolicy::EveryWrite => Durability::Synced,
             SyncPolicy::Interval { .. } => Durability::Written,
         };
-        match log.wait_durable(&info, level).await {
+        let mut durable = log
+            .wait_durable(&info, level)
+            .await
+            .map_err(|e| crate::error::storage_error_code(&e));
+        // In a cluster a marker counts once every in-sync replica has it (Kafka writes markers
+        // with acks=all): a marker lost in a failover would leave the transaction open there.
+        if durable.is_ok() && shard.broker.clustered() {
+            durable = match crate::replica::leads(shard, &tp) {
+                None => Err(ResponseError::NotLeaderOrFollower.code()),
+                Some(epoch) => {
+                    let end = info.last_offset + 1;
+                    let wait = crate::replica::wait_replicated(shard, &tp, &log, end, epoch);
+                    match crate::shard::with_timeout(wait, MARKER_REPLICATION_WAIT).await {
+                        // Every in-sync replica has it, however few they are now.
+                        Some(Ok(()) | Err(ResponseError::NotEnoughReplicasAfterAppend)) => Ok(()),
+                        Some(Err(e)) => Err(e.code()),
+                        None => Err(ResponseError::RequestTimedOut.code()),
+                    }
+                }
+            };
+        }
+        match durable {
             Ok(()) => {
                 if tp.topic == crate::offsets::OFFSETS_TOPIC {
                     let at = info.base_offset;
@@ -627,11 +862,14 @@ pub async fn write_local_markers(
                 }
                 out.push((tp, 0));
             }
-            Err(e) => out.push((tp, crate::error::storage_error_code(&e))),
+            Err(code) => out.push((tp, code)),
         }
     }
     out
 }
+
+/// How long a marker waits for the in-sync replicas before the coordinator is told to retry.
+const MARKER_REPLICATION_WAIT: Duration = Duration::from_secs(10);
 
 /// Rebuilds the transaction states of one `__transaction_state` partition at start; the
 /// transactions that were ending when the broker stopped are finished (their markers written

@@ -27,14 +27,9 @@ pub const API: Api = Api {
     max_version: 4,
 };
 
-pub fn handle(
-    ctx: &RequestContext,
-    _request: Option<ApiVersionsRequest>,
-    clustered: bool,
-) -> Outcome {
+pub fn handle(ctx: &RequestContext, _request: Option<ApiVersionsRequest>) -> Outcome {
     let api_keys = APIS
         .iter()
-        .filter(|a| super::served(a.key, clustered))
         .map(|a| {
             ApiVersion::default()
                 .with_api_key(a.key as i16)
@@ -42,19 +37,17 @@ pub fn handle(
                 .with_max_version(a.max_version)
         })
         .collect();
-    let mut response = ApiVersionsResponse::default().with_api_keys(api_keys);
-    if !clustered {
-        response = response
-            .with_supported_features(vec![SupportedFeatureKey::default()
-                .with_name(str_bytes(TRANSACTION_VERSION))
-                .with_min_version(0)
-                .with_max_version(TRANSACTION_VERSION_LEVEL)])
-            .with_finalized_features_epoch(FINALIZED_FEATURES_EPOCH)
-            .with_finalized_features(vec![FinalizedFeatureKey::default()
-                .with_name(str_bytes(TRANSACTION_VERSION))
-                .with_min_version_level(TRANSACTION_VERSION_LEVEL)
-                .with_max_version_level(TRANSACTION_VERSION_LEVEL)]);
-    }
+    let mut response = ApiVersionsResponse::default()
+        .with_api_keys(api_keys)
+        .with_supported_features(vec![SupportedFeatureKey::default()
+            .with_name(str_bytes(TRANSACTION_VERSION))
+            .with_min_version(0)
+            .with_max_version(TRANSACTION_VERSION_LEVEL)])
+        .with_finalized_features_epoch(FINALIZED_FEATURES_EPOCH)
+        .with_finalized_features(vec![FinalizedFeatureKey::default()
+            .with_name(str_bytes(TRANSACTION_VERSION))
+            .with_min_version_level(TRANSACTION_VERSION_LEVEL)
+            .with_max_version_level(TRANSACTION_VERSION_LEVEL)]);
     let version = if ctx.api_version > API.max_version || ctx.api_version < API.min_version {
         response.error_code = ResponseError::UnsupportedVersion.code();
         0

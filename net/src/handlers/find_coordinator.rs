@@ -5,9 +5,9 @@
 //! answering. Versions 4+ carry a batch of keys, answered one coordinator each. Like Kafka, the
 //! empty group id is a valid key.
 //!
-//! The coordinator of a transactional id (key type 1) is this broker too, once
-//! `__transaction_state` exists — created here at the first request for one. Any other key type
-//! is INVALID_REQUEST.
+//! The coordinator of a transactional id (key type 1) is the broker leading the id's partition
+//! of `__transaction_state`, once it exists — created here at the first request for one. Any
+//! other key type is INVALID_REQUEST.
 
 use std::rc::Rc;
 
@@ -51,10 +51,6 @@ pub async fn handle(
                     ResponseError::CoordinatorNotAvailable,
                     "__consumer_offsets could not be created",
                 )),
-            KEY_TYPE_TRANSACTION if shard.broker.clustered() => Err((
-                ResponseError::InvalidRequest,
-                "transactions need a single-node sluice for now",
-            )),
             KEY_TYPE_TRANSACTION => crate::txn_coordinator::ensure_topic(shard)
                 .await
                 .then_some(crate::transactions::TXN_TOPIC)

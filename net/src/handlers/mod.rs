@@ -109,25 +109,6 @@ pub const APIS: &[Api] = &[
     describe_log_dirs::API,
 ];
 
-/// APIs that need the transaction coordinator to reach every partition of a transaction,
-/// which only a single node can do today: a cluster node neither advertises nor serves them
-/// (a client sees transactions as unsupported, as on a broker that predates them).
-pub const TRANSACTION_APIS: &[ApiKey] = &[
-    ApiKey::AddPartitionsToTxn,
-    ApiKey::AddOffsetsToTxn,
-    ApiKey::EndTxn,
-    ApiKey::TxnOffsetCommit,
-    ApiKey::DescribeTransactions,
-    ApiKey::ListTransactions,
-    ApiKey::WriteTxnMarkers,
-];
-
-/// Whether this broker serves `key`: everything in [`APIS`], except the transaction APIs on a
-/// cluster node.
-pub fn served(key: ApiKey, clustered: bool) -> bool {
-    !(clustered && TRANSACTION_APIS.contains(&key))
-}
-
 pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
     APIS.iter()
         .find(|a| a.key == key)
@@ -239,9 +220,6 @@ pub fn start(
     request: Request,
 ) -> LocalBoxFuture<'static, Outcome> {
     let shard = shard.clone();
-    if !served(ctx.api_key, shard.broker.clustered()) {
-        return async { Outcome::Close }.boxed_local();
-    }
     // A node cut off from the metadata quorum has been fenced: its metadata is stale and it
     // leads nothing any more. Closing the connection sends the client to the other brokers
     // (ApiVersions is still answered, so the client does not take it for an old broker).
@@ -249,9 +227,7 @@ pub fn start(
         return async { Outcome::Close }.boxed_local();
     }
     match request {
-        Request::ApiVersions(r) => {
-            async move { api_versions::handle(&ctx, r, shard.broker.clustered()) }.boxed_local()
-        }
+        Request::ApiVersions(r) => async move { api_versions::handle(&ctx, r) }.boxed_local(),
         Request::Produce(r) => produce::handle(&shard, ctx, r),
         Request::Fetch(r) => async move { fetch::handle(&shard, &ctx, r).await }.boxed_local(),
         Request::ListOffsets(r) => {

@@ -42,7 +42,8 @@ pub async fn handle(
                 match shard.table.borrow().core_of(&tp.topic, tp.partition) {
                     Some(core) => by_core.entry(core).or_default().push(tp),
                     None => {
-                        errors.insert(tp, ResponseError::UnknownTopicOrPartition.code());
+                        let error = shard.unserved_error(&tp.topic, tp.partition);
+                        errors.insert(tp, error.code());
                     }
                 }
             }

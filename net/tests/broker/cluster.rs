@@ -387,7 +387,7 @@ fn partitions_spread_over_the_brokers_and_clients_follow_their_leaders() {
     }
     let values: BTreeSet<String> = got.values().flatten().map(|(_, v)| v.clone()).collect();
     assert_eq!(values.len(), 600, "every record once");
-    // Transactions need a single node for now: a cluster node does not advertise them.
+    // A cluster node advertises what a single node does, transactions included.
     let mut raw = Raw::connect(cluster.node(1).port);
     let versions: ApiVersionsResponse = call(
         &mut raw,
@@ -397,8 +397,9 @@ fn partitions_spread_over_the_brokers_and_clients_follow_their_leaders() {
     );
     let keys: BTreeSet<i16> = versions.api_keys.iter().map(|k| k.api_key).collect();
     assert!(keys.contains(&(ApiKey::Produce as i16)));
-    assert!(!keys.contains(&(ApiKey::EndTxn as i16)));
-    assert!(versions.finalized_features.is_empty());
+    assert!(keys.contains(&(ApiKey::EndTxn as i16)));
+    assert!(keys.contains(&(ApiKey::WriteTxnMarkers as i16)));
+    assert_eq!(versions.finalized_features.len(), 1, "transaction.version");
 }
 
 #[test]

@@ -69,7 +69,9 @@ fn write_until(
                         let value = format!("p{p}-{n}");
                         let sent = producer
                             .send(
-                                FutureRecord::<(), _>::to(topic).partition(p).payload(&value),
+                                FutureRecord::<(), _>::to(topic)
+                                    .partition(p)
+                                    .payload(&value),
                                 Duration::from_secs(120),
                             )
                             .await;
@@ -152,7 +154,10 @@ fn violations(history: &History, logs: &BTreeMap<i32, Vec<(i64, String)>>) -> Ve
                 found.push(format!("partition {p}: {value} belongs elsewhere"));
             }
             if last_n.is_some_and(|last| n <= last) {
-                found.push(format!("partition {p}: {value} after p{p}-{}", last_n.unwrap_or(0)));
+                found.push(format!(
+                    "partition {p}: {value} after p{p}-{}",
+                    last_n.unwrap_or(0)
+                ));
             }
             last_n = Some(n);
         }
@@ -202,9 +207,13 @@ fn stop_and_check(
 }
 
 fn create_assigned(cluster: &Cluster, topic: &str, replicas: &[&[i32]]) {
-    let new = NewTopic::new(topic, replicas.len() as i32, TopicReplication::Variable(replicas));
-    let options = rdkafka::admin::AdminOptions::new()
-        .operation_timeout(Some(Duration::from_secs(25)));
+    let new = NewTopic::new(
+        topic,
+        replicas.len() as i32,
+        TopicReplication::Variable(replicas),
+    );
+    let options =
+        rdkafka::admin::AdminOptions::new().operation_timeout(Some(Duration::from_secs(25)));
     let created = block_on(admin(&cluster.bootstrap()).create_topics(&[new], &options));
     created
         .expect("admin")
@@ -221,7 +230,10 @@ fn a_leader_cut_off_from_the_other_brokers_acknowledges_nothing_and_loses_nothin
         return;
     }
     let mut settings = FAST.to_vec();
-    settings.extend(["replica.lag.time.max.ms=2000", "auto.leader.rebalance.enable=false"]);
+    settings.extend([
+        "replica.lag.time.max.ms=2000",
+        "auto.leader.rebalance.enable=false",
+    ]);
     let cluster = Cluster::start_partitionable(3, &settings);
     create_assigned(&cluster, "cut", &[&[1, 2, 3], &[1, 3, 2]]);
     let stop = Arc::new(AtomicBool::new(false));
@@ -230,18 +242,24 @@ fn a_leader_cut_off_from_the_other_brokers_acknowledges_nothing_and_loses_nothin
         write_until(cluster.bootstrap(), "cut", 2, stop.clone(), history.clone()),
         read_until(cluster.bootstrap(), "cut", 2, stop.clone(), history.clone()),
     ];
-    wait_for("writes to flow", Duration::from_secs(20), || history.acked() >= 200);
+    wait_for("writes to flow", Duration::from_secs(20), || {
+        history.acked() >= 200
+    });
     // Node 1 leads both partitions; cut it off from nodes 2 and 3. Clients still reach it. It
     // acknowledges nothing without its followers, and once it has gone a session timeout
     // without the quorum it knows it was fenced and turns clients away: they find the new
     // leaders on the majority side.
     cluster.network().isolate(1);
     let cut_at = Instant::now();
-    wait_for("a new leader on the majority side", Duration::from_secs(20), || {
-        cluster.try_metadata(2).is_some_and(|metadata| {
-            (0..2).all(|p| ![-1, 1].contains(&partition_state(&metadata, "cut", p).0))
-        })
-    });
+    wait_for(
+        "a new leader on the majority side",
+        Duration::from_secs(20),
+        || {
+            cluster.try_metadata(2).is_some_and(|metadata| {
+                (0..2).all(|p| ![-1, 1].contains(&partition_state(&metadata, "cut", p).0))
+            })
+        },
+    );
     let before = history.acked();
     wait_for(
         "writes acknowledged by the new leaders",
@@ -342,16 +360,34 @@ fn randomized_faults() {
     eprintln!("randomized faults: SLUICE_FAULT_SEED={seed} SLUICE_FAULT_SECONDS={seconds}");
     let mut rng = Rng(seed.max(1));
     let mut settings = FAST.to_vec();
-    settings.extend(["cores=1", "replica.lag.time.max.ms=3000", "min.insync.replicas=2"]);
+    settings.extend([
+        "cores=1",
+        "replica.lag.time.max.ms=3000",
+        "min.insync.replicas=2",
+    ]);
     let mut cluster = Cluster::start_partitionable(5, &settings);
     create_assigned(&cluster, "chaos", &[&[1, 2, 3], &[2, 3, 4], &[3, 4, 5]]);
     let stop = Arc::new(AtomicBool::new(false));
     let history = Arc::new(History::default());
     let clients = vec![
-        write_until(cluster.bootstrap(), "chaos", 3, stop.clone(), history.clone()),
-        read_until(cluster.bootstrap(), "chaos", 3, stop.clone(), history.clone()),
+        write_until(
+            cluster.bootstrap(),
+            "chaos",
+            3,
+            stop.clone(),
+            history.clone(),
+        ),
+        read_until(
+            cluster.bootstrap(),
+            "chaos",
+            3,
+            stop.clone(),
+            history.clone(),
+        ),
     ];
-    wait_for("writes to flow", Duration::from_secs(20), || history.acked() >= 100);
+    wait_for("writes to flow", Duration::from_secs(20), || {
+        history.acked() >= 100
+    });
     let mut faults: BTreeMap<usize, Fault> = BTreeMap::new();
     let mut cut: Option<(usize, usize)> = None;
     let end = Instant::now() + Duration::from_secs(seconds);
@@ -393,8 +429,12 @@ fn randomized_faults() {
                     cluster.network().heal(a, b);
                     cut = None;
                 }
-                let fault = [Fault::Killed, Fault::Frozen, Fault::Disconnected, Fault::Isolated]
-                    [rng.below(4)];
+                let fault = [
+                    Fault::Killed,
+                    Fault::Frozen,
+                    Fault::Disconnected,
+                    Fault::Isolated,
+                ][rng.below(4)];
                 eprintln!("{at:6.1}s  {fault:?} node {node}");
                 inflict(&mut cluster, node, fault);
                 faults.insert(node, fault);
@@ -408,11 +448,15 @@ fn randomized_faults() {
     if let Some((a, b)) = cut {
         cluster.network().heal(a, b);
     }
-    wait_for("every replica back in sync", Duration::from_secs(60), || {
-        cluster.try_metadata(1).is_some_and(|metadata| {
-            (0..3).all(|p| partition_state(&metadata, "chaos", p).2.len() == 3)
-        })
-    });
+    wait_for(
+        "every replica back in sync",
+        Duration::from_secs(60),
+        || {
+            cluster.try_metadata(1).is_some_and(|metadata| {
+                (0..3).all(|p| partition_state(&metadata, "chaos", p).2.len() == 3)
+            })
+        },
+    );
     let before = history.acked();
     wait_for("writes after the repairs", Duration::from_secs(60), || {
         history.acked() >= before + 100
@@ -451,10 +495,15 @@ fn the_checker_finds_lost_moved_duplicated_and_reordered_records() {
     let found = violations(&history, &moved);
     assert!(found.iter().any(|v| v.contains("after")), "{found:?}");
     assert!(found.iter().any(|v| v.starts_with("acknowledged p0-0")));
-    let twice = BTreeMap::from([(0, log(&[(0, "p0-0"), (1, "p0-1"), (2, "p0-2"), (3, "p0-2")]))]);
+    let twice = BTreeMap::from([(
+        0,
+        log(&[(0, "p0-0"), (1, "p0-1"), (2, "p0-2"), (3, "p0-2")]),
+    )]);
     assert!(violations(&history, &twice)
         .iter()
         .any(|v| v.contains("written twice")));
     let gap = BTreeMap::from([(0, log(&[(0, "p0-0"), (1, "p0-1"), (3, "p0-2")]))]);
-    assert!(violations(&history, &gap).iter().any(|v| v.contains("gaps")));
+    assert!(violations(&history, &gap)
+        .iter()
+        .any(|v| v.contains("gaps")));
 }

@@ -4,6 +4,7 @@
 mod bad_input;
 mod clients;
 mod cluster;
+mod cluster_txn;
 mod common;
 mod compaction;
 mod faults;

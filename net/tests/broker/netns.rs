@@ -107,20 +107,50 @@ impl Network {
         ip_in(&switch, &["link", "set", "br0", "up"])?;
         // The test's own port on the switch.
         let (up_host, up_switch) = (format!("sl{}h", self.id), format!("sl{}s", self.id));
-        ip(&["link", "add", &up_host, "type", "veth", "peer", "name", &up_switch])?;
+        ip(&[
+            "link", "add", &up_host, "type", "veth", "peer", "name", &up_switch,
+        ])?;
         ip(&["link", "set", &up_switch, "netns", &switch])?;
         ip_in(&switch, &["link", "set", &up_switch, "master", "br0", "up"])?;
-        ip(&["addr", "add", &format!("{}.254/24", self.subnet), "dev", &up_host])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}.254/24", self.subnet),
+            "dev",
+            &up_host,
+        ])?;
         ip(&["link", "set", &up_host, "up"])?;
         for i in 1..=self.nodes {
             let netns = self.netns(i);
-            let (node_end, switch_end) = (format!("sl{}n{i}", self.id), format!("sl{}p{i}", self.id));
+            let (node_end, switch_end) =
+                (format!("sl{}n{i}", self.id), format!("sl{}p{i}", self.id));
             ip(&["netns", "add", &netns])?;
-            ip(&["link", "add", &node_end, "type", "veth", "peer", "name", &switch_end])?;
+            ip(&[
+                "link",
+                "add",
+                &node_end,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &switch_end,
+            ])?;
             ip(&["link", "set", &switch_end, "netns", &switch])?;
-            ip_in(&switch, &["link", "set", &switch_end, "master", "br0", "up"])?;
+            ip_in(
+                &switch,
+                &["link", "set", &switch_end, "master", "br0", "up"],
+            )?;
             ip(&["link", "set", &node_end, "netns", &netns])?;
-            ip_in(&netns, &["addr", "add", &format!("{}/24", self.host(i)), "dev", &node_end])?;
+            ip_in(
+                &netns,
+                &[
+                    "addr",
+                    "add",
+                    &format!("{}/24", self.host(i)),
+                    "dev",
+                    &node_end,
+                ],
+            )?;
             ip_in(&netns, &["link", "set", &node_end, "up"])?;
             ip_in(&netns, &["link", "set", "lo", "up"])?;
         }
@@ -175,14 +205,20 @@ impl Network {
 
     /// Unplugs node `a` from the switch: nobody reaches it, the test included, while it runs on.
     pub fn disconnect(&self, a: usize) {
-        ip_in(&self.switch(), &["link", "set", &format!("sl{}p{a}", self.id), "down"])
-            .unwrap_or_else(|e| panic!("disconnecting {a}: {e}"));
+        ip_in(
+            &self.switch(),
+            &["link", "set", &format!("sl{}p{a}", self.id), "down"],
+        )
+        .unwrap_or_else(|e| panic!("disconnecting {a}: {e}"));
     }
 
     /// Plugs node `a` back in.
     pub fn reconnect(&self, a: usize) {
-        ip_in(&self.switch(), &["link", "set", &format!("sl{}p{a}", self.id), "up"])
-            .unwrap_or_else(|e| panic!("reconnecting {a}: {e}"));
+        ip_in(
+            &self.switch(),
+            &["link", "set", &format!("sl{}p{a}", self.id), "up"],
+        )
+        .unwrap_or_else(|e| panic!("reconnecting {a}: {e}"));
     }
 
     fn remove(&self) {
