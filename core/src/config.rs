@@ -151,8 +151,12 @@ pub struct BrokerConfig {
     /// How long a controller waits without hearing from the quorum's leader before it stands
     /// for election (`controller.quorum.election.timeout.ms`, Kafka's 1 s).
     pub controller_quorum_election_timeout_ms: u64,
-    /// `broker.rack`, reported in Metadata.
+    /// `broker.rack`, reported in Metadata and used to place replicas across racks.
     pub broker_rack: Option<String>,
+    /// `replica.selector.class` = Kafka's `RackAwareReplicaSelector`: a leader sends consumers
+    /// that give their `client.rack` to an in-sync replica in their rack (KIP-392). Off by
+    /// default, as in Kafka.
+    pub rack_aware_replica_selector: bool,
     /// Replication: the default `min.insync.replicas` of topics (Kafka's 1), and how long a
     /// follower may go without catching up before its leader drops it from the ISR
     /// (`replica.lag.time.max.ms`, Kafka's 30 s).
@@ -244,6 +248,7 @@ impl Default for BrokerConfig {
             broker_session_timeout_ms: 9_000,
             controller_quorum_election_timeout_ms: 1_000,
             broker_rack: None,
+            rack_aware_replica_selector: false,
             min_insync_replicas: 1,
             replica_lag_time_max_ms: 30_000,
             unclean_leader_election_enable: false,
@@ -465,6 +470,20 @@ impl BrokerConfig {
                     config.controller_quorum_election_timeout_ms = positive(k, v)? as u64
                 }
                 "broker.rack" => config.broker_rack = (!v.is_empty()).then(|| v.to_string()),
+                "replica.selector.class" => {
+                    config.rack_aware_replica_selector = match v {
+                        "" | "org.apache.kafka.common.replica.LeaderSelector" => false,
+                        "org.apache.kafka.common.replica.RackAwareReplicaSelector" => true,
+                        _ => {
+                            return Err(ConfigError::invalid(
+                                k,
+                                v,
+                                "sluice implements org.apache.kafka.common.replica.\
+                                 RackAwareReplicaSelector (and the default, leader only)",
+                            ))
+                        }
+                    }
+                }
                 "min.insync.replicas" => {
                     config.min_insync_replicas = positive(k, v)?.min(i64::from(i32::MAX)) as i32
                 }

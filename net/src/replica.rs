@@ -217,6 +217,30 @@ pub fn epoch_of(shard: &Shard, tp: &TopicPartition, offset: Option<i64>) -> i32 
     found.map_or(-1, |e| e.epoch)
 }
 
+/// A consumer reading a follower replica (KIP-392): its log, if this core follows `tp` at the
+/// leader epoch the consumer knows (-1: any). An older epoch is FENCED_LEADER_EPOCH, a newer
+/// one UNKNOWN_LEADER_EPOCH; a replica that does not follow is NOT_LEADER_OR_FOLLOWER.
+pub fn follower_read(
+    shard: &Shard,
+    tp: &TopicPartition,
+    client_epoch: i32,
+) -> Result<Rc<PartitionLog>, ResponseError> {
+    let epoch = match &shard.replicas.borrow().partitions.get(tp) {
+        Some(Replica {
+            role: Role::Follower { leader_epoch, .. },
+            ..
+        }) => *leader_epoch,
+        _ => return Err(ResponseError::NotLeaderOrFollower),
+    };
+    if client_epoch >= 0 && client_epoch < epoch {
+        return Err(ResponseError::FencedLeaderEpoch);
+    }
+    if client_epoch > epoch {
+        return Err(ResponseError::UnknownLeaderEpoch);
+    }
+    shard.log(tp).ok_or(ResponseError::NotLeaderOrFollower)
+}
+
 /// A consumer's view of the leadership (the leader epoch it sends in Fetch v9+), as Kafka checks
 /// it: older than this leader's epoch is FENCED_LEADER_EPOCH, newer UNKNOWN_LEADER_EPOCH; the
 /// client refreshes its metadata either way.

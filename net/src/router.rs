@@ -165,6 +165,8 @@ pub struct ReadPartition {
     /// The leader epoch a consumer knows (Fetch v9+), -1 when unknown: checked against this
     /// leader's.
     pub leader_epoch: i32,
+    /// A consumer reading from this broker's follower replica (KIP-392).
+    pub from_follower: bool,
 }
 
 #[derive(Debug, Clone)]

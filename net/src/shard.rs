@@ -566,7 +566,15 @@ impl Shard {
         let mut budget = budget_bytes;
         let mut first_with_data = true;
         for p in partitions {
-            let owned = self.owned_log(&p.tp).and_then(|log| {
+            let owned = if p.from_follower {
+                crate::replica::follower_read(self, &p.tp, p.leader_epoch).map_err(|e| e.code())
+            } else {
+                self.owned_log(&p.tp)
+            };
+            let owned = owned.and_then(|log| {
+                if p.from_follower {
+                    return Ok(log);
+                }
                 if let Some((follower, epoch)) = p.replica {
                     crate::replica::on_follower_fetch(self, &p.tp, &log, follower, epoch, p.offset)
                         .map_err(|e| e.code())?;
@@ -640,7 +648,8 @@ impl Shard {
     ) {
         let mut waits: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::new();
         for (tp, offset) in partitions {
-            let Ok(log) = self.owned_log(&tp) else { return };
+            // Any local replica: a consumer may be reading a follower's (KIP-392).
+            let Some(log) = self.log(&tp) else { return };
             if replica {
                 waits.push(Box::pin(async move { log.wait_written_past(offset).await }));
                 continue;

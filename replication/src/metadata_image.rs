@@ -1007,11 +1007,15 @@ impl MetadataImage {
 
     /// Replica assignments for a new topic. `replication_factor` -1 means min(3, live
     /// brokers); it must then be between 1 and the number of live brokers, and `partitions`
-    /// at least 1. With the live brokers `L` in ascending order and a start `s` = FNV-1a (64
-    /// bit) of the topic name modulo `|L|`, partition `p` gets `L[(s + p + k) % |L|]` for `k` in
-    /// `0..replication_factor`: leaders and replicas spread evenly, and topics created one after
-    /// another do not all start on the same broker. Leader = first replica, ISR = replicas,
-    /// epochs 0.
+    /// at least 1. The live brokers are listed rack by rack in turn (`L`: the first broker of
+    /// each rack, then the second of each, …; racks and brokers ascending; brokers without a
+    /// rack form one rack), and a start `s` = FNV-1a (64 bit) of the topic name modulo `|L|`.
+    /// Partition `p` is led by `L[(s + p) % |L|]`; its other replicas are the next brokers of
+    /// `L` after it, skipping those in a rack the partition already has until every rack has
+    /// one (Kafka's rack-aware assignment). Leaders and replicas spread evenly, a partition
+    /// survives the loss of a rack when there are enough racks, and topics created one after
+    /// another do not all start on the same broker. Without racks this is `L[(s + p + k) % |L|]`
+    /// for `k` in `0..replication_factor`. Leader = first replica, ISR = replicas, epochs 0.
     pub fn assign_replicas(
         &self,
         topic: &str,
@@ -1034,12 +1038,32 @@ impl MetadataImage {
             .ok()
             .filter(|n| *n >= 1)
             .ok_or_else(|| format!("{partitions} partitions"))?;
+        let live = self.by_rack(&live);
+        let rack_count = {
+            let mut racks: Vec<Option<&String>> = live.iter().map(|(_, r)| *r).collect();
+            racks.sort_unstable();
+            racks.dedup();
+            racks.len()
+        };
         let start = (sluice_core::placement::fnv1a(topic.as_bytes()) % live.len() as u64) as usize;
         let assignments = (0..count)
             .map(|p| {
-                let replicas: Vec<i32> = (0..rf)
-                    .filter_map(|k| live.get((start + p + k) % live.len()).copied())
-                    .collect();
+                let mut replicas: Vec<i32> = Vec::with_capacity(rf);
+                let mut racks: Vec<Option<&String>> = Vec::with_capacity(rf);
+                // First pass: one replica per rack; second: fill up in list order.
+                for pass in 0..2 {
+                    for k in 0..live.len() {
+                        if replicas.len() == rf {
+                            break;
+                        }
+                        let (id, rack) = live[(start + p + k) % live.len()];
+                        let new_rack = !racks.contains(&rack) || racks.len() >= rack_count;
+                        if !replicas.contains(&id) && (pass == 1 || new_rack) {
+                            replicas.push(id);
+                            racks.push(rack);
+                        }
+                    }
+                }
                 PartitionState::new(
                     replicas.clone(),
                     replicas.clone(),
@@ -1049,6 +1073,28 @@ impl MetadataImage {
             })
             .collect();
         Ok(assignments)
+    }
+
+    /// `brokers` with their racks, listed rack by rack in turn (see [`Self::assign_replicas`]).
+    fn by_rack<'a>(&'a self, brokers: &[i32]) -> Vec<(i32, Option<&'a String>)> {
+        let mut racks: BTreeMap<Option<&String>, Vec<i32>> = BTreeMap::new();
+        for id in brokers {
+            let rack = self.brokers.get(id).and_then(|b| b.rack.as_ref());
+            racks.entry(rack).or_default().push(*id);
+        }
+        let mut listed = Vec::with_capacity(brokers.len());
+        for round in 0.. {
+            let before = listed.len();
+            for (rack, ids) in &racks {
+                if let Some(id) = ids.get(round) {
+                    listed.push((*id, *rack));
+                }
+            }
+            if listed.len() == before {
+                break;
+            }
+        }
+        listed
     }
 
     /// The leader of a partition; None when the partition is unknown or has no leader.
@@ -2020,5 +2066,50 @@ mod tests {
             partitions: vec![partition(&[1, 9], &[1], 1)],
         };
         assert_eq!(rejected(&mut image, vec![bad]), Rejection::UnknownBroker(9));
+    }
+
+    /// Six brokers in three racks (1, 4: a; 2, 5: b; 3, 6: c): three replicas are always in
+    /// three racks, leaders spread evenly; two replicas on a rack with more brokers than the
+    /// others still use two racks.
+    #[test]
+    fn replicas_are_spread_over_racks() {
+        let mut image = MetadataImage::default();
+        let rack = |id: i32| ["a", "b", "c"][((id - 1) % 3) as usize].to_string();
+        for id in 1..=6 {
+            let records = image.register_records(id, 1, "h".into(), 1, Some(rack(id)));
+            commit_ok(&mut image, records);
+            let records = image.unfence_records(id);
+            commit_ok(&mut image, records);
+        }
+        let placed = image.assign_replicas("racked", 12, 3).expect("placed");
+        let mut leaders = BTreeMap::new();
+        for state in &placed {
+            let mut racks: Vec<String> = state.replicas.iter().map(|id| rack(*id)).collect();
+            racks.sort();
+            racks.dedup();
+            assert_eq!(racks.len(), 3, "{:?}", state.replicas);
+            *leaders.entry(state.leader).or_insert(0) += 1;
+        }
+        assert!(leaders.values().all(|n| *n == 2), "{leaders:?}");
+        // Brokers 1..4 with racks a, a, a, b: every pair of replicas spans both racks.
+        let mut image = MetadataImage::default();
+        for id in 1..=4 {
+            let r = if id == 4 { "b" } else { "a" };
+            let records = image.register_records(id, 1, "h".into(), 1, Some(r.into()));
+            commit_ok(&mut image, records);
+            let records = image.unfence_records(id);
+            commit_ok(&mut image, records);
+        }
+        for state in image.assign_replicas("two", 8, 2).expect("placed") {
+            assert!(state.replicas.contains(&4), "{:?}", state.replicas);
+        }
+        // Without racks, the placement is the plain round robin it always was.
+        let image = cluster(5);
+        let placed = image.assign_replicas("plain", 5, 3).expect("placed");
+        let start = (sluice_core::placement::fnv1a(b"plain") % 5) as i32;
+        for (p, state) in (0..).zip(&placed) {
+            let expected: Vec<i32> = (0..3).map(|k| (start + p + k) % 5 + 1).collect();
+            assert_eq!(state.replicas, expected);
+        }
     }
 }

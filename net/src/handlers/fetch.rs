@@ -46,6 +46,10 @@ struct Wanted {
     leader_epoch: i32,
     core: Option<usize>,
     early_error: i16,
+    /// A consumer read from this broker's follower replica (KIP-392).
+    from_follower: bool,
+    /// The leader sends the consumer to this in-sync replica in its rack (KIP-392), -1: none.
+    preferred: i32,
 }
 
 pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: FetchRequest) -> Outcome {
@@ -59,7 +63,6 @@ pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: FetchReque
             .with_error_code(ResponseError::InvalidFetchSessionEpoch.code());
         return encode_response(ctx, &response);
     }
-    let wanted = resolve(shard, ctx, &request);
     // A follower broker copying the leader's log (Kafka's replica fetch) names itself.
     let replica_id = if ctx.api_version >= 15 {
         request.replica_state.replica_id.0
@@ -67,6 +70,10 @@ pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: FetchReque
         request.replica_id.0
     };
     let follower = (replica_id >= 0 && shard.broker.clustered()).then_some(replica_id);
+    // A consumer's rack (v11+, `client.rack`), for the rack-aware replica selector.
+    let rack = (ctx.api_version >= 11 && follower.is_none() && !request.rack_id.is_empty())
+        .then(|| request.rack_id.to_string());
+    let wanted = resolve(shard, ctx, &request, follower.is_none(), rack.as_deref());
     let isolation = if follower.is_some() {
         Isolation::Replica
     } else if request.isolation_level == 1 {
@@ -101,10 +108,20 @@ pub async fn handle(shard: &Rc<Shard>, ctx: &RequestContext, request: FetchReque
     encode(ctx, 0, &topics)
 }
 
-fn resolve(shard: &Shard, ctx: &RequestContext, request: &FetchRequest) -> Vec<Wanted> {
+/// Where each partition of the request is read: on this broker's core that leads it, on the
+/// core holding its follower replica (a consumer's fetch, KIP-392), or nowhere (the error to
+/// answer, or the in-sync replica in the consumer's rack the leader sends it to).
+fn resolve(
+    shard: &Shard,
+    ctx: &RequestContext,
+    request: &FetchRequest,
+    consumer: bool,
+    rack: Option<&str>,
+) -> Vec<Wanted> {
     let by_id = ctx.api_version >= 13;
     let topics = shard.topics.borrow();
     let table = shard.table.borrow();
+    let node = shard.broker.node_id;
     let mut wanted = Vec::new();
     for topic in &request.topics {
         let name = if by_id {
@@ -116,14 +133,47 @@ fn resolve(shard: &Shard, ctx: &RequestContext, request: &FetchRequest) -> Vec<W
             Some(topic.topic.0.to_string())
         };
         for p in &topic.partitions {
+            let mut from_follower = false;
+            let mut preferred = -1;
+            let state = name
+                .as_ref()
+                .and_then(|n| topics.get(n))
+                .and_then(|m| m.states.get(usize::try_from(p.partition).ok()?));
             let (core, early_error) = match &name {
                 None => (None, ResponseError::UnknownTopicId.code()),
                 Some(n) => match table.core_of(n, p.partition) {
+                    // A follower replica here serves consumers up to its high watermark.
+                    None if consumer
+                        && state
+                            .is_some_and(|s| s.leader != node && s.replicas.contains(&node)) =>
+                    {
+                        from_follower = true;
+                        let core = sluice_core::placement::core_for_partition(
+                            n,
+                            p.partition,
+                            shard.cores(),
+                        );
+                        (Some(core), 0)
+                    }
                     None if table.exists(n, p.partition) => {
                         (None, ResponseError::NotLeaderOrFollower.code())
                     }
                     None => (None, ResponseError::UnknownTopicOrPartition.code()),
-                    Some(core) => (Some(core), 0),
+                    Some(core) => {
+                        match (rack, state) {
+                            (Some(rack), Some(state))
+                                if shard.broker.rack_aware_replica_selector =>
+                            {
+                                preferred = preferred_replica(shard, state, rack)
+                            }
+                            _ => {}
+                        }
+                        if preferred >= 0 {
+                            (None, 0)
+                        } else {
+                            (Some(core), 0)
+                        }
+                    }
                 },
             };
             wanted.push(Wanted {
@@ -135,10 +185,33 @@ fn resolve(shard: &Shard, ctx: &RequestContext, request: &FetchRequest) -> Vec<W
                 leader_epoch: p.current_leader_epoch,
                 core,
                 early_error,
+                from_follower,
+                preferred,
             });
         }
     }
     wanted
+}
+
+/// Kafka's RackAwareReplicaSelector: for a consumer in `rack`, the leader itself if it is in
+/// that rack (-1), else the first replica in that rack that is in sync and alive, else the
+/// leader (-1).
+fn preferred_replica(shard: &Shard, state: &sluice_replication::PartitionState, rack: &str) -> i32 {
+    let cluster = shard.cluster.borrow();
+    let in_rack = |id: i32| {
+        cluster
+            .broker(id)
+            .is_some_and(|b| !b.fenced && b.rack.as_deref() == Some(rack))
+    };
+    if in_rack(state.leader) {
+        return -1;
+    }
+    state
+        .replicas
+        .iter()
+        .copied()
+        .find(|r| *r != state.leader && state.isr.contains(r) && in_rack(*r))
+        .unwrap_or(-1)
 }
 
 async fn read_round(
@@ -159,6 +232,7 @@ async fn read_round(
                 replica: follower.map(|id| (id, w.leader_epoch)),
                 // -1 before v9 (the field's default) and from clients that do not know it.
                 leader_epoch: w.leader_epoch,
+                from_follower: w.from_follower,
             });
         }
     }
@@ -242,6 +316,8 @@ pub struct PartitionAnswer {
     pub records: sluice_storage::Records,
     /// read_committed: (producer id, first offset) of aborted transactions; None: null.
     pub aborted: Option<Vec<(i64, i64)>>,
+    /// The replica the consumer should fetch from instead (KIP-392, v11+), -1: none.
+    pub preferred_read_replica: i32,
 }
 
 /// One topic of the answer, in request order.
@@ -268,6 +344,18 @@ fn build_response(
                 log_start_offset: o.log_start_offset,
                 records: o.records,
                 aborted: o.aborted,
+                preferred_read_replica: -1,
+            },
+            // Sent to a replica in the consumer's rack: no records from here.
+            _ if w.preferred >= 0 => PartitionAnswer {
+                partition: w.partition,
+                error: 0,
+                high_watermark: -1,
+                last_stable_offset: -1,
+                log_start_offset: -1,
+                records: sluice_storage::Records::default(),
+                aborted: None,
+                preferred_read_replica: w.preferred,
             },
             _ => PartitionAnswer {
                 partition: w.partition,
@@ -281,6 +369,7 @@ fn build_response(
                 log_start_offset: -1,
                 records: sluice_storage::Records::default(),
                 aborted: None,
+                preferred_read_replica: -1,
             },
         };
         let same_topic = topics.last().is_some_and(|t| {
@@ -352,7 +441,7 @@ pub fn encode(ctx: &RequestContext, error: i16, topics: &[TopicAnswer]) -> Outco
                 }
             }
             if v >= 11 {
-                buf.put_i32(-1); // preferred_read_replica
+                buf.put_i32(p.preferred_read_replica);
             }
             let len = p.records.len();
             if flexible {
@@ -445,6 +534,7 @@ mod tests {
                             log_start_offset: 1,
                             records: records.clone(),
                             aborted: Some(vec![(42, 5), (43, 6)]),
+                            preferred_read_replica: -1,
                         },
                         PartitionAnswer {
                             partition: 3,
@@ -454,6 +544,7 @@ mod tests {
                             log_start_offset: -1,
                             records: sluice_storage::Records::default(),
                             aborted: None,
+                            preferred_read_replica: 3,
                         },
                     ],
                 },
@@ -509,6 +600,10 @@ mod tests {
                 "v{v} records intact"
             );
             assert_eq!(t.partitions[1].error_code, 1);
+            if v >= 11 {
+                assert_eq!(t.partitions[0].preferred_read_replica.0, -1, "v{v}");
+                assert_eq!(t.partitions[1].preferred_read_replica.0, 3, "v{v}");
+            }
             assert_eq!(t.partitions[1].records.as_deref().map(<[u8]>::len), Some(0));
         }
     }

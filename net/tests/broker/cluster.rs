@@ -47,15 +47,29 @@ const NETNS_PORTS: (u16, u16) = (9092, 9093);
 
 impl Cluster {
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
-        Cluster::start_on(None, n, extra)
+        Cluster::start_on(None, n, extra, &|_| Vec::new())
+    }
+
+    /// N nodes with settings of their own besides `extra`: `per_node(i)` for node i (1..=N).
+    pub fn start_with(
+        n: usize,
+        extra: &[&str],
+        per_node: &dyn Fn(usize) -> Vec<String>,
+    ) -> Cluster {
+        Cluster::start_on(None, n, extra, per_node)
     }
 
     /// N nodes, each in its own network namespace (see `netns`): `network()` cuts links.
     pub fn start_partitionable(n: usize, extra: &[&str]) -> Cluster {
-        Cluster::start_on(Some(Network::create(n)), n, extra)
+        Cluster::start_on(Some(Network::create(n)), n, extra, &|_| Vec::new())
     }
 
-    fn start_on(network: Option<Network>, n: usize, extra: &[&str]) -> Cluster {
+    fn start_on(
+        network: Option<Network>,
+        n: usize,
+        extra: &[&str],
+        per_node: &dyn Fn(usize) -> Vec<String>,
+    ) -> Cluster {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..n)
             .map(|_| match network {
@@ -83,6 +97,8 @@ impl Cluster {
                 "process.roles=broker,controller",
             ];
             settings.extend_from_slice(extra);
+            let own = per_node(i + 1);
+            settings.extend(own.iter().map(String::as_str));
             let node_dir = dir.path().join(format!("node-{}", i + 1));
             let log = dir.path().join(format!("node-{}.log", i + 1));
             nodes.push(match &network {

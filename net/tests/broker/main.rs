@@ -15,4 +15,5 @@ mod netns;
 mod offsets;
 mod partitions;
 mod proxy;
+mod racks;
 mod transactions;
