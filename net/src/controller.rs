@@ -968,6 +968,10 @@ async fn liveness(shard: Rc<Shard>, controller: Rc<Controller>) {
 /// requests time out and asking it again for metadata it no longer has; it serves again once
 /// the quorum's leader is heard.
 async fn watch_contact(shard: &Rc<Shard>, controller: &Rc<Controller>) {
+    if controller.is_leader() {
+        // Counted from now if it steps down, not from before it led.
+        controller.last_leader_contact.set(Instant::now());
+    }
     let silent = controller.last_leader_contact.get().elapsed();
     let isolated = !controller.is_leader() && silent > controller.session_timeout;
     if isolated == controller.isolated.get() {

@@ -647,6 +647,7 @@ pub(crate) async fn append_records(
         .map(|(k, v)| (Some(k.as_slice()), v.as_deref()))
         .collect();
     let batch = batch::build_keyed_batch(0, now_ms, &records).freeze();
+    let epoch = log.leader_epoch();
     let info = log.append(&batch, now_ms).map_err(|e| e.to_string())?;
     flusher.mark_dirty(log);
     log.wait_durable(&info, Durability::Synced)
@@ -655,18 +656,24 @@ pub(crate) async fn append_records(
     // Replicated (a cluster): answered once every in-sync replica has it, as Kafka writes its
     // internal topics with acks=all. A single node's high watermark is its durable end.
     let end = info.last_offset + 1;
+    // A new leader epoch meanwhile (the lead lost, and maybe regained) means the record may
+    // have been truncated away, whatever the high watermark says now.
     let replicated = async {
-        while log.high_watermark() < end {
+        while log.high_watermark() < end && log.leader_epoch() == epoch {
             let changed = log.high_watermark_changed.notified();
-            if log.high_watermark() >= end {
+            if log.high_watermark() >= end || log.leader_epoch() != epoch {
                 break;
             }
             changed.await;
         }
+        log.leader_epoch() == epoch
     };
-    crate::shard::with_timeout(replicated, INTERNAL_REPLICATION_WAIT)
+    let kept = crate::shard::with_timeout(replicated, INTERNAL_REPLICATION_WAIT)
         .await
         .ok_or("the in-sync replicas did not copy the write in time")?;
+    if !kept {
+        return Err("the partition's leadership changed before the in-sync replicas had it".into());
+    }
     Ok(info.base_offset)
 }
 
@@ -787,8 +794,10 @@ pub async fn ensure_internal_topic(
     if shard.topics.borrow().contains_key(name) {
         return true;
     }
-    // In a cluster, internal topics are replicated (`wanted_replication_factor`, at most the
-    // live brokers), so that their coordinators move with leadership when a broker goes.
+    // In a cluster, internal topics are replicated (`wanted_replication_factor`), so that their
+    // coordinators move with leadership when a broker goes. As in Kafka, they are not created
+    // until that many brokers are live (the client is told COORDINATOR_NOT_AVAILABLE and
+    // retries): created with fewer, they would stay under-replicated for good.
     let replication_factor = if shard.broker.clustered() {
         let live = shard
             .cluster
@@ -797,7 +806,10 @@ pub async fn ensure_internal_topic(
             .iter()
             .filter(|b| !b.fenced)
             .count();
-        wanted_replication_factor.min(live.max(1) as i16)
+        if live < usize::try_from(wanted_replication_factor).unwrap_or(usize::MAX) {
+            return false;
+        }
+        wanted_replication_factor
     } else {
         1
     };

@@ -127,37 +127,50 @@ async fn create_one(shard: &Rc<Shard>, wanted: PartitionsWanted, validate_only: 
             ),
         );
     }
-    let decided = decide(shard, |image| {
-        image.new_partitions(&wanted.topic, wanted.count, wanted.assignments.as_deref())
-    });
-    let added = match decided {
-        Ok(added) => added,
-        Err(AddPartitionsRefusal::UnknownTopic) => {
-            return fail(
-                ResponseError::UnknownTopicOrPartition,
-                format!("The topic '{}' does not exist.", wanted.topic),
-            )
+    for _ in 0..STALE_RETRIES {
+        let decided = decide(shard, |image| {
+            let first = image
+                .topics
+                .get(&wanted.topic)
+                .map_or(0, |t| t.partitions.len());
+            image
+                .new_partitions(&wanted.topic, wanted.count, wanted.assignments.as_deref())
+                .map(|added| (first, added))
+        });
+        let (first, added) = match decided {
+            Ok(decided) => decided,
+            Err(AddPartitionsRefusal::UnknownTopic) => {
+                return fail(
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("The topic '{}' does not exist.", wanted.topic),
+                )
+            }
+            Err(AddPartitionsRefusal::InvalidPartitions(why)) => {
+                return fail(ResponseError::InvalidPartitions, why)
+            }
+            Err(AddPartitionsRefusal::InvalidAssignment(why)) => {
+                return fail(ResponseError::InvalidReplicaAssignment, why)
+            }
+            Err(AddPartitionsRefusal::InvalidReplicationFactor(why)) => {
+                return fail(ResponseError::InvalidReplicationFactor, why)
+            }
+        };
+        if validate_only {
+            return (0, None);
         }
-        Err(AddPartitionsRefusal::InvalidPartitions(why)) => {
-            return fail(ResponseError::InvalidPartitions, why)
-        }
-        Err(AddPartitionsRefusal::InvalidAssignment(why)) => {
-            return fail(ResponseError::InvalidReplicaAssignment, why)
-        }
-        Err(AddPartitionsRefusal::InvalidReplicationFactor(why)) => {
-            return fail(ResponseError::InvalidReplicationFactor, why)
-        }
-    };
-    if validate_only {
-        return (0, None);
-    }
-    if let Some(controller) = shard.controller() {
+        let Some(controller) = shard.controller() else {
+            return add_on_single_node(shard, &wanted.topic, added).await;
+        };
         let record = MetadataRecord::AddPartitions {
             topic: wanted.topic.clone(),
+            first: i32::try_from(first).unwrap_or(i32::MAX),
             partitions: added,
         };
         return match controller.propose(vec![record]).await {
             Ok(_) => (0, None),
+            // Another request grew the topic since: decided again (and refused if the count
+            // is reached already, as Kafka answers the second of two such requests).
+            Err(ProposeError::Rejected(Rejection::StalePartitionCount(_))) => continue,
             Err(ProposeError::Rejected(Rejection::UnknownTopic(_))) => fail(
                 ResponseError::UnknownTopicOrPartition,
                 format!("The topic '{}' does not exist.", wanted.topic),
@@ -171,10 +184,25 @@ async fn create_one(shard: &Rc<Shard>, wanted: PartitionsWanted, validate_only: 
             ),
         };
     }
-    let Some(mut meta) = shard.topics.borrow().get(&wanted.topic).cloned() else {
+    fail(
+        ResponseError::RequestTimedOut,
+        format!(
+            "the partitions of {} kept changing; try again",
+            wanted.topic
+        ),
+    )
+}
+
+/// Appends new partitions to a single node's topic: persisted, then applied on every core.
+async fn add_on_single_node(
+    shard: &Rc<Shard>,
+    topic: &str,
+    added: Vec<sluice_replication::PartitionState>,
+) -> Answer {
+    let Some(mut meta) = shard.topics.borrow().get(topic).cloned() else {
         return fail(
             ResponseError::UnknownTopicOrPartition,
-            format!("The topic '{}' does not exist.", wanted.topic),
+            format!("The topic '{topic}' does not exist."),
         );
     };
     meta.states.extend(added);

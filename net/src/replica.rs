@@ -162,6 +162,8 @@ pub fn apply_state(
         }
         _ if state.leader >= 0 => {
             log.reset_high_watermark(log.high_watermark());
+            // Waits on this log for a leader's write (internal topics) see the epoch move on.
+            log.set_leader_epoch(state.leader_epoch);
             replica.role = Role::Follower {
                 leader: state.leader,
                 leader_epoch: state.leader_epoch,
@@ -171,6 +173,7 @@ pub fn apply_state(
         }
         _ => {
             log.reset_high_watermark(log.high_watermark());
+            log.set_leader_epoch(state.leader_epoch);
             replica.role = Role::Offline {
                 leader_epoch: state.leader_epoch,
             };

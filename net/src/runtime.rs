@@ -249,6 +249,7 @@ async fn core_main(
         stopping: Cell::new(false),
         isolated: Cell::new(false),
         peers: RefCell::new(Default::default()),
+        admin_changes: glommio::sync::Semaphore::new(1),
         inflight: Cell::new(0),
     });
     // Recover the partitions this core owns, then wait for every core to have done the same:

@@ -80,6 +80,8 @@ pub struct Shard {
     /// controller has fenced it, so it serves no client (closing their connections), and
     /// producers still waiting for acks are told NOT_LEADER_OR_FOLLOWER.
     pub isolated: Cell<bool>,
+    /// Core 0: CreatePartitions and reassignments one at a time (see `partitions`).
+    pub admin_changes: glommio::sync::Semaphore,
     /// Idle connections to other brokers (see `peer`).
     pub peers: RefCell<crate::peer::PeerPool>,
     /// Requests read from clients of this core and not yet answered.
@@ -702,12 +704,16 @@ impl Shard {
             };
             out.push(match result {
                 Ok((found_timestamp, offset)) => OffsetResult {
-                    leader_epoch: crate::replica::epoch_of(
-                        self,
-                        &tp,
-                        (timestamp != crate::handlers::list_offsets::LATEST && offset >= 0)
-                            .then_some(offset),
-                    ),
+                    // Nothing found (offset -1): no epoch either.
+                    leader_epoch: if offset < 0 {
+                        -1
+                    } else {
+                        crate::replica::epoch_of(
+                            self,
+                            &tp,
+                            (timestamp != crate::handlers::list_offsets::LATEST).then_some(offset),
+                        )
+                    },
                     tp,
                     error: 0,
                     timestamp: found_timestamp,
@@ -965,11 +971,30 @@ impl Shard {
             let changed = log.high_watermark_changed.notified();
             let _ = with_timeout(changed, Duration::from_millis(100)).await;
         }
-        let loaded = crate::txn_coordinator::load(&self, &log).await;
-        self.txn_loading.borrow_mut().remove(&partition);
-        if let Err(e) = loaded {
-            eprintln!("sluice: core {}: {e}", self.core_id);
+        // Read as the log is now (a truncation may have replaced it meanwhile); a load that
+        // fails is tried again rather than coordinating without those transactions.
+        loop {
+            let Some(log) = self.log(&tp) else {
+                self.txn_loading.borrow_mut().remove(&partition);
+                return;
+            };
+            match crate::txn_coordinator::load(&self, &log).await {
+                Ok(_) => break,
+                Err(e) => {
+                    eprintln!(
+                        "sluice: core {}: loading {tp}: {e}; trying again",
+                        self.core_id
+                    );
+                    crate::txn_coordinator::unload(&self, partition);
+                    glommio::timer::sleep(Duration::from_secs(1)).await;
+                    if crate::replica::leads(&self, &tp).is_none() || self.stopping.get() {
+                        self.txn_loading.borrow_mut().remove(&partition);
+                        return;
+                    }
+                }
+            }
         }
+        self.txn_loading.borrow_mut().remove(&partition);
         if crate::replica::leads(&self, &tp).is_none() {
             crate::txn_coordinator::unload(&self, partition);
             return;
@@ -1018,6 +1043,23 @@ impl Shard {
             }
             keys.iter().filter_map(|tp| logs.remove(tp)).collect()
         };
+        // Coordinators move with the replicas: what this core coordinated from a moved
+        // partition of an internal topic is dropped (and loaded afresh if it ever comes back).
+        for log in &unserved {
+            let p = log.partition;
+            if topic == crate::offsets::OFFSETS_TOPIC {
+                self.loading_offsets.borrow_mut().remove(&p);
+                if self.coordinating.borrow_mut().remove(&p) {
+                    crate::offsets::unload(self, p);
+                }
+            }
+            if topic == crate::transactions::TXN_TOPIC {
+                self.txn_loading.borrow_mut().remove(&p);
+                if self.txn_coordinating.borrow_mut().remove(&p) {
+                    crate::txn_coordinator::unload(self, p);
+                }
+            }
+        }
         for log in unserved {
             let dir = log.dir().to_path_buf();
             let name = format!("{}-{}", log.topic, log.partition);

@@ -73,6 +73,9 @@ pub enum TxnReply {
     ProducerId(Result<(i64, i16), ResponseError>),
     Done(Result<(), ResponseError>),
     States(Vec<(String, Option<TxnMetadata>)>),
+    /// A Describe of one id this core cannot answer for: NOT_COORDINATOR or
+    /// COORDINATOR_LOAD_IN_PROGRESS (the client retries).
+    Failed(ResponseError),
 }
 
 /// Settings of `__transaction_state` when sluice creates it, Kafka's: compacted, in segments of
@@ -121,7 +124,7 @@ fn refused(call: &TxnCall, error: ResponseError) -> TxnReply {
     match call {
         TxnCall::InitProducerId { .. } | TxnCall::EndTxn { .. } => TxnReply::ProducerId(Err(error)),
         TxnCall::AddPartitions { .. } => TxnReply::Done(Err(error)),
-        TxnCall::Describe { .. } => TxnReply::States(Vec::new()),
+        TxnCall::Describe { .. } => TxnReply::Failed(error),
     }
 }
 
@@ -148,7 +151,10 @@ pub async fn call_existing(
     transactional_id: &str,
     call: TxnCall,
 ) -> Option<TxnReply> {
-    let core = coordinator_core(shard, transactional_id)?;
+    txn_partition(shard, transactional_id)?;
+    let Some(core) = coordinator_core(shard, transactional_id) else {
+        return Some(refused(&call, ResponseError::NotCoordinator));
+    };
     match shard.call(core, CoreRequest::Txn(call)).await {
         Some(CoreResponse::Txn(reply)) => Some(reply),
         _ => None,
@@ -309,6 +315,11 @@ pub async fn run(shard: &Rc<Shard>, call: TxnCall) -> TxnReply {
             .await,
         ),
         TxnCall::Describe { ids } => {
+            if let Some([id]) = ids.as_deref() {
+                if let Err(e) = txn_log(shard, id) {
+                    return TxnReply::Failed(e);
+                }
+            }
             let table = shard.txns.borrow();
             TxnReply::States(match ids {
                 Some(ids) => ids
@@ -631,9 +642,11 @@ async fn write_markers(shard: &Rc<Shard>, transactional_id: &str, meta: &TxnMeta
         if remaining.is_empty() {
             return true;
         }
-        // Stopping, or no longer the coordinator: the transaction stays prepared, and whoever
-        // coordinates it next writes the markers.
-        if shard.stopping.get() || txn_log(shard, transactional_id).is_err() {
+        // Stopping, no longer the coordinator, or cut off from the quorum (so possibly no
+        // longer the coordinator without knowing it): the transaction stays prepared, and
+        // whoever coordinates it next writes the markers.
+        if shard.stopping.get() || shard.isolated.get() || txn_log(shard, transactional_id).is_err()
+        {
             return false;
         }
         let mut by_core: BTreeMap<usize, Vec<TopicPartition>> = BTreeMap::new();

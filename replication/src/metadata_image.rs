@@ -80,6 +80,8 @@ pub enum Rejection {
     StaleIncarnation(i32),
     /// A `PartitionReplicas` decided at another partition epoch than the partition's now.
     StalePartitionEpoch(String, i32),
+    /// An `AddPartitions` decided at another partition count than the topic's now.
+    StalePartitionCount(String),
     Invalid(String),
 }
 
@@ -97,6 +99,12 @@ impl fmt::Display for Rejection {
             }
             Rejection::StalePartitionEpoch(name, p) => {
                 write!(f, "{name}-{p} changed since the change was decided")
+            }
+            Rejection::StalePartitionCount(name) => {
+                write!(
+                    f,
+                    "the partitions of {name} changed since the change was decided"
+                )
             }
             Rejection::Invalid(why) => write!(f, "invalid metadata record: {why}"),
         }
@@ -204,8 +212,8 @@ impl MetadataImage {
     ///   replicas as for `Topic`; adding and removing are disjoint subsets of them; the ISR and
     ///   leader as above; the leader epoch does not go back. Sets all of them; the partition
     ///   epoch grows by one.
-    /// * `AddPartitions`: the topic exists; the new partitions as for `Topic`, and the topic's
-    ///   partition count stays within i32.
+    /// * `AddPartitions`: the topic exists with `first` partitions; the new partitions as for
+    ///   `Topic`, and the topic's partition count stays within i32.
     pub fn apply(&mut self, entry: &MetadataEntry) -> Applied {
         if entry.sequence <= self.last_sequence(entry.proposer) {
             return Applied::Duplicate;
@@ -371,11 +379,18 @@ impl MetadataImage {
                 };
                 Ok(Change::Topic(topic.clone()))
             }
-            MetadataRecord::AddPartitions { topic, partitions } => {
+            MetadataRecord::AddPartitions {
+                topic,
+                first,
+                partitions,
+            } => {
                 let before = self
                     .topics
                     .get(topic)
                     .ok_or_else(|| Rejection::UnknownTopic(topic.clone()))?;
+                if usize::try_from(*first).ok() != Some(before.partitions.len()) {
+                    return Err(Rejection::StalePartitionCount(topic.clone()));
+                }
                 let total = before.partitions.len() + partitions.len();
                 if partitions.is_empty() || i32::try_from(total).is_err() {
                     return Err(Rejection::Invalid(format!(
@@ -2032,6 +2047,7 @@ mod tests {
             &mut image,
             vec![MetadataRecord::AddPartitions {
                 topic: "t".into(),
+                first: 2,
                 partitions: added,
             }],
         );
@@ -2063,9 +2079,20 @@ mod tests {
         // A new partition must be valid as in a new topic.
         let bad = MetadataRecord::AddPartitions {
             topic: "t".into(),
+            first: 4,
             partitions: vec![partition(&[1, 9], &[1], 1)],
         };
         assert_eq!(rejected(&mut image, vec![bad]), Rejection::UnknownBroker(9));
+        // Decided when the topic had fewer partitions: refused, not appended twice.
+        let stale = MetadataRecord::AddPartitions {
+            topic: "t".into(),
+            first: 2,
+            partitions: vec![partition(&[1, 2], &[1, 2], 1)],
+        };
+        assert_eq!(
+            rejected(&mut image, vec![stale]),
+            Rejection::StalePartitionCount("t".into())
+        );
     }
 
     /// Six brokers in three racks (1, 4: a; 2, 5: b; 3, 6: c): three replicas are always in

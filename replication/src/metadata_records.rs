@@ -153,9 +153,11 @@ pub enum MetadataRecord {
         adding: Vec<i32>,
         removing: Vec<i32>,
     },
-    /// CreatePartitions: partitions appended to an existing topic.
+    /// CreatePartitions: partitions appended to an existing topic, which must have `first`
+    /// partitions (the count it was decided at: two concurrent requests cannot both grow it).
     AddPartitions {
         topic: String,
+        first: i32,
         partitions: Vec<PartitionState>,
     },
 }
@@ -384,9 +386,14 @@ fn encode_record(out: &mut Vec<u8>, record: &MetadataRecord) -> Result<(), Encod
             put_i32s(out, "adding replicas", adding)?;
             put_i32s(out, "removing replicas", removing)?;
         }
-        MetadataRecord::AddPartitions { topic, partitions } => {
+        MetadataRecord::AddPartitions {
+            topic,
+            first,
+            partitions,
+        } => {
             out.push(TYPE_ADD_PARTITIONS);
             put_string(out, "topic name", topic)?;
+            out.extend_from_slice(&first.to_le_bytes());
             put_partitions(out, partitions)?;
         }
     }
@@ -514,6 +521,7 @@ fn decode_record(reader: &mut Reader<'_>) -> Result<MetadataRecord, DecodeError>
         },
         TYPE_ADD_PARTITIONS => MetadataRecord::AddPartitions {
             topic: reader.string()?,
+            first: reader.i32()?,
             partitions: reader.partitions()?,
         },
         other => return Err(DecodeError::UnknownRecordType(other)),
@@ -714,10 +722,12 @@ mod tests {
             },
             MetadataRecord::AddPartitions {
                 topic: "orders".into(),
+                first: 2,
                 partitions: vec![partition(&[3, 1], 3)],
             },
             MetadataRecord::AddPartitions {
                 topic: "o".into(),
+                first: -1,
                 partitions: vec![],
             },
         ]

@@ -39,6 +39,9 @@ pub async fn handle(
                 None => TransactionState::default()
                     .with_error_code(ResponseError::TransactionalIdNotFound.code()),
             },
+            // Another broker coordinates it, or this one is still loading it: the client
+            // looks the coordinator up again, or retries.
+            Some(TxnReply::Failed(e)) => TransactionState::default().with_error_code(e.code()),
             // No `__transaction_state` yet: no transactional id was ever seen.
             _ => TransactionState::default()
                 .with_error_code(ResponseError::TransactionalIdNotFound.code()),

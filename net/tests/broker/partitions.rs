@@ -298,6 +298,27 @@ fn a_cluster_adds_partitions_placed_or_as_assigned() {
     for p in 2..5 {
         assert_eq!(got[&p].len(), 5, "partition {p}");
     }
+    // Two requests for 8 partitions at once: one grows the topic, the other is told it has
+    // 8 already (not grown to 11).
+    let racing: Vec<_> = (1..=2)
+        .map(|n| {
+            let bootstrap = cluster.node(n).bootstrap();
+            std::thread::spawn(move || create_partitions(&bootstrap, "wider", 8, None))
+        })
+        .collect();
+    let mut outcomes: Vec<Result<(), String>> = racing
+        .into_iter()
+        .map(|t| t.join().expect("joined"))
+        .collect();
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        vec![Ok(()), Err("InvalidPartitions".to_string())],
+        "exactly one of two concurrent requests grows the topic"
+    );
+    wait_for("8 partitions", Duration::from_secs(10), || {
+        partition_count(cluster.node(3).port, "wider") == 8
+    });
     // Assigned at creation: the replicas as given, the first leading.
     create_assigned(&bootstrap, "by-hand", &[&[3, 2], &[1, 3]]).expect("created");
     let metadata = cluster.metadata(2);
@@ -557,4 +578,93 @@ fn a_replica_added_after_retention_starts_at_the_leaders_log_start() {
     let offsets: Vec<i64> = got[&0].iter().map(|(o, _)| *o).collect();
     assert_eq!(offsets, (now_start..400).collect::<Vec<i64>>());
     assert!(got[&0].iter().all(|(o, v)| *v == format!("trimmed-0-{o}")));
+}
+
+/// A consumer group's committed offset for `topic`-0, or -1.
+fn committed(bootstrap: &str, group: &str, topic: &str) -> i64 {
+    use rdkafka::consumer::Consumer;
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut wanted = rdkafka::TopicPartitionList::new();
+    wanted.add_partition(topic, 0);
+    let got = consumer
+        .committed_offsets(wanted, Duration::from_secs(30))
+        .expect("committed");
+    match got.find_partition(topic, 0).map(|p| p.offset()) {
+        Some(rdkafka::Offset::Offset(o)) => o,
+        _ => -1,
+    }
+}
+
+fn commit(bootstrap: &str, group: &str, topic: &str, offset: i64) {
+    use rdkafka::consumer::Consumer;
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    offsets
+        .add_partition_offset(topic, 0, rdkafka::Offset::Offset(offset))
+        .expect("offset");
+    consumer
+        .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
+        .expect("committed");
+}
+
+/// A group coordinator's partition moved away by a reassignment and back: the broker leads it
+/// again and serves the offsets committed meanwhile (loaded afresh), not its old copy.
+#[test]
+fn a_coordinator_partition_moved_away_and_back_serves_what_was_committed_meanwhile() {
+    let mut settings = FAST.to_vec();
+    settings.push("offsets.topic.num.partitions=4");
+    settings.push("auto.leader.rebalance.enable=false");
+    let cluster = Cluster::start(4, &settings);
+    let bootstrap = cluster.bootstrap();
+    create_topic(&bootstrap, "tracked", 1, 1).expect("created");
+    commit(&bootstrap, "mover", "tracked", 5);
+    assert_eq!(committed(&bootstrap, "mover", "tracked"), 5);
+    let p = sluice_net::offsets::partition_for("mover", 4);
+    let (leader, replicas, _) = partition_state(&cluster.metadata(1), "__consumer_offsets", p);
+    let spare = (1..=4)
+        .find(|n| !replicas.contains(n))
+        .expect("a fourth broker");
+    let away: Vec<i32> = replicas
+        .iter()
+        .copied()
+        .filter(|r| *r != leader)
+        .chain([spare])
+        .collect();
+    let moved = |target: &[i32]| {
+        let answers = reassign(
+            cluster.node(2).port,
+            1,
+            true,
+            &[("__consumer_offsets", p, Some(target))],
+        );
+        assert_eq!(answers[0].2, 0, "{answers:?}");
+        wait_for("the move to complete", Duration::from_secs(30), || {
+            list_reassignments(cluster.node(3).port).is_empty()
+                && partition_state(&cluster.metadata(1), "__consumer_offsets", p).1 == target
+        });
+    };
+    moved(&away);
+    commit(&bootstrap, "mover", "tracked", 10);
+    assert_eq!(committed(&bootstrap, "mover", "tracked"), 10);
+    // Back, with the old leader first: it leads again and must not serve its old copy.
+    let back: Vec<i32> = std::iter::once(leader)
+        .chain(away.iter().copied().filter(|r| *r != away[0]))
+        .collect();
+    moved(&back);
+    wait_for(
+        "the old coordinator leading again",
+        Duration::from_secs(20),
+        || partition_state(&cluster.metadata(1), "__consumer_offsets", p).0 == leader,
+    );
+    assert_eq!(committed(&bootstrap, "mover", "tracked"), 10);
 }
