@@ -203,6 +203,73 @@ pub fn remove(log_dirs: &Path, name: &str) -> std::io::Result<()> {
     std::fs::File::open(topics_dir(log_dirs))?.sync_all()
 }
 
+/// The file naming the topic a partition directory belongs to (Kafka keeps one too, KIP-516):
+/// `version: 0` and `topic_id: <32 hex digits>`, one per line.
+const PARTITION_METADATA: &str = "partition.metadata";
+
+/// Makes `dir` the directory of a partition of the topic with id `topic_id` before its log
+/// opens. A directory left by an earlier topic of the same name (deleted while this broker was
+/// down, then created again) is removed, so the new topic never starts with the old one's
+/// records; true when that happened. A directory without the file (an older sluice) is taken
+/// as this topic's. Control-plane std::fs I/O, at open only.
+pub fn claim_partition_dir(dir: &Path, topic_id: &[u8; 16]) -> std::io::Result<bool> {
+    let file = dir.join(PARTITION_METADATA);
+    let mut removed = false;
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        let stored = text
+            .lines()
+            .find_map(|l| l.strip_prefix("topic_id: "))
+            .and_then(|id| unhex(id.trim()));
+        if stored.as_ref() == Some(topic_id) {
+            return Ok(false);
+        }
+        std::fs::remove_dir_all(dir)?;
+        removed = true;
+    }
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{PARTITION_METADATA}.tmp"));
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(format!("version: 0\ntopic_id: {}\n", hex(topic_id)).as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &file)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(removed)
+}
+
+/// Removes the partition directories under `log_dirs` that no topic this broker holds owns
+/// (`held(topic, partition)` false): left by a topic deleted, or a replica moved away, while
+/// the broker was down. Only directories named `<topic>-<partition>` are looked at. Returns
+/// the names removed.
+pub fn remove_stray_logs(log_dirs: &Path, held: &dyn Fn(&str, i32) -> bool) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(log_dirs) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        let Some((topic, partition)) = name.rsplit_once('-') else {
+            continue;
+        };
+        let Ok(partition) = partition.parse::<i32>() else {
+            continue;
+        };
+        if !is_dir || name.starts_with('.') || partition < 0 || held(topic, partition) {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => removed.push(name),
+            Err(e) => eprintln!("sluice: cannot remove the stray log {name}: {e}"),
+        }
+    }
+    removed
+}
+
 /// The cluster id, created once and kept in `meta.properties` like Kafka's.
 pub fn cluster_id(broker: &BrokerConfig) -> std::io::Result<String> {
     let dir = metadata_dir(&broker.log_dirs);

@@ -76,6 +76,19 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         ),
     };
     let cluster_id = metadata::cluster_id(&config).map_err(|e| format!("meta.properties: {e}"))?;
+    // Logs of partitions this broker no longer holds (deleted or moved away while it was down).
+    let held = |topic: &str, partition: i32| {
+        topics.iter().any(|m| {
+            m.name == topic
+                && usize::try_from(partition)
+                    .ok()
+                    .and_then(|p| m.states.get(p))
+                    .is_some_and(|s| s.replicas.contains(&config.node_id))
+        })
+    };
+    for name in metadata::remove_stray_logs(&config.log_dirs, &held) {
+        eprintln!("sluice: removed the stray log {name}: this broker holds no such partition");
+    }
     for key in &config.ignored {
         eprintln!("sluice: setting '{key}' has no effect in sluice and is ignored");
     }

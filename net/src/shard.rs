@@ -1086,6 +1086,12 @@ impl Shard {
             .broker
             .log_dirs
             .join(format!("{}-{partition}", meta.name));
+        if crate::metadata::claim_partition_dir(&dir, &meta.id)? {
+            eprintln!(
+                "sluice: {}-{partition}: removed the log of an earlier topic of that name",
+                meta.name
+            );
+        }
         let config = LogConfig::from_topic(
             &meta.config,
             self.broker.log_index_interval_bytes,

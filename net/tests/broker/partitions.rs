@@ -668,3 +668,40 @@ fn a_coordinator_partition_moved_away_and_back_serves_what_was_committed_meanwhi
     );
     assert_eq!(committed(&bootstrap, "mover", "tracked"), 10);
 }
+
+/// Logs this broker holds no partition for are removed at start, and a partition directory
+/// left by an earlier topic of the same name (its `partition.metadata` names another topic id)
+/// is removed before the new topic's log opens there.
+#[test]
+fn stray_and_stale_partition_logs_are_removed_at_start() {
+    let mut broker = Broker::start(&[]);
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "kept", 1, 1).expect("created");
+    produce_to(&bootstrap, "kept", 0, 5);
+    create_topic(&bootstrap, "reborn", 1, 1).expect("created");
+    produce_to(&bootstrap, "reborn", 0, 5);
+    broker.terminate();
+    let data = broker.data.clone();
+    let metadata = std::fs::read_to_string(data.join("kept-0/partition.metadata")).expect("file");
+    assert!(metadata.starts_with("version: 0\ntopic_id: "), "{metadata}");
+    // A deleted topic's directory, and one beyond a topic's partitions.
+    for stray in ["gone-0", "kept-7"] {
+        std::fs::create_dir_all(data.join(stray)).expect("dir");
+        std::fs::write(data.join(stray).join("00000000000000000000.log"), b"old").expect("file");
+    }
+    // "reborn" as if it were an earlier topic of that name.
+    std::fs::write(
+        data.join("reborn-0/partition.metadata"),
+        "version: 0\ntopic_id: 0123456789abcdef0123456789abcdef\n",
+    )
+    .expect("rewritten");
+    broker.restart();
+    assert!(!data.join("gone-0").exists() && !data.join("kept-7").exists());
+    let got = consume(&broker.bootstrap(), "kept", 1, 5);
+    assert_eq!(got[&0].len(), 5, "a held partition keeps its records");
+    assert_eq!(
+        produce_to(&broker.bootstrap(), "reborn", 0, 1),
+        vec![0],
+        "started over"
+    );
+}
