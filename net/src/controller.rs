@@ -362,8 +362,10 @@ impl Controller {
         }
     }
 
-    /// A leader's ISR change (Kafka's AlterPartition): proposed as a PartitionChange at the
-    /// leader's epoch, which the image refuses once a newer epoch exists. True once applied.
+    /// A leader's ISR change (Kafka's AlterPartition): proposed as a `PartitionReplicas` record
+    /// at the partition epoch this node's image has, so that it is refused if anything about the
+    /// partition changed first — a follower fenced after the leader saw it catch up does not come
+    /// back into the ISR by a change decided before. True once applied.
     pub async fn alter_isr(
         self: &Rc<Self>,
         shard: &Shard,
@@ -394,12 +396,16 @@ impl Controller {
         {
             return false;
         }
-        let record = MetadataRecord::PartitionChange {
+        let record = MetadataRecord::PartitionReplicas {
             topic: tp.topic.clone(),
             partition: tp.partition,
-            leader: current.leader,
+            partition_epoch: current.partition_epoch,
+            replicas: current.replicas.clone(),
             isr: isr.clone(),
+            leader: current.leader,
             leader_epoch,
+            adding: current.adding.clone(),
+            removing: current.removing.clone(),
         };
         match self.propose(vec![record]).await {
             Ok(_) => {

@@ -210,8 +210,8 @@ impl MetadataImage {
     ///   moves to `first + count`.
     /// * `PartitionReplicas`: the partition exists and is at the record's partition epoch; the
     ///   replicas as for `Topic`; adding and removing are disjoint subsets of them; the ISR and
-    ///   leader as above; the leader epoch does not go back. Sets all of them; the partition
-    ///   epoch grows by one.
+    ///   leader as above, and no fenced broker joins the ISR; the leader epoch does not go back.
+    ///   Sets all of them; the partition epoch grows by one. (Leaders' ISR changes use it too.)
     /// * `AddPartitions`: the topic exists with `first` partitions; the new partitions as for
     ///   `Topic`, and the topic's partition count stays within i32.
     pub fn apply(&mut self, entry: &MetadataEntry) -> Applied {
@@ -351,6 +351,7 @@ impl MetadataImage {
                     )));
                 }
                 let unknown = || Rejection::UnknownPartition(topic.clone(), *partition);
+                let brokers = &self.brokers;
                 let partitions = &mut self
                     .topics
                     .get_mut(topic)
@@ -365,6 +366,15 @@ impl MetadataImage {
                     return Err(Rejection::Invalid(format!(
                         "{name}: leader epoch {leader_epoch} is below the current {}",
                         state.leader_epoch
+                    )));
+                }
+                // Kafka's AlterPartition rule: nobody joins the ISR while fenced.
+                if let Some(r) = isr
+                    .iter()
+                    .find(|r| !state.isr.contains(r) && !brokers.get(r).is_some_and(|b| !b.fenced))
+                {
+                    return Err(Rejection::Invalid(format!(
+                        "{name}: broker {r} cannot join the ISR while fenced"
                     )));
                 }
                 undo.push(Undo::Partition(topic.clone(), index, state.clone()));
@@ -2138,5 +2148,55 @@ mod tests {
             let expected: Vec<i32> = (0..3).map(|k| (start + p + k) % 5 + 1).collect();
             assert_eq!(state.replicas, expected);
         }
+    }
+
+    /// A leader's ISR change is decided at a partition epoch: a follower fenced meanwhile does
+    /// not rejoin by it, and no fenced broker joins an ISR at all.
+    #[test]
+    fn a_fenced_follower_cannot_rejoin_the_isr() {
+        let mut image = cluster(3);
+        commit_ok(
+            &mut image,
+            vec![topic("t", vec![partition(&[1, 2, 3], &[1, 2], 1)])],
+        );
+        let expand = |image: &MetadataImage, isr: &[i32]| {
+            let s = state(image, "t", 0);
+            MetadataRecord::PartitionReplicas {
+                topic: "t".into(),
+                partition: 0,
+                partition_epoch: s.partition_epoch,
+                replicas: s.replicas.clone(),
+                isr: isr.to_vec(),
+                leader: s.leader,
+                leader_epoch: s.leader_epoch,
+                adding: Vec::new(),
+                removing: Vec::new(),
+            }
+        };
+        // Decided when 3 caught up; 3 is fenced before it commits: refused (the fencing did not
+        // touch this partition, 3 was not in its ISR, so it is the fenced check that holds).
+        let decided = expand(&image, &[1, 2, 3]);
+        let fence = image.fence_records(3);
+        commit_ok(&mut image, fence);
+        assert!(matches!(
+            rejected(&mut image, vec![decided]),
+            Rejection::Invalid(_)
+        ));
+        // Decided, then the partition changes (2 is fenced out of the ISR): stale.
+        let decided = expand(&image, &[1, 2]);
+        let fence = image.fence_records(2);
+        commit_ok(&mut image, fence);
+        assert_eq!(
+            rejected(&mut image, vec![decided]),
+            Rejection::StalePartitionEpoch("t".into(), 0)
+        );
+        let unfence = image.unfence_records(2);
+        commit_ok(&mut image, unfence);
+        // Unfenced, it may join.
+        let unfence = image.unfence_records(3);
+        commit_ok(&mut image, unfence);
+        let joined = expand(&image, &[1, 2, 3]);
+        commit_ok(&mut image, vec![joined]);
+        assert_eq!(state(&image, "t", 0).isr, vec![1, 2, 3]);
     }
 }
