@@ -371,7 +371,7 @@ impl MetadataImage {
                 // Kafka's AlterPartition rule: nobody joins the ISR while fenced.
                 if let Some(r) = isr
                     .iter()
-                    .find(|r| !state.isr.contains(r) && !brokers.get(r).is_some_and(|b| !b.fenced))
+                    .find(|r| !state.isr.contains(r) && brokers.get(r).is_none_or(|b| b.fenced))
                 {
                     return Err(Rejection::Invalid(format!(
                         "{name}: broker {r} cannot join the ISR while fenced"
