@@ -171,11 +171,11 @@ pub struct BrokerConfig {
     pub leader_imbalance_check_interval_seconds: u64,
     pub leader_imbalance_per_broker_percentage: u32,
     /// Replicas of `__consumer_offsets` in a cluster (`offsets.topic.replication.factor`,
-    /// Kafka's 3), at most the live brokers when it is created; 1 on a single node.
+    /// Kafka's 3); it is created once that many brokers are live; 1 on a single node.
     pub offsets_topic_replication_factor: i16,
     /// Replicas of `__transaction_state` in a cluster
-    /// (`transaction.state.log.replication.factor`, Kafka's 3), at most the live brokers when it
-    /// is created, and its `min.insync.replicas` (`transaction.state.log.min.isr`, Kafka's 2, at
+    /// (`transaction.state.log.replication.factor`, Kafka's 3), created once that many brokers
+    /// are live, and its `min.insync.replicas` (`transaction.state.log.min.isr`, Kafka's 2, at
     /// most its replicas).
     pub transaction_state_log_replication_factor: i16,
     pub transaction_state_log_min_isr: i32,
