@@ -138,6 +138,7 @@ fn fetch_response(c: &mut Criterion) {
                         parts: (0..4).map(|_| batch.clone()).collect(),
                     },
                     aborted: None,
+                    preferred_read_replica: -1,
                 })
                 .collect(),
         }]
