@@ -382,6 +382,14 @@ check_cli_cluster() {
     # Exactly-once across brokers: the copier's transactions, their markers and the group's
     # offsets live on different nodes.
     check_cli_transactions "$dir" || ok=1
+    kafka_tool org.apache.kafka.tools.MetadataQuorumCommand describe --status </dev/null >"$dir/quorum.out" 2>&1
+    kafka_tool org.apache.kafka.tools.MetadataQuorumCommand describe --replication </dev/null >"$dir/quorum-replication.out" 2>&1
+    if grep -Eq '^LeaderId:[[:space:]]+[123]$' "$dir/quorum.out" \
+        && [ "$(grep -cE 'Leader|Follower' "$dir/quorum-replication.out")" = 3 ]; then
+        say "cli-cluster: kafka-metadata-quorum describe --status/--replication: $(grep LeaderId "$dir/quorum.out" | tr -s ' '), 3 voters"
+    else
+        say "cli-cluster: kafka-metadata-quorum:"; cat "$dir/quorum.out" "$dir/quorum-replication.out"; ok=1
+    fi
     if [ "$ok" != 0 ]; then
         for i in 1 2 3; do tail -n 15 "$CLUSTER_DIR/node-$i/sluice.log" | sed "s/^/    node $i: /"; done
     fi

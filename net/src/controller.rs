@@ -176,6 +176,23 @@ enum Inbound {
     Heartbeat(MetadataEntry),
 }
 
+/// The quorum as its leader describes it (see `Controller::describe_quorum`).
+#[derive(Debug, Clone)]
+pub struct QuorumDescription {
+    pub leader_id: i32,
+    pub leader_epoch: i32,
+    pub high_watermark: i64,
+    pub voters: Vec<VoterState>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VoterState {
+    pub id: i32,
+    pub log_end_offset: i64,
+    pub last_fetch_ms: i64,
+    pub last_caught_up_ms: i64,
+}
+
 /// Why a proposal did not take effect.
 #[derive(Debug)]
 pub enum ProposeError {
@@ -492,6 +509,51 @@ impl Controller {
             }
         }
         answers
+    }
+
+    /// The quorum as its leader sees it (DescribeQuorum), if this node leads it: the leader's
+    /// epoch (Raft term), the high watermark (commit index), and per voter its log end as
+    /// replicated to it (the leader's own log end for itself) and when it was last heard from
+    /// (ms since the epoch; -1 never).
+    pub fn describe_quorum(&self) -> Option<QuorumDescription> {
+        if !self.is_leader() {
+            return None;
+        }
+        let raft = self.raft.borrow();
+        let now_ms = crate::shard::now_ms();
+        let now = Instant::now();
+        let heard = self.heard_from.borrow();
+        let last_index = raft.raft.raft_log.last_index();
+        let committed = raft.raft.raft_log.committed;
+        let mut voters: Vec<VoterState> = raft
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, progress)| {
+                let node = node_id(*id);
+                let (log_end, heard_ms) = if node == self.node_id {
+                    (last_index, now_ms)
+                } else {
+                    let heard_ms = heard.get(&node).map_or(-1, |at| {
+                        now_ms - i64::try_from(now.duration_since(*at).as_millis()).unwrap_or(0)
+                    });
+                    (progress.matched, heard_ms)
+                };
+                VoterState {
+                    id: node,
+                    log_end_offset: i64::try_from(log_end).unwrap_or(i64::MAX),
+                    last_fetch_ms: heard_ms,
+                    last_caught_up_ms: if log_end >= committed { heard_ms } else { -1 },
+                }
+            })
+            .collect();
+        voters.sort_by_key(|v| v.id);
+        Some(QuorumDescription {
+            leader_id: self.node_id,
+            leader_epoch: i32::try_from(raft.raft.term).unwrap_or(i32::MAX),
+            high_watermark: i64::try_from(committed).unwrap_or(i64::MAX),
+            voters,
+        })
     }
 
     /// A block of producer ids for this broker: (first, count).

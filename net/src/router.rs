@@ -107,6 +107,8 @@ pub enum CoreRequest {
         preferred: bool,
         partitions: Option<Vec<TopicPartition>>,
     },
+    /// DescribeQuorum, to core 0 (where the quorum runs).
+    DescribeQuorum,
     /// DescribeLogDirs, to every core: the logs it holds (of these partitions; None: all).
     LogSizes {
         partitions: Option<Vec<TopicPartition>>,
@@ -267,6 +269,12 @@ pub enum CoreResponse {
     /// Per log a core holds: its size in bytes and how far its end is behind the high
     /// watermark.
     LogSizes(Vec<(TopicPartition, u64, i64)>),
+    /// The quorum as its leader describes it (None: this node does not lead it), and the
+    /// leader this node knows.
+    Quorum {
+        described: Option<crate::controller::QuorumDescription>,
+        leader: Option<i32>,
+    },
     /// Partitions being reassigned.
     Reassignments(Vec<(TopicPartition, sluice_replication::PartitionState)>),
     /// A group request reached a core that does not coordinate the group (yet): the error.

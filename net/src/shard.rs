@@ -174,6 +174,13 @@ impl Shard {
                 }
                 .boxed_local()
             }
+            CoreRequest::DescribeQuorum => {
+                let (described, leader) = match self.controller() {
+                    Some(c) => (c.describe_quorum(), c.leader()),
+                    None => (None, None),
+                };
+                async move { CoreResponse::Quorum { described, leader } }.boxed_local()
+            }
             CoreRequest::LogSizes { partitions } => {
                 let sizes = self
                     .logs

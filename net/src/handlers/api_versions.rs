@@ -27,9 +27,14 @@ pub const API: Api = Api {
     max_version: 4,
 };
 
-pub fn handle(ctx: &RequestContext, _request: Option<ApiVersionsRequest>) -> Outcome {
+pub fn handle(
+    ctx: &RequestContext,
+    _request: Option<ApiVersionsRequest>,
+    clustered: bool,
+) -> Outcome {
     let api_keys = APIS
         .iter()
+        .filter(|a| super::served(a.key, clustered))
         .map(|a| {
             ApiVersion::default()
                 .with_api_key(a.key as i16)

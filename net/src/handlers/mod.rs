@@ -27,6 +27,7 @@ pub mod describe_configs;
 pub mod describe_groups;
 pub mod describe_log_dirs;
 pub mod describe_producers;
+pub mod describe_quorum;
 pub mod describe_transactions;
 pub mod elect_leaders;
 pub mod end_txn;
@@ -107,7 +108,17 @@ pub const APIS: &[Api] = &[
     alter_partition_reassignments::API,
     list_partition_reassignments::API,
     describe_log_dirs::API,
+    describe_quorum::API,
 ];
+
+/// APIs only a cluster node serves and advertises (a single node has no metadata quorum).
+pub const CLUSTER_APIS: &[ApiKey] = &[ApiKey::DescribeQuorum];
+
+/// Whether this broker serves `key`: everything in [`APIS`], except [`CLUSTER_APIS`] on a
+/// single node.
+pub fn served(key: ApiKey, clustered: bool) -> bool {
+    clustered || !CLUSTER_APIS.contains(&key)
+}
 
 pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
     APIS.iter()
@@ -157,6 +168,7 @@ pub enum Request {
     ElectLeaders(kafka_protocol::messages::ElectLeadersRequest),
     CreatePartitions(kafka_protocol::messages::CreatePartitionsRequest),
     DescribeLogDirs(kafka_protocol::messages::DescribeLogDirsRequest),
+    DescribeQuorum(kafka_protocol::messages::DescribeQuorumRequest),
     AlterPartitionReassignments(kafka_protocol::messages::AlterPartitionReassignmentsRequest),
     ListPartitionReassignments(kafka_protocol::messages::ListPartitionReassignmentsRequest),
 }
@@ -203,6 +215,7 @@ pub fn decode_body(ctx: &RequestContext, mut body: Bytes) -> Option<Request> {
         ApiKey::ElectLeaders => Request::ElectLeaders(decode(&mut body, v)?),
         ApiKey::CreatePartitions => Request::CreatePartitions(decode(&mut body, v)?),
         ApiKey::DescribeLogDirs => Request::DescribeLogDirs(decode(&mut body, v)?),
+        ApiKey::DescribeQuorum => Request::DescribeQuorum(decode(&mut body, v)?),
         ApiKey::AlterPartitionReassignments => {
             Request::AlterPartitionReassignments(decode(&mut body, v)?)
         }
@@ -220,6 +233,9 @@ pub fn start(
     request: Request,
 ) -> LocalBoxFuture<'static, Outcome> {
     let shard = shard.clone();
+    if !served(ctx.api_key, shard.broker.clustered()) {
+        return async { Outcome::Close }.boxed_local();
+    }
     // A node cut off from the metadata quorum has been fenced: its metadata is stale and it
     // leads nothing any more. Closing the connection sends the client to the other brokers
     // (ApiVersions is still answered, so the client does not take it for an old broker).
@@ -227,7 +243,9 @@ pub fn start(
         return async { Outcome::Close }.boxed_local();
     }
     match request {
-        Request::ApiVersions(r) => async move { api_versions::handle(&ctx, r) }.boxed_local(),
+        Request::ApiVersions(r) => {
+            async move { api_versions::handle(&ctx, r, shard.broker.clustered()) }.boxed_local()
+        }
         Request::Produce(r) => produce::handle(&shard, ctx, r),
         Request::Fetch(r) => async move { fetch::handle(&shard, &ctx, r).await }.boxed_local(),
         Request::ListOffsets(r) => {
@@ -311,6 +329,9 @@ pub fn start(
         }
         Request::ElectLeaders(r) => {
             async move { elect_leaders::handle(&shard, &ctx, r).await }.boxed_local()
+        }
+        Request::DescribeQuorum(r) => {
+            async move { describe_quorum::handle(&shard, &ctx, r).await }.boxed_local()
         }
         Request::DescribeLogDirs(r) => {
             async move { describe_log_dirs::handle(&shard, &ctx, r).await }.boxed_local()

@@ -416,6 +416,32 @@ fn partitions_spread_over_the_brokers_and_clients_follow_their_leaders() {
     assert!(keys.contains(&(ApiKey::EndTxn as i16)));
     assert!(keys.contains(&(ApiKey::WriteTxnMarkers as i16)));
     assert_eq!(versions.finalized_features.len(), 1, "transaction.version");
+    // DescribeQuorum, asked of any node (the others pass it on to the quorum's leader).
+    let controller = cluster.controller(1);
+    for id in 1..=3 {
+        let mut raw = Raw::connect(cluster.node(id).port);
+        let request = kafka_protocol::messages::DescribeQuorumRequest::default().with_topics(vec![
+            kafka_protocol::messages::describe_quorum_request::TopicData::default()
+                .with_topic_name(kafka_protocol::messages::TopicName(
+                    kafka_protocol::protocol::StrBytes::from_static_str("__cluster_metadata"),
+                ))
+                .with_partitions(vec![
+                    kafka_protocol::messages::describe_quorum_request::PartitionData::default(),
+                ]),
+        ]);
+        let quorum: kafka_protocol::messages::DescribeQuorumResponse =
+            call(&mut raw, ApiKey::DescribeQuorum, 2, &request);
+        let p = &quorum.topics[0].partitions[0];
+        assert_eq!(
+            (p.error_code, p.leader_id.0),
+            (0, controller),
+            "asked node {id}"
+        );
+        assert!(p.high_watermark > 0);
+        let voters: Vec<i32> = p.current_voters.iter().map(|v| v.replica_id.0).collect();
+        assert_eq!(voters, vec![1, 2, 3]);
+        assert_eq!(quorum.nodes.len(), 3);
+    }
 }
 
 #[test]
