@@ -787,6 +787,8 @@ async fn truncate_log(shard: &Rc<Shard>, tp: &TopicPartition, offset: i64) {
     let Some(log) = shard.logs.borrow_mut().remove(tp) else {
         return;
     };
+    // While the directory is rewritten, nothing else may open it (see `Shard::truncating`).
+    shard.truncating.borrow_mut().insert(tp.clone());
     let high_watermark = log.high_watermark();
     let old_end = log.log_end_offset();
     let dir = log.dir().to_path_buf();
@@ -832,8 +834,49 @@ async fn truncate_log(shard: &Rc<Shard>, tp: &TopicPartition, offset: i64) {
                     old_end - end
                 );
             }
-            shard.logs.borrow_mut().insert(tp.clone(), log);
+            settle_truncated(shard, tp, &meta, log).await;
         }
         Err(e) => eprintln!("sluice: {tp}: reopening after truncation: {e}"),
+    }
+    shard.truncating.borrow_mut().remove(tp);
+}
+
+/// Puts a log reopened after truncation back in service under the metadata as it is now,
+/// which may have changed while the directory was rewritten: a new role is applied, and a
+/// partition this broker no longer holds (its topic deleted or recreated, or the replica moved
+/// away) has its log deleted instead.
+async fn settle_truncated(
+    shard: &Rc<Shard>,
+    tp: &TopicPartition,
+    truncated: &TopicMeta,
+    log: Rc<PartitionLog>,
+) {
+    let node = shard.broker.node_id;
+    let now = shard
+        .topics
+        .borrow()
+        .get(&tp.topic)
+        .filter(|m| m.id == truncated.id)
+        .and_then(|m| {
+            let state = m.states.get(usize::try_from(tp.partition).ok()?)?.clone();
+            state.replicas.contains(&node).then(|| (m.clone(), state))
+        });
+    match now {
+        Some((meta, state)) => {
+            shard.logs.borrow_mut().insert(tp.clone(), log.clone());
+            apply_state(shard, &meta, tp.partition, &state, &log, None);
+        }
+        None => {
+            forget(shard, tp);
+            let dir = log.dir().to_path_buf();
+            if let Err(e) = log.close().await {
+                eprintln!("sluice: {tp}: closing: {e}");
+            }
+            log.retire().await;
+            drop(log);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                eprintln!("sluice: cannot remove {}: {e} ({tp})", dir.display());
+            }
+        }
     }
 }

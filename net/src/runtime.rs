@@ -263,6 +263,7 @@ async fn core_main(
         isolated: Cell::new(false),
         peers: RefCell::new(Default::default()),
         admin_changes: glommio::sync::Semaphore::new(1),
+        truncating: RefCell::new(Default::default()),
         inflight: Cell::new(0),
     });
     // Recover the partitions this core owns, then wait for every core to have done the same:

@@ -80,6 +80,9 @@ pub struct Shard {
     /// controller has fenced it, so it serves no client (closing their connections), and
     /// producers still waiting for acks are told NOT_LEADER_OR_FOLLOWER.
     pub isolated: Cell<bool>,
+    /// Followed partitions whose log a truncation has taken out of `logs` while it rewrites the
+    /// directory: a metadata change meanwhile must not open a second log on it.
+    pub truncating: RefCell<std::collections::HashSet<TopicPartition>>,
     /// Core 0: CreatePartitions and reassignments one at a time (see `partitions`).
     pub admin_changes: glommio::sync::Semaphore,
     /// Idle connections to other brokers (see `peer`).
@@ -787,7 +790,8 @@ impl Shard {
                 self.drop_unheld(&meta.name, &held).await;
                 for (partition, state) in meta.states.iter().enumerate() {
                     let tp = TopicPartition::new(meta.name.clone(), partition as i32);
-                    if held[partition] && !self.logs.borrow().contains_key(&tp) {
+                    let truncating = self.truncating.borrow().contains(&tp);
+                    if held[partition] && !self.logs.borrow().contains_key(&tp) && !truncating {
                         match self.open_log(&meta, partition as i32).await {
                             Ok((log, epochs)) => {
                                 self.logs.borrow_mut().insert(tp, log.clone());
