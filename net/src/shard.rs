@@ -776,12 +776,8 @@ impl Shard {
                                 &log,
                                 None,
                             );
-                            if meta.name == crate::offsets::OFFSETS_TOPIC {
-                                self.follow_coordination(partition as i32, &log, false)
-                                    .await;
-                            }
-                            if meta.name == crate::transactions::TXN_TOPIC {
-                                self.follow_txn_coordination(partition as i32, &log, false)
+                            if let Some(c) = Coordinated::of(&meta.name) {
+                                self.follow_coordination(c, partition as i32, &log, false)
                                     .await;
                             }
                         }
@@ -803,16 +799,12 @@ impl Shard {
                                     &log,
                                     Some(epochs),
                                 );
-                                if meta.name == crate::offsets::OFFSETS_TOPIC {
+                                if let Some(c) = Coordinated::of(&meta.name) {
                                     // A single node loads at open, before it serves. A
                                     // cluster node may have to wait for its followers (see
-                                    // `load_groups`), who need it serving: in a task.
+                                    // `load_coordinated`), who need it serving: in a task.
                                     let wait = !self.broker.clustered();
-                                    self.follow_coordination(partition as i32, &log, wait).await;
-                                }
-                                if meta.name == crate::transactions::TXN_TOPIC {
-                                    let wait = !self.broker.clustered();
-                                    self.follow_txn_coordination(partition as i32, &log, wait)
+                                    self.follow_coordination(c, partition as i32, &log, wait)
                                         .await;
                                 }
                             }
@@ -859,29 +851,60 @@ impl Shard {
         }
     }
 
-    /// The groups of a `__consumer_offsets` partition follow its leadership: loaded from the log
-    /// when this core starts leading it, dropped when it stops. `wait`: load before returning
-    /// (at open), else in a task (a leadership change must not hold up the metadata broadcast).
+    /// What a core coordinates from `c`'s partitions (loaded), and what it is loading.
+    fn coordinated(&self, c: Coordinated) -> &RefCell<std::collections::HashSet<i32>> {
+        match c {
+            Coordinated::Groups => &self.coordinating,
+            Coordinated::Transactions => &self.txn_coordinating,
+        }
+    }
+
+    fn loading(&self, c: Coordinated) -> &RefCell<std::collections::HashSet<i32>> {
+        match c {
+            Coordinated::Groups => &self.loading_offsets,
+            Coordinated::Transactions => &self.txn_loading,
+        }
+    }
+
+    /// Drops the state loaded from one of `c`'s partitions.
+    fn unload(&self, c: Coordinated, partition: i32) {
+        match c {
+            Coordinated::Groups => crate::offsets::unload(self, partition),
+            Coordinated::Transactions => crate::txn_coordinator::unload(self, partition),
+        }
+    }
+
+    /// This core no longer coordinates `partition` of `c` (nor goes on loading it).
+    fn stop_coordinating(&self, c: Coordinated, partition: i32) {
+        self.loading(c).borrow_mut().remove(&partition);
+        if self.coordinated(c).borrow_mut().remove(&partition) {
+            self.unload(c, partition);
+        }
+    }
+
+    /// The groups of a `__consumer_offsets` partition, and the transactions of a
+    /// `__transaction_state` partition, follow its leadership: loaded from the log when this
+    /// core starts leading it, dropped when it stops. `wait`: load before returning (at open),
+    /// else in a task (a leadership change must not hold up the metadata broadcast).
     async fn follow_coordination(
         self: &Rc<Self>,
+        c: Coordinated,
         partition: i32,
         log: &Rc<PartitionLog>,
         wait: bool,
     ) {
-        let tp = TopicPartition::new(crate::offsets::OFFSETS_TOPIC, partition);
-        let leads = crate::replica::leads(self, &tp).is_some();
-        let loaded = self.coordinating.borrow().contains(&partition);
-        if !leads {
+        let tp = TopicPartition::new(c.topic(), partition);
+        let loaded = self.coordinated(c).borrow().contains(&partition);
+        if crate::replica::leads(self, &tp).is_none() {
             if loaded {
-                self.coordinating.borrow_mut().remove(&partition);
-                crate::offsets::unload(self, partition);
+                self.stop_coordinating(c, partition);
             }
             return;
         }
-        if loaded || !self.loading_offsets.borrow_mut().insert(partition) {
+        if loaded || !self.loading(c).borrow_mut().insert(partition) {
             return;
         }
-        let load = self.clone().load_groups(partition, log.clone());
+        let load = self.clone().load_coordinated(c, partition, log.clone());
         if wait {
             load.await;
         } else {
@@ -889,14 +912,20 @@ impl Shard {
         }
     }
 
-    /// Loads the groups of a `__consumer_offsets` partition this core now leads. What the log
-    /// holds past the high watermark may still be lost in a failover, so the load waits until
-    /// the in-sync replicas have everything (the high watermark reaches the log end).
-    async fn load_groups(self: Rc<Self>, partition: i32, log: Rc<PartitionLog>) {
-        let tp = TopicPartition::new(crate::offsets::OFFSETS_TOPIC, partition);
+    /// Loads what `partition` of `c` holds, once this core leads it. What the log holds past
+    /// the high watermark may still be lost in a failover, so the load waits until the in-sync
+    /// replicas have everything (the high watermark reaches the log end). Transactions found
+    /// prepared are finished by `txn_coordinator::timeout_loop`, as after a restart.
+    async fn load_coordinated(
+        self: Rc<Self>,
+        c: Coordinated,
+        partition: i32,
+        log: Rc<PartitionLog>,
+    ) {
+        let tp = TopicPartition::new(c.topic(), partition);
         loop {
             if crate::replica::leads(&self, &tp).is_none() || self.stopping.get() {
-                self.loading_offsets.borrow_mut().remove(&partition);
+                self.loading(c).borrow_mut().remove(&partition);
                 return;
             }
             if log.high_watermark() >= log.log_end_offset() {
@@ -905,6 +934,26 @@ impl Shard {
             let changed = log.high_watermark_changed.notified();
             let _ = with_timeout(changed, Duration::from_millis(100)).await;
         }
+        let loaded = match c {
+            Coordinated::Groups => {
+                self.load_groups(&log).await;
+                true
+            }
+            Coordinated::Transactions => self.load_txns(&tp).await,
+        };
+        self.loading(c).borrow_mut().remove(&partition);
+        if !loaded {
+            return;
+        }
+        if crate::replica::leads(&self, &tp).is_none() {
+            self.unload(c, partition);
+            return;
+        }
+        self.coordinated(c).borrow_mut().insert(partition);
+    }
+
+    /// Reads the groups of a `__consumer_offsets` partition into this core's tables.
+    async fn load_groups(self: &Rc<Self>, log: &Rc<PartitionLog>) {
         // Groups belong to one partition each: the tables of the partitions are disjoint and
         // simply merge.
         let mut table = crate::offsets::GroupOffsets::new();
@@ -916,15 +965,11 @@ impl Shard {
             &mut pending,
             &mut groups,
             &mut consumer_groups,
-            &log,
+            log,
         )
         .await;
         if let Err(e) = loaded {
             eprintln!("sluice: core {}: {e}", self.core_id);
-        }
-        self.loading_offsets.borrow_mut().remove(&partition);
-        if crate::replica::leads(&self, &tp).is_none() {
-            return;
         }
         self.offsets.borrow_mut().extend(table);
         let mut all = self.txn_offsets.borrow_mut();
@@ -932,85 +977,34 @@ impl Shard {
             all.entry(pid).or_default().extend(groups);
         }
         drop(all);
-        crate::groups::restore(&self, groups);
-        crate::consumer_groups::restore(&self, consumer_groups);
-        self.coordinating.borrow_mut().insert(partition);
+        crate::groups::restore(self, groups);
+        crate::consumer_groups::restore(self, consumer_groups);
     }
 
-    /// The transactions of a `__transaction_state` partition follow its leadership, as groups
-    /// do (see `follow_coordination`): loaded when this core starts leading it — once the high
-    /// watermark reaches the log end, so that nothing loaded can still be lost in a failover —
-    /// and dropped when it stops. Transactions found prepared are finished by
-    /// `txn_coordinator::timeout_loop`, as after a restart.
-    async fn follow_txn_coordination(
-        self: &Rc<Self>,
-        partition: i32,
-        log: &Rc<PartitionLog>,
-        wait: bool,
-    ) {
-        let tp = TopicPartition::new(crate::transactions::TXN_TOPIC, partition);
-        let leads = crate::replica::leads(self, &tp).is_some();
-        let loaded = self.txn_coordinating.borrow().contains(&partition);
-        if !leads {
-            if loaded {
-                self.txn_coordinating.borrow_mut().remove(&partition);
-                crate::txn_coordinator::unload(self, partition);
-            }
-            return;
-        }
-        if loaded || !self.txn_loading.borrow_mut().insert(partition) {
-            return;
-        }
-        let load = self.clone().load_txns(partition, log.clone());
-        if wait {
-            load.await;
-        } else {
-            glommio::spawn_local(load).detach();
-        }
-    }
-
-    async fn load_txns(self: Rc<Self>, partition: i32, log: Rc<PartitionLog>) {
-        let tp = TopicPartition::new(crate::transactions::TXN_TOPIC, partition);
+    /// Reads the transactions of a `__transaction_state` partition into this core's table,
+    /// from the log as it is now (a truncation may have replaced it meanwhile). A load that
+    /// fails is tried again rather than coordinating without those transactions; false when
+    /// this core stopped leading the partition first.
+    async fn load_txns(self: &Rc<Self>, tp: &TopicPartition) -> bool {
         loop {
-            if crate::replica::leads(&self, &tp).is_none() || self.stopping.get() {
-                self.txn_loading.borrow_mut().remove(&partition);
-                return;
-            }
-            if log.high_watermark() >= log.log_end_offset() {
-                break;
-            }
-            let changed = log.high_watermark_changed.notified();
-            let _ = with_timeout(changed, Duration::from_millis(100)).await;
-        }
-        // Read as the log is now (a truncation may have replaced it meanwhile); a load that
-        // fails is tried again rather than coordinating without those transactions.
-        loop {
-            let Some(log) = self.log(&tp) else {
-                self.txn_loading.borrow_mut().remove(&partition);
-                return;
+            let Some(log) = self.log(tp) else {
+                return false;
             };
-            match crate::txn_coordinator::load(&self, &log).await {
-                Ok(_) => break,
+            match crate::txn_coordinator::load(self, &log).await {
+                Ok(_) => return true,
                 Err(e) => {
                     eprintln!(
                         "sluice: core {}: loading {tp}: {e}; trying again",
                         self.core_id
                     );
-                    crate::txn_coordinator::unload(&self, partition);
+                    crate::txn_coordinator::unload(self, tp.partition);
                     glommio::timer::sleep(Duration::from_secs(1)).await;
-                    if crate::replica::leads(&self, &tp).is_none() || self.stopping.get() {
-                        self.txn_loading.borrow_mut().remove(&partition);
-                        return;
+                    if crate::replica::leads(self, tp).is_none() || self.stopping.get() {
+                        return false;
                     }
                 }
             }
         }
-        self.txn_loading.borrow_mut().remove(&partition);
-        if crate::replica::leads(&self, &tp).is_none() {
-            crate::txn_coordinator::unload(&self, partition);
-            return;
-        }
-        self.txn_coordinating.borrow_mut().insert(partition);
     }
 
     /// Per partition of `meta`: whether this core holds a replica of it (this broker is one of
@@ -1056,19 +1050,9 @@ impl Shard {
         };
         // Coordinators move with the replicas: what this core coordinated from a moved
         // partition of an internal topic is dropped (and loaded afresh if it ever comes back).
-        for log in &unserved {
-            let p = log.partition;
-            if topic == crate::offsets::OFFSETS_TOPIC {
-                self.loading_offsets.borrow_mut().remove(&p);
-                if self.coordinating.borrow_mut().remove(&p) {
-                    crate::offsets::unload(self, p);
-                }
-            }
-            if topic == crate::transactions::TXN_TOPIC {
-                self.txn_loading.borrow_mut().remove(&p);
-                if self.txn_coordinating.borrow_mut().remove(&p) {
-                    crate::txn_coordinator::unload(self, p);
-                }
+        if let Some(c) = Coordinated::of(topic) {
+            for log in &unserved {
+                self.stop_coordinating(c, log.partition);
             }
         }
         for log in unserved {
@@ -1174,6 +1158,33 @@ fn refuse_commit(
 
 /// Which core serves each partition of `meta` on broker `node`: the placement policy's core for
 /// the partitions `node` leads, None for the others.
+/// The coordinators whose state lives in an internal topic and follows the leadership of its
+/// partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Coordinated {
+    /// Consumer groups and committed offsets (`__consumer_offsets`).
+    Groups,
+    /// Transactions (`__transaction_state`).
+    Transactions,
+}
+
+impl Coordinated {
+    fn of(topic: &str) -> Option<Coordinated> {
+        match topic {
+            crate::offsets::OFFSETS_TOPIC => Some(Coordinated::Groups),
+            crate::transactions::TXN_TOPIC => Some(Coordinated::Transactions),
+            _ => None,
+        }
+    }
+
+    fn topic(self) -> &'static str {
+        match self {
+            Coordinated::Groups => crate::offsets::OFFSETS_TOPIC,
+            Coordinated::Transactions => crate::transactions::TXN_TOPIC,
+        }
+    }
+}
+
 pub fn placement(meta: &TopicMeta, node: i32, cores: usize) -> Vec<Option<usize>> {
     (0..meta.partitions)
         .map(|p| {

@@ -294,14 +294,7 @@ impl MetadataImage {
                 isr,
                 leader_epoch,
             } => {
-                let unknown = || Rejection::UnknownPartition(topic.clone(), *partition);
-                let partitions = &mut self
-                    .topics
-                    .get_mut(topic)
-                    .ok_or_else(|| Rejection::UnknownTopic(topic.clone()))?
-                    .partitions;
-                let index = usize::try_from(*partition).map_err(|_| unknown())?;
-                let state = partitions.get_mut(index).ok_or_else(unknown)?;
+                let (index, state) = partition_mut(&mut self.topics, topic, *partition)?;
                 check_isr(&state.replicas, isr, *leader).map_err(Rejection::Invalid)?;
                 if *leader_epoch < state.leader_epoch {
                     return Err(Rejection::Invalid(format!(
@@ -350,15 +343,8 @@ impl MetadataImage {
                          subsets of replicas {replicas:?}"
                     )));
                 }
-                let unknown = || Rejection::UnknownPartition(topic.clone(), *partition);
                 let brokers = &self.brokers;
-                let partitions = &mut self
-                    .topics
-                    .get_mut(topic)
-                    .ok_or_else(|| Rejection::UnknownTopic(topic.clone()))?
-                    .partitions;
-                let index = usize::try_from(*partition).map_err(|_| unknown())?;
-                let state = partitions.get_mut(index).ok_or_else(unknown)?;
+                let (index, state) = partition_mut(&mut self.topics, topic, *partition)?;
                 if state.partition_epoch != *partition_epoch {
                     return Err(Rejection::StalePartitionEpoch(topic.clone(), *partition));
                 }
@@ -1144,6 +1130,22 @@ impl MetadataImage {
     fn is_live(&self, id: i32) -> bool {
         self.brokers.get(&id).is_some_and(|b| !b.fenced)
     }
+}
+
+/// A partition of `topics` to change, with its index: UNKNOWN_TOPIC or UNKNOWN_PARTITION.
+fn partition_mut<'a>(
+    topics: &'a mut BTreeMap<String, TopicImage>,
+    topic: &str,
+    partition: i32,
+) -> Result<(usize, &'a mut PartitionState), Rejection> {
+    let unknown = || Rejection::UnknownPartition(topic.to_string(), partition);
+    let partitions = &mut topics
+        .get_mut(topic)
+        .ok_or_else(|| Rejection::UnknownTopic(topic.to_string()))?
+        .partitions;
+    let index = usize::try_from(partition).map_err(|_| unknown())?;
+    let state = partitions.get_mut(index).ok_or_else(unknown)?;
+    Ok((index, state))
 }
 
 /// Adds `change` to an entry's changes: once, and a removed topic drops its earlier changes.

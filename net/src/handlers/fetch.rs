@@ -135,16 +135,17 @@ fn resolve(
         for p in &topic.partitions {
             let mut from_follower = false;
             let mut preferred = -1;
-            let state = name
-                .as_ref()
-                .and_then(|n| topics.get(n))
-                .and_then(|m| m.states.get(usize::try_from(p.partition).ok()?));
+            // Looked up only where it decides something (not on a leader's plain fetch).
+            let state = || {
+                let meta = topics.get(name.as_ref()?)?;
+                meta.states.get(usize::try_from(p.partition).ok()?)
+            };
             let (core, early_error) = match &name {
                 None => (None, ResponseError::UnknownTopicId.code()),
                 Some(n) => match table.core_of(n, p.partition) {
                     // A follower replica here serves consumers up to its high watermark.
                     None if consumer
-                        && state
+                        && state()
                             .is_some_and(|s| s.leader != node && s.replicas.contains(&node)) =>
                     {
                         from_follower = true;
@@ -160,13 +161,12 @@ fn resolve(
                     }
                     None => (None, ResponseError::UnknownTopicOrPartition.code()),
                     Some(core) => {
-                        match (rack, state) {
-                            (Some(rack), Some(state))
-                                if shard.broker.rack_aware_replica_selector =>
-                            {
-                                preferred = preferred_replica(shard, state, rack)
+                        if let Some(rack) =
+                            rack.filter(|_| shard.broker.rack_aware_replica_selector)
+                        {
+                            if let Some(state) = state() {
+                                preferred = preferred_replica(shard, state, rack);
                             }
-                            _ => {}
                         }
                         if preferred >= 0 {
                             (None, 0)

@@ -3,15 +3,12 @@
 //! when the coordinator's broker dies the new leader of the id's partition loads its state and
 //! takes over; librdkafka's transactional producer carries on.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::cluster::{create_topic, leaders, wait_for, Cluster, FAST};
 use crate::common::call;
@@ -49,31 +46,13 @@ fn values(prefix: &str, n: usize) -> Vec<String> {
 
 /// Every value of `topic` at `isolation`, read until two seconds pass without a new record.
 fn read_all(bootstrap: &str, topic: &str, isolation: &str) -> Vec<String> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("reader-{isolation}"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", isolation)
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("partition");
-    }
-    c.assign(&tpl).expect("assign");
-    let mut out = Vec::new();
-    let mut last = Instant::now();
-    let deadline = Instant::now() + TIMEOUT;
-    while last.elapsed() < Duration::from_secs(2) && Instant::now() < deadline {
-        if let Some(m) = c.poll(Duration::from_millis(100)) {
-            let m = m.expect("message");
-            out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string());
-            last = Instant::now();
-        }
-    }
-    out.sort();
-    out
+    crate::transactions::read_values(
+        bootstrap,
+        topic,
+        PARTITIONS,
+        isolation,
+        Duration::from_secs(2),
+    )
 }
 
 /// The broker coordinating `transactional_id`, as node `asked` answers FindCoordinator (-1

@@ -26,8 +26,8 @@ type Write = (i32, i64, String);
 
 /// What the clients saw: writes acknowledged, records read.
 #[derive(Default)]
-struct History {
-    acked: Mutex<Vec<Write>>,
+pub(crate) struct History {
+    pub(crate) acked: Mutex<Vec<Write>>,
     seen: Mutex<Vec<Write>>,
 }
 
@@ -41,7 +41,7 @@ impl History {
 /// and idempotence, until `stop`. Sends time out at the broker after 3 s, so a client stuck on
 /// a leader that lost its quorum moves on; a record is given up only after two minutes (that
 /// panics the writer: the test then fails on it).
-fn write_until(
+pub(crate) fn write_until(
     bootstrap: String,
     topic: &'static str,
     partitions: i32,

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
@@ -24,6 +24,7 @@ use crate::cluster::{
     admin, block_on, consume, create_topic, partition_state, wait_for, Cluster, FAST,
 };
 use crate::common::{call, Broker, Raw};
+use crate::faults::{write_until, History};
 
 fn options() -> AdminOptions {
     AdminOptions::new().operation_timeout(Some(Duration::from_secs(25)))
@@ -330,68 +331,21 @@ fn a_cluster_adds_partitions_placed_or_as_assigned() {
     );
 }
 
-/// Records acknowledged by the background producer: (partition, offset, value).
-type Acked = Arc<Mutex<Vec<(i32, i64, String)>>>;
-
-/// Produces keyed records to both partitions of `topic` with acks=all and idempotence until
-/// `stop`, in rounds of 20; every acknowledged record goes into the returned list.
-fn produce_until(
-    bootstrap: String,
-    topic: &'static str,
-    stop: Arc<AtomicBool>,
-) -> (std::thread::JoinHandle<()>, Acked) {
-    let acked: Acked = Arc::default();
-    let out = acked.clone();
-    let handle = std::thread::spawn(move || {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "60000")
-            .create()
-            .expect("producer");
-        let mut next = 0usize;
-        while !stop.load(Ordering::Relaxed) {
-            let round: Vec<_> = (next..next + 20)
-                .map(|i| {
-                    let producer = producer.clone();
-                    async move {
-                        let value = format!("load-{i}");
-                        let sent = producer
-                            .send(
-                                FutureRecord::<(), _>::to(topic)
-                                    .partition((i % 2) as i32)
-                                    .payload(&value),
-                                Duration::from_secs(60),
-                            )
-                            .await;
-                        (value, sent)
-                    }
-                })
-                .collect();
-            for (value, sent) in block_on(futures::future::join_all(round)) {
-                let delivered =
-                    sent.unwrap_or_else(|(e, _)| panic!("{value} not acknowledged: {e}"));
-                out.lock().expect("not poisoned").push((
-                    delivered.partition,
-                    delivered.offset,
-                    value,
-                ));
-            }
-            next += 20;
-        }
-    });
-    (handle, acked)
-}
-
 #[test]
 fn replicas_move_under_load_and_nothing_acknowledged_is_lost() {
     let cluster = Cluster::start(4, FAST);
     let bootstrap = cluster.bootstrap();
     create_assigned(&bootstrap, "moving", &[&[1, 2, 3], &[2, 3, 1]]).expect("created");
     let stop = Arc::new(AtomicBool::new(false));
-    let (producer, acked) = produce_until(bootstrap.clone(), "moving", stop.clone());
+    let history = Arc::new(History::default());
+    let producer = write_until(
+        bootstrap.clone(),
+        "moving",
+        2,
+        stop.clone(),
+        history.clone(),
+    );
+    let acked = &history.acked;
     wait_for("records to flow", Duration::from_secs(20), || {
         acked.lock().expect("not poisoned").len() >= 200
     });

@@ -56,15 +56,27 @@ fn values(prefix: &str, n: usize) -> Vec<String> {
 /// Every value readable in `topic` from the start at `isolation`, read until `quiet` passes
 /// without a new record.
 fn read_all(broker: &Broker, topic: &str, isolation: &str, quiet: Duration) -> Vec<String> {
+    read_values(&broker.bootstrap(), topic, PARTITIONS, isolation, quiet)
+}
+
+/// Every value readable in partitions `0..partitions` of `topic` through `bootstrap`, from the
+/// start at `isolation`, read until `quiet` passes without a new record; sorted.
+pub(crate) fn read_values(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    isolation: &str,
+    quiet: Duration,
+) -> Vec<String> {
     let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("reader-{isolation}"))
         .set("enable.auto.commit", "false")
         .set("isolation.level", isolation)
         .create()
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
+    for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .expect("partition");
     }
