@@ -400,6 +400,51 @@ check_cli_cluster() {
 }
 
 # run_cluster_check NAME: a check that starts its own brokers.
+# KRaft's split roles (scripts/cluster.sh with SLUICE_CLUSTER_CONTROLLERS=3): three broker-only
+# nodes and three dedicated controllers. kafka-topics creates a topic with 3 replicas, 100 lines
+# go in with acks=all and come back, and kafka-metadata-quorum shows a controller leading, three
+# voters and the three brokers as observers.
+check_cli_split() {
+    local dir ok=0 i topics=org.apache.kafka.tools.TopicCommand
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/sluice-compat-split.XXXXXX")
+    CLUSTER_DIR=$dir/cluster
+    if ! SLUICE_BIN="$SLUICE_BIN" SLUICE_CLUSTER_PORT=$((21000 + RANDOM % 20000)) SLUICE_CLUSTER_CONTROLLERS=3 \
+        scripts/cluster.sh start 3 "$CLUSTER_DIR" </dev/null >"$dir/start.out" 2>&1; then
+        say "cli-split: scripts/cluster.sh start failed:"; tail -n 20 "$dir/start.out"
+        return 1
+    fi
+    BOOTSTRAP=$(tail -n 1 "$dir/start.out")
+    say "cli-split: brokers 1-3 on $BOOTSTRAP, controllers 4-6"
+    kafka_tool "$topics" --create --topic cli-split --partitions 3 --replication-factor 3 \
+        </dev/null >"$dir/create.out" 2>&1 || { cat "$dir/create.out"; ok=1; }
+    for i in $(seq 1 100); do echo "split line $i"; done >"$dir/in.txt"
+    kafka_tool org.apache.kafka.tools.ConsoleProducer --topic cli-split --producer-property acks=all \
+        <"$dir/in.txt" >"$dir/produce.out" 2>&1 || { cat "$dir/produce.out"; ok=1; }
+    kafka_tool org.apache.kafka.tools.consumer.ConsoleConsumer --topic cli-split --from-beginning \
+        --max-messages 100 --timeout-ms 30000 </dev/null >"$dir/out.txt" 2>"$dir/consume.err" || true
+    if [ "$(sort "$dir/in.txt")" = "$(sort "$dir/out.txt")" ]; then
+        say "cli-split: 100 lines through a topic with 3 replicas on broker-only nodes"
+    else
+        say "cli-split: read $(wc -l <"$dir/out.txt") of 100 lines"; tail -n 20 "$dir/consume.err"; ok=1
+    fi
+    kafka_tool org.apache.kafka.tools.MetadataQuorumCommand describe --status </dev/null >"$dir/quorum.out" 2>&1
+    kafka_tool org.apache.kafka.tools.MetadataQuorumCommand describe --replication </dev/null >"$dir/quorum-replication.out" 2>&1
+    if grep -Eq '^LeaderId:[[:space:]]+[456]$' "$dir/quorum.out" \
+        && [ "$(grep -cE 'Leader|Follower' "$dir/quorum-replication.out")" = 3 ] \
+        && [ "$(grep -cE '^[123][[:space:]].*Observer' "$dir/quorum-replication.out")" = 3 ]; then
+        say "cli-split: kafka-metadata-quorum: $(grep LeaderId "$dir/quorum.out" | tr -s ' '), 3 voters, observers 1-3"
+    else
+        say "cli-split: kafka-metadata-quorum:"; cat "$dir/quorum.out" "$dir/quorum-replication.out"; ok=1
+    fi
+    if [ "$ok" != 0 ]; then
+        for i in 1 2 3 4 5 6; do tail -n 15 "$CLUSTER_DIR/node-$i/sluice.log" | sed "s/^/    node $i: /"; done
+    fi
+    scripts/cluster.sh stop "$CLUSTER_DIR" >/dev/null 2>&1 || true
+    CLUSTER_DIR=""
+    [ "${COMPAT_KEEP:-0}" = 1 ] || rm -rf "$dir"
+    return "$ok"
+}
+
 run_cluster_check() {
     local name=$1 start=$SECONDS
     say "--- $name"
@@ -622,6 +667,7 @@ main() {
                 if build_cli; then
                     run_check cli
                     run_cluster_check cli-cluster
+                    run_cluster_check cli-split
                 else
                     record_failure cli "mvn (kafka-tools) failed"
                 fi

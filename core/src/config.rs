@@ -139,9 +139,14 @@ pub struct BrokerConfig {
     pub log_cleaner_max_compaction_lag_ms: i64,
     /// The metadata quorum (`controller.quorum.voters`, `id@host:port,...`). Empty (the
     /// default): a single node keeping its metadata in local files, with no quorum. Otherwise
-    /// every node listed is a controller and a broker (KRaft's combined mode), and this node
-    /// must be one of them.
+    /// the nodes listed are the quorum's voters (controllers); other nodes of the cluster are
+    /// brokers only and follow the quorum's log.
     pub controller_quorum_voters: Vec<Voter>,
+    /// `process.roles` on a cluster node: whether it serves clients as a broker (false:
+    /// controller only) and whether it votes in the metadata quorum (false: broker only).
+    /// Both by default; a single node is always a broker.
+    pub broker_role: bool,
+    pub controller_role: bool,
     /// How often a broker tells the active controller it is alive
     /// (`broker.heartbeat.interval.ms`, Kafka's 2 s), and how long the controller waits without
     /// one before fencing the broker and moving its leaderships (`broker.session.timeout.ms`,
@@ -244,6 +249,8 @@ impl Default for BrokerConfig {
             log_cleaner_min_compaction_lag_ms: 0,
             log_cleaner_max_compaction_lag_ms: i64::MAX,
             controller_quorum_voters: Vec::new(),
+            broker_role: true,
+            controller_role: false,
             broker_heartbeat_interval_ms: 2_000,
             broker_session_timeout_ms: 9_000,
             controller_quorum_election_timeout_ms: 1_000,
@@ -576,33 +583,77 @@ impl BrokerConfig {
         Some(SocketAddr::new(host.parse().ok()?, me.port))
     }
 
-    /// A quorum needs this node among its voters, each running both roles: sluice runs
-    /// KRaft's combined mode (`process.roles=broker,controller`) only.
-    fn check_roles(&self, roles: Option<&str>) -> Result<(), ConfigError> {
-        if let Some(roles) = roles {
-            let mut set: Vec<&str> = roles.split(',').map(str::trim).collect();
-            set.sort_unstable();
-            let combined = set == ["broker", "controller"];
-            let single_broker = set == ["broker"] && !self.clustered();
-            if !combined && !single_broker {
+    /// KRaft's `process.roles`: `broker,controller` (combined, the default on a cluster node),
+    /// `controller` (a voter serving no clients) or `broker` (serving clients, following the
+    /// quorum's log without a vote). As in Kafka, a controller must be one of
+    /// `controller.quorum.voters` and a broker-only node must not be. A single node (no voters)
+    /// is a broker with local metadata; its `process.roles` may say `broker` or both.
+    fn check_roles(&mut self, roles: Option<&str>) -> Result<(), ConfigError> {
+        let (broker, controller) = match roles {
+            None => (true, self.clustered()),
+            Some(roles) => {
+                let mut set: Vec<&str> = roles.split(',').map(str::trim).collect();
+                set.sort_unstable();
+                set.dedup();
+                match set.as_slice() {
+                    ["broker", "controller"] => (true, true),
+                    ["broker"] => (true, false),
+                    ["controller"] => (false, true),
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            "process.roles",
+                            roles,
+                            "must be broker, controller, or broker,controller",
+                        ))
+                    }
+                }
+            }
+        };
+        if !self.clustered() {
+            if !broker {
                 return Err(ConfigError::invalid(
                     "process.roles",
-                    roles,
-                    "sluice runs every node as both broker and controller: use broker,controller",
+                    roles.unwrap_or_default(),
+                    "a controller needs controller.quorum.voters",
                 ));
             }
+            self.broker_role = true;
+            self.controller_role = false;
+            return Ok(());
         }
-        if self.clustered() && self.controller_listener().is_none() {
+        let listed = self
+            .controller_quorum_voters
+            .iter()
+            .any(|v| v.id == self.node_id);
+        if controller && self.controller_listener().is_none() {
             return Err(ConfigError::invalid(
                 "controller.quorum.voters",
                 &format!("{:?}", self.controller_quorum_voters),
                 &format!(
-                    "must list this node (node.id={}) with an IP address or localhost",
+                    "must list this node (node.id={}) with an IP address or localhost: it is a \
+                     controller (process.roles=broker only makes a node that follows the quorum)",
                     self.node_id
                 ),
             ));
         }
+        if !controller && listed {
+            return Err(ConfigError::invalid(
+                "process.roles",
+                roles.unwrap_or_default(),
+                &format!(
+                    "node.id={} is one of controller.quorum.voters, so it must be a controller",
+                    self.node_id
+                ),
+            ));
+        }
+        self.broker_role = broker;
+        self.controller_role = controller;
         Ok(())
+    }
+
+    /// Whether this node serves Kafka clients: every node but a dedicated controller.
+    pub fn serves_clients(&self) -> bool {
+        self.broker_role
     }
 
     /// The broker settings DescribeConfigs reports, with Kafka's names and effective values.
@@ -917,7 +968,7 @@ mod tests {
     }
 
     #[test]
-    fn a_quorum_lists_this_node_and_runs_both_roles() {
+    fn process_roles_follow_krafts_rules() {
         let voters = "controller.quorum.voters=1@127.0.0.1:9093,2@localhost:9094";
         let c = BrokerConfig::from_args(&args(&[
             "--override",
@@ -945,8 +996,37 @@ mod tests {
             "--override",
             "process.roles=broker",
         ]))
-        .expect_err("broker only");
+        .expect_err("a voter must be a controller");
         assert!(e.to_string().contains("process.roles"), "{e}");
+        let c = BrokerConfig::from_args(&args(&[
+            "--override",
+            "node.id=3",
+            "--override",
+            voters,
+            "--override",
+            "process.roles=broker",
+        ]))
+        .expect("a broker following the quorum");
+        assert!(c.clustered() && c.broker_role && !c.controller_role);
+        let c = BrokerConfig::from_args(&args(&[
+            "--override",
+            "node.id=1",
+            "--override",
+            voters,
+            "--override",
+            "process.roles=controller",
+        ]))
+        .expect("a dedicated controller");
+        assert!(c.controller_role && !c.serves_clients());
+        let c = BrokerConfig::from_args(&args(&["--override", "node.id=2", "--override", voters]))
+            .expect("combined by default");
+        assert!(c.broker_role && c.controller_role);
+        for bad in ["controller", "observer", ""] {
+            let setting = format!("process.roles={bad}");
+            let e = BrokerConfig::from_args(&args(&["--override", &setting]))
+                .expect_err("no controller without voters, no unknown role");
+            assert!(e.to_string().contains("process.roles"), "{e}");
+        }
         for bad in ["1@host", "x@h:1", "1@h:1,1@h:2", "-1@h:1"] {
             let setting = format!("controller.quorum.voters={bad}");
             assert!(

@@ -23,10 +23,19 @@
 //! until it is applied, and the image ignores a sequence it has seen, so a resent proposal that
 //! was committed twice applies once.
 //!
-//! Wire format between controllers (docs/FORMATS.md): frames of [length u32][kind u8][payload];
-//! kind 1 a Raft message (protobuf, raft-rs's own encoding), 2 a proposal forwarded to the
-//! leader (an encoded [`MetadataEntry`]), 3 a broker heartbeat (an encoded [`MetadataEntry`]
-//! holding the sender's `RegisterBroker` record).
+//! Process roles (KRaft's `process.roles`): a voter of `controller.quorum.voters` runs the Raft
+//! node; a dedicated controller (`controller`) serves no clients and is no broker. A broker-only
+//! node (`broker`) has no vote: it is an observer, as in KRaft, that fetches the committed
+//! entries from a voter (the leader, once it knows it) with a long poll, keeps them in its own
+//! [`QuorumStore`] and applies them like a voter does. Its proposals and heartbeats go to the
+//! leader like a voter's.
+//!
+//! Wire format on the controller port (docs/FORMATS.md): frames of [length u32][kind u8]
+//! [payload]; kind 1 a Raft message (protobuf, raft-rs's own encoding), 2 a proposal forwarded
+//! to the leader (an encoded [`MetadataEntry`]), 3 a broker heartbeat (an encoded
+//! [`MetadataEntry`] holding the sender's `RegisterBroker` record), 4 an observer's fetch and
+//! 5 its answer (committed entries), 6 a request for the quorum's description and 7 its answer.
+//! Kinds 1–3 flow one way; 4 and 6 are answered on the connection they came on.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -42,7 +51,7 @@ use kafka_protocol::error::ResponseError;
 use protobuf::Message as _;
 use raft::eraftpb::{EntryType, Message};
 use raft::storage::MemStorage;
-use raft::{RawNode, StateRole};
+use raft::{RawNode, StateRole, Storage as _};
 use sluice_core::config::BrokerConfig;
 use sluice_core::topic::TopicConfig;
 use sluice_replication::metadata_image::{
@@ -76,6 +85,15 @@ const PRODUCER_ID_BLOCK: i64 = 1000;
 const FRAME_RAFT: u8 = 1;
 const FRAME_PROPOSE: u8 = 2;
 const FRAME_HEARTBEAT: u8 = 3;
+const FRAME_FETCH: u8 = 4;
+const FRAME_ENTRIES: u8 = 5;
+const FRAME_DESCRIBE: u8 = 6;
+const FRAME_DESCRIPTION: u8 = 7;
+
+/// How long a voter holds an observer's fetch when it has nothing new to send.
+const OBSERVER_FETCH_WAIT: Duration = Duration::from_millis(500);
+/// How many bytes of entries one fetch answer carries at most.
+const OBSERVER_FETCH_BYTES: u64 = 1 << 20;
 
 /// Raft ids must not be 0 (raft-rs's "no node"); Kafka node ids start at 0.
 fn raft_id(node: i32) -> u64 {
@@ -84,6 +102,25 @@ fn raft_id(node: i32) -> u64 {
 
 fn node_id(raft: u64) -> i32 {
     raft as i32 - 1
+}
+
+/// Each voter of `controller.quorum.voters` with the address its controller listens on.
+fn voter_addresses(config: &BrokerConfig) -> Result<Vec<(i32, SocketAddr)>, String> {
+    config
+        .controller_quorum_voters
+        .iter()
+        .map(|voter| {
+            let host = if voter.host == "localhost" {
+                "127.0.0.1"
+            } else {
+                &voter.host
+            };
+            format!("{host}:{}", voter.port)
+                .parse()
+                .map(|address| (voter.id, address))
+                .map_err(|_| format!("controller.quorum.voters: bad address of {}", voter.id))
+        })
+        .collect()
 }
 
 /// What was recovered from disk before the cores start (built on the main thread, moved to
@@ -183,6 +220,8 @@ pub struct QuorumDescription {
     pub leader_epoch: i32,
     pub high_watermark: i64,
     pub voters: Vec<VoterState>,
+    /// Broker-only nodes following the log, as last seen fetching by the leader.
+    pub observers: Vec<VoterState>,
 }
 
 #[derive(Debug, Clone)]
@@ -206,7 +245,20 @@ pub struct Controller {
     /// This run of the broker: a new one makes the controller drop what the old one led.
     incarnation: u64,
     registration: MetadataRecord,
-    raft: RefCell<RawNode<MemStorage>>,
+    /// The Raft node of a voter; None on a broker-only node (an observer).
+    raft: Option<RefCell<RawNode<MemStorage>>>,
+    /// Every voter's controller address.
+    voters: Vec<(i32, SocketAddr)>,
+    /// An observer's idea of the quorum's leader, from the voters' fetch answers.
+    leader_hint: Cell<Option<i32>>,
+    /// The last entry applied to the image.
+    applied: Cell<u64>,
+    /// Observers' fetches waiting for the next applied entry.
+    applied_waiters: RefCell<Vec<oneshot::Sender<()>>>,
+    /// When each other voter's last Raft message arrived (DescribeQuorum's last fetch).
+    voters_heard: RefCell<HashMap<i32, Instant>>,
+    /// Active controller only: each observer's log end and when it last fetched.
+    observers: RefCell<HashMap<i32, (u64, Instant)>>,
     store: RefCell<QuorumStore>,
     pub image: RefCell<MetadataImage>,
     outboxes: HashMap<u64, LocalSender<Vec<u8>>>,
@@ -249,24 +301,22 @@ impl Controller {
             ..Default::default()
         };
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let raft = RawNode::new(&raft_config, recovered.storage, &logger)
-            .map_err(|e| format!("metadata quorum: {e}"))?;
+        let raft = match config.controller_role {
+            true => Some(RefCell::new(
+                RawNode::new(&raft_config, recovered.storage, &logger)
+                    .map_err(|e| format!("metadata quorum: {e}"))?,
+            )),
+            false => None,
+        };
+        let voters = voter_addresses(&config)?;
         let mut outboxes = HashMap::new();
-        for voter in &config.controller_quorum_voters {
-            if voter.id == config.node_id {
+        for &(id, address) in &voters {
+            if id == config.node_id {
                 continue;
             }
-            let host = if voter.host == "localhost" {
-                "127.0.0.1"
-            } else {
-                &voter.host
-            };
-            let address: SocketAddr = format!("{host}:{}", voter.port)
-                .parse()
-                .map_err(|_| format!("controller.quorum.voters: bad address of {}", voter.id))?;
             let (tx, rx) = local_channel::new_bounded(OUTBOX_DEPTH);
             glommio::spawn_local(peer_link(address, rx)).detach();
-            outboxes.insert(raft_id(voter.id), tx);
+            outboxes.insert(raft_id(id), tx);
         }
         let (inbox, inbound) = local_channel::new_bounded(INBOX_DEPTH);
         let inbox = Rc::new(inbox);
@@ -282,7 +332,13 @@ impl Controller {
                 port: config.advertised_port,
                 rack: config.broker_rack.clone(),
             },
-            raft: RefCell::new(raft),
+            raft,
+            voters,
+            leader_hint: Cell::new(None),
+            applied: Cell::new(recovered.applied),
+            applied_waiters: RefCell::new(Vec::new()),
+            voters_heard: RefCell::new(HashMap::new()),
+            observers: RefCell::new(HashMap::new()),
             store: RefCell::new(recovered.store),
             image: RefCell::new(recovered.image),
             outboxes,
@@ -300,29 +356,45 @@ impl Controller {
             last_leader_contact: Cell::new(Instant::now()),
             isolated: Cell::new(false),
         });
-        let listen = config
-            .controller_listener()
-            .ok_or("controller.quorum.voters does not list this node")?;
-        let listener = crate::runtime::bind_listener(listen)
-            .map_err(|e| format!("controller listener {listen}: {e}"))?;
-        glommio::spawn_local(accept_peers(listener, controller.inbox.clone())).detach();
-        glommio::spawn_local(drive(shard.clone(), controller.clone(), inbound)).detach();
-        glommio::spawn_local(heartbeats(shard.clone(), controller.clone())).detach();
-        glommio::spawn_local(liveness(shard.clone(), controller.clone())).detach();
-        if config.auto_leader_rebalance_enable {
-            glommio::spawn_local(rebalance_loop(shard.clone(), controller.clone())).detach();
+        if config.controller_role {
+            let listen = config
+                .controller_listener()
+                .ok_or("controller.quorum.voters does not list this node")?;
+            let listener = crate::runtime::bind_listener(listen)
+                .map_err(|e| format!("controller listener {listen}: {e}"))?;
+            glommio::spawn_local(accept_peers(listener, controller.clone())).detach();
+            glommio::spawn_local(drive(shard.clone(), controller.clone(), inbound)).detach();
+            glommio::spawn_local(liveness(shard.clone(), controller.clone())).detach();
+            if config.auto_leader_rebalance_enable {
+                glommio::spawn_local(rebalance_loop(shard.clone(), controller.clone())).detach();
+            }
+        } else {
+            // Nothing reaches an observer's inbox: it never leads.
+            drop(inbound);
+            glommio::spawn_local(observe(shard.clone(), controller.clone())).detach();
+        }
+        if config.broker_role {
+            glommio::spawn_local(heartbeats(shard.clone(), controller.clone())).detach();
+            glommio::spawn_local(watch_contact_loop(shard.clone(), controller.clone())).detach();
         }
         Ok(controller)
     }
 
     /// The node leading the quorum, if one is known.
     pub fn leader(&self) -> Option<i32> {
-        let id = self.raft.borrow().raft.leader_id;
-        (id != raft::INVALID_ID).then(|| node_id(id))
+        match &self.raft {
+            Some(raft) => {
+                let id = raft.borrow().raft.leader_id;
+                (id != raft::INVALID_ID).then(|| node_id(id))
+            }
+            None => self.leader_hint.get(),
+        }
     }
 
     fn is_leader(&self) -> bool {
-        self.raft.borrow().raft.state == StateRole::Leader
+        self.raft
+            .as_ref()
+            .is_some_and(|raft| raft.borrow().raft.state == StateRole::Leader)
     }
 
     /// Proposes `records` as one entry and waits until this node has applied it (and every
@@ -519,10 +591,10 @@ impl Controller {
         if !self.is_leader() {
             return None;
         }
-        let raft = self.raft.borrow();
+        let raft = self.raft.as_ref()?.borrow();
         let now_ms = crate::shard::now_ms();
         let now = Instant::now();
-        let heard = self.heard_from.borrow();
+        let heard = self.voters_heard.borrow();
         let last_index = raft.raft.raft_log.last_index();
         let committed = raft.raft.raft_log.committed;
         let mut voters: Vec<VoterState> = raft
@@ -548,12 +620,97 @@ impl Controller {
             })
             .collect();
         voters.sort_by_key(|v| v.id);
+        let mut observers: Vec<VoterState> = self
+            .observers
+            .borrow()
+            .iter()
+            .map(|(id, (log_end, at))| {
+                let fetched_ms =
+                    now_ms - i64::try_from(now.duration_since(*at).as_millis()).unwrap_or(0);
+                VoterState {
+                    id: *id,
+                    log_end_offset: i64::try_from(*log_end).unwrap_or(i64::MAX),
+                    last_fetch_ms: fetched_ms,
+                    last_caught_up_ms: if *log_end >= committed { fetched_ms } else { -1 },
+                }
+            })
+            .collect();
+        observers.sort_by_key(|o| o.id);
         Some(QuorumDescription {
             leader_id: self.node_id,
             leader_epoch: i32::try_from(raft.raft.term).unwrap_or(i32::MAX),
             high_watermark: i64::try_from(committed).unwrap_or(i64::MAX),
             voters,
+            observers,
         })
+    }
+
+    /// The quorum's description from its leader: this node's own if it leads, otherwise asked
+    /// of the leader over the controller port (None: no leader known, or it did not answer).
+    pub async fn quorum(&self) -> Option<QuorumDescription> {
+        if let Some(described) = self.describe_quorum() {
+            return Some(described);
+        }
+        let leader = self.leader().filter(|l| *l != self.node_id)?;
+        let address = self.voters.iter().find(|(id, _)| *id == leader)?.1;
+        let mut stream = TcpStream::connect_timeout(address, Duration::from_secs(1))
+            .await
+            .ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        stream.write_all(&frame(FRAME_DESCRIBE, &[])).await.ok()?;
+        match read_frame(&mut stream).await? {
+            (FRAME_DESCRIPTION, payload) => decode_description(&payload),
+            _ => None,
+        }
+    }
+
+    /// A voter's answer to an observer's fetch from `from`: the committed entries it has applied
+    /// from there (at most `OBSERVER_FETCH_BYTES`, at least one), after waiting up to `wait` for
+    /// one if there is none yet. Payload: responder i32, leader i32 (-1 unknown), count u32, then
+    /// per entry its length u32 and protobuf encoding.
+    async fn serve_fetch(&self, observer: i32, from: u64, wait: Duration) -> Vec<u8> {
+        if self.is_leader() {
+            self.observers
+                .borrow_mut()
+                .insert(observer, (from.saturating_sub(1), Instant::now()));
+        }
+        if self.applied.get() < from {
+            let (tx, rx) = oneshot::channel();
+            self.applied_waiters.borrow_mut().push(tx);
+            let _ = with_timeout(rx, wait).await;
+        }
+        let entries = match &self.raft {
+            Some(raft) => {
+                let raft = raft.borrow();
+                let store = raft.store();
+                let last = self.applied.get().min(store.last_index().unwrap_or(0));
+                if from >= 1 && from <= last {
+                    store
+                        .entries(
+                            from,
+                            last + 1,
+                            OBSERVER_FETCH_BYTES,
+                            raft::GetEntriesContext::empty(false),
+                        )
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                }
+            }
+            None => Vec::new(),
+        };
+        let mut out = Vec::new();
+        out.extend_from_slice(&self.node_id.to_le_bytes());
+        out.extend_from_slice(&self.leader().unwrap_or(-1).to_le_bytes());
+        out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        for entry in &entries {
+            let Ok(bytes) = entry.write_to_bytes() else {
+                return Vec::new();
+            };
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(&bytes);
+        }
+        out
     }
 
     /// A block of producer ids for this broker: (first, count).
@@ -682,35 +839,38 @@ async fn peer_link(address: SocketAddr, frames: LocalReceiver<Vec<u8>>) {
     }
 }
 
-/// Accepts connections from other controllers; each one's frames go to the driver.
-async fn accept_peers(listener: glommio::net::TcpListener, inbox: Rc<LocalSender<Inbound>>) {
+/// Accepts connections from other controllers and observers.
+async fn accept_peers(listener: glommio::net::TcpListener, controller: Rc<Controller>) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                glommio::spawn_local(read_peer(stream, inbox.clone())).detach();
+                glommio::spawn_local(read_peer(stream, controller.clone())).detach();
             }
             Err(_) => glommio::timer::sleep(Duration::from_millis(10)).await,
         }
     }
 }
 
-/// Reads one peer's frames until it closes or sends something malformed (then the connection
-/// is closed; the peer reconnects).
-async fn read_peer(mut stream: TcpStream, inbox: Rc<LocalSender<Inbound>>) {
+/// One frame: (kind, payload); None when the connection ends, fails or sends a frame over
+/// `FRAME_BYTES_MAX`.
+async fn read_frame(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
     let mut header = [0u8; 5];
-    loop {
-        if stream.read_exact(&mut header).await.is_err() {
-            return;
-        }
-        let length = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        if length > FRAME_BYTES_MAX {
-            return;
-        }
-        let mut payload = vec![0u8; length];
-        if stream.read_exact(&mut payload).await.is_err() {
-            return;
-        }
-        let inbound = match header[4] {
+    stream.read_exact(&mut header).await.ok()?;
+    let length = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if length > FRAME_BYTES_MAX {
+        return None;
+    }
+    let mut payload = vec![0u8; length];
+    stream.read_exact(&mut payload).await.ok()?;
+    Some((header[4], payload))
+}
+
+/// Reads one peer's frames until it closes or sends something malformed (then the connection
+/// is closed; the peer reconnects). Raft messages, proposals and heartbeats go to the driver;
+/// fetches and quorum descriptions are answered on the same connection.
+async fn read_peer(mut stream: TcpStream, controller: Rc<Controller>) {
+    while let Some((kind, payload)) = read_frame(&mut stream).await {
+        let inbound = match kind {
             FRAME_RAFT => match Message::parse_from_bytes(&payload) {
                 Ok(m) => Inbound::Raft(m),
                 Err(_) => return,
@@ -723,16 +883,268 @@ async fn read_peer(mut stream: TcpStream, inbox: Rc<LocalSender<Inbound>>) {
                 Ok(entry) => Inbound::Heartbeat(entry),
                 Err(_) => return,
             },
+            FRAME_FETCH => {
+                // Observer id i32, first index wanted u64, longest wait in ms u32.
+                let Some((observer, from, wait_ms)) = decode_fetch(&payload) else {
+                    return;
+                };
+                let wait = Duration::from_millis(u64::from(wait_ms)).min(OBSERVER_FETCH_WAIT * 4);
+                let answer = controller.serve_fetch(observer, from, wait).await;
+                if stream
+                    .write_all(&frame(FRAME_ENTRIES, &answer))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            FRAME_DESCRIBE => {
+                let answer = controller
+                    .describe_quorum()
+                    .map(|q| encode_description(&q))
+                    .unwrap_or_default();
+                if stream
+                    .write_all(&frame(FRAME_DESCRIPTION, &answer))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
             _ => return,
         };
-        if inbox.send(inbound).await.is_err() {
+        if controller.inbox.send(inbound).await.is_err() {
             return;
         }
     }
 }
 
+fn decode_fetch(payload: &[u8]) -> Option<(i32, u64, u32)> {
+    if payload.len() != 16 {
+        return None;
+    }
+    let observer = i32::from_le_bytes(payload[0..4].try_into().ok()?);
+    let from = u64::from_le_bytes(payload[4..12].try_into().ok()?);
+    let wait_ms = u32::from_le_bytes(payload[12..16].try_into().ok()?);
+    Some((observer, from, wait_ms))
+}
+
+/// The quorum's description on the controller port: leader i32, epoch i32, high watermark
+/// i64, then voters and observers, each a count u32 and per replica id i32, log end i64, last
+/// fetch ms i64, last caught up ms i64. An empty payload: the asked node does not lead.
+fn encode_description(q: &QuorumDescription) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&q.leader_id.to_le_bytes());
+    out.extend_from_slice(&q.leader_epoch.to_le_bytes());
+    out.extend_from_slice(&q.high_watermark.to_le_bytes());
+    for replicas in [&q.voters, &q.observers] {
+        out.extend_from_slice(&(replicas.len() as u32).to_le_bytes());
+        for r in replicas {
+            out.extend_from_slice(&r.id.to_le_bytes());
+            out.extend_from_slice(&r.log_end_offset.to_le_bytes());
+            out.extend_from_slice(&r.last_fetch_ms.to_le_bytes());
+            out.extend_from_slice(&r.last_caught_up_ms.to_le_bytes());
+        }
+    }
+    out
+}
+
+fn decode_description(payload: &[u8]) -> Option<QuorumDescription> {
+    let mut reader = Reader(payload);
+    let leader_id = reader.i32()?;
+    let leader_epoch = reader.i32()?;
+    let high_watermark = reader.i64()?;
+    let mut lists = [Vec::new(), Vec::new()];
+    for list in &mut lists {
+        let count = reader.u32()? as usize;
+        for _ in 0..count.min(payload.len()) {
+            list.push(VoterState {
+                id: reader.i32()?,
+                log_end_offset: reader.i64()?,
+                last_fetch_ms: reader.i64()?,
+                last_caught_up_ms: reader.i64()?,
+            });
+        }
+    }
+    let [voters, observers] = lists;
+    Some(QuorumDescription {
+        leader_id,
+        leader_epoch,
+        high_watermark,
+        voters,
+        observers,
+    })
+}
+
+/// Little-endian fields off the front of a payload; None once it runs short.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_at_checked(N)?;
+        self.0 = rest;
+        head.try_into().ok()
+    }
+
+    fn i32(&mut self) -> Option<i32> {
+        self.take().map(i32::from_le_bytes)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        self.take().map(u32::from_le_bytes)
+    }
+
+    fn i64(&mut self) -> Option<i64> {
+        self.take().map(i64::from_le_bytes)
+    }
+
+    fn bytes(&mut self, n: usize) -> Option<&[u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+}
+
+/// A fetch answer: (responder, leader if it knows one, entries). None if it does not decode.
+fn decode_entries(payload: &[u8]) -> Option<(i32, Option<i32>, Vec<raft::eraftpb::Entry>)> {
+    let mut reader = Reader(payload);
+    let responder = reader.i32()?;
+    let leader = reader.i32()?;
+    let count = reader.u32()? as usize;
+    let mut entries = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let length = reader.u32()? as usize;
+        entries.push(raft::eraftpb::Entry::parse_from_bytes(reader.bytes(length)?).ok()?);
+    }
+    if !reader.0.is_empty() {
+        return None;
+    }
+    Some((responder, (leader >= 0).then_some(leader), entries))
+}
+
+/// A broker-only node follows the quorum's log: it fetches the committed entries after the
+/// last it applied from a voter (the leader, once a voter names it), makes them durable in its
+/// own store and applies them. A voter that fails or knows no leader is left for the next.
+/// Each answer from the leader counts as contact with the quorum (see `watch_contact`).
+async fn observe(shard: Rc<Shard>, controller: Rc<Controller>) {
+    let voters = controller.voters.clone();
+    if voters.is_empty() {
+        return;
+    }
+    let mut target = 0usize;
+    let mut stream: Option<TcpStream> = None;
+    while !shard.stopping.get() {
+        if let Some(leader) = controller.leader_hint.get() {
+            if let Some(i) = voters.iter().position(|(id, _)| *id == leader) {
+                if i != target {
+                    target = i;
+                    stream = None;
+                }
+            }
+        }
+        let (voter, address) = voters[target];
+        if stream.is_none() {
+            match TcpStream::connect_timeout(address, Duration::from_millis(500)).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    let _ = s.set_read_timeout(Some(OBSERVER_FETCH_WAIT + Duration::from_secs(2)));
+                    stream = Some(s);
+                }
+                Err(_) => {
+                    controller.leader_hint.set(None);
+                    target = (target + 1) % voters.len();
+                    glommio::timer::sleep(RECONNECT_BACKOFF).await;
+                    continue;
+                }
+            }
+        }
+        let Some(s) = stream.as_mut() else {
+            continue;
+        };
+        let from = controller.applied.get() + 1;
+        let mut request = Vec::with_capacity(16);
+        request.extend_from_slice(&controller.node_id.to_le_bytes());
+        request.extend_from_slice(&from.to_le_bytes());
+        request.extend_from_slice(&(OBSERVER_FETCH_WAIT.as_millis() as u32).to_le_bytes());
+        let answer = match s.write_all(&frame(FRAME_FETCH, &request)).await {
+            Ok(()) => read_frame(s).await,
+            Err(_) => None,
+        };
+        let Some((_, leader, entries)) = answer
+            .filter(|(kind, _)| *kind == FRAME_ENTRIES)
+            .and_then(|(_, payload)| decode_entries(&payload))
+            .filter(|(responder, _, _)| *responder == voter)
+        else {
+            stream = None;
+            controller.leader_hint.set(None);
+            target = (target + 1) % voters.len();
+            glommio::timer::sleep(RECONNECT_BACKOFF).await;
+            continue;
+        };
+        if leader == Some(voter) {
+            controller.last_leader_contact.set(Instant::now());
+        }
+        let changed = controller.leader_hint.replace(leader) != leader;
+        if let Err(e) = follow(&shard, &controller, from, entries).await {
+            eprintln!("sluice: metadata quorum: {e}; stopping");
+            std::process::exit(70);
+        }
+        if changed {
+            publish_cluster(&shard, &controller).await;
+        }
+        if leader.is_none() {
+            // An election is under way: ask the next voter after a moment.
+            stream = None;
+            target = (target + 1) % voters.len();
+            glommio::timer::sleep(TICK).await;
+        }
+    }
+}
+
+/// An observer's step: entries from `from` on, checked to be the next ones, made durable, then
+/// applied. A leader change is told to the cores like a voter's.
+async fn follow(
+    shard: &Rc<Shard>,
+    controller: &Rc<Controller>,
+    from: u64,
+    entries: Vec<raft::eraftpb::Entry>,
+) -> Result<(), String> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    if entries
+        .iter()
+        .enumerate()
+        .any(|(i, e)| e.index != from + i as u64)
+    {
+        // Not what was asked for: a confused voter. Nothing is applied from it.
+        return Ok(());
+    }
+    let last = entries.last().map_or(0, |e| e.index);
+    {
+        let mut store = controller.store.borrow_mut();
+        store.append(&entries).map_err(|e| e.to_string())?;
+        let hard_state = raft::eraftpb::HardState {
+            term: entries.last().map_or(0, |e| e.term),
+            vote: 0,
+            commit: last,
+            ..Default::default()
+        };
+        store.set_hard_state(&hard_state).map_err(|e| e.to_string())?;
+        // Durable before applied: partition logs are created and removed by what is applied,
+        // and a restart judges the logs it finds by what the store holds.
+        store.sync().map_err(|e| e.to_string())?;
+    }
+    apply_committed(shard, controller, &entries).await
+}
+
 /// The Raft driver: ticks, steps what peers send, and handles each Ready.
 async fn drive(shard: Rc<Shard>, controller: Rc<Controller>, inbound: LocalReceiver<Inbound>) {
+    let Some(raft) = &controller.raft else {
+        return;
+    };
     let mut next_tick = Instant::now() + TICK;
     loop {
         if shard.stopping.get() {
@@ -746,10 +1158,10 @@ async fn drive(shard: Rc<Shard>, controller: Rc<Controller>, inbound: LocalRecei
             None => {}
         }
         if Instant::now() >= next_tick {
-            controller.raft.borrow_mut().tick();
+            raft.borrow_mut().tick();
             next_tick = Instant::now() + TICK;
         }
-        if let Err(e) = handle_ready(&shard, &controller).await {
+        if let Err(e) = handle_ready(&shard, &controller, raft).await {
             // The metadata log could not be made durable: carrying on could acknowledge what
             // a restart would not remember.
             eprintln!("sluice: metadata quorum: {e}; stopping");
@@ -761,8 +1173,15 @@ async fn drive(shard: Rc<Shard>, controller: Rc<Controller>, inbound: LocalRecei
 fn handle(controller: &Rc<Controller>, message: Inbound) {
     match message {
         Inbound::Raft(m) => {
+            let Some(raft) = &controller.raft else {
+                return;
+            };
             let from = m.from;
-            let mut raft = controller.raft.borrow_mut();
+            controller
+                .voters_heard
+                .borrow_mut()
+                .insert(node_id(from), Instant::now());
+            let mut raft = raft.borrow_mut();
             // Errors are messages from unknown peers or stale terms: nothing to do.
             let _ = raft.step(m);
             if from == raft.raft.leader_id {
@@ -770,8 +1189,8 @@ fn handle(controller: &Rc<Controller>, message: Inbound) {
             }
         }
         Inbound::Propose(entry) => {
-            if controller.is_leader() {
-                let _ = controller.raft.borrow_mut().propose(Vec::new(), entry);
+            if let Some(raft) = controller.raft.as_ref().filter(|_| controller.is_leader()) {
+                let _ = raft.borrow_mut().propose(Vec::new(), entry);
             }
         }
         Inbound::Heartbeat(entry) => controller.on_heartbeat(entry),
@@ -781,11 +1200,15 @@ fn handle(controller: &Rc<Controller>, message: Inbound) {
 /// Persists, sends and applies what raft-rs has ready, in the order its docs require:
 /// messages a leader may send before persisting first, then entries and hard state made durable,
 /// then the messages that depend on them.
-async fn handle_ready(shard: &Rc<Shard>, controller: &Rc<Controller>) -> Result<(), String> {
+async fn handle_ready(
+    shard: &Rc<Shard>,
+    controller: &Rc<Controller>,
+    node: &RefCell<RawNode<MemStorage>>,
+) -> Result<(), String> {
     let mut committed = Vec::new();
     let mut leader_changed = false;
     {
-        let mut raft = controller.raft.borrow_mut();
+        let mut raft = node.borrow_mut();
         if !raft.has_ready() {
             return Ok(());
         }
@@ -836,23 +1259,39 @@ async fn handle_ready(shard: &Rc<Shard>, controller: &Rc<Controller>) -> Result<
         }
         publish_cluster(shard, controller).await;
     }
+    apply_committed(shard, controller, &committed).await?;
+    node.borrow_mut().advance_apply();
+    Ok(())
+}
+
+/// Applies committed entries to the image, in order, tells this node's cores and proposers,
+/// and wakes the observers' fetches waiting for them. Voters and observers alike.
+async fn apply_committed(
+    shard: &Rc<Shard>,
+    controller: &Rc<Controller>,
+    committed: &[raft::eraftpb::Entry],
+) -> Result<(), String> {
     for entry in committed {
-        if entry.entry_type != EntryType::EntryNormal || entry.data.is_empty() {
-            continue;
-        }
-        let decoded = MetadataEntry::decode(&entry.data)
-            .map_err(|e| format!("committed entry {} does not decode: {e}", entry.index))?;
-        let applied = controller.image.borrow_mut().apply(&decoded);
-        if let Applied::Changes(changes) = &applied {
-            publish(shard, controller, changes).await;
-        }
-        if decoded.proposer == controller.node_id {
-            if let Some(waiter) = controller.waiters.borrow_mut().remove(&decoded.sequence) {
-                let _ = waiter.send(applied);
+        if entry.entry_type == EntryType::EntryNormal && !entry.data.is_empty() {
+            let decoded = MetadataEntry::decode(&entry.data)
+                .map_err(|e| format!("committed entry {} does not decode: {e}", entry.index))?;
+            let applied = controller.image.borrow_mut().apply(&decoded);
+            if let Applied::Changes(changes) = &applied {
+                publish(shard, controller, changes).await;
+            }
+            if decoded.proposer == controller.node_id {
+                if let Some(waiter) = controller.waiters.borrow_mut().remove(&decoded.sequence) {
+                    let _ = waiter.send(applied);
+                }
             }
         }
+        controller.applied.set(entry.index);
     }
-    controller.raft.borrow_mut().advance_apply();
+    if !committed.is_empty() {
+        for waiter in controller.applied_waiters.take() {
+            let _ = waiter.send(());
+        }
+    }
     Ok(())
 }
 
@@ -906,10 +1345,10 @@ async fn publish(shard: &Rc<Shard>, controller: &Rc<Controller>, changes: &[Chan
 }
 
 async fn publish_cluster(shard: &Rc<Shard>, controller: &Rc<Controller>) {
-    let view = cluster_of(
-        &controller.image.borrow(),
-        controller.leader().unwrap_or(-1),
-    );
+    let view = {
+        let image = controller.image.borrow();
+        cluster_of(&image, visible_controller(&image, controller.leader()))
+    };
     // Operators (and scripts/cluster.sh) watch for this line: the cluster as this node sees it.
     let live: Vec<String> = view
         .brokers
@@ -932,6 +1371,24 @@ async fn publish_cluster(shard: &Rc<Shard>, controller: &Rc<Controller>) {
         async move { shard.call(core, CoreRequest::ApplyCluster(view)).await }
     });
     futures::future::join_all(calls).await;
+}
+
+/// The controller id clients are told (Metadata, DescribeCluster): the quorum's leader when it
+/// is a live broker too; otherwise, as Kafka's KRaft brokers do (clients cannot reach a
+/// dedicated controller), a live broker — the lowest id, so that every node names the same one.
+fn visible_controller(image: &MetadataImage, leader: Option<i32>) -> i32 {
+    let live = |id: &i32| image.brokers.get(id).is_some_and(|b| !b.fenced);
+    match leader {
+        Some(leader) if live(&leader) => leader,
+        None => -1,
+        Some(_) => image
+            .brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| b.id)
+            .min()
+            .unwrap_or(-1),
+    }
 }
 
 /// Every node tells the active controller it is alive, every `broker.heartbeat.interval.ms`
@@ -987,7 +1444,6 @@ async fn liveness(shard: Rc<Shard>, controller: Rc<Controller>) {
         if shard.stopping.get() {
             return;
         }
-        watch_contact(&shard, &controller).await;
         let Some(since) = controller.leader_since.get() else {
             continue;
         };
@@ -1025,6 +1481,14 @@ async fn liveness(shard: Rc<Shard>, controller: Rc<Controller>) {
             })
             .detach();
         }
+    }
+}
+
+/// A broker checks its contact with the quorum's leader every 250 ms.
+async fn watch_contact_loop(shard: Rc<Shard>, controller: Rc<Controller>) {
+    while !shard.stopping.get() {
+        glommio::timer::sleep(Duration::from_millis(250)).await;
+        watch_contact(&shard, &controller).await;
     }
 }
 

@@ -271,10 +271,7 @@ pub enum CoreResponse {
     LogSizes(Vec<(TopicPartition, u64, i64)>),
     /// The quorum as its leader describes it (None: this node does not lead it), and the
     /// leader this node knows.
-    Quorum {
-        described: Option<crate::controller::QuorumDescription>,
-        leader: Option<i32>,
-    },
+    Quorum(Option<crate::controller::QuorumDescription>),
     /// Partitions being reassigned.
     Reassignments(Vec<(TopicPartition, sluice_replication::PartitionState)>),
     /// A group request reached a core that does not coordinate the group (yet): the error.

@@ -319,24 +319,49 @@ async fn core_main(
     glommio::spawn_local(crate::offsets::expiry_loop(shard.clone())).detach();
     glommio::spawn_local(crate::txn_coordinator::timeout_loop(shard.clone())).detach();
     glommio::spawn_local(crate::replica::isr_loop(shard.clone())).detach();
-    let listener = bind_listener(config.listener)
-        .map_err(|e| format!("core {core}: cannot listen on {}: {e}", config.listener))?;
+    // A dedicated controller (process.roles=controller) serves no clients: it has no client
+    // listener, only the quorum's.
+    let listener = match config.serves_clients() {
+        true => Some(
+            bind_listener(config.listener)
+                .map_err(|e| format!("core {core}: cannot listen on {}: {e}", config.listener))?,
+        ),
+        false => None,
+    };
     if core == 0 {
-        eprintln!(
-            "sluice: listening on {} with {} core(s), data in {}",
-            config.listener,
-            shard.cores(),
-            config.log_dirs.display()
-        );
+        match &listener {
+            Some(_) => eprintln!(
+                "sluice: listening on {} with {} core(s), data in {}",
+                config.listener,
+                shard.cores(),
+                config.log_dirs.display()
+            ),
+            None => eprintln!(
+                "sluice: controller only, quorum listener on {} with {} core(s), data in {}",
+                config
+                    .controller_listener()
+                    .map_or_else(String::new, |a| a.to_string()),
+                shard.cores(),
+                config.log_dirs.display()
+            ),
+        }
     }
     let active = Rc::new(Cell::new(0usize));
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            while !life.stop.load(Ordering::Relaxed) {
-                glommio::timer::sleep(Duration::from_millis(50)).await;
-            }
-            None
-        })
+        let accepted = futures_lite::future::or(
+            async {
+                match &listener {
+                    Some(listener) => Some(listener.accept().await),
+                    None => std::future::pending().await,
+                }
+            },
+            async {
+                while !life.stop.load(Ordering::Relaxed) {
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                }
+                None
+            },
+        )
         .await;
         match accepted {
             None => break,

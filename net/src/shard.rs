@@ -178,11 +178,14 @@ impl Shard {
                 .boxed_local()
             }
             CoreRequest::DescribeQuorum => {
-                let (described, leader) = match self.controller() {
-                    Some(c) => (c.describe_quorum(), c.leader()),
-                    None => (None, None),
-                };
-                async move { CoreResponse::Quorum { described, leader } }.boxed_local()
+                let controller = self.controller();
+                async move {
+                    CoreResponse::Quorum(match controller {
+                        Some(c) => c.quorum().await,
+                        None => None,
+                    })
+                }
+                .boxed_local()
             }
             CoreRequest::LogSizes { partitions } => {
                 let sizes = self

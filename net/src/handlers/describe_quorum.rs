@@ -1,10 +1,11 @@
 //! DescribeQuorum (key 55, KIP-595): the metadata quorum as its leader sees it, for
 //! `kafka-metadata-quorum describe --status / --replication`. The one partition is
 //! `__cluster_metadata`-0; the leader's epoch is its Raft term, the high watermark its commit
-//! index, and each voter's log end is what the leader has replicated to it. A node that does
-//! not lead the quorum passes the request on to the one that does (every node is also a broker,
-//! so it reaches the leader's client port), as Kafka's brokers forward it to the active
-//! controller. Served by cluster nodes only: a single node has no quorum.
+//! index, and each voter's log end is what the leader has replicated to it; observers are the
+//! broker-only nodes following the log, with the log end they last fetched from. A node that
+//! does not lead the quorum asks the one that does over the controller port (the leader may be
+//! a dedicated controller with no client listener), as Kafka's brokers forward the request to
+//! the active controller. Served by cluster nodes only: a single node has no quorum.
 
 use std::rc::Rc;
 
@@ -16,7 +17,7 @@ use kafka_protocol::messages::{ApiKey, BrokerId, DescribeQuorumRequest, Describe
 
 use super::{str_bytes, topic_name, Api, Outcome};
 use crate::connection::{encode_response, RequestContext};
-use crate::controller::QuorumDescription;
+use crate::controller::{QuorumDescription, VoterState};
 use crate::router::{CoreRequest, CoreResponse};
 use crate::shard::Shard;
 
@@ -34,25 +35,10 @@ pub async fn handle(
     ctx: &RequestContext,
     request: DescribeQuorumRequest,
 ) -> Outcome {
-    let (described, leader) = match shard.call(0, CoreRequest::DescribeQuorum).await {
-        Some(CoreResponse::Quorum { described, leader }) => (described, leader),
-        _ => (None, None),
+    let described = match shard.call(0, CoreRequest::DescribeQuorum).await {
+        Some(CoreResponse::Quorum(described)) => described,
+        _ => None,
     };
-    if described.is_none() {
-        if let Some(leader) = leader.filter(|l| *l != shard.broker.node_id) {
-            let forwarded: Option<DescribeQuorumResponse> = crate::peer::call(
-                shard,
-                leader,
-                ApiKey::DescribeQuorum,
-                ctx.api_version,
-                &request,
-            )
-            .await;
-            if let Some(answer) = forwarded {
-                return encode_response(ctx, &answer);
-            }
-        }
-    }
     let topics = request
         .topics
         .iter()
@@ -108,16 +94,14 @@ fn describe(answer: PartitionData, q: &QuorumDescription) -> PartitionData {
         .with_leader_id(BrokerId(q.leader_id))
         .with_leader_epoch(q.leader_epoch)
         .with_high_watermark(q.high_watermark)
-        .with_current_voters(
-            q.voters
-                .iter()
-                .map(|v| {
-                    ReplicaState::default()
-                        .with_replica_id(BrokerId(v.id))
-                        .with_log_end_offset(v.log_end_offset)
-                        .with_last_fetch_timestamp(v.last_fetch_ms)
-                        .with_last_caught_up_timestamp(v.last_caught_up_ms)
-                })
-                .collect(),
-        )
+        .with_current_voters(q.voters.iter().map(replica_state).collect())
+        .with_observers(q.observers.iter().map(replica_state).collect())
+}
+
+fn replica_state(v: &VoterState) -> ReplicaState {
+    ReplicaState::default()
+        .with_replica_id(BrokerId(v.id))
+        .with_log_end_offset(v.log_end_offset)
+        .with_last_fetch_timestamp(v.last_fetch_ms)
+        .with_last_caught_up_timestamp(v.last_caught_up_ms)
 }

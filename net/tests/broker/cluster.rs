@@ -10,7 +10,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_request::{
 };
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, DescribeClusterRequest,
-    DescribeClusterResponse, ElectLeadersRequest, ElectLeadersResponse, FindCoordinatorRequest,
+    DescribeClusterResponse, DescribeQuorumRequest, DescribeQuorumResponse, ElectLeadersRequest, ElectLeadersResponse, FindCoordinatorRequest,
     FindCoordinatorResponse, MetadataRequest, MetadataResponse, OffsetForLeaderEpochRequest,
     OffsetForLeaderEpochResponse,
 };
@@ -33,12 +33,14 @@ pub(crate) const FAST: &[&str] = &[
 ];
 
 /// N nodes, each a broker and a voter of the metadata quorum (node ids 1..=N; `nodes[i]` is
-/// node i+1).
+/// node i+1) — or N broker-only nodes and C dedicated controllers (ids N+1..=N+C).
 pub struct Cluster {
     /// Declared before the network: the nodes stop before their namespaces go.
     pub nodes: Vec<Broker>,
     /// The namespaces the nodes run in, for clusters whose links a test cuts.
     pub network: Option<Network>,
+    /// How many of the nodes (the first ones) are brokers.
+    brokers: usize,
     _dir: tempfile::TempDir,
 }
 
@@ -47,7 +49,13 @@ const NETNS_PORTS: (u16, u16) = (9092, 9093);
 
 impl Cluster {
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
-        Cluster::start_on(None, n, extra, &|_| Vec::new())
+        Cluster::start_on(None, n, 0, extra, &|_| Vec::new())
+    }
+
+    /// `brokers` broker-only nodes (ids 1..=brokers) following a quorum of `controllers`
+    /// dedicated controllers (the ids after them): KRaft's split roles.
+    pub fn start_split(brokers: usize, controllers: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_on(None, brokers, controllers, extra, &|_| Vec::new())
     }
 
     /// N nodes with settings of their own besides `extra`: `per_node(i)` for node i (1..=N).
@@ -56,20 +64,24 @@ impl Cluster {
         extra: &[&str],
         per_node: &dyn Fn(usize) -> Vec<String>,
     ) -> Cluster {
-        Cluster::start_on(None, n, extra, per_node)
+        Cluster::start_on(None, n, 0, extra, per_node)
     }
 
     /// N nodes, each in its own network namespace (see `netns`): `network()` cuts links.
     pub fn start_partitionable(n: usize, extra: &[&str]) -> Cluster {
-        Cluster::start_on(Some(Network::create(n)), n, extra, &|_| Vec::new())
+        Cluster::start_on(Some(Network::create(n)), n, 0, extra, &|_| Vec::new())
     }
 
+    /// `brokers` nodes and, with `controllers` > 0, that many dedicated controllers after them
+    /// (the brokers then only follow the quorum); with none, every node is both.
     fn start_on(
         network: Option<Network>,
-        n: usize,
+        brokers: usize,
+        controllers: usize,
         extra: &[&str],
         per_node: &dyn Fn(usize) -> Vec<String>,
     ) -> Cluster {
+        let n = brokers + controllers;
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..n)
             .map(|_| match network {
@@ -82,26 +94,35 @@ impl Cluster {
                 .as_ref()
                 .map_or("127.0.0.1".to_string(), |net| net.host(i + 1))
         };
+        let is_voter = |i: usize| controllers == 0 || i >= brokers;
         let voters: Vec<String> = ports
             .iter()
             .enumerate()
+            .filter(|(i, _)| is_voter(*i))
             .map(|(i, (_, controller))| format!("{}@{}:{controller}", i + 1, host(i)))
             .collect();
         let voters = format!("controller.quorum.voters={}", voters.join(","));
         let mut nodes = Vec::new();
         for (i, (port, _)) in ports.iter().enumerate() {
             let id = format!("node.id={}", i + 1);
-            let mut settings = vec![
-                id.as_str(),
-                voters.as_str(),
-                "process.roles=broker,controller",
-            ];
+            let roles = match (controllers, is_voter(i)) {
+                (0, _) => "process.roles=broker,controller",
+                (_, true) => "process.roles=controller",
+                (_, false) => "process.roles=broker",
+            };
+            let mut settings = vec![id.as_str(), voters.as_str(), roles];
             settings.extend_from_slice(extra);
             let own = per_node(i + 1);
             settings.extend(own.iter().map(String::as_str));
             let node_dir = dir.path().join(format!("node-{}", i + 1));
             let log = dir.path().join(format!("node-{}.log", i + 1));
             nodes.push(match &network {
+                None if i >= brokers => Broker::prepare_controller(
+                    node_dir.join("data"),
+                    ports[i].1,
+                    &settings,
+                    log,
+                ),
                 Some(net) => Broker::prepare_in(
                     &net.netns(i + 1),
                     &host(i),
@@ -119,10 +140,11 @@ impl Cluster {
         let cluster = Cluster {
             nodes,
             network,
+            brokers,
             _dir: dir,
         };
-        for node in 1..=n {
-            cluster.wait_for_brokers(node, n);
+        for node in 1..=brokers {
+            cluster.wait_for_brokers(node, brokers);
         }
         cluster
     }
@@ -148,7 +170,10 @@ impl Cluster {
 
     /// Every node's address: what a client is given.
     pub fn bootstrap(&self) -> String {
-        let all: Vec<String> = self.nodes.iter().map(Broker::bootstrap).collect();
+        let all: Vec<String> = self.nodes[..self.brokers]
+            .iter()
+            .map(Broker::bootstrap)
+            .collect();
         all.join(",")
     }
 
@@ -185,6 +210,20 @@ impl Cluster {
             &DescribeClusterRequest::default(),
         );
         answer.controller_id.0
+    }
+
+    /// DescribeQuorum (v2) for `__cluster_metadata`-0 as node `id` answers it.
+    pub fn describe_quorum(&self, id: i32) -> DescribeQuorumResponse {
+        let request = DescribeQuorumRequest::default().with_topics(vec![
+            kafka_protocol::messages::describe_quorum_request::TopicData::default()
+                .with_topic_name(kafka_protocol::messages::TopicName(
+                    kafka_protocol::protocol::StrBytes::from_static_str("__cluster_metadata"),
+                ))
+                .with_partitions(vec![
+                    kafka_protocol::messages::describe_quorum_request::PartitionData::default(),
+                ]),
+        ]);
+        call(&mut self.raw(id), ApiKey::DescribeQuorum, 2, &request)
     }
 
     /// The live brokers node `id` lists in Metadata.
@@ -419,18 +458,7 @@ fn partitions_spread_over_the_brokers_and_clients_follow_their_leaders() {
     // DescribeQuorum, asked of any node (the others pass it on to the quorum's leader).
     let controller = cluster.controller(1);
     for id in 1..=3 {
-        let mut raw = Raw::connect(cluster.node(id).port);
-        let request = kafka_protocol::messages::DescribeQuorumRequest::default().with_topics(vec![
-            kafka_protocol::messages::describe_quorum_request::TopicData::default()
-                .with_topic_name(kafka_protocol::messages::TopicName(
-                    kafka_protocol::protocol::StrBytes::from_static_str("__cluster_metadata"),
-                ))
-                .with_partitions(vec![
-                    kafka_protocol::messages::describe_quorum_request::PartitionData::default(),
-                ]),
-        ]);
-        let quorum: kafka_protocol::messages::DescribeQuorumResponse =
-            call(&mut raw, ApiKey::DescribeQuorum, 2, &request);
+        let quorum = cluster.describe_quorum(id);
         let p = &quorum.topics[0].partitions[0];
         assert_eq!(
             (p.error_code, p.leader_id.0),

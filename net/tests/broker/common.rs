@@ -19,6 +19,9 @@ pub struct Broker {
     args: Vec<String>,
     /// Where the broker's stderr goes (appended across restarts); None: the test's stderr.
     log: Option<PathBuf>,
+    /// A dedicated controller's quorum port: it serves no clients, so it is ready once that
+    /// port accepts connections.
+    controller_only: Option<u16>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -114,6 +117,19 @@ impl Broker {
         broker
     }
 
+    /// A dedicated controller (`process.roles=controller`) whose quorum listens on
+    /// `controller_port`; not started yet.
+    pub fn prepare_controller(
+        data: PathBuf,
+        controller_port: u16,
+        extra: &[&str],
+        log: PathBuf,
+    ) -> Broker {
+        let mut node = Broker::prepare(data, free_port(), extra, log);
+        node.controller_only = Some(controller_port);
+        node
+    }
+
     fn build_on(data: PathBuf, port: u16, extra: &[&str]) -> Broker {
         Broker::build_at("127.0.0.1", data, port, extra)
     }
@@ -139,6 +155,7 @@ impl Broker {
             child: None,
             args,
             log: None,
+            controller_only: None,
             _dir: None,
         }
     }
@@ -169,7 +186,19 @@ impl Broker {
             .spawn()
             .expect("start sluice");
         self.child = Some(child);
-        wait_for_address(&self.host, self.port);
+        match self.controller_only {
+            None => wait_for_address(&self.host, self.port),
+            Some(port) => {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while TcpStream::connect((self.host.as_str(), port)).is_err() {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the controller did not listen on {port} within 30 s"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
     }
 
     pub fn bootstrap(&self) -> String {

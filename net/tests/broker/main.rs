@@ -16,4 +16,5 @@ mod offsets;
 mod partitions;
 mod proxy;
 mod racks;
+mod roles;
 mod transactions;
