@@ -594,7 +594,6 @@ impl BrokerConfig {
             Some(roles) => {
                 let mut set: Vec<&str> = roles.split(',').map(str::trim).collect();
                 set.sort_unstable();
-                set.dedup();
                 match set.as_slice() {
                     ["broker", "controller"] => (true, true),
                     ["broker"] => (true, false),
@@ -1021,7 +1020,7 @@ mod tests {
         let c = BrokerConfig::from_args(&args(&["--override", "node.id=2", "--override", voters]))
             .expect("combined by default");
         assert!(c.broker_role && c.controller_role);
-        for bad in ["controller", "observer", ""] {
+        for bad in ["controller", "observer", "", "broker,broker"] {
             let setting = format!("process.roles={bad}");
             let e = BrokerConfig::from_args(&args(&["--override", &setting]))
                 .expect_err("no controller without voters, no unknown role");

@@ -92,6 +92,8 @@ const FRAME_DESCRIPTION: u8 = 7;
 
 /// How long a voter holds an observer's fetch when it has nothing new to send.
 const OBSERVER_FETCH_WAIT: Duration = Duration::from_millis(500);
+/// An observer not heard from for this long is no longer listed by DescribeQuorum.
+const OBSERVER_FORGOTTEN: Duration = Duration::from_secs(300);
 /// How many bytes of entries one fetch answer carries at most.
 const OBSERVER_FETCH_BYTES: u64 = 1 << 20;
 
@@ -670,13 +672,20 @@ impl Controller {
     /// per entry its length u32 and protobuf encoding.
     async fn serve_fetch(&self, observer: i32, from: u64, wait: Duration) -> Vec<u8> {
         if self.is_leader() {
-            self.observers
-                .borrow_mut()
-                .insert(observer, (from.saturating_sub(1), Instant::now()));
+            let mut observers = self.observers.borrow_mut();
+            // Observers gone for good (a broker removed or renumbered) leave DescribeQuorum, as
+            // KRaft times them out.
+            observers.retain(|_, (_, at)| at.elapsed() < OBSERVER_FORGOTTEN);
+            observers.insert(observer, (from.saturating_sub(1), Instant::now()));
         }
         if self.applied.get() < from {
             let (tx, rx) = oneshot::channel();
-            self.applied_waiters.borrow_mut().push(tx);
+            {
+                let mut waiters = self.applied_waiters.borrow_mut();
+                // Fetches that timed out (nothing was applied meanwhile) left their senders.
+                waiters.retain(|w| !w.is_canceled());
+                waiters.push(tx);
+            }
             let _ = with_timeout(rx, wait).await;
         }
         let entries = match &self.raft {
@@ -1053,7 +1062,7 @@ async fn observe(shard: Rc<Shard>, controller: Rc<Controller>) {
                     stream = Some(s);
                 }
                 Err(_) => {
-                    controller.leader_hint.set(None);
+                    follow_leader(&shard, &controller, None).await;
                     target = (target + 1) % voters.len();
                     glommio::timer::sleep(RECONNECT_BACKOFF).await;
                     continue;
@@ -1078,7 +1087,7 @@ async fn observe(shard: Rc<Shard>, controller: Rc<Controller>) {
             .filter(|(responder, _, _)| *responder == voter)
         else {
             stream = None;
-            controller.leader_hint.set(None);
+            follow_leader(&shard, &controller, None).await;
             target = (target + 1) % voters.len();
             glommio::timer::sleep(RECONNECT_BACKOFF).await;
             continue;
@@ -1086,20 +1095,24 @@ async fn observe(shard: Rc<Shard>, controller: Rc<Controller>) {
         if leader == Some(voter) {
             controller.last_leader_contact.set(Instant::now());
         }
-        let changed = controller.leader_hint.replace(leader) != leader;
         if let Err(e) = follow(&shard, &controller, from, entries).await {
             eprintln!("sluice: metadata quorum: {e}; stopping");
             std::process::exit(70);
         }
-        if changed {
-            publish_cluster(&shard, &controller).await;
-        }
+        follow_leader(&shard, &controller, leader).await;
         if leader.is_none() {
             // An election is under way: ask the next voter after a moment.
             stream = None;
             target = (target + 1) % voters.len();
             glommio::timer::sleep(TICK).await;
         }
+    }
+}
+
+/// An observer's idea of the quorum's leader changes: its cores learn the controller id anew.
+async fn follow_leader(shard: &Rc<Shard>, controller: &Rc<Controller>, leader: Option<i32>) {
+    if controller.leader_hint.replace(leader) != leader {
+        publish_cluster(shard, controller).await;
     }
 }
 
@@ -1248,12 +1261,18 @@ async fn handle_ready(
         }
         send(controller, light.take_messages());
         committed.extend(light.take_committed_entries());
+        if !committed.is_empty() {
+            // What is applied must be what a restart replays: partition logs are created and,
+            // at the next start, kept or removed by it.
+            store.sync().map_err(|e| e.to_string())?;
+        }
     }
     if leader_changed {
         let leading = controller.is_leader();
         if leading && controller.leader_since.get().is_none() {
             controller.leader_since.set(Some(Instant::now()));
             controller.heard_from.borrow_mut().clear();
+            controller.observers.borrow_mut().clear();
         } else if !leading {
             controller.leader_since.set(None);
         }

@@ -97,7 +97,11 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
     // A process killed moments ago may still hold the port: io_uring tears a dead process's
     // ring down asynchronously, and the sockets with it. Wait for that, briefly, rather than fail.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while let Err(e) = check_port_free(config.listener) {
+    while let Err(e) = match config.serves_clients() {
+        true => check_port_free(config.listener),
+        // A dedicated controller binds no client listener.
+        false => Ok(()),
+    } {
         if Instant::now() >= deadline || !e.contains("in use") {
             return Err(e);
         }

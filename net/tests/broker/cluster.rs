@@ -81,6 +81,10 @@ impl Cluster {
         extra: &[&str],
         per_node: &dyn Fn(usize) -> Vec<String>,
     ) -> Cluster {
+        assert!(
+            network.is_none() || controllers == 0,
+            "dedicated controllers in network namespaces are not set up by this harness"
+        );
         let n = brokers + controllers;
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..n)

@@ -46,6 +46,11 @@ fn dedicated_controllers_hold_the_quorum_and_broker_only_nodes_serve_clients() {
     for id in CONTROLLERS {
         let node = cluster.node(id);
         assert!(
+            node.log().contains("sluice: controller only"),
+            "controller {id}: {}",
+            node.log()
+        );
+        assert!(
             TcpStream::connect((node.host.as_str(), node.port)).is_err(),
             "controller {id} serves clients"
         );
@@ -86,19 +91,33 @@ fn dedicated_controllers_hold_the_quorum_and_broker_only_nodes_serve_clients() {
     // No broker was fenced for the controller's death.
     assert_eq!(cluster.brokers_seen_by(2).len(), 3);
 
-    // A broker-only node restarted from its own copy of the log: it knows every topic at
-    // once, registers again and is back in service.
+    // A broker-only node restarts from its own copy of the log: with every controller frozen
+    // (for less than the session timeout), it knows every topic before it has heard from the
+    // quorum; then it registers again and is back in service.
     cluster.node_mut(2).kill9();
     cluster.node_mut(leader).restart();
+    let controller_pids: Vec<i32> = CONTROLLERS
+        .iter()
+        .map(|id| cluster.node(*id).pid() as i32)
+        .collect();
+    let signal_controllers = |signal| {
+        for pid in &controller_pids {
+            unsafe {
+                libc::kill(*pid, signal);
+            }
+        }
+    };
+    signal_controllers(libc::SIGSTOP);
     cluster.node_mut(2).restart();
-    cluster.wait_for_brokers(2, 3);
     let metadata = cluster.metadata(2);
+    signal_controllers(libc::SIGCONT);
     let names: BTreeSet<String> = metadata
         .topics
         .iter()
         .filter_map(|t| t.name.as_ref().map(|n| n.to_string()))
         .collect();
     assert!(names.contains("split") && names.contains("after"), "{names:?}");
+    cluster.wait_for_brokers(2, 3);
     let got = consume(&bootstrap, "split", 3, 300);
     assert_eq!(values(&got).len(), 300, "every record once after the restarts");
     let got = consume(&bootstrap, "after", 2, 100);
