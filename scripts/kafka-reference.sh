@@ -39,7 +39,8 @@
 #       broker's controlled shutdown) and removes their data dirs, as stop does for each.
 #   scripts/kafka-reference.sh status
 #   scripts/kafka-reference.sh smoke [--profile default|flush]
-#       install, start on a free port, 100 records in and out with kcat, stop.
+#       install, start on a free port, 100 records in and out with kcat, a verified run of
+#       sluice-bench's own producer (--client native) when sluice-bench is built, stop.
 #       Ends with "kafka-reference: 1 passed, 0 failed" (exit 0) or "... 0 passed, 1 failed".
 #
 # Files (per port): target/kafka-reference/run/PORT/{server.properties,log4j2*.properties,
@@ -680,6 +681,21 @@ cmd_smoke() {
             ok=1
         else
             say "smoke: 100 records produced and consumed back intact (kcat, topic $topic, profile $profile)"
+        fi
+        # sluice-bench's own producer speaks the protocol by hand: Kafka itself must take its
+        # batches, and the bench's consumer must read every record back once, in order.
+        local bench=""
+        for bench in "$ROOT/target/debug/sluice-bench" "$ROOT/target/release/sluice-bench"; do
+            [ -x "$bench" ] && break
+        done
+        if [ "$ok" = 0 ] && [ -x "$bench" ]; then
+            if timeout 120 "$bench" --bootstrap "127.0.0.1:$port" --topic kafka-reference-native \
+                --client native --partitions 2 --record-bytes 200 --rate-mb 1 --linger-ms 1 \
+                --seconds 2 --warmup-seconds 1 --consume >"$dir/native.out" 2>&1; then
+                say "smoke: sluice-bench --client native verified against Kafka: $(grep -o 'every send was.*' "$dir/native.out" | head -n 1)"
+            else
+                say "smoke: sluice-bench --client native against Kafka failed:"; sed 's/^/    /' "$dir/native.out" >&2; ok=1
+            fi
         fi
         cmd_stop --port "$port" || ok=1
     else

@@ -2,6 +2,7 @@
 //! `sluice-bench` binary) drive the same code.
 //!
 //! - [`load`]: one run (options, producers, the verifying consumer);
+//! - [`native`]: the load generator's own Kafka producer (`--client native`);
 //! - [`processes`]: a run from several load-generator processes, and merging their reports;
 //! - [`report`]: what a run measured, as Markdown and as JSON;
 //! - [`compare`]: one workload against several brokers, alternating runs ([`brokers`] starts
@@ -17,6 +18,7 @@ pub mod charts;
 pub mod compare;
 pub mod groups;
 pub mod load;
+pub mod native;
 pub mod processes;
 pub mod procfs;
 pub mod report;

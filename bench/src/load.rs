@@ -25,7 +25,7 @@ pub use crate::report::{histogram, Percentiles, Report, CURVE_QUANTILES};
 use crate::{processes, procfs};
 
 pub const USAGE: &str = "usage: sluice-bench [run] --bootstrap HOST:PORT [--topic T] [--partitions N] \
-[--record-bytes N] [--acks 0|1|all] [--linger-ms N] [--batch-bytes N] [--compression none|gzip|snappy|lz4|zstd] \
+[--record-bytes N] [--client librdkafka|native] [--acks 0|1|all] [--linger-ms N] [--batch-bytes N] [--compression none|gzip|snappy|lz4|zstd] \
 [--rate-mb MB/s (0 = max)] [--seconds N] [--warmup-seconds N] [--producers N (per process)] [--idempotence] [--transactions RECORDS_PER_TXN] \
 [--processes N (load-generator processes, partitions split between them)] [--consume] [--pid PID[,PID...]] \
 [--keys N (records keyed by their sequence modulo N)] [--topic-config KEY=VALUE]... [--replication-factor N] \
@@ -119,6 +119,9 @@ pub struct Options {
     pub keys: Option<u64>,
     /// Configs of the topic the run creates (`--topic-config cleanup.policy=compact`).
     pub topic_configs: Vec<(String, String)>,
+    /// The producers' client: librdkafka (the default), or sluice-bench's own producer (see
+    /// [`crate::native`]), which needs far less CPU per record.
+    pub native: bool,
 }
 
 /// One load-generator process's share of a multi-process run.
@@ -221,6 +224,7 @@ impl Options {
             bench_bin: None,
             keys: None,
             topic_configs: Vec::new(),
+            native: false,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -286,6 +290,13 @@ impl Options {
                         .push((k.trim().to_string(), v.trim().to_string()));
                 }
                 "--slice" => o.slice = Some(Slice::parse(&value()?)?),
+                "--client" => {
+                    o.native = match value()?.as_str() {
+                        "librdkafka" => false,
+                        "native" => true,
+                        other => return Err(format!("--client librdkafka|native, not {other}")),
+                    }
+                }
                 "--plant" => {
                     o.plant = Some(match value()?.as_str() {
                         "loss" => Plant::Loss,
@@ -321,6 +332,16 @@ impl Options {
                     .into(),
             );
         }
+        if o.native
+            && (o.idempotence
+                || o.transaction_records.is_some()
+                || o.compression != "none"
+                || o.catch_up_mb.is_some())
+        {
+            return Err("--client native sends plain batches: no --idempotence, --transactions, \
+                        --compression or --catch-up-mb"
+                .into());
+        }
         if o.processes > 1 && o.slice.is_some() {
             return Err("--slice is a child's flag: no --processes with it".into());
         }
@@ -351,6 +372,9 @@ impl Options {
         .collect();
         if self.consume {
             args.push("--consume".into());
+        }
+        if self.native {
+            args.extend(["--client".to_string(), "native".to_string()]);
         }
         if self.idempotence {
             args.push("--idempotence".into());
@@ -387,16 +411,16 @@ impl Options {
 }
 
 /// Shared between the send loop and librdkafka's delivery thread.
-struct Stats {
-    measuring: AtomicBool,
-    base: Instant,
-    acked: AtomicU64,
-    acked_bytes: AtomicU64,
+pub(crate) struct Stats {
+    pub(crate) measuring: AtomicBool,
+    pub(crate) base: Instant,
+    pub(crate) acked: AtomicU64,
+    pub(crate) acked_bytes: AtomicU64,
     /// Payload bytes consumed while measuring.
     consumed_bytes: AtomicU64,
-    failed: AtomicU64,
-    publish: Mutex<Histogram<u64>>,
-    first_error: Mutex<Option<String>>,
+    pub(crate) failed: AtomicU64,
+    pub(crate) publish: Mutex<Histogram<u64>>,
+    pub(crate) first_error: Mutex<Option<String>>,
 }
 
 struct Context {
@@ -609,12 +633,12 @@ fn producer_bytes_per_second(o: &Options, partitions: usize) -> f64 {
 }
 
 /// What one producer thread does.
-struct ProducerShare {
-    partitions: Vec<i32>,
-    bytes_per_second: f64,
+pub(crate) struct ProducerShare {
+    pub(crate) partitions: Vec<i32>,
+    pub(crate) bytes_per_second: f64,
     /// Harness self-test: this producer plants `Options::plant` (exactly one producer of one
     /// process does, on its first partition).
-    plants: bool,
+    pub(crate) plants: bool,
 }
 
 /// One producer (its own librdkafka instance, connection and threads) sending to its partitions
@@ -728,7 +752,10 @@ pub fn run(o: &Options) -> Result<Report, String> {
                 plants: slice.index == 0 && k == 0,
             };
             let (o, stats) = (o.clone(), stats.clone());
-            std::thread::spawn(move || produce_loop(&o, &share, &stats, start, total))
+            std::thread::spawn(move || match o.native {
+                true => crate::native::produce_loop(&o, &share, &stats, start, total),
+                false => produce_loop(&o, &share, &stats, start, total),
+            })
         })
         .collect();
     sleep_unless_interrupted(warmup);
