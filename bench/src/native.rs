@@ -40,6 +40,11 @@ const PRODUCE_VERSION: i16 = 7;
 const BATCH_HEADER: usize = 61;
 /// Largest answer accepted.
 const RESPONSE_BYTES_MAX: usize = 64 << 20;
+/// Largest Produce request sent (the broker's socket.request.max.bytes is 100 MiB): a leader's
+/// ready batches beyond it go in further requests.
+const REQUEST_BYTES_MAX: usize = 16 << 20;
+/// How long a connection may block in a read or a write before the run gives up on it.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Which partitions a broker leads, and where to reach it: from one Metadata request.
 struct Leaders {
@@ -63,8 +68,16 @@ fn leaders(o: &Options) -> Result<Leaders, String> {
                     o.topic.clone(),
                 )))),
         ]));
+        // Metadata v12: Kafka 3.1 and later.
         let version = 12;
-        let response: MetadataResponse = call(&mut stream, ApiKey::Metadata, version, &request)?;
+        let response: MetadataResponse =
+            match call(&mut stream, ApiKey::Metadata, version, &request) {
+                Ok(r) => r,
+                Err(e) => {
+                    last_error = format!("{address}: {e}");
+                    continue;
+                }
+            };
         let brokers = response
             .brokers
             .iter()
@@ -108,6 +121,7 @@ fn call<Req: Encodable + HeaderVersion, Resp: Decodable + HeaderVersion>(
         .map_err(|e| e.to_string())?;
     let mut frame = (body.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(&body);
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     stream.write_all(&frame).map_err(|e| e.to_string())?;
     let mut answer = read_frame(stream).map_err(|e| e.to_string())?;
     ResponseHeader::decode(&mut answer, Resp::header_version(version)).map_err(|e| e.to_string())?;
@@ -132,6 +146,8 @@ struct Batch {
     sent_nanos: Vec<u64>,
     opened: Instant,
     base_timestamp: i64,
+    /// The newest record's timestamp delta.
+    max_timestamp_delta: i64,
 }
 
 impl Batch {
@@ -143,6 +159,7 @@ impl Batch {
             sent_nanos: Vec::new(),
             opened: Instant::now(),
             base_timestamp: now_ms(),
+            max_timestamp_delta: 0,
         }
     }
 
@@ -154,7 +171,8 @@ impl Batch {
     /// time and sequence in its first 16 bytes, as the librdkafka load writes them.
     fn add(&mut self, key: Option<&[u8]>, payload: &[u8], sent_nanos: u64, sequence: u64) {
         let offset_delta = self.records() as i64;
-        let timestamp_delta = now_ms() - self.base_timestamp;
+        let timestamp_delta = (now_ms() - self.base_timestamp).max(0);
+        self.max_timestamp_delta = self.max_timestamp_delta.max(timestamp_delta);
         let key_length = key.map_or(-1, |k| k.len() as i64);
         let body = 1
             + varint_len(timestamp_delta)
@@ -185,7 +203,7 @@ impl Batch {
     fn seal(mut self) -> (Vec<u8>, Vec<u64>) {
         let records = self.records() as i32;
         let length = (self.bytes.len() - 12) as i32;
-        let max_timestamp = now_ms();
+        let max_timestamp = self.base_timestamp + self.max_timestamp_delta;
         let mut header = &mut self.bytes[..BATCH_HEADER];
         header.put_i64(0);
         header.put_i32(length);
@@ -251,6 +269,9 @@ impl Connection {
     fn open(address: &str, stats: &Arc<Stats>, o: &Options, acks: i16) -> Result<Self, String> {
         let stream = TcpStream::connect(address).map_err(|e| format!("{address}: {e}"))?;
         let _ = stream.set_nodelay(true);
+        // A broker that stops answering fails the run instead of hanging it.
+        let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
         let (in_flight, answers) = sync_channel::<InFlight>(IN_FLIGHT - 1);
         let reader = match acks {
             0 => {
@@ -262,8 +283,16 @@ impl Connection {
                 let stats = stats.clone();
                 let record_bytes = o.record_bytes as u64;
                 Some(std::thread::spawn(move || {
+                    // After a failed read the stream is out of step: every later request fails
+                    // unread, and the connection is shut so the writer fails too.
+                    let mut broken = false;
                     while let Ok(sent) = answers.recv() {
-                        take_answer(&mut stream, sent, &stats, record_bytes);
+                        if broken {
+                            fail(&stats, &sent, "an earlier answer could not be read".into());
+                        } else if !take_answer(&mut stream, sent, &stats, record_bytes) {
+                            broken = true;
+                            let _ = stream.shutdown(std::net::Shutdown::Both);
+                        }
                     }
                 }))
             }
@@ -282,10 +311,16 @@ impl Connection {
         &mut self,
         topic: &str,
         acks: i16,
-        batches: Vec<Sealed>,
+        mut batches: Vec<Sealed>,
         stats: &Stats,
         record_bytes: u64,
     ) -> Result<(), String> {
+        let in_flight = InFlight {
+            partitions: batches
+                .iter_mut()
+                .map(|(p, _, sent)| (*p, std::mem::take(sent)))
+                .collect(),
+        };
         self.correlation = self.correlation.wrapping_add(1);
         let head = produce_head(self.correlation, topic, acks, batches.len());
         let prefixes: Vec<[u8; 8]> = batches
@@ -299,12 +334,6 @@ impl Connection {
             slices.push(IoSlice::new(prefix));
             slices.push(IoSlice::new(bytes));
         }
-        let in_flight = InFlight {
-            partitions: batches
-                .iter()
-                .map(|(p, _, sent)| (*p, sent.clone()))
-                .collect(),
-        };
         match &self.in_flight {
             Some(queue) => queue
                 .send(in_flight)
@@ -360,62 +389,84 @@ fn partition_prefix(partition: i32, batch: &[u8]) -> [u8; 8] {
 }
 
 /// Sends each partition's first record (sequence 0) on its own and waits for its answer,
-/// again until it is taken (for up to 30 s, asking for the leaders anew each time): a broker
-/// that has just created the topic may not lead its partitions yet, and this producer does not
-/// retry once the load runs. Acks=0 has no answer to wait for; the first record goes with the
-/// load then.
-fn prime(o: &Options, mine: &[i32], acks: i16, stats: &Stats, payload: &[u8]) -> Result<Leaders, String> {
+/// again while the answer says no leader has it yet (for up to 30 s, asking for the leaders
+/// anew each time): a broker that has just created the topic may not lead its partitions yet,
+/// and this producer does not retry once the load runs. Only answers that mean nothing was
+/// written are retried (UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE,
+/// NOT_LEADER_OR_FOLLOWER, no connection); anything else fails the run, since a retry could
+/// write the record twice. With acks=0 there is no answer: it waits for every partition to
+/// have a leader, and the first record goes with the load.
+fn prime(
+    o: &Options,
+    mine: &[i32],
+    acks: i16,
+    stats: &Stats,
+    payload: &[u8],
+) -> Result<Leaders, String> {
+    const RETRIABLE: [i16; 3] = [3, 5, 6];
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut pending: Vec<i32> = mine.to_vec();
     loop {
         let leaders = leaders(o)?;
-        if acks == 0 {
-            return Ok(leaders);
-        }
         let mut failed = Vec::new();
         let mut last_error = String::new();
         for &partition in &pending {
-            let outcome = leaders
+            let Some(address) = leaders
                 .partitions
                 .get(&partition)
                 .and_then(|leader| leaders.brokers.get(leader))
-                .ok_or_else(|| format!("partition {partition} has no leader"))
-                .and_then(|address| {
-                    let mut batch = Batch::new(payload.len() + 128);
-                    let now = stats.base.elapsed().as_nanos() as u64;
-                    batch.add(None, payload, now, 0);
-                    let (bytes, _) = batch.seal();
-                    let mut frame = produce_head(0, &o.topic, acks, 1);
-                    frame.extend_from_slice(&partition_prefix(partition, &bytes));
-                    frame.extend_from_slice(&bytes);
-                    let mut stream =
-                        TcpStream::connect(address).map_err(|e| format!("{address}: {e}"))?;
-                    stream
-                        .write_all(&(frame.len() as u32).to_be_bytes())
-                        .and_then(|()| stream.write_all(&frame))
-                        .map_err(|e| e.to_string())?;
-                    let mut answer = read_frame(&mut stream).map_err(|e| e.to_string())?;
+            else {
+                last_error = format!("partition {partition} has no leader");
+                failed.push(partition);
+                continue;
+            };
+            if acks == 0 {
+                continue;
+            }
+            let mut stream = match TcpStream::connect(address) {
+                Ok(s) => s,
+                Err(e) => {
+                    last_error = format!("{address}: {e}");
+                    failed.push(partition);
+                    continue;
+                }
+            };
+            let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+            let key = o.keys.map(|n| (0 % n).to_be_bytes());
+            let mut batch = Batch::new(payload.len() + 128);
+            let now = stats.base.elapsed().as_nanos() as u64;
+            batch.add(key.as_ref().map(|k| &k[..]), payload, now, 0);
+            let (bytes, _) = batch.seal();
+            let mut frame = produce_head(0, &o.topic, acks, 1);
+            frame.extend_from_slice(&partition_prefix(partition, &bytes));
+            frame.extend_from_slice(&bytes);
+            let answer = stream
+                .write_all(&(frame.len() as u32).to_be_bytes())
+                .and_then(|()| stream.write_all(&frame))
+                .and_then(|()| read_frame(&mut stream))
+                .map_err(|e| format!("partition {partition}: {e}"))
+                .and_then(|mut answer| {
                     if answer.remaining() < 4 {
-                        return Err("a short answer".to_string());
+                        return Err(format!("partition {partition}: a short answer"));
                     }
                     answer.advance(4);
-                    let response = ProduceResponse::decode(&mut answer, PRODUCE_VERSION)
-                        .map_err(|e| e.to_string())?;
-                    match response
-                        .responses
-                        .iter()
-                        .flat_map(|t| t.partition_responses.iter())
-                        .find(|p| p.index == partition)
-                        .map(|p| p.error_code)
-                    {
-                        Some(0) => Ok(()),
-                        Some(code) => Err(format!("partition {partition}: error code {code}")),
-                        None => Err(format!("partition {partition}: not in the answer")),
-                    }
-                });
-            if let Err(e) = outcome {
-                last_error = e;
-                failed.push(partition);
+                    ProduceResponse::decode(&mut answer, PRODUCE_VERSION)
+                        .map_err(|e| format!("partition {partition}: {e}"))
+                })?;
+            match answer
+                .responses
+                .iter()
+                .flat_map(|t| t.partition_responses.iter())
+                .find(|p| p.index == partition)
+                .map(|p| p.error_code)
+            {
+                Some(0) => {}
+                Some(code) if RETRIABLE.contains(&code) => {
+                    last_error = format!("partition {partition}: error code {code}");
+                    failed.push(partition);
+                }
+                Some(code) => return Err(format!("partition {partition}: error code {code}")),
+                None => return Err(format!("partition {partition}: not in the answer")),
             }
         }
         if failed.is_empty() {
@@ -441,8 +492,18 @@ fn write_all_vectored(stream: &mut TcpStream, mut slices: &mut [IoSlice<'_>]) ->
     Ok(())
 }
 
-/// Reads the answer to `sent` and counts its records acknowledged or failed.
-fn take_answer(stream: &mut TcpStream, sent: InFlight, stats: &Stats, record_bytes: u64) {
+/// Counts every record of `sent` failed, for `why`.
+fn fail(stats: &Stats, sent: &InFlight, why: String) {
+    let records: u64 = sent.partitions.iter().map(|(_, s)| s.len() as u64).sum();
+    stats.failed.fetch_add(records, Ordering::Relaxed);
+    if let Ok(mut first) = stats.first_error.lock() {
+        first.get_or_insert(why);
+    }
+}
+
+/// Reads the answer to `sent` and counts its records acknowledged or failed; false if the
+/// answer could not be read (the connection is then unusable).
+fn take_answer(stream: &mut TcpStream, sent: InFlight, stats: &Stats, record_bytes: u64) -> bool {
     let answer = read_frame(stream).map_err(|e| e.to_string()).and_then(|mut frame| {
         if frame.remaining() < 4 {
             return Err("a short answer".to_string());
@@ -451,6 +512,10 @@ fn take_answer(stream: &mut TcpStream, sent: InFlight, stats: &Stats, record_byt
         ProduceResponse::decode(&mut frame, PRODUCE_VERSION).map_err(|e| e.to_string())
     });
     let now = stats.base.elapsed().as_nanos() as u64;
+    if let Err(e) = &answer {
+        fail(stats, &sent, e.clone());
+        return false;
+    }
     let errors: HashMap<i32, i16> = match &answer {
         Ok(response) => response
             .responses
@@ -489,6 +554,7 @@ fn take_answer(stream: &mut TcpStream, sent: InFlight, stats: &Stats, record_byt
             }
         }
     }
+    true
 }
 
 /// One native producer: its partitions' batches and a connection per leader, sending until
@@ -512,6 +578,9 @@ pub(crate) fn produce_loop(
         .map(|i| (i * 7919 % 251) as u8)
         .collect();
     let leaders = prime(o, mine, acks, stats, &payload)?;
+    // The rate counts from here: priming may take a while on a new topic, and its time must
+    // not turn into a burst.
+    let paced_from = Instant::now();
     let mut leader_of = Vec::with_capacity(mine.len());
     let mut connections: HashMap<i32, Connection> = HashMap::new();
     for partition in mine {
@@ -552,7 +621,7 @@ pub(crate) fn produce_loop(
         let mut full = false;
         if !finishing {
             let due = match share.bytes_per_second > 0.0 {
-                true => (start.elapsed().as_secs_f64() * share.bytes_per_second
+                true => (paced_from.elapsed().as_secs_f64() * share.bytes_per_second
                     / o.record_bytes as f64) as u64,
                 false => u64::MAX,
             };
@@ -576,6 +645,16 @@ pub(crate) fn produce_loop(
                     full = true;
                     break;
                 }
+                // At full speed the loop would otherwise fill every batch before looking at
+                // the clock.
+                if sent.is_multiple_of(64)
+                    && batches
+                        .iter()
+                        .flatten()
+                        .any(|b| b.opened.elapsed() >= linger)
+                {
+                    break;
+                }
             }
         }
         // Send, per leader, every batch that is full or has lingered (everything at the end).
@@ -595,8 +674,27 @@ pub(crate) fn produce_loop(
             }
         }
         for (leader, batches) in ready {
-            if let Some(connection) = connections.get_mut(&leader) {
-                connection.send(&o.topic, acks, batches, stats, record_bytes)?;
+            let Some(connection) = connections.get_mut(&leader) else {
+                continue;
+            };
+            let mut request = Vec::new();
+            let mut request_bytes = 0;
+            for batch in batches {
+                if !request.is_empty() && request_bytes + batch.1.len() > REQUEST_BYTES_MAX {
+                    connection.send(
+                        &o.topic,
+                        acks,
+                        std::mem::take(&mut request),
+                        stats,
+                        record_bytes,
+                    )?;
+                    request_bytes = 0;
+                }
+                request_bytes += batch.1.len();
+                request.push(batch);
+            }
+            if !request.is_empty() {
+                connection.send(&o.topic, acks, request, stats, record_bytes)?;
             }
         }
         if finishing {
