@@ -617,7 +617,10 @@ pub(crate) fn produce_loop(
             finishing = true;
         }
         // Add records while they are due (all at once at full speed, one partition after the
-        // other), stopping at the first full batch: it has to go before more are added.
+        // other), stopping at the first full batch: it has to go before more are added. (At
+        // full speed every batch fills within a few milliseconds, so the batches that lingered
+        // go out with it; breaking off for them earlier only made batches smaller while the
+        // connection's five requests were in flight anyway.)
         let mut full = false;
         if !finishing {
             let due = match share.bytes_per_second > 0.0 {
@@ -645,16 +648,7 @@ pub(crate) fn produce_loop(
                     full = true;
                     break;
                 }
-                // At full speed the loop would otherwise fill every batch before looking at
-                // the clock.
-                if sent.is_multiple_of(64)
-                    && batches
-                        .iter()
-                        .flatten()
-                        .any(|b| b.opened.elapsed() >= linger)
-                {
-                    break;
-                }
+
             }
         }
         // Send, per leader, every batch that is full or has lingered (everything at the end).
