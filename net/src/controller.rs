@@ -1786,3 +1786,83 @@ pub async fn delete_topic(controller: &Rc<Controller>, meta: TopicMeta) -> Topic
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn description() -> QuorumDescription {
+        let replica = |id, log_end_offset| VoterState {
+            id,
+            log_end_offset,
+            last_fetch_ms: 1_700_000_000_000 + i64::from(id),
+            last_caught_up_ms: -1,
+        };
+        QuorumDescription {
+            leader_id: 4,
+            leader_epoch: 7,
+            high_watermark: 42,
+            voters: vec![replica(4, 42), replica(5, 41), replica(6, 42)],
+            observers: vec![replica(1, 40), replica(2, 42)],
+        }
+    }
+
+    #[test]
+    fn a_quorum_description_round_trips_and_bad_ones_are_refused() {
+        let encoded = encode_description(&description());
+        let decoded = decode_description(&encoded).expect("decodes");
+        assert_eq!(format!("{decoded:?}"), format!("{:?}", description()));
+        // Every truncation, and a count larger than what follows, is refused, never a panic.
+        for cut in 0..encoded.len() {
+            assert!(decode_description(&encoded[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut huge = encoded[..16].to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_description(&huge).is_none());
+    }
+
+    #[test]
+    fn fetch_answers_round_trip_and_bad_ones_are_refused() {
+        let entries: Vec<raft::eraftpb::Entry> = (5..8)
+            .map(|index| raft::eraftpb::Entry {
+                index,
+                term: 2,
+                data: vec![index as u8; 10].into(),
+                ..Default::default()
+            })
+            .collect();
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&5i32.to_le_bytes());
+        payload.extend_from_slice(&4i32.to_le_bytes());
+        payload.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        for entry in &entries {
+            let bytes = entry.write_to_bytes().expect("encodes");
+            payload.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            payload.extend_from_slice(&bytes);
+        }
+        let (responder, leader, decoded) = decode_entries(&payload).expect("decodes");
+        assert_eq!((responder, leader), (5, Some(4)));
+        assert_eq!(
+            decoded.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+            vec![(5, 2), (6, 2), (7, 2)]
+        );
+        for cut in 0..payload.len() {
+            assert!(decode_entries(&payload[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut trailing = payload.clone();
+        trailing.push(0);
+        assert!(decode_entries(&trailing).is_none(), "bytes after the entries");
+        let mut unknown_leader = payload[..12].to_vec();
+        unknown_leader[4..8].copy_from_slice(&(-1i32).to_le_bytes());
+        unknown_leader[8..12].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(decode_entries(&unknown_leader).map(|d| d.1), Some(None));
+        // A fetch is exactly 16 bytes.
+        let mut fetch = 3i32.to_le_bytes().to_vec();
+        fetch.extend_from_slice(&9u64.to_le_bytes());
+        fetch.extend_from_slice(&500u32.to_le_bytes());
+        assert_eq!(decode_fetch(&fetch), Some((3, 9, 500)));
+        assert_eq!(decode_fetch(&fetch[..15]), None);
+        fetch.push(0);
+        assert_eq!(decode_fetch(&fetch), None);
+    }
+}
