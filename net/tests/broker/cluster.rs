@@ -10,9 +10,9 @@ use kafka_protocol::messages::offset_for_leader_epoch_request::{
 };
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, DescribeClusterRequest,
-    DescribeClusterResponse, DescribeQuorumRequest, DescribeQuorumResponse, ElectLeadersRequest, ElectLeadersResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, MetadataRequest, MetadataResponse, OffsetForLeaderEpochRequest,
-    OffsetForLeaderEpochResponse,
+    DescribeClusterResponse, DescribeQuorumRequest, DescribeQuorumResponse, ElectLeadersRequest,
+    ElectLeadersResponse, FindCoordinatorRequest, FindCoordinatorResponse, MetadataRequest,
+    MetadataResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -67,6 +67,21 @@ impl Cluster {
         Cluster::start_on(None, n, 0, extra, per_node)
     }
 
+    /// `start_split` with every node in its own network namespace (controllers too).
+    pub fn start_split_partitionable(
+        brokers: usize,
+        controllers: usize,
+        extra: &[&str],
+    ) -> Cluster {
+        Cluster::start_on(
+            Some(Network::create(brokers + controllers)),
+            brokers,
+            controllers,
+            extra,
+            &|_| Vec::new(),
+        )
+    }
+
     /// N nodes, each in its own network namespace (see `netns`): `network()` cuts links.
     pub fn start_partitionable(n: usize, extra: &[&str]) -> Cluster {
         Cluster::start_on(Some(Network::create(n)), n, 0, extra, &|_| Vec::new())
@@ -81,10 +96,6 @@ impl Cluster {
         extra: &[&str],
         per_node: &dyn Fn(usize) -> Vec<String>,
     ) -> Cluster {
-        assert!(
-            network.is_none() || controllers == 0,
-            "dedicated controllers in network namespaces are not set up by this harness"
-        );
         let n = brokers + controllers;
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..n)
@@ -121,7 +132,12 @@ impl Cluster {
             let node_dir = dir.path().join(format!("node-{}", i + 1));
             let log = dir.path().join(format!("node-{}.log", i + 1));
             nodes.push(match &network {
-                None if i >= brokers => Broker::prepare_controller(
+                None if i >= brokers => {
+                    Broker::prepare_controller(node_dir.join("data"), ports[i].1, &settings, log)
+                }
+                Some(net) if i >= brokers => Broker::prepare_controller_in(
+                    &net.netns(i + 1),
+                    &host(i),
                     node_dir.join("data"),
                     ports[i].1,
                     &settings,

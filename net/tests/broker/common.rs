@@ -130,6 +130,22 @@ impl Broker {
         node
     }
 
+    /// A dedicated controller in network namespace `netns`, its quorum on
+    /// `host:controller_port`; not started yet.
+    pub fn prepare_controller_in(
+        netns: &str,
+        host: &str,
+        data: PathBuf,
+        controller_port: u16,
+        extra: &[&str],
+        log: PathBuf,
+    ) -> Broker {
+        // Its (unbound) client port: one no other node in the namespace uses.
+        let mut node = Broker::prepare_in(netns, host, data, controller_port + 1, extra, log);
+        node.controller_only = Some(controller_port);
+        node
+    }
+
     fn build_on(data: PathBuf, port: u16, extra: &[&str]) -> Broker {
         Broker::build_at("127.0.0.1", data, port, extra)
     }

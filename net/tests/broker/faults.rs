@@ -281,6 +281,76 @@ fn a_leader_cut_off_from_the_other_brokers_acknowledges_nothing_and_loses_nothin
     stop_and_check(&cluster, "cut", 2, &stop, clients, &history);
 }
 
+/// Split roles: a broker-only node cut off from every controller (but not from the other
+/// brokers, nor from clients) is fenced by the active controller, fences itself, and its
+/// partition gets a new leader; healed, it follows again. Nothing acknowledged is lost.
+#[test]
+fn a_broker_cut_off_from_the_controllers_is_replaced_and_loses_nothing() {
+    if !Network::available() {
+        eprintln!("skipped: network namespaces cannot be made here (run as root)");
+        return;
+    }
+    let mut settings = FAST.to_vec();
+    settings.extend([
+        "replica.lag.time.max.ms=2000",
+        "auto.leader.rebalance.enable=false",
+    ]);
+    let cluster = Cluster::start_split_partitionable(3, 3, &settings);
+    create_assigned(&cluster, "quorumless", &[&[1, 2, 3]]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let history = Arc::new(History::default());
+    let clients = vec![
+        write_until(
+            cluster.bootstrap(),
+            "quorumless",
+            1,
+            stop.clone(),
+            history.clone(),
+        ),
+        read_until(
+            cluster.bootstrap(),
+            "quorumless",
+            1,
+            stop.clone(),
+            history.clone(),
+        ),
+    ];
+    wait_for("writes to flow", Duration::from_secs(20), || {
+        history.acked() >= 200
+    });
+    for controller in 4..=6 {
+        cluster.network().cut(1, controller);
+    }
+    wait_for("a new leader", Duration::from_secs(20), || {
+        cluster.try_metadata(2).is_some_and(|metadata| {
+            ![-1, 1].contains(&partition_state(&metadata, "quorumless", 0).0)
+        })
+    });
+    let before = history.acked();
+    wait_for(
+        "writes acknowledged by the new leader",
+        Duration::from_secs(40),
+        || history.acked() >= before + 100,
+    );
+    // Node 1 no longer hears from the quorum: it turns clients away.
+    wait_for("node 1 to fence itself", Duration::from_secs(10), || {
+        cluster.try_metadata(1).is_none()
+    });
+    for controller in 4..=6 {
+        cluster.network().heal(1, controller);
+    }
+    wait_for("node 1 back in sync", Duration::from_secs(30), || {
+        cluster
+            .try_metadata(2)
+            .is_some_and(|metadata| partition_state(&metadata, "quorumless", 0).2.contains(&1))
+    });
+    let before = history.acked();
+    wait_for("writes after the heal", Duration::from_secs(20), || {
+        history.acked() >= before + 100
+    });
+    stop_and_check(&cluster, "quorumless", 1, &stop, clients, &history);
+}
+
 /// xorshift64*: a reproducible schedule from a seed, without a dependency.
 struct Rng(u64);
 
