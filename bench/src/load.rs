@@ -338,9 +338,11 @@ impl Options {
                 || o.compression != "none"
                 || o.catch_up_mb.is_some())
         {
-            return Err("--client native sends plain batches: no --idempotence, --transactions, \
+            return Err(
+                "--client native sends plain batches: no --idempotence, --transactions, \
                         --compression or --catch-up-mb"
-                .into());
+                    .into(),
+            );
         }
         if o.processes > 1 && o.slice.is_some() {
             return Err("--slice is a child's flag: no --processes with it".into());

@@ -63,10 +63,11 @@ fn leaders(o: &Options) -> Result<Leaders, String> {
             }
         };
         let request = MetadataRequest::default().with_topics(Some(vec![
-            kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-                .with_name(Some(kafka_protocol::messages::TopicName(StrBytes::from_string(
+            kafka_protocol::messages::metadata_request::MetadataRequestTopic::default().with_name(
+                Some(kafka_protocol::messages::TopicName(StrBytes::from_string(
                     o.topic.clone(),
-                )))),
+                ))),
+            ),
         ]));
         // Metadata v12: Kafka 3.1 and later.
         let version = 12;
@@ -124,7 +125,8 @@ fn call<Req: Encodable + HeaderVersion, Resp: Decodable + HeaderVersion>(
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     stream.write_all(&frame).map_err(|e| e.to_string())?;
     let mut answer = read_frame(stream).map_err(|e| e.to_string())?;
-    ResponseHeader::decode(&mut answer, Resp::header_version(version)).map_err(|e| e.to_string())?;
+    ResponseHeader::decode(&mut answer, Resp::header_version(version))
+        .map_err(|e| e.to_string())?;
     Resp::decode(&mut answer, version).map_err(|e| e.to_string())
 }
 
@@ -341,7 +343,11 @@ impl Connection {
             None => {
                 // acks=0: nothing comes back; a record counts once it is written.
                 if stats.measuring.load(Ordering::Relaxed) {
-                    let records: u64 = in_flight.partitions.iter().map(|(_, s)| s.len() as u64).sum();
+                    let records: u64 = in_flight
+                        .partitions
+                        .iter()
+                        .map(|(_, s)| s.len() as u64)
+                        .sum();
                     stats.acked.fetch_add(records, Ordering::Relaxed);
                     stats
                         .acked_bytes
@@ -473,14 +479,19 @@ fn prime(
             return Ok(leaders);
         }
         if Instant::now() >= deadline {
-            return Err(format!("the first records were not taken in 30 s: {last_error}"));
+            return Err(format!(
+                "the first records were not taken in 30 s: {last_error}"
+            ));
         }
         pending = failed;
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-fn write_all_vectored(stream: &mut TcpStream, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+fn write_all_vectored(
+    stream: &mut TcpStream,
+    mut slices: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
     while !slices.is_empty() {
         match stream.write_vectored(slices) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
@@ -504,13 +515,15 @@ fn fail(stats: &Stats, sent: &InFlight, why: String) {
 /// Reads the answer to `sent` and counts its records acknowledged or failed; false if the
 /// answer could not be read (the connection is then unusable).
 fn take_answer(stream: &mut TcpStream, sent: InFlight, stats: &Stats, record_bytes: u64) -> bool {
-    let answer = read_frame(stream).map_err(|e| e.to_string()).and_then(|mut frame| {
-        if frame.remaining() < 4 {
-            return Err("a short answer".to_string());
-        }
-        frame.advance(4); // correlation id: answers come in order
-        ProduceResponse::decode(&mut frame, PRODUCE_VERSION).map_err(|e| e.to_string())
-    });
+    let answer = read_frame(stream)
+        .map_err(|e| e.to_string())
+        .and_then(|mut frame| {
+            if frame.remaining() < 4 {
+                return Err("a short answer".to_string());
+            }
+            frame.advance(4); // correlation id: answers come in order
+            ProduceResponse::decode(&mut frame, PRODUCE_VERSION).map_err(|e| e.to_string())
+        });
     let now = stats.base.elapsed().as_nanos() as u64;
     if let Err(e) = &answer {
         fail(stats, &sent, e.clone());
@@ -624,8 +637,10 @@ pub(crate) fn produce_loop(
         let mut full = false;
         if !finishing {
             let due = match share.bytes_per_second > 0.0 {
-                true => (paced_from.elapsed().as_secs_f64() * share.bytes_per_second
-                    / o.record_bytes as f64) as u64,
+                true => {
+                    (paced_from.elapsed().as_secs_f64() * share.bytes_per_second
+                        / o.record_bytes as f64) as u64
+                }
                 false => u64::MAX,
             };
             while sent < due {
@@ -648,7 +663,6 @@ pub(crate) fn produce_loop(
                     full = true;
                     break;
                 }
-
             }
         }
         // Send, per leader, every batch that is full or has lingered (everything at the end).

@@ -633,7 +633,11 @@ impl Controller {
                     id: *id,
                     log_end_offset: i64::try_from(*log_end).unwrap_or(i64::MAX),
                     last_fetch_ms: fetched_ms,
-                    last_caught_up_ms: if *log_end >= committed { fetched_ms } else { -1 },
+                    last_caught_up_ms: if *log_end >= committed {
+                        fetched_ms
+                    } else {
+                        -1
+                    },
                 }
             })
             .collect();
@@ -1145,7 +1149,9 @@ async fn follow(
             commit: last,
             ..Default::default()
         };
-        store.set_hard_state(&hard_state).map_err(|e| e.to_string())?;
+        store
+            .set_hard_state(&hard_state)
+            .map_err(|e| e.to_string())?;
         // Durable before applied: partition logs are created and removed by what is applied,
         // and a restart judges the logs it finds by what the store holds.
         store.sync().map_err(|e| e.to_string())?;
@@ -1814,7 +1820,10 @@ mod tests {
         assert_eq!(format!("{decoded:?}"), format!("{:?}", description()));
         // Every truncation, and a count larger than what follows, is refused, never a panic.
         for cut in 0..encoded.len() {
-            assert!(decode_description(&encoded[..cut]).is_none(), "cut at {cut}");
+            assert!(
+                decode_description(&encoded[..cut]).is_none(),
+                "cut at {cut}"
+            );
         }
         let mut huge = encoded[..16].to_vec();
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
@@ -1843,7 +1852,10 @@ mod tests {
         let (responder, leader, decoded) = decode_entries(&payload).expect("decodes");
         assert_eq!((responder, leader), (5, Some(4)));
         assert_eq!(
-            decoded.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+            decoded
+                .iter()
+                .map(|e| (e.index, e.term))
+                .collect::<Vec<_>>(),
             vec![(5, 2), (6, 2), (7, 2)]
         );
         for cut in 0..payload.len() {
@@ -1851,7 +1863,10 @@ mod tests {
         }
         let mut trailing = payload.clone();
         trailing.push(0);
-        assert!(decode_entries(&trailing).is_none(), "bytes after the entries");
+        assert!(
+            decode_entries(&trailing).is_none(),
+            "bytes after the entries"
+        );
         let mut unknown_leader = payload[..12].to_vec();
         unknown_leader[4..8].copy_from_slice(&(-1i32).to_le_bytes());
         unknown_leader[8..12].copy_from_slice(&0u32.to_le_bytes());

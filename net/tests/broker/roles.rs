@@ -6,9 +6,7 @@ use std::collections::BTreeSet;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{
-    consume, create_topic_with, produce, values, wait_for, Cluster, FAST,
-};
+use crate::cluster::{consume, create_topic_with, produce, values, wait_for, Cluster, FAST};
 
 const BROKERS: [i32; 3] = [1, 2, 3];
 const CONTROLLERS: [i32; 3] = [4, 5, 6];
@@ -74,9 +72,8 @@ fn dedicated_controllers_hold_the_quorum_and_broker_only_nodes_serve_clients() {
     // topic creation works again through any broker.
     cluster.node_mut(leader).kill9();
     wait_for("a new quorum leader", Duration::from_secs(15), || {
-        quorum_seen_by(&cluster, 3).is_some_and(|(now, _, _)| {
-            now != leader && CONTROLLERS.contains(&now)
-        })
+        quorum_seen_by(&cluster, 3)
+            .is_some_and(|(now, _, _)| now != leader && CONTROLLERS.contains(&now))
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     while let Err(e) = create_topic_with(&bootstrap, "after", 2, 3, &[]) {
@@ -116,10 +113,17 @@ fn dedicated_controllers_hold_the_quorum_and_broker_only_nodes_serve_clients() {
         .iter()
         .filter_map(|t| t.name.as_ref().map(|n| n.to_string()))
         .collect();
-    assert!(names.contains("split") && names.contains("after"), "{names:?}");
+    assert!(
+        names.contains("split") && names.contains("after"),
+        "{names:?}"
+    );
     cluster.wait_for_brokers(2, 3);
     let got = consume(&bootstrap, "split", 3, 300);
-    assert_eq!(values(&got).len(), 300, "every record once after the restarts");
+    assert_eq!(
+        values(&got).len(),
+        300,
+        "every record once after the restarts"
+    );
     let got = consume(&bootstrap, "after", 2, 100);
     assert_eq!(values(&got).len(), 100);
 }
