@@ -206,6 +206,57 @@ fn stop_and_check(
     eprintln!("checked: {acked} acknowledged writes, {seen} reads, no violation");
 }
 
+/// The partition scenarios' settings: the test timeouts, a 2 s lag time, no rebalancing.
+fn cut_settings() -> Vec<&'static str> {
+    let mut settings = FAST.to_vec();
+    settings.extend([
+        "replica.lag.time.max.ms=2000",
+        "auto.leader.rebalance.enable=false",
+    ]);
+    settings
+}
+
+/// A writer and a reader on every partition of `topic`, into a fresh history; returns once 200
+/// writes were acknowledged.
+fn start_load(
+    cluster: &Cluster,
+    topic: &'static str,
+    partitions: i32,
+) -> (
+    Arc<AtomicBool>,
+    Arc<History>,
+    Vec<std::thread::JoinHandle<()>>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let history = Arc::new(History::default());
+    let clients = vec![
+        write_until(
+            cluster.bootstrap(),
+            topic,
+            partitions,
+            stop.clone(),
+            history.clone(),
+        ),
+        read_until(
+            cluster.bootstrap(),
+            topic,
+            partitions,
+            stop.clone(),
+            history.clone(),
+        ),
+    ];
+    wait_for("writes to flow", Duration::from_secs(20), || {
+        history.acked() >= 200
+    });
+    (stop, history, clients)
+}
+
+/// Waits until 100 more writes than now are acknowledged.
+fn writes_go_on(history: &History, what: &str, timeout: Duration) {
+    let before = history.acked();
+    wait_for(what, timeout, || history.acked() >= before + 100);
+}
+
 fn create_assigned(cluster: &Cluster, topic: &str, replicas: &[&[i32]]) {
     let new = NewTopic::new(
         topic,
@@ -229,22 +280,9 @@ fn a_leader_cut_off_from_the_other_brokers_acknowledges_nothing_and_loses_nothin
         eprintln!("skipped: network namespaces cannot be made here (run as root)");
         return;
     }
-    let mut settings = FAST.to_vec();
-    settings.extend([
-        "replica.lag.time.max.ms=2000",
-        "auto.leader.rebalance.enable=false",
-    ]);
-    let cluster = Cluster::start_partitionable(3, &settings);
+    let cluster = Cluster::start_partitionable(3, &cut_settings());
     create_assigned(&cluster, "cut", &[&[1, 2, 3], &[1, 3, 2]]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let history = Arc::new(History::default());
-    let clients = vec![
-        write_until(cluster.bootstrap(), "cut", 2, stop.clone(), history.clone()),
-        read_until(cluster.bootstrap(), "cut", 2, stop.clone(), history.clone()),
-    ];
-    wait_for("writes to flow", Duration::from_secs(20), || {
-        history.acked() >= 200
-    });
+    let (stop, history, clients) = start_load(&cluster, "cut", 2);
     // Node 1 leads both partitions; cut it off from nodes 2 and 3. Clients still reach it. It
     // acknowledges nothing without its followers, and once it has gone a session timeout
     // without the quorum it knows it was fenced and turns clients away: they find the new
@@ -260,11 +298,10 @@ fn a_leader_cut_off_from_the_other_brokers_acknowledges_nothing_and_loses_nothin
             })
         },
     );
-    let before = history.acked();
-    wait_for(
+    writes_go_on(
+        &history,
         "writes acknowledged by the new leaders",
         Duration::from_secs(40),
-        || history.acked() >= before + 100,
     );
     eprintln!("writes went on {:?} after the cut", cut_at.elapsed());
     cluster.network().rejoin(1);
@@ -274,10 +311,7 @@ fn a_leader_cut_off_from_the_other_brokers_acknowledges_nothing_and_loses_nothin
             (0..2).all(|p| partition_state(&metadata, "cut", p).2.contains(&1))
         })
     });
-    let before = history.acked();
-    wait_for("writes after the heal", Duration::from_secs(20), || {
-        history.acked() >= before + 100
-    });
+    writes_go_on(&history, "writes after the heal", Duration::from_secs(20));
     stop_and_check(&cluster, "cut", 2, &stop, clients, &history);
 }
 
@@ -290,34 +324,9 @@ fn a_broker_cut_off_from_the_controllers_is_replaced_and_loses_nothing() {
         eprintln!("skipped: network namespaces cannot be made here (run as root)");
         return;
     }
-    let mut settings = FAST.to_vec();
-    settings.extend([
-        "replica.lag.time.max.ms=2000",
-        "auto.leader.rebalance.enable=false",
-    ]);
-    let cluster = Cluster::start_split_partitionable(3, 3, &settings);
+    let cluster = Cluster::start_split_partitionable(3, 3, &cut_settings());
     create_assigned(&cluster, "quorumless", &[&[1, 2, 3]]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let history = Arc::new(History::default());
-    let clients = vec![
-        write_until(
-            cluster.bootstrap(),
-            "quorumless",
-            1,
-            stop.clone(),
-            history.clone(),
-        ),
-        read_until(
-            cluster.bootstrap(),
-            "quorumless",
-            1,
-            stop.clone(),
-            history.clone(),
-        ),
-    ];
-    wait_for("writes to flow", Duration::from_secs(20), || {
-        history.acked() >= 200
-    });
+    let (stop, history, clients) = start_load(&cluster, "quorumless", 1);
     for controller in 4..=6 {
         cluster.network().cut(1, controller);
     }
@@ -326,11 +335,10 @@ fn a_broker_cut_off_from_the_controllers_is_replaced_and_loses_nothing() {
             ![-1, 1].contains(&partition_state(&metadata, "quorumless", 0).0)
         })
     });
-    let before = history.acked();
-    wait_for(
+    writes_go_on(
+        &history,
         "writes acknowledged by the new leader",
         Duration::from_secs(40),
-        || history.acked() >= before + 100,
     );
     // Node 1 no longer hears from the quorum: it turns clients away.
     wait_for("node 1 to fence itself", Duration::from_secs(10), || {
@@ -344,10 +352,7 @@ fn a_broker_cut_off_from_the_controllers_is_replaced_and_loses_nothing() {
             .try_metadata(2)
             .is_some_and(|metadata| partition_state(&metadata, "quorumless", 0).2.contains(&1))
     });
-    let before = history.acked();
-    wait_for("writes after the heal", Duration::from_secs(20), || {
-        history.acked() >= before + 100
-    });
+    writes_go_on(&history, "writes after the heal", Duration::from_secs(20));
     stop_and_check(&cluster, "quorumless", 1, &stop, clients, &history);
 }
 
