@@ -330,17 +330,8 @@ check_cli_partitions() {
 # --describe shows the new replicas, and every line is read back. Then Kafka's
 # TransactionalMessageCopier and kafka-transactions, as on one node.
 check_cli_cluster() {
-    local dir ok=0 i p0 spare target topics=org.apache.kafka.tools.TopicCommand
+    local dir=$1 ok=0 i p0 spare target topics=org.apache.kafka.tools.TopicCommand
     local reassign=org.apache.kafka.tools.reassign.ReassignPartitionsCommand
-    dir=$(mktemp -d "${TMPDIR:-/tmp}/sluice-compat-cluster.XXXXXX")
-    CLUSTER_DIR=$dir/cluster
-    if ! SLUICE_BIN="$SLUICE_BIN" SLUICE_CLUSTER_PORT=$((21000 + RANDOM % 20000)) \
-        scripts/cluster.sh start 3 "$CLUSTER_DIR" </dev/null >"$dir/start.out" 2>&1; then
-        say "cli-cluster: scripts/cluster.sh start failed:"; tail -n 20 "$dir/start.out"
-        return 1
-    fi
-    BOOTSTRAP=$(tail -n 1 "$dir/start.out")
-    say "cli-cluster: 3 nodes on $BOOTSTRAP"
     kafka_tool "$topics" --create --topic cli-moving --partitions 2 --replication-factor 2 \
         </dev/null >"$dir/create.out" 2>&1 || { cat "$dir/create.out"; ok=1; }
     for i in $(seq 1 200); do echo "moving line $i"; done >"$dir/in.txt"
@@ -390,12 +381,6 @@ check_cli_cluster() {
     else
         say "cli-cluster: kafka-metadata-quorum:"; cat "$dir/quorum.out" "$dir/quorum-replication.out"; ok=1
     fi
-    if [ "$ok" != 0 ]; then
-        for i in 1 2 3; do tail -n 15 "$CLUSTER_DIR/node-$i/sluice.log" | sed "s/^/    node $i: /"; done
-    fi
-    scripts/cluster.sh stop "$CLUSTER_DIR" >/dev/null 2>&1 || true
-    CLUSTER_DIR=""
-    [ "${COMPAT_KEEP:-0}" = 1 ] || rm -rf "$dir"
     return "$ok"
 }
 
@@ -405,16 +390,7 @@ check_cli_cluster() {
 # go in with acks=all and come back, and kafka-metadata-quorum shows a controller leading, three
 # voters and the three brokers as observers.
 check_cli_split() {
-    local dir ok=0 i topics=org.apache.kafka.tools.TopicCommand
-    dir=$(mktemp -d "${TMPDIR:-/tmp}/sluice-compat-split.XXXXXX")
-    CLUSTER_DIR=$dir/cluster
-    if ! SLUICE_BIN="$SLUICE_BIN" SLUICE_CLUSTER_PORT=$((21000 + RANDOM % 20000)) SLUICE_CLUSTER_CONTROLLERS=3 \
-        scripts/cluster.sh start 3 "$CLUSTER_DIR" </dev/null >"$dir/start.out" 2>&1; then
-        say "cli-split: scripts/cluster.sh start failed:"; tail -n 20 "$dir/start.out"
-        return 1
-    fi
-    BOOTSTRAP=$(tail -n 1 "$dir/start.out")
-    say "cli-split: brokers 1-3 on $BOOTSTRAP, controllers 4-6"
+    local dir=$1 ok=0 i topics=org.apache.kafka.tools.TopicCommand
     kafka_tool "$topics" --create --topic cli-split --partitions 3 --replication-factor 3 \
         </dev/null >"$dir/create.out" 2>&1 || { cat "$dir/create.out"; ok=1; }
     for i in $(seq 1 100); do echo "split line $i"; done >"$dir/in.txt"
@@ -436,19 +412,37 @@ check_cli_split() {
     else
         say "cli-split: kafka-metadata-quorum:"; cat "$dir/quorum.out" "$dir/quorum-replication.out"; ok=1
     fi
-    if [ "$ok" != 0 ]; then
-        for i in 1 2 3 4 5 6; do tail -n 15 "$CLUSTER_DIR/node-$i/sluice.log" | sed "s/^/    node $i: /"; done
+    return "$ok"
+}
+
+# run_cluster_check NAME CONTROLLERS: check_NAME DIR against a fresh cluster of 3 brokers
+# (scripts/cluster.sh; with CONTROLLERS > 0, broker-only nodes 1-3 and that many dedicated
+# controllers after them), its data under DIR; on failure the nodes' last log lines; then the
+# cluster is stopped.
+run_cluster_check() {
+    local name=$1 controllers=$2 start=$SECONDS dir ok=0 i
+    say "--- $name"
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/sluice-compat-$name.XXXXXX")
+    CLUSTER_DIR=$dir/cluster
+    if ! SLUICE_BIN="$SLUICE_BIN" SLUICE_CLUSTER_PORT=$((21000 + RANDOM % 20000)) \
+        SLUICE_CLUSTER_CONTROLLERS=$controllers \
+        scripts/cluster.sh start 3 "$CLUSTER_DIR" </dev/null >"$dir/start.out" 2>&1; then
+        say "$name: scripts/cluster.sh start failed:"; tail -n 20 "$dir/start.out"
+        ok=1
+    else
+        BOOTSTRAP=$(tail -n 1 "$dir/start.out")
+        say "$name: brokers 1-3 on $BOOTSTRAP$([ "$controllers" -gt 0 ] && echo ", $controllers dedicated controllers")"
+        "check_${name//-/_}" "$dir" || ok=1
+        if [ "$ok" != 0 ]; then
+            for ((i = 1; i <= 3 + controllers; i++)); do
+                tail -n 15 "$CLUSTER_DIR/node-$i/sluice.log" | sed "s/^/    node $i: /"
+            done
+        fi
     fi
     scripts/cluster.sh stop "$CLUSTER_DIR" >/dev/null 2>&1 || true
     CLUSTER_DIR=""
     [ "${COMPAT_KEEP:-0}" = 1 ] || rm -rf "$dir"
-    return "$ok"
-}
-
-run_cluster_check() {
-    local name=$1 start=$SECONDS
-    say "--- $name"
-    if "check_${name//-/_}"; then
+    if [ "$ok" = 0 ]; then
         PASSED=$((PASSED + 1))
         say "$name: PASS ($((SECONDS - start)) s)"
     else
@@ -666,8 +660,8 @@ main() {
             cli)
                 if build_cli; then
                     run_check cli
-                    run_cluster_check cli-cluster
-                    run_cluster_check cli-split
+                    run_cluster_check cli-cluster 0
+                    run_cluster_check cli-split 3
                 else
                     record_failure cli "mvn (kafka-tools) failed"
                 fi
