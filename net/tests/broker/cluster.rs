@@ -19,7 +19,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 
 use crate::common::{call, free_port, Broker, Raw};
 use crate::netns::Network;
@@ -372,13 +372,7 @@ pub(crate) fn consume(
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions {
-        assignment
-            .add_partition_offset(topic, p, Offset::Beginning)
-            .expect("assign");
-    }
-    consumer.assign(&assignment).expect("assign");
+    crate::common::assign_from_beginning(&consumer, topic, partitions);
     let mut got: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
     let mut seen = 0;
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -443,3 +443,19 @@ where
     assert_eq!(header.correlation_id, 11);
     Resp::decode(&mut answer, version).expect("response body")
 }
+
+/// Assigns `consumer` partitions 0..`partitions` of `topic`, each from its beginning.
+pub fn assign_from_beginning(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    partitions: i32,
+) {
+    use rdkafka::consumer::Consumer;
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .expect("assign");
+    }
+    consumer.assign(&assignment).expect("assign");
+}

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 
 use crate::cluster::{admin, block_on, consume, partition_state, wait_for, Cluster, FAST};
 use crate::netns::Network;
@@ -109,13 +109,7 @@ fn read_until(
             .set("topic.metadata.refresh.interval.ms", "1000")
             .create()
             .expect("consumer");
-        let mut assignment = TopicPartitionList::new();
-        for p in 0..partitions {
-            assignment
-                .add_partition_offset(topic, p, Offset::Beginning)
-                .expect("assign");
-        }
-        consumer.assign(&assignment).expect("assign");
+        crate::common::assign_from_beginning(&consumer, topic, partitions);
         while !stop.load(Ordering::Relaxed) {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
                 let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string();

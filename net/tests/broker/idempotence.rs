@@ -16,7 +16,6 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use sluice_storage::batch::{build_batch, set_producer};
 
 use crate::common::{call, create_topic_blocking, Broker, Raw};
@@ -239,12 +238,7 @@ fn round_trip(bootstrap: &str, topic: &str, n: usize) {
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..3 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("offset");
-    }
-    consumer.assign(&tpl).expect("assign");
+    crate::common::assign_from_beginning(&consumer, topic, 3);
     let mut got: Vec<Vec<String>> = vec![Vec::new(); 3];
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while got.iter().map(Vec::len).sum::<usize>() < values.len() {

@@ -75,12 +75,7 @@ pub(crate) fn read_values(
         .set("isolation.level", isolation)
         .create()
         .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("partition");
-    }
-    c.assign(&tpl).expect("assign");
+    crate::common::assign_from_beginning(&c, topic, partitions);
     let mut out = Vec::new();
     let mut last = Instant::now();
     while last.elapsed() < quiet {
