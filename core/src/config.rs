@@ -650,11 +650,6 @@ impl BrokerConfig {
         Ok(())
     }
 
-    /// Whether this node serves Kafka clients: every node but a dedicated controller.
-    pub fn serves_clients(&self) -> bool {
-        self.broker_role
-    }
-
     /// The broker settings DescribeConfigs reports, with Kafka's names and effective values.
     pub fn entries(&self) -> Vec<(&'static str, String)> {
         vec![
@@ -1016,7 +1011,7 @@ mod tests {
             "process.roles=controller",
         ]))
         .expect("a dedicated controller");
-        assert!(c.controller_role && !c.serves_clients());
+        assert!(c.controller_role && !c.broker_role);
         let c = BrokerConfig::from_args(&args(&["--override", "node.id=2", "--override", voters]))
             .expect("combined by default");
         assert!(c.broker_role && c.controller_role);

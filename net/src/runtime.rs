@@ -97,7 +97,7 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
     // A process killed moments ago may still hold the port: io_uring tears a dead process's
     // ring down asynchronously, and the sockets with it. Wait for that, briefly, rather than fail.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while let Err(e) = match config.serves_clients() {
+    while let Err(e) = match config.broker_role {
         true => check_port_free(config.listener),
         // A dedicated controller binds no client listener.
         false => Ok(()),
@@ -325,7 +325,7 @@ async fn core_main(
     glommio::spawn_local(crate::replica::isr_loop(shard.clone())).detach();
     // A dedicated controller (process.roles=controller) serves no clients: it has no client
     // listener, only the quorum's.
-    let listener = match config.serves_clients() {
+    let listener = match config.broker_role {
         true => Some(
             bind_listener(config.listener)
                 .map_err(|e| format!("core {core}: cannot listen on {}: {e}", config.listener))?,
