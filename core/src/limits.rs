@@ -24,6 +24,11 @@ pub const dma_alignment_bytes: u64 = 4096;
 /// Largest single DMA write issued when flushing a segment tail.
 pub const dma_write_bytes_max: usize = 8 << 20;
 
+/// A flusher round that writes more than this syncs its segments directly instead of copying
+/// its bytes into the core's journal: it already carries enough bytes per fdatasync, and a
+/// second copy would cost CPU and disk bandwidth (see storage/src/journal.rs).
+pub const journal_round_bytes_max: u64 = 1 << 20;
+
 /// Chunk size for sequential DMA reads during recovery and cold fetches.
 pub const dma_read_chunk_bytes: usize = 1 << 20;
 

@@ -2,6 +2,11 @@
 //! one round, the rounds run back to back, and whatever is appended while a round is in flight
 //! rides in the next one. One fdatasync thereby covers all the batches that arrived during the
 //! previous round, from all producers.
+//!
+//! With a journal (see [`crate::journal`]), a round is two halves: every log writes its bytes
+//! and stages them in the round, then one journal write and fdatasync makes them all durable,
+//! then every log advances its watermarks. A round too large for the journal, or one the
+//! journal could not take, has each log fdatasync its own segments, as without one.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -9,6 +14,7 @@ use std::time::Duration;
 
 use futures_lite::future;
 
+use crate::journal::Journal;
 use crate::log::PartitionLog;
 use crate::notify::Notify;
 
@@ -19,11 +25,33 @@ pub struct Flusher {
     /// Logs under an interval sync policy that have written-but-unsynced bytes.
     unsynced: RefCell<Vec<Rc<PartitionLog>>>,
     stopping: std::cell::Cell<bool>,
+    journal: Option<Rc<Journal>>,
 }
 
 impl Flusher {
     pub fn new() -> Rc<Flusher> {
         Rc::new(Flusher::default())
+    }
+
+    /// A flusher whose rounds are made durable by `journal`.
+    pub fn with_journal(journal: Rc<Journal>) -> Rc<Flusher> {
+        Rc::new(Flusher {
+            journal: Some(journal),
+            ..Flusher::default()
+        })
+    }
+
+    pub fn journal(&self) -> Option<Rc<Journal>> {
+        self.journal.clone()
+    }
+
+    /// Checkpoints the journal, if any: call before rewriting or removing a log's segment
+    /// files (truncation, deleting a partition), so that replay never writes old bytes there.
+    pub async fn barrier(&self) -> crate::error::Result<()> {
+        match &self.journal {
+            Some(journal) => journal.checkpoint().await,
+            None => Ok(()),
+        }
     }
 
     /// Queues a log for the next round.
@@ -62,6 +90,7 @@ impl Flusher {
                 )
                 .await;
                 if timed_out {
+                    self.checkpoint_if_due(true);
                     let pending: Vec<_> = std::mem::take(&mut *self.unsynced.borrow_mut());
                     for log in pending {
                         self.mark_dirty(&log);
@@ -70,16 +99,7 @@ impl Flusher {
                 continue;
             }
             let now = now_ms();
-            let rounds = batch.iter().map(|log| {
-                let log = log.clone();
-                async move {
-                    // Errors are reported to the producers waiting on this log; the flusher
-                    // itself goes on serving the other partitions.
-                    let _ = log.flush(now).await;
-                    log
-                }
-            });
-            let flushed = futures::future::join_all(rounds).await;
+            let flushed = self.round(&batch, now).await;
             for log in flushed {
                 if log.needs_sync() {
                     let mut unsynced = self.unsynced.borrow_mut();
@@ -88,6 +108,63 @@ impl Flusher {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Flusher {
+    /// One round over `batch`: see the module comment.
+    async fn round(&self, batch: &[Rc<PartitionLog>], now: i64) -> Vec<Rc<PartitionLog>> {
+        let bytes: u64 = batch.iter().map(|log| log.unwritten_bytes()).sum();
+        let journal = self.journal.as_ref();
+        if journal.is_some_and(|j| j.is_full_for(bytes)) {
+            self.checkpoint_if_due(false);
+        }
+        let round = journal.and_then(|j| j.begin_round(bytes));
+        let writes = batch.iter().map(|log| {
+            let round = round.as_ref();
+            async move { (log.clone(), log.write_round(now, round).await) }
+        });
+        let written = futures::future::join_all(writes).await;
+        let journaled = match (journal, &round) {
+            (Some(journal), Some(round)) => match journal.commit(round).await {
+                Ok(committed) => committed,
+                Err(e) => {
+                    eprintln!(
+                        "sluice: the journal failed ({e}); rounds now sync their segments directly"
+                    );
+                    false
+                }
+            },
+            _ => false,
+        };
+        self.checkpoint_if_due(false);
+        let finishes = written.into_iter().map(|(log, write)| async move {
+            if let Some(Ok(write)) = write {
+                // Errors are reported to the producers waiting on this log; the flusher
+                // itself goes on serving the other partitions.
+                let _ = log.finish_round(write, journaled, now).await;
+            }
+            log
+        });
+        futures::future::join_all(finishes).await
+    }
+
+    /// Starts a checkpoint in the background when half the ring is in use, or (`idle`) when
+    /// nothing is being written and anything at all is pending.
+    fn checkpoint_if_due(&self, idle: bool) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let due = journal.wants_checkpoint() || (idle && journal.pending_bytes() > 0);
+        if due {
+            let journal = journal.clone();
+            glommio::spawn_local(async move {
+                if let Err(e) = journal.checkpoint().await {
+                    eprintln!("sluice: journal checkpoint failed: {e}");
+                }
+            })
+            .detach();
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod error;
 pub mod flusher;
 pub mod index;
 pub mod io_probe;
+pub mod journal;
 pub mod log;
 pub mod notify;
 pub mod producer_state;

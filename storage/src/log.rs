@@ -30,6 +30,7 @@ use sluice_core::topic::{TimestampType, TopicConfig};
 use crate::batch::{self, BatchHeader};
 use crate::error::{Result, StorageError};
 use crate::index::SegmentIndex;
+use crate::journal::{Journal, JournalRound};
 use crate::notify::Notify;
 use crate::producer_state::{ProducerStates, Verdict, NO_PRODUCER_ID};
 use crate::segment::{self, align_down, align_up, Segment};
@@ -115,6 +116,16 @@ pub struct AppendInfo {
     /// Generation of discarded tails at append time: a waiter whose bytes are discarded by a
     /// failed write sees it change.
     discard_generation: u64,
+}
+
+/// What the first half of a flusher round leaves for the second ([`PartitionLog::write_round`]).
+pub struct RoundWrite {
+    /// The log end the round wrote up to.
+    target: i64,
+    /// Segment files written.
+    touched: Vec<Rc<glommio::io::DmaFile>>,
+    /// The written bytes were staged in the core's journal round.
+    journaled: bool,
 }
 
 /// Whole batches read for a fetch, as pieces to be sent back to back: zero-copy slices of the
@@ -231,6 +242,9 @@ pub struct PartitionLog {
     clean_crash: Cell<Option<CleanCrashPoint>>,
     /// A clean failed: the cleaner leaves the log alone until the next start.
     uncleanable: Cell<bool>,
+    /// The core's journal, which may hold records for this log's segment files: a compaction
+    /// swap checkpoints it first (see [`crate::journal`]).
+    journal: RefCell<Option<Rc<Journal>>>,
 }
 
 mod cleaner;
@@ -315,6 +329,7 @@ impl PartitionLog {
             swaps: Cell::new(0),
             clean_crash: Cell::new(None),
             uncleanable: Cell::new(false),
+            journal: RefCell::new(None),
         });
         log.write_pending_snapshots().await?;
         Ok(log)
@@ -322,6 +337,21 @@ impl PartitionLog {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The core's journal, whose rounds this log's flusher rounds may be staged in.
+    pub fn set_journal(&self, journal: Option<Rc<Journal>>) {
+        *self.journal.borrow_mut() = journal;
+    }
+
+    /// Checkpoints the core's journal before segment files are rewritten or removed: replay
+    /// must never write old bytes into them.
+    async fn journal_barrier(&self) -> Result<()> {
+        let journal = self.journal.borrow().clone();
+        match journal {
+            Some(journal) => journal.checkpoint().await,
+            None => Ok(()),
+        }
     }
 
     pub fn set_leader_epoch(&self, epoch: i32) {
@@ -585,21 +615,60 @@ impl PartitionLog {
     }
 
     /// Writes every appended byte with O_DIRECT and, per the sync policy, fdatasyncs; then
-    /// advances the watermarks. Called only by the core's flusher; never runs twice at once.
+    /// advances the watermarks. A round on its own, without the core's journal (a clean stop,
+    /// tests); the flusher runs [`Self::write_round`] and [`Self::finish_round`] instead.
     pub async fn flush(&self, now_ms: i64) -> Result<()> {
-        if self.retired.get() || self.flushing.replace(true) {
-            return Ok(());
+        match self.write_round(now_ms, None).await {
+            Some(Ok(written)) => self.finish_round(written, false, now_ms).await,
+            Some(Err(e)) => Err(e),
+            None => Ok(()),
         }
-        let result = self.flush_inner(now_ms).await;
-        self.flushing.set(false);
-        if let Err(e) = &result {
-            self.discard_unwritten(e, now_ms);
-        }
-        self.flushed.notify_all();
-        result
     }
 
-    async fn flush_inner(&self, now_ms: i64) -> Result<()> {
+    /// The bytes the next round would write (the flusher sizes its journal round by them).
+    pub fn unwritten_bytes(&self) -> u64 {
+        let s = self.state.borrow();
+        s.segments
+            .iter()
+            .filter(|seg| !seg.sealed)
+            .map(|seg| seg.size.saturating_sub(seg.written))
+            .sum()
+    }
+
+    /// First half of a flusher round: writes every appended byte with O_DIRECT. Under the
+    /// sync-every-write policy the written bytes are also staged in `journal`, when given, and
+    /// the round's fdatasync is then the journal's (see [`crate::journal`]). None: nothing to
+    /// do (retired, or a round of this log is still running). An error has already been
+    /// reported to the waiting producers.
+    pub async fn write_round(
+        &self,
+        now_ms: i64,
+        journal: Option<&JournalRound>,
+    ) -> Option<Result<RoundWrite>> {
+        if self.retired.get() || self.flushing.replace(true) {
+            return None;
+        }
+        // Only when everything written before is synced: the journal holds just this round's
+        // bytes, so a log left unsynced by a failed round syncs its segments itself.
+        let journal = journal.filter(|_| {
+            let s = self.state.borrow();
+            self.config.borrow().sync == SyncPolicy::EveryWrite && s.synced == s.written
+        });
+        let result = self.write_unwritten(journal).await;
+        if let Err(e) = &result {
+            self.end_round(Some(e), now_ms);
+        }
+        Some(result.map(|(target, touched)| RoundWrite {
+            target,
+            touched,
+            journaled: journal.is_some(),
+        }))
+    }
+
+    async fn write_unwritten(
+        &self,
+        journal: Option<&JournalRound>,
+    ) -> Result<(i64, Vec<Rc<glommio::io::DmaFile>>)> {
         let target = self.state.borrow().log_end;
         let mut touched = Vec::new();
         let bases: Vec<i64> = {
@@ -611,10 +680,37 @@ impl PartitionLog {
                 .collect()
         };
         for base in bases {
-            if let Some(file) = self.write_segment(base).await? {
+            if let Some(file) = self.write_segment(base, journal).await? {
                 touched.push(file);
             }
         }
+        let mut s = self.state.borrow_mut();
+        s.written = s.written.max(target);
+        s.last_io_error = None;
+        Ok((target, touched))
+    }
+
+    /// Second half of a flusher round: fdatasyncs per the sync policy — unless `journaled`,
+    /// when the journal's fdatasync made the staged bytes durable — then seals rolled
+    /// segments and advances the watermarks.
+    pub async fn finish_round(
+        &self,
+        written: RoundWrite,
+        journaled: bool,
+        now_ms: i64,
+    ) -> Result<()> {
+        let journaled = journaled && written.journaled;
+        let result = self.sync_written(written, journaled, now_ms).await;
+        self.end_round(result.as_ref().err(), now_ms);
+        result
+    }
+
+    async fn sync_written(&self, written: RoundWrite, journaled: bool, now_ms: i64) -> Result<()> {
+        let RoundWrite {
+            target,
+            mut touched,
+            ..
+        } = written;
         let sync = {
             let s = self.state.borrow();
             match self.config.borrow().sync {
@@ -625,17 +721,14 @@ impl PartitionLog {
                 }
             }
         };
-        {
-            let mut s = self.state.borrow_mut();
-            s.written = s.written.max(target);
-            s.last_io_error = None;
-        }
         if sync {
-            if touched.is_empty() {
-                touched = self.all_unsynced_files();
-            }
-            for file in &touched {
-                file.fdatasync().await?;
+            if !journaled {
+                if touched.is_empty() {
+                    touched = self.all_unsynced_files();
+                }
+                for file in &touched {
+                    file.fdatasync().await?;
+                }
             }
             let mut s = self.state.borrow_mut();
             s.synced = s.synced.max(target);
@@ -647,6 +740,14 @@ impl PartitionLog {
         self.advance_high_watermark();
         self.trim_caches();
         Ok(())
+    }
+
+    fn end_round(&self, error: Option<&StorageError>, now_ms: i64) {
+        self.flushing.set(false);
+        if let Some(e) = error {
+            self.discard_unwritten(e, now_ms);
+        }
+        self.flushed.notify_all();
     }
 
     /// Writes the producer-state snapshots taken at rolls, keeping the newest few files.
@@ -714,10 +815,15 @@ impl PartitionLog {
             .collect()
     }
 
-    /// Writes the unwritten bytes of one segment, creating its file first if needed.
-    async fn write_segment(&self, base: i64) -> Result<Option<Rc<glommio::io::DmaFile>>> {
+    /// Writes the unwritten bytes of one segment, creating its file first if needed, and
+    /// stages them in `journal` once written.
+    async fn write_segment(
+        &self,
+        base: i64,
+        journal: Option<&JournalRound>,
+    ) -> Result<Option<Rc<glommio::io::DmaFile>>> {
         let file = self.ensure_file(base).await?;
-        let (buffer, aligned_start, end) = {
+        let (buffer, aligned_start, from, end) = {
             let s = self.state.borrow();
             let Some(seg) = s.segments.iter().find(|seg| seg.base_offset == base) else {
                 return Ok(None);
@@ -733,7 +839,7 @@ impl PartitionLog {
             let data_len = (end - aligned_start) as usize;
             seg.copy_from_cache(aligned_start, end, &mut bytes[..data_len]);
             bytes[data_len..].fill(0);
-            (buffer, aligned_start, end)
+            (buffer, aligned_start, seg.written, end)
         };
         let preallocated = self.segment_field(base, |seg| seg.preallocated);
         let needed = align_up(end);
@@ -775,6 +881,16 @@ impl PartitionLog {
             }
         }
         self.with_segment(base, |seg| seg.written = seg.written.max(end));
+        if let Some(journal) = journal {
+            // The cache still holds the bytes: it is trimmed only when the round finishes.
+            let s = self.state.borrow();
+            if let Some(seg) = s.segments.iter().find(|seg| seg.base_offset == base) {
+                let len = (end - from) as usize;
+                journal.stage(&file, &self.dir, base, from, len, |out| {
+                    seg.copy_from_cache(from, end, out)
+                });
+            }
+        }
         Ok(Some(file))
     }
 

@@ -373,6 +373,9 @@ impl PartitionLog {
             return Ok(());
         };
         self.crash_if(CleanCrashPoint::CleanedWritten)?;
+        // The journal may name these segment files: after the swap, replay must not write
+        // their old bytes into the cleaned copy.
+        self.journal_barrier().await?;
         let dir = self.dir.clone();
         let bases: Vec<i64> = group.iter().map(|g| g.base).collect();
         let all = bases.clone();
