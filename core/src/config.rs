@@ -123,6 +123,10 @@ pub struct BrokerConfig {
     /// Send fetch responses with io_uring SENDMSG_ZC instead of vectored `sendmsg(2)`
     /// (`sluice.socket.send.zerocopy`, default false: see docs/BENCHMARKS.md for why).
     pub socket_send_zerocopy: bool,
+    /// Bytes of each core's journal ring (`sluice.journal.bytes`, default 64 MiB; 0: none),
+    /// which makes a flusher round durable with one fdatasync (storage/src/journal.rs). Used
+    /// only when acks=all waits for fdatasync (`sync_before_ack`).
+    pub journal_bytes: u64,
     /// Log compaction: the default `cleanup.policy` of new topics (`log.cleanup.policy`), whether
     /// each core runs a cleaner, how long a cleaner sleeps when no log needs cleaning, the memory
     /// for its key map (`log.cleaner.dedupe.buffer.size`, for the whole broker, split evenly
@@ -239,6 +243,7 @@ impl Default for BrokerConfig {
             transaction_abort_timed_out_transaction_cleanup_interval_ms: 10_000,
             transactional_id_expiration_ms: 604_800_000,
             socket_send_zerocopy: false,
+            journal_bytes: 64 << 20,
             log_cleanup_policy: "delete".into(),
             log_cleaner_enable: true,
             log_cleaner_backoff_ms: 15_000,
@@ -523,6 +528,17 @@ impl BrokerConfig {
                 "cores" => config.cores = parse_i64(k, v)?.max(0) as usize,
                 "sluice.io.memory.bytes" => config.io_memory_bytes = positive(k, v)? as usize,
                 "sluice.socket.send.zerocopy" => config.socket_send_zerocopy = parse_bool(k, v)?,
+                "sluice.journal.bytes" => {
+                    let bytes = parse_i64(k, v)?;
+                    if bytes < 0 || bytes % 4096 != 0 || (bytes > 0 && bytes < 1 << 20) {
+                        return Err(ConfigError::invalid(
+                            k,
+                            v,
+                            "must be 0 (no journal) or a multiple of 4096 of at least 1 MiB",
+                        ));
+                    }
+                    config.journal_bytes = bytes as u64;
+                }
                 _ if IGNORED_KEYS.contains(&k) => config.ignored.push(k.to_string()),
                 _ => return Err(ConfigError::Unknown(k.to_string())),
             }
@@ -807,6 +823,16 @@ impl BrokerConfig {
     /// policy was configured and syncing happens by count or time instead.
     pub fn sync_before_ack(&self) -> bool {
         self.log_flush_interval_messages == 1 && self.log_flush_interval_ms < 0
+    }
+
+    /// The journal ring per core: none unless acks=all waits for fdatasync, and none on a
+    /// dedicated controller (it holds no partition logs).
+    pub fn journal_ring_bytes(&self) -> u64 {
+        if self.sync_before_ack() && self.broker_role {
+            self.journal_bytes
+        } else {
+            0
+        }
     }
 }
 

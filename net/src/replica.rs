@@ -797,6 +797,7 @@ async fn truncate_log(shard: &Rc<Shard>, tp: &TopicPartition, offset: i64) {
     }
     log.retire().await;
     drop(log);
+    shard.journal_barrier(tp).await;
     let cut = if offset > old_end {
         // Behind the leader's log start: nothing here is worth keeping.
         sluice_storage::log::restart_dir(&dir, offset)
@@ -874,6 +875,7 @@ async fn settle_truncated(
             }
             log.retire().await;
             drop(log);
+            shard.journal_barrier(tp).await;
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 eprintln!("sluice: cannot remove {}: {e} ({tp})", dir.display());
             }

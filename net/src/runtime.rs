@@ -59,6 +59,18 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         .map_err(|e| format!("log.dirs {}: {e}", config.log_dirs.display()))?;
     sluice_storage::io_probe::prepare(&config.log_dirs)
         .map_err(|e| format!("log.dirs {}: {e}", config.log_dirs.display()))?;
+    // Before any log is opened: bytes acknowledged through a journal and lost from their
+    // segments (an OS crash) are written back, then each core gets an empty journal.
+    let replayed =
+        sluice_storage::journal::prepare(&config.log_dirs, cores, config.journal_ring_bytes())
+            .map_err(|e| format!("journal in {}: {e}", config.log_dirs.display()))?;
+    if replayed.records > 0 || replayed.skipped > 0 {
+        eprintln!(
+            "sluice: journal: wrote {} records ({} bytes) back into segments, skipped {} of \
+             deleted segments",
+            replayed.records, replayed.bytes, replayed.skipped
+        );
+    }
     // A cluster's metadata is its quorum's log, replayed here before any core starts; a single
     // node's is its topic files.
     let mut quorum = match config.clustered() {
@@ -194,7 +206,14 @@ async fn core_main(
                 config.log_dirs.display()
             )
         })?;
-    let flusher = Flusher::new();
+    let flusher = match config.journal_ring_bytes() {
+        0 => Flusher::new(),
+        _ => Flusher::with_journal(
+            sluice_storage::journal::Journal::open(&config.log_dirs, core)
+                .await
+                .map_err(|e| format!("core {core}: journal: {e}"))?,
+        ),
+    };
     let shard_count = mesh.as_ref().map(|m| m.nr_peers()).unwrap_or(1);
     let mut revision = 1u64;
     let mut placements = Vec::new();
@@ -409,6 +428,10 @@ async fn core_main(
     }
     flusher.stop();
     flusher_task.await;
+    // Every log is closed and synced: nothing is left for replay at the next start.
+    if let Err(e) = flusher.barrier().await {
+        result = Err(format!("core {core}: journal checkpoint: {e}"));
+    }
     if let Some((sends, copied)) = crate::send::zero_copy_counts() {
         eprintln!(
             "sluice: core {core}: {sends} zero-copy sends, of which the kernel copied {copied}"

@@ -846,6 +846,7 @@ impl Shard {
                     let dir = log.dir().to_path_buf();
                     log.retire().await;
                     drop(log);
+                    self.journal_barrier(&tp).await;
                     if let Err(e) = std::fs::remove_dir_all(&dir) {
                         eprintln!("sluice: cannot remove {}: {e} ({tp})", dir.display());
                     }
@@ -1066,10 +1067,22 @@ impl Shard {
             }
             log.retire().await;
             drop(log);
+            self.journal_barrier(&name).await;
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => eprintln!("sluice: {name}: replica moved to other brokers; log deleted"),
                 Err(e) => eprintln!("sluice: cannot remove {}: {e} ({name})", dir.display()),
             }
+        }
+    }
+
+    /// Checkpoints this core's journal before a log's files are removed or rewritten, so that
+    /// replay never writes old bytes into a directory a new log takes (`what` names the log).
+    pub async fn journal_barrier(&self, what: &dyn std::fmt::Display) {
+        if let Err(e) = self.flusher.barrier().await {
+            eprintln!(
+                "sluice: core {}: journal checkpoint before changing {what}: {e}",
+                self.core_id
+            );
         }
     }
 
@@ -1096,6 +1109,7 @@ impl Shard {
             self.broker.sync_before_ack(),
         );
         let log = PartitionLog::open(&dir, &meta.name, partition, config, now_ms()).await?;
+        log.set_journal(self.flusher.journal());
         let epochs = sluice_replication::LeaderEpochFile::open_or_init(&dir, log.log_end_offset())?;
         log.set_leader_epoch(epochs.current_epoch());
         if log.needs_flush() {

@@ -158,6 +158,10 @@ impl Broker {
             format!("listeners=PLAINTEXT://{host}:{port}"),
             "--override".to_string(),
             format!("log.dirs={}", data.display()),
+            // A small journal ring (the default is 64 MiB per core): every start writes it in
+            // full, and a small one wraps and checkpoints often, which the tests then exercise.
+            "--override".to_string(),
+            "sluice.journal.bytes=4194304".to_string(),
         ];
         for e in extra {
             args.push("--override".into());
