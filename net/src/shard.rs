@@ -1077,12 +1077,17 @@ impl Shard {
 
     /// Checkpoints this core's journal before a log's files are removed or rewritten, so that
     /// replay never writes old bytes into a directory a new log takes (`what` names the log).
+    /// A journal that cannot checkpoint means the log directory is failing (its fdatasyncs
+    /// fail): the broker stops, as Kafka does when its only log directory fails, rather than
+    /// change files that replay at the next start could then damage.
     pub async fn journal_barrier(&self, what: &dyn std::fmt::Display) {
         if let Err(e) = self.flusher.barrier().await {
             eprintln!(
-                "sluice: core {}: journal checkpoint before changing {what}: {e}",
+                "sluice: core {}: the journal cannot checkpoint before changing {what}: {e}; \
+                 the log directory is failing, stopping (the journal is replayed at the next start)",
                 self.core_id
             );
+            std::process::exit(1);
         }
     }
 
@@ -1097,6 +1102,11 @@ impl Shard {
             .broker
             .log_dirs
             .join(format!("{}-{partition}", meta.name));
+        if dir.exists() {
+            // The directory may be an earlier topic's, about to be removed (next line).
+            self.journal_barrier(&format!("{}-{partition}", meta.name))
+                .await;
+        }
         if crate::metadata::claim_partition_dir(&dir, &meta.id)? {
             eprintln!(
                 "sluice: {}-{partition}: removed the log of an earlier topic of that name",

@@ -243,8 +243,13 @@ pub struct Journal {
     touched: RefCell<HashMap<*const DmaFile, (Rc<DmaFile>, u64)>>,
     checkpointing: glommio::sync::Semaphore,
     checkpoint_running: Cell<bool>,
-    /// Set after a failed journal write: rounds sync their segments directly from then on.
+    /// Set after a failed journal write or checkpoint: rounds sync their segments directly from
+    /// then on.
     failed: Cell<bool>,
+    /// Why a checkpoint failed. Sticky: Linux reports a writeback error once, so a retried
+    /// fdatasync could succeed without the bytes being on disk. The records stay in the ring,
+    /// replayed at the next start, and every later checkpoint (and so every barrier) fails.
+    checkpoint_failed: RefCell<Option<String>>,
 }
 
 impl Journal {
@@ -268,6 +273,7 @@ impl Journal {
             checkpointing: glommio::sync::Semaphore::new(1),
             checkpoint_running: Cell::new(false),
             failed: Cell::new(false),
+            checkpoint_failed: RefCell::new(None),
         }))
     }
 
@@ -301,17 +307,19 @@ impl Journal {
         if !self.has_room(len) {
             return Ok(false);
         }
-        if let Err(e) = self.write_ring(round.start, &bytes).await {
-            self.failed.set(true);
-            return Err(e);
-        }
+        let written = self.write_ring(round.start, &bytes).await;
+        // Even a failed write may have reached the disk, where replay would find it: its region
+        // is used up and its files are synced by the next checkpoint, which barriers wait for.
         let end = round.start + len;
         self.end.set(end);
         let mut touched = self.touched.borrow_mut();
         for file in round.files.borrow().iter() {
             touched.insert(Rc::as_ptr(file), (file.clone(), end));
         }
-        Ok(true)
+        if written.is_err() {
+            self.failed.set(true);
+        }
+        written.map(|()| true)
     }
 
     /// Writes `bytes` (padded with zeros to whole blocks) at ring position `start`, in two
@@ -366,6 +374,11 @@ impl Journal {
             .acquire_permit(1)
             .await
             .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
+        if let Some(why) = self.checkpoint_failed.borrow().as_ref() {
+            return Err(StorageError::Io(std::io::Error::other(format!(
+                "an earlier journal checkpoint failed: {why}"
+            ))));
+        }
         let target = self.end.get();
         if self.checkpointed.get() >= target {
             return Ok(());
@@ -373,6 +386,10 @@ impl Journal {
         self.checkpoint_running.set(true);
         let result = self.checkpoint_to(target).await;
         self.checkpoint_running.set(false);
+        if let Err(e) = &result {
+            self.failed.set(true);
+            *self.checkpoint_failed.borrow_mut() = Some(e.to_string());
+        }
         result
     }
 
@@ -399,7 +416,13 @@ impl Journal {
         let mut block = self.file.alloc_dma_buffer(HEADER_SLOT_BYTES as usize);
         block.as_bytes_mut().fill(0);
         block.as_bytes_mut()[..HEADER_BYTES].copy_from_slice(&header.encode());
-        self.file.write_at(block, header.slot_position()).await?;
+        let n = self.file.write_at(block, header.slot_position()).await?;
+        if n as u64 != HEADER_SLOT_BYTES {
+            return Err(StorageError::Io(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                format!("short journal header write: {n} bytes"),
+            )));
+        }
         self.file.fdatasync().await?;
         self.sequence.set(header.sequence);
         self.checkpointed.set(target);

@@ -128,6 +128,15 @@ pub struct RoundWrite {
     journaled: bool,
 }
 
+/// One completed segment write of a round: bytes `from..to` of the segment with base offset
+/// `base`.
+struct SegmentWrite {
+    file: Rc<glommio::io::DmaFile>,
+    base: i64,
+    from: u64,
+    to: u64,
+}
+
 /// Whole batches read for a fetch, as pieces to be sent back to back: zero-copy slices of the
 /// batch cache, or one buffer read from the file.
 #[derive(Debug, Clone, Default)]
@@ -658,19 +667,16 @@ impl PartitionLog {
         if let Err(e) = &result {
             self.end_round(Some(e), now_ms);
         }
-        Some(result.map(|(target, touched)| RoundWrite {
-            target,
-            touched,
-            journaled: journal.is_some(),
-        }))
+        Some(result)
     }
 
-    async fn write_unwritten(
-        &self,
-        journal: Option<&JournalRound>,
-    ) -> Result<(i64, Vec<Rc<glommio::io::DmaFile>>)> {
+    /// Writes every unwritten byte; then, only if every write succeeded (a producer told its
+    /// write failed must never see it come back through replay), stages in `journal` each
+    /// written range from its block's aligned start, so that the rewritten head of a partial
+    /// block is in the journal too.
+    async fn write_unwritten(&self, journal: Option<&JournalRound>) -> Result<RoundWrite> {
         let target = self.state.borrow().log_end;
-        let mut touched = Vec::new();
+        let mut writes = Vec::new();
         let bases: Vec<i64> = {
             let s = self.state.borrow();
             s.segments
@@ -680,14 +686,40 @@ impl PartitionLog {
                 .collect()
         };
         for base in bases {
-            if let Some(file) = self.write_segment(base, journal).await? {
-                touched.push(file);
+            if let Some(write) = self.write_segment(base).await? {
+                writes.push(write);
             }
         }
+        let journaled = journal.is_some_and(|journal| self.stage(journal, &writes));
         let mut s = self.state.borrow_mut();
         s.written = s.written.max(target);
         s.last_io_error = None;
-        Ok((target, touched))
+        Ok(RoundWrite {
+            target,
+            touched: writes.into_iter().map(|w| w.file).collect(),
+            journaled,
+        })
+    }
+
+    /// Stages completed segment writes in a journal round; false (the round must then sync
+    /// this log's segments itself) if any of their bytes is no longer in memory.
+    fn stage(&self, journal: &JournalRound, writes: &[SegmentWrite]) -> bool {
+        let s = self.state.borrow();
+        for w in writes {
+            // The cache is trimmed only when the round finishes, so this always holds.
+            let Some(seg) = s
+                .segments
+                .iter()
+                .find(|seg| seg.base_offset == w.base && seg.caches(w.from, w.to))
+            else {
+                return false;
+            };
+            let len = (w.to - w.from) as usize;
+            journal.stage(&w.file, &self.dir, w.base, w.from, len, |out| {
+                seg.copy_from_cache(w.from, w.to, out)
+            });
+        }
+        true
     }
 
     /// Second half of a flusher round: fdatasyncs per the sync policy — unless `journaled`,
@@ -815,15 +847,11 @@ impl PartitionLog {
             .collect()
     }
 
-    /// Writes the unwritten bytes of one segment, creating its file first if needed, and
-    /// stages them in `journal` once written.
-    async fn write_segment(
-        &self,
-        base: i64,
-        journal: Option<&JournalRound>,
-    ) -> Result<Option<Rc<glommio::io::DmaFile>>> {
+    /// Writes the unwritten bytes of one segment (from the aligned start of its last partial
+    /// block), creating its file first if needed.
+    async fn write_segment(&self, base: i64) -> Result<Option<SegmentWrite>> {
         let file = self.ensure_file(base).await?;
-        let (buffer, aligned_start, from, end) = {
+        let (buffer, aligned_start, end) = {
             let s = self.state.borrow();
             let Some(seg) = s.segments.iter().find(|seg| seg.base_offset == base) else {
                 return Ok(None);
@@ -839,7 +867,7 @@ impl PartitionLog {
             let data_len = (end - aligned_start) as usize;
             seg.copy_from_cache(aligned_start, end, &mut bytes[..data_len]);
             bytes[data_len..].fill(0);
-            (buffer, aligned_start, seg.written, end)
+            (buffer, aligned_start, end)
         };
         let preallocated = self.segment_field(base, |seg| seg.preallocated);
         let needed = align_up(end);
@@ -881,17 +909,12 @@ impl PartitionLog {
             }
         }
         self.with_segment(base, |seg| seg.written = seg.written.max(end));
-        if let Some(journal) = journal {
-            // The cache still holds the bytes: it is trimmed only when the round finishes.
-            let s = self.state.borrow();
-            if let Some(seg) = s.segments.iter().find(|seg| seg.base_offset == base) {
-                let len = (end - from) as usize;
-                journal.stage(&file, &self.dir, base, from, len, |out| {
-                    seg.copy_from_cache(from, end, out)
-                });
-            }
-        }
-        Ok(Some(file))
+        Ok(Some(SegmentWrite {
+            file,
+            base,
+            from: aligned_start,
+            to: end,
+        }))
     }
 
     async fn ensure_file(&self, base: i64) -> Result<Rc<glommio::io::DmaFile>> {

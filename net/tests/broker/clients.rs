@@ -684,7 +684,11 @@ async fn full_disk_fails_produce_with_storage_error_while_reads_go_on() {
     }
     let _unmount = Unmount(mount.clone());
     let data = mount.join("data");
-    let broker = Broker::with_dir(data.clone(), &["log.segment.bytes=1048576"]);
+    // The smallest journal ring (two cores' journals must fit the 6 MiB disk beside the data).
+    let broker = Broker::with_dir(
+        data.clone(),
+        &["log.segment.bytes=1048576", "sluice.journal.bytes=1048576"],
+    );
     create_topic(&broker, "filling", 1, &[]).await;
     create_topic(&broker, "other", 1, &[]).await;
     let p = producer(

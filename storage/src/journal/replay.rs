@@ -112,9 +112,12 @@ pub fn prepare(log_dirs: &Path, cores: usize, ring_bytes: u64) -> Result<Prepare
         }
         match ends.get(&core).filter(|(h, _)| h.ring_bytes == ring_bytes) {
             Some((old, end)) => {
+                // A full lap ahead: a record left in the ring (a round that was not
+                // acknowledged and only partly reached the disk) can never match a position
+                // this run writes, however its rounds fall.
                 let header = Header {
                     ring_bytes,
-                    checkpoint: *end,
+                    checkpoint: end + ring_bytes,
                     sequence: old.sequence + 1,
                 };
                 let file = OpenOptions::new()
@@ -311,7 +314,7 @@ mod tests {
         assert_eq!(prepared.records, 3);
         assert_eq!(prepared.bytes, 8);
         assert_eq!(std::fs::read(&seg).expect("test file"), b"AAAABBBBCCDD");
-        assert_eq!(checkpoint_of(logs), end);
+        assert_eq!(checkpoint_of(logs), end + RING);
         // A second start replays nothing: the checkpoint moved past it all.
         std::fs::write(&seg, b"AAAA").expect("test file");
         assert_eq!(prepare(logs, 1, RING).expect("test file").records, 0);
@@ -336,7 +339,7 @@ mod tests {
         let prepared = prepare(logs, 1, RING).expect("test file");
         assert_eq!(prepared.records, 1);
         assert_eq!(std::fs::read(&seg).expect("test file"), b"one");
-        assert_eq!(checkpoint_of(logs), end, "{torn}");
+        assert_eq!(checkpoint_of(logs), end + RING, "{torn}");
     }
 
     #[test]
@@ -349,15 +352,43 @@ mod tests {
         let big = vec![b'x'; (RING - 8192) as usize];
         let mut lsn = write_round(logs, 0, &[("t-0", 5, 0, &big)]);
         prepare(logs, 1, RING).expect("test file");
+        lsn += RING;
         std::fs::write(&seg, b"").expect("test file");
         // A record that straddles the end of the ring.
         let data = vec![b'y'; 10_000];
         lsn = write_round(logs, lsn, &[("t-0", 5, 0, &data)]);
-        assert!(lsn > RING);
+        assert!(lsn % RING < 10_000, "the record wrapped");
         let prepared = prepare(logs, 1, RING).expect("test file");
         assert_eq!(prepared.records, 1);
         assert_eq!(std::fs::read(&seg).expect("test file"), data);
-        assert_eq!(checkpoint_of(logs), lsn);
+        assert_eq!(checkpoint_of(logs), lsn + RING);
+    }
+
+    #[test]
+    fn a_run_numbers_its_rounds_a_lap_past_what_an_unfinished_round_left() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let logs = tmp.path();
+        prepare(logs, 1, RING).expect("prepare");
+        let seg = segment(logs, "t-0", 0, b"");
+        // A round that was never acknowledged reached the disk only in part: its first block
+        // is lost, a record at the start of its second block survived.
+        let stale = write_round(logs, 4096, &[("t-0", 0, 0, b"stale")]);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(journal_path(logs, 0))
+            .expect("journal");
+        file.write_all_at(&[0u8; 4096], file_position(0, RING))
+            .expect("lose the first block");
+        assert_eq!(prepare(logs, 1, RING).expect("replay").records, 0);
+        // The next run's first round is one block long, so its successor would start where the
+        // stale record lies; it is numbered a lap later, and replay does not take the stale one.
+        let start = checkpoint_of(logs);
+        assert_eq!(start, RING);
+        let end = write_round(logs, start, &[("t-0", 0, 0, b"fresh")]);
+        assert_eq!(end, start + 4096, "{stale}");
+        let prepared = prepare(logs, 1, RING).expect("replay");
+        assert_eq!(prepared.records, 1);
+        assert_eq!(std::fs::read(&seg).expect("segment"), b"fresh");
     }
 
     #[test]
