@@ -432,6 +432,17 @@ async fn core_main(
     if let Err(e) = flusher.barrier().await {
         result = Err(format!("core {core}: journal checkpoint: {e}"));
     }
+    if let Some(journal) = flusher.journal() {
+        let stats = journal.stats();
+        eprintln!(
+            "sluice: core {core}: journal: {} rounds ({} MiB) made durable by one fdatasync, {} \
+             rounds synced their segments, {} checkpoints",
+            stats.rounds,
+            stats.bytes >> 20,
+            stats.direct_rounds,
+            stats.checkpoints
+        );
+    }
     if let Some((sends, copied)) = crate::send::zero_copy_counts() {
         eprintln!(
             "sluice: core {core}: {sends} zero-copy sends, of which the kernel copied {copied}"

@@ -250,6 +250,18 @@ pub struct Journal {
     /// fdatasync could succeed without the bytes being on disk. The records stay in the ring,
     /// replayed at the next start, and every later checkpoint (and so every barrier) fails.
     checkpoint_failed: RefCell<Option<String>>,
+    stats: Cell<JournalStats>,
+}
+
+/// What a journal did since it was opened (printed at a clean stop).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Rounds made durable by the journal, and their record bytes.
+    pub rounds: u64,
+    pub bytes: u64,
+    /// Rounds that synced their segments instead (too large, no room, or after a failure).
+    pub direct_rounds: u64,
+    pub checkpoints: u64,
 }
 
 impl Journal {
@@ -274,6 +286,7 @@ impl Journal {
             checkpoint_running: Cell::new(false),
             failed: Cell::new(false),
             checkpoint_failed: RefCell::new(None),
+            stats: Cell::default(),
         }))
     }
 
@@ -281,6 +294,7 @@ impl Journal {
     /// directly: too large to be worth copying, no room in the ring, or the journal failed.
     pub fn begin_round(&self, bytes: u64) -> Option<JournalRound> {
         if self.failed.get() || bytes > limits::journal_round_bytes_max || !self.has_room(bytes) {
+            self.count(|s| s.direct_rounds += 1);
             return None;
         }
         Some(JournalRound {
@@ -305,6 +319,7 @@ impl Journal {
         let bytes = std::mem::take(&mut *round.bytes.borrow_mut());
         let len = align_up(bytes.len() as u64);
         if !self.has_room(len) {
+            self.count(|s| s.direct_rounds += 1);
             return Ok(false);
         }
         let written = self.write_ring(round.start, &bytes).await;
@@ -319,6 +334,10 @@ impl Journal {
         if written.is_err() {
             self.failed.set(true);
         }
+        self.count(|s| {
+            s.rounds += 1;
+            s.bytes += bytes.len() as u64;
+        });
         written.map(|()| true)
     }
 
@@ -426,7 +445,18 @@ impl Journal {
         self.file.fdatasync().await?;
         self.sequence.set(header.sequence);
         self.checkpointed.set(target);
+        self.count(|s| s.checkpoints += 1);
         Ok(())
+    }
+
+    fn count(&self, f: impl FnOnce(&mut JournalStats)) {
+        let mut stats = self.stats.get();
+        f(&mut stats);
+        self.stats.set(stats);
+    }
+
+    pub fn stats(&self) -> JournalStats {
+        self.stats.get()
     }
 
     /// Bytes committed and not yet checkpointed (for tests and diagnostics).

@@ -671,9 +671,10 @@ impl PartitionLog {
     }
 
     /// Writes every unwritten byte; then, only if every write succeeded (a producer told its
-    /// write failed must never see it come back through replay), stages in `journal` each
-    /// written range from its block's aligned start, so that the rewritten head of a partial
-    /// block is in the journal too.
+    /// write failed must never see it come back through replay), stages the new bytes in
+    /// `journal`. Only the new ones: staging the rewritten head of each partial block too would
+    /// cost up to 4 KiB per partition per round, which with many partitions pushes every round
+    /// past `journal_round_bytes_max`.
     async fn write_unwritten(&self, journal: Option<&JournalRound>) -> Result<RoundWrite> {
         let target = self.state.borrow().log_end;
         let mut writes = Vec::new();
@@ -847,11 +848,11 @@ impl PartitionLog {
             .collect()
     }
 
-    /// Writes the unwritten bytes of one segment (from the aligned start of its last partial
+    /// Writes the unwritten bytes of one segment (rewriting the head of its last partial
     /// block), creating its file first if needed.
     async fn write_segment(&self, base: i64) -> Result<Option<SegmentWrite>> {
         let file = self.ensure_file(base).await?;
-        let (buffer, aligned_start, end) = {
+        let (buffer, aligned_start, from, end) = {
             let s = self.state.borrow();
             let Some(seg) = s.segments.iter().find(|seg| seg.base_offset == base) else {
                 return Ok(None);
@@ -867,7 +868,7 @@ impl PartitionLog {
             let data_len = (end - aligned_start) as usize;
             seg.copy_from_cache(aligned_start, end, &mut bytes[..data_len]);
             bytes[data_len..].fill(0);
-            (buffer, aligned_start, end)
+            (buffer, aligned_start, seg.written, end)
         };
         let preallocated = self.segment_field(base, |seg| seg.preallocated);
         let needed = align_up(end);
@@ -912,7 +913,7 @@ impl PartitionLog {
         Ok(Some(SegmentWrite {
             file,
             base,
-            from: aligned_start,
+            from,
             to: end,
         }))
     }
