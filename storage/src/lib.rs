@@ -2,8 +2,8 @@
 //!
 //! Owns everything on disk under `log.dirs`: segment files written with O_DIRECT through
 //! glommio's DMA files, their sparse offset and time indexes, recovery of torn tails at start,
-//! retention, and the per-core group-commit [`flusher`]. Every on-disk byte is specified in
-//! docs/FORMATS.md.
+//! retention, and the per-core group-commit [`flusher`] with its [`journal`]. Every on-disk byte
+//! is specified in docs/FORMATS.md.
 //!
 //! It must never: share a log between cores (a log is `!Send` and lives on its owning core),
 //! decode records on the produce path (except the key check of compacted topics, which Kafka
