@@ -29,6 +29,15 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A fresh journal for core 0 under `root`, and a flusher that uses it (not yet running).
+async fn start(root: &Path) -> (Rc<Journal>, Rc<Flusher>) {
+    probe(root).await;
+    journal::prepare(root, 1, RING).expect("prepare");
+    let journal = Journal::open(root, 0).await.expect("journal");
+    let flusher = Flusher::with_journal(journal.clone());
+    (journal, flusher)
+}
+
 /// Opens partitions `t-0..t-n` with the core's journal attached.
 async fn open_logs(root: &Path, n: i32, journal: &Rc<Journal>) -> Vec<Rc<PartitionLog>> {
     let mut logs = Vec::new();
@@ -77,10 +86,7 @@ fn acknowledged_bytes_lost_from_their_segments_come_back_through_replay() {
     let dir = scratch();
     let root = dir.path().to_path_buf();
     run(move || async move {
-        probe(&root).await;
-        journal::prepare(&root, 1, RING).expect("prepare");
-        let journal = Journal::open(&root, 0).await.expect("journal");
-        let flusher = Flusher::with_journal(journal.clone());
+        let (journal, flusher) = start(&root).await;
         let task = glommio::spawn_local(flusher.clone().run(now_ms, Duration::from_millis(100)));
         let logs = open_logs(&root, 3, &journal).await;
         for log in &logs {
@@ -119,10 +125,7 @@ fn a_large_round_syncs_its_segments_instead_of_the_journal() {
     let dir = scratch();
     let root = dir.path().to_path_buf();
     run(move || async move {
-        probe(&root).await;
-        journal::prepare(&root, 1, RING).expect("prepare");
-        let journal = Journal::open(&root, 0).await.expect("journal");
-        let flusher = Flusher::with_journal(journal.clone());
+        let (journal, flusher) = start(&root).await;
         let logs = open_logs(&root, 1, &journal).await;
         // Appended before the flusher runs, so that they make one round of ~2 MiB.
         let mut last = None;
@@ -149,10 +152,7 @@ fn a_truncated_tail_does_not_come_back_through_replay() {
     let dir = scratch();
     let root = dir.path().to_path_buf();
     run(move || async move {
-        probe(&root).await;
-        journal::prepare(&root, 1, RING).expect("prepare");
-        let journal = Journal::open(&root, 0).await.expect("journal");
-        let flusher = Flusher::with_journal(journal.clone());
+        let (journal, flusher) = start(&root).await;
         let task = glommio::spawn_local(flusher.clone().run(now_ms, Duration::from_millis(100)));
         let logs = open_logs(&root, 1, &journal).await;
         produce(&flusher, &logs[0], 40, 10).await;
