@@ -842,11 +842,16 @@ impl Shard {
                         .filter_map(|k| logs.remove(&k).map(|l| (k, l)))
                         .collect()
                 };
+                let mut dirs = Vec::new();
                 for (tp, log) in doomed {
-                    let dir = log.dir().to_path_buf();
+                    dirs.push((tp, log.dir().to_path_buf()));
                     log.retire().await;
-                    drop(log);
-                    self.journal_barrier(&tp).await;
+                }
+                // One checkpoint for the whole topic, after its logs' last rounds.
+                if !dirs.is_empty() {
+                    self.journal_barrier(&name).await;
+                }
+                for (tp, dir) in dirs {
                     if let Err(e) = std::fs::remove_dir_all(&dir) {
                         eprintln!("sluice: cannot remove {}: {e} ({tp})", dir.display());
                     }

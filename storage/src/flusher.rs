@@ -150,21 +150,9 @@ impl Flusher {
         futures::future::join_all(finishes).await
     }
 
-    /// Starts a checkpoint in the background when half the ring is in use, or (`idle`) when
-    /// nothing is being written and anything at all is pending.
     fn checkpoint_if_due(&self, idle: bool) {
-        let Some(journal) = &self.journal else {
-            return;
-        };
-        let due = journal.wants_checkpoint() || (idle && journal.pending_bytes() > 0);
-        if due {
-            let journal = journal.clone();
-            glommio::spawn_local(async move {
-                if let Err(e) = journal.checkpoint().await {
-                    eprintln!("sluice: journal checkpoint failed: {e}");
-                }
-            })
-            .detach();
+        if let Some(journal) = &self.journal {
+            journal.checkpoint_if_due(idle);
         }
     }
 }

@@ -188,7 +188,7 @@ fn encode_record_with(
 pub struct JournalRound {
     start: u64,
     bytes: RefCell<Vec<u8>>,
-    files: RefCell<Vec<Rc<DmaFile>>>,
+    files: RefCell<HashMap<*const DmaFile, Rc<DmaFile>>>,
 }
 
 impl JournalRound {
@@ -218,10 +218,10 @@ impl JournalRound {
             position,
         };
         encode_record_with(&mut bytes, lsn, &target, data_len, fill);
-        let mut files = self.files.borrow_mut();
-        if !files.iter().any(|f| Rc::ptr_eq(f, file)) {
-            files.push(file.clone());
-        }
+        self.files
+            .borrow_mut()
+            .entry(Rc::as_ptr(file))
+            .or_insert_with(|| file.clone());
     }
 
     fn is_empty(&self) -> bool {
@@ -242,7 +242,8 @@ pub struct Journal {
     /// the newest round that wrote each.
     touched: RefCell<HashMap<*const DmaFile, (Rc<DmaFile>, u64)>>,
     checkpointing: glommio::sync::Semaphore,
-    checkpoint_running: Cell<bool>,
+    /// A background checkpoint is scheduled or running ([`Self::checkpoint_if_due`]).
+    checkpoint_scheduled: Cell<bool>,
     /// Set after a failed journal write or checkpoint: rounds sync their segments directly from
     /// then on.
     failed: Cell<bool>,
@@ -283,7 +284,7 @@ impl Journal {
             sequence: Cell::new(header.sequence),
             touched: RefCell::default(),
             checkpointing: glommio::sync::Semaphore::new(1),
-            checkpoint_running: Cell::new(false),
+            checkpoint_scheduled: Cell::new(false),
             failed: Cell::new(false),
             checkpoint_failed: RefCell::new(None),
             stats: Cell::default(),
@@ -328,8 +329,8 @@ impl Journal {
         let end = round.start + len;
         self.end.set(end);
         let mut touched = self.touched.borrow_mut();
-        for file in round.files.borrow().iter() {
-            touched.insert(Rc::as_ptr(file), (file.clone(), end));
+        for (key, file) in round.files.borrow().iter() {
+            touched.insert(*key, (file.clone(), end));
         }
         if written.is_err() {
             self.failed.set(true);
@@ -373,10 +374,24 @@ impl Journal {
         Ok(())
     }
 
-    /// True when half the ring is in use and no checkpoint is running.
-    pub fn wants_checkpoint(&self) -> bool {
-        !self.checkpoint_running.get()
-            && self.end.get() - self.checkpointed.get() >= self.ring_bytes / 2
+    /// Starts a checkpoint in the background when half the ring is in use, or (`idle`: nothing
+    /// is being written) when anything at all is pending; never a second one while one is
+    /// scheduled or running, and none after one failed.
+    pub fn checkpoint_if_due(self: &Rc<Self>, idle: bool) {
+        let pending = self.pending_bytes();
+        let due = pending >= self.ring_bytes / 2 || (idle && pending > 0);
+        if !due || self.checkpoint_scheduled.get() || self.checkpoint_failed.borrow().is_some() {
+            return;
+        }
+        self.checkpoint_scheduled.set(true);
+        let journal = self.clone();
+        glommio::spawn_local(async move {
+            if let Err(e) = journal.checkpoint().await {
+                eprintln!("sluice: journal checkpoint failed: {e}");
+            }
+            journal.checkpoint_scheduled.set(false);
+        })
+        .detach();
     }
 
     /// True when a round of `bytes` would not fit: the flusher checkpoints, then journals again.
@@ -402,9 +417,7 @@ impl Journal {
         if self.checkpointed.get() >= target {
             return Ok(());
         }
-        self.checkpoint_running.set(true);
         let result = self.checkpoint_to(target).await;
-        self.checkpoint_running.set(false);
         if let Err(e) = &result {
             self.failed.set(true);
             *self.checkpoint_failed.borrow_mut() = Some(e.to_string());

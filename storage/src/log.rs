@@ -254,6 +254,10 @@ pub struct PartitionLog {
     /// The core's journal, which may hold records for this log's segment files: a compaction
     /// swap checkpoints it first (see [`crate::journal`]).
     journal: RefCell<Option<Rc<Journal>>>,
+    /// The next round must fdatasync this log's segments itself rather than use the journal:
+    /// set at open (recovery may keep a tail that was written but never synced, and journaled
+    /// rounds would build on it without ever syncing it) and after a failed round.
+    sync_directly: Cell<bool>,
 }
 
 mod cleaner;
@@ -339,6 +343,7 @@ impl PartitionLog {
             clean_crash: Cell::new(None),
             uncleanable: Cell::new(false),
             journal: RefCell::new(None),
+            sync_directly: Cell::new(true),
         });
         log.write_pending_snapshots().await?;
         Ok(log)
@@ -661,7 +666,9 @@ impl PartitionLog {
         // bytes, so a log left unsynced by a failed round syncs its segments itself.
         let journal = journal.filter(|_| {
             let s = self.state.borrow();
-            self.config.borrow().sync == SyncPolicy::EveryWrite && s.synced == s.written
+            self.config.borrow().sync == SyncPolicy::EveryWrite
+                && s.synced == s.written
+                && !self.sync_directly.get()
         });
         let result = self.write_unwritten(journal).await;
         if let Err(e) = &result {
@@ -689,6 +696,18 @@ impl PartitionLog {
         for base in bases {
             if let Some(write) = self.write_segment(base).await? {
                 writes.push(write);
+            }
+            // A rolled segment now written in full holds every offset below the next one's
+            // base: should a later write of this round fail, `written` (where a failed round
+            // cuts back to) then matches the bytes on disk.
+            let mut s = self.state.borrow_mut();
+            let done = s
+                .segments
+                .iter()
+                .find(|seg| seg.base_offset == base && seg.rolled && seg.written >= seg.size)
+                .map(|seg| seg.next_offset);
+            if let Some(next) = done {
+                s.written = s.written.max(next.min(target));
             }
         }
         let journaled = journal.is_some_and(|journal| self.stage(journal, &writes));
@@ -762,6 +781,7 @@ impl PartitionLog {
                 for file in &touched {
                     file.fdatasync().await?;
                 }
+                self.sync_directly.set(false);
             }
             let mut s = self.state.borrow_mut();
             s.synced = s.synced.max(target);
@@ -778,6 +798,7 @@ impl PartitionLog {
     fn end_round(&self, error: Option<&StorageError>, now_ms: i64) {
         self.flushing.set(false);
         if let Some(e) = error {
+            self.sync_directly.set(true);
             self.discard_unwritten(e, now_ms);
         }
         self.flushed.notify_all();

@@ -155,12 +155,12 @@ impl Segment {
         }
     }
 
-    /// Copies `[from, to)` out of the cache; the range must lie inside it.
     /// True when bytes `from..to` are all in the cache.
     pub fn caches(&self, from: u64, to: u64) -> bool {
         from >= self.cache_start && from <= to && to <= self.size
     }
 
+    /// Copies `[from, to)` out of the cache; the range must lie inside it.
     pub fn copy_from_cache(&self, from: u64, to: u64, out: &mut [u8]) {
         assert!(from >= self.cache_start && to <= self.size && out.len() as u64 >= to - from);
         let mut chunk_start = self.cache_start;

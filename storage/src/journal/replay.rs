@@ -177,6 +177,14 @@ fn replay_file(
             lsn = align_up(lsn);
             continue;
         }
+        // The position is checked before the length is trusted with an allocation.
+        let at_lsn = head
+            .get(1..9)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes);
+        if head.first() != Some(&RECORD_WRITE) || at_lsn != Some(lsn) {
+            break;
+        }
         let Some(len) = record_len(&head).filter(|len| *len <= room) else {
             break;
         };
@@ -197,9 +205,9 @@ fn apply(
     segments: &mut HashMap<PathBuf, File>,
     prepared: &mut Prepared,
 ) -> Result<()> {
-    let plain = !record.dir_name.is_empty()
-        && !record.dir_name.contains('/')
-        && !record.dir_name.starts_with('.');
+    // Topic names may start with a dot (Kafka allows `.`, `_`, `-`): only names that would
+    // leave the log directory are refused.
+    let plain = !matches!(record.dir_name, "" | "." | "..") && !record.dir_name.contains('/');
     let path = segment_path(&log_dirs.join(record.dir_name), record.segment_base, "log");
     if !plain || !path.is_file() {
         prepared.skipped += 1;
@@ -396,13 +404,21 @@ mod tests {
         let tmp = tempfile::tempdir().expect("test file");
         let logs = tmp.path();
         prepare(logs, 3, RING).expect("test file");
+        let hidden = segment(logs, ".hidden-0", 0, b"");
         write_round(
             logs,
             0,
-            &[("gone-0", 0, 0, b"zz"), ("../evil", 0, 0, b"zz")],
+            &[
+                ("gone-0", 0, 0, b"zz"),
+                ("..", 0, 0, b"zz"),
+                (".hidden-0", 0, 0, b"kept"),
+            ],
         );
         let prepared = prepare(logs, 1, RING).expect("test file");
         assert_eq!(prepared.skipped, 2);
+        assert_eq!(prepared.records, 1);
+        // A topic name may start with a dot.
+        assert_eq!(std::fs::read(&hidden).expect("test file"), b"kept");
         assert!(!logs.join("gone-0").exists());
         assert!(journal_path(logs, 0).exists());
         assert!(!journal_path(logs, 1).exists());
