@@ -123,10 +123,11 @@ pub struct BrokerConfig {
     /// Send fetch responses with io_uring SENDMSG_ZC instead of vectored `sendmsg(2)`
     /// (`sluice.socket.send.zerocopy`, default false: see docs/BENCHMARKS.md for why).
     pub socket_send_zerocopy: bool,
-    /// Bytes of each core's journal ring (`sluice.journal.bytes`, default 64 MiB; 0: none),
-    /// which makes a flusher round durable with one fdatasync (storage/src/journal.rs). Used
-    /// only when acks=all waits for fdatasync (`sync_before_ack`).
-    pub journal_bytes: u64,
+    /// Bytes of each core's journal ring (`sluice.journal.bytes`; 0: none), which makes a
+    /// flusher round durable with one fdatasync (storage/src/journal.rs). None: 64 MiB per
+    /// core, less above 8 cores (see [`Self::journal_ring_bytes`]). Used only when acks=all
+    /// waits for fdatasync (`sync_before_ack`).
+    pub journal_bytes: Option<u64>,
     /// Log compaction: the default `cleanup.policy` of new topics (`log.cleanup.policy`), whether
     /// each core runs a cleaner, how long a cleaner sleeps when no log needs cleaning, the memory
     /// for its key map (`log.cleaner.dedupe.buffer.size`, for the whole broker, split evenly
@@ -243,7 +244,7 @@ impl Default for BrokerConfig {
             transaction_abort_timed_out_transaction_cleanup_interval_ms: 10_000,
             transactional_id_expiration_ms: 604_800_000,
             socket_send_zerocopy: false,
-            journal_bytes: 64 << 20,
+            journal_bytes: None,
             log_cleanup_policy: "delete".into(),
             log_cleaner_enable: true,
             log_cleaner_backoff_ms: 15_000,
@@ -537,7 +538,7 @@ impl BrokerConfig {
                             "must be 0 (no journal) or a multiple of 4096 of at least 1 MiB",
                         ));
                     }
-                    config.journal_bytes = bytes as u64;
+                    config.journal_bytes = Some(bytes as u64);
                 }
                 _ if IGNORED_KEYS.contains(&k) => config.ignored.push(k.to_string()),
                 _ => return Err(ConfigError::Unknown(k.to_string())),
@@ -825,14 +826,19 @@ impl BrokerConfig {
         self.log_flush_interval_messages == 1 && self.log_flush_interval_ms < 0
     }
 
-    /// The journal ring per core: none unless acks=all waits for fdatasync, and none on a
-    /// dedicated controller (it holds no partition logs).
-    pub fn journal_ring_bytes(&self) -> u64 {
-        if self.sync_before_ack() && self.broker_role {
-            self.journal_bytes
-        } else {
-            0
+    /// The journal ring of each of `cores` cores: none unless acks=all waits for fdatasync,
+    /// and none on a dedicated controller (it holds no partition logs). By default 64 MiB per
+    /// core, but at most 512 MiB for the whole broker (at least 8 MiB a core): with more
+    /// cores each carries a smaller share of the writes, and a first start writes every ring
+    /// in full.
+    pub fn journal_ring_bytes(&self, cores: usize) -> u64 {
+        if !self.sync_before_ack() || !self.broker_role {
+            return 0;
         }
+        self.journal_bytes.unwrap_or_else(|| {
+            let share = (512u64 << 20) / cores.max(1) as u64;
+            share.clamp(8 << 20, 64 << 20) / 4096 * 4096
+        })
     }
 }
 
@@ -954,6 +960,25 @@ fn parse_listener(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_journal_ring_shrinks_with_many_cores_and_follows_the_settings() {
+        let config = BrokerConfig::default();
+        assert_eq!(config.journal_ring_bytes(2), 64 << 20);
+        assert_eq!(config.journal_ring_bytes(16), 32 << 20);
+        assert_eq!(config.journal_ring_bytes(128), 8 << 20);
+        let mut set = config.clone();
+        set.journal_bytes = Some(4 << 20);
+        assert_eq!(set.journal_ring_bytes(128), 4 << 20);
+        // No journal when acks=all does not wait for fdatasync, or on a dedicated controller.
+        let mut relaxed = config.clone();
+        relaxed.log_flush_interval_ms = 1000;
+        assert_eq!(relaxed.journal_ring_bytes(2), 0);
+        let mut controller = config;
+        controller.broker_role = false;
+        assert_eq!(controller.journal_ring_bytes(2), 0);
+    }
+
     use super::*;
 
     fn args(list: &[&str]) -> Vec<String> {

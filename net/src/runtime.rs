@@ -62,7 +62,7 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
     // Before any log is opened: bytes acknowledged through a journal and lost from their
     // segments (an OS crash) are written back, then each core gets an empty journal.
     let replayed =
-        sluice_storage::journal::prepare(&config.log_dirs, cores, config.journal_ring_bytes())
+        sluice_storage::journal::prepare(&config.log_dirs, cores, config.journal_ring_bytes(cores))
             .map_err(|e| format!("journal in {}: {e}", config.log_dirs.display()))?;
     if replayed.records > 0 || replayed.skipped > 0 {
         eprintln!(
@@ -206,7 +206,9 @@ async fn core_main(
                 config.log_dirs.display()
             )
         })?;
-    let flusher = match config.journal_ring_bytes() {
+    // The journal's file (made by `prepare`) knows its size; only whether there is one matters.
+    let cores = mesh.as_ref().map_or(1, |m| m.nr_peers());
+    let flusher = match config.journal_ring_bytes(cores) {
         0 => Flusher::new(),
         _ => Flusher::with_journal(
             sluice_storage::journal::Journal::open(&config.log_dirs, core)
