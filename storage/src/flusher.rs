@@ -117,9 +117,6 @@ impl Flusher {
     async fn round(&self, batch: &[Rc<PartitionLog>], now: i64) -> Vec<Rc<PartitionLog>> {
         let bytes: u64 = batch.iter().map(|log| log.unwritten_bytes()).sum();
         let journal = self.journal.as_ref();
-        if journal.is_some_and(|j| j.is_full_for(bytes)) {
-            self.checkpoint_if_due(false);
-        }
         let round = journal.and_then(|j| j.begin_round(bytes));
         let writes = batch.iter().map(|log| {
             let round = round.as_ref();

@@ -298,9 +298,12 @@ impl Journal {
             self.count(|s| s.direct_rounds += 1);
             return None;
         }
+        // Sized for the round up front (its records add a few dozen bytes each): growing it
+        // by doubling would copy the round's bytes again on the produce path.
+        let capacity = bytes as usize + (limits::dma_alignment_bytes as usize);
         Some(JournalRound {
             start: self.end.get(),
-            bytes: RefCell::default(),
+            bytes: RefCell::new(Vec::with_capacity(capacity)),
             files: RefCell::default(),
         })
     }
@@ -392,11 +395,6 @@ impl Journal {
             journal.checkpoint_scheduled.set(false);
         })
         .detach();
-    }
-
-    /// True when a round of `bytes` would not fit: the flusher checkpoints, then journals again.
-    pub fn is_full_for(&self, bytes: u64) -> bool {
-        bytes <= limits::journal_round_bytes_max && !self.has_room(bytes)
     }
 
     /// Makes every committed record unnecessary: fdatasyncs the segment files they wrote, then
