@@ -17,6 +17,18 @@ use sluice_bench::compare::CompareFile;
 use sluice_bench::load::{self, Options, Plant};
 use sluice_bench::report::ReportFile;
 
+/// Runs a load that must verify, with more than a thousand records acknowledged.
+fn verified_run(o: &Options) -> sluice_bench::report::Report {
+    let report = load::run(o).expect("run");
+    assert!(report.verified, "{}", report.verification);
+    assert!(
+        report.acked > 1000,
+        "records acknowledged: {}",
+        report.acked
+    );
+    report
+}
+
 fn options(broker: &Broker, topic: &str, plant: Option<Plant>) -> Options {
     let args: Vec<String> = [
         "--bootstrap",
@@ -50,13 +62,7 @@ fn options(broker: &Broker, topic: &str, plant: Option<Plant>) -> Options {
 #[test]
 fn a_clean_tiny_run_verifies_and_measures() {
     let broker = Broker::start(&[]);
-    let report = load::run(&options(&broker, "clean", None)).expect("run");
-    assert!(report.verified, "{}", report.verification);
-    assert!(
-        report.acked > 1000,
-        "records acknowledged: {}",
-        report.acked
-    );
+    let report = verified_run(&options(&broker, "clean", None));
     assert!(report.e2e_us.is_some(), "end-to-end latency measured");
     let consumed = report
         .consume_mb_per_second()
@@ -88,13 +94,7 @@ fn an_idempotent_run_verifies() {
     let broker = Broker::start(&[]);
     let mut o = options(&broker, "idempotent", None);
     o.idempotence = true;
-    let report = load::run(&o).expect("run");
-    assert!(report.verified, "{}", report.verification);
-    assert!(
-        report.acked > 1000,
-        "records acknowledged: {}",
-        report.acked
-    );
+    let report = verified_run(&o);
     assert!(report.markdown().contains("idempotent"));
 }
 
@@ -105,13 +105,7 @@ fn a_transactional_run_verifies() {
     let broker = Broker::start(&[]);
     let mut o = options(&broker, "transactional", None);
     o.transaction_records = Some(100);
-    let report = load::run(&o).expect("run");
-    assert!(report.verified, "{}", report.verification);
-    assert!(
-        report.acked > 1000,
-        "records acknowledged: {}",
-        report.acked
-    );
+    verified_run(&o);
 }
 
 /// sluice-bench's own producer (`--client native`): a clean run verifies (every record
@@ -121,13 +115,7 @@ fn the_native_producer_verifies_and_a_planted_loss_is_caught() {
     let broker = Broker::start(&[]);
     let mut o = options(&broker, "native", None);
     o.native = true;
-    let report = load::run(&o).expect("run");
-    assert!(report.verified, "{}", report.verification);
-    assert!(
-        report.acked > 1000,
-        "records acknowledged: {}",
-        report.acked
-    );
+    let report = verified_run(&o);
     assert!(report.e2e_us.is_some() && report.publish_us.p50 > 0);
     let mut o = options(&broker, "native-lossy", Some(Plant::Loss));
     o.native = true;
